@@ -1,0 +1,103 @@
+"""memable: durable execution for async Python, on anyio.
+
+A workflow is a plain ``async def``; every side effect in it is a *step* named by a key.
+A step's result is stored before the workflow goes on; after a crash the workflow runs
+again from the top and recorded steps return their stored result instead of running again.
+
+Example:
+    >>> import anyio, memable
+    >>> async def fetch_price(order_id: str) -> int:
+    ...     return 1250
+    >>> @memable.workflow("order")
+    ... async def order(ctx: memable.Context, order_id: str) -> int:
+    ...     return await ctx.step("price:v1", fetch_price, order_id)
+    >>> async def main() -> int:
+    ...     async with memable.Engine(workflows=[order]) as engine:
+    ...         return await engine.run(order, "o-17", instance_id="order-o-17")
+    >>> anyio.run(main)
+    1250
+"""
+
+from ._clock import Clock as Clock
+from ._context import Context as Context
+from ._engine import Engine as Engine
+from ._engine import Invocation as Invocation
+from ._exceptions import ChildFailed as ChildFailed
+from ._exceptions import DuplicateStepKey as DuplicateStepKey
+from ._exceptions import InstanceConflict as InstanceConflict
+from ._exceptions import InstanceNotFound as InstanceNotFound
+from ._exceptions import InvalidKey as InvalidKey
+from ._exceptions import MemableError as MemableError
+from ._exceptions import NotStarted as NotStarted
+from ._exceptions import Permanent as Permanent
+from ._exceptions import RetriesExhausted as RetriesExhausted
+from ._exceptions import SerializationError as SerializationError
+from ._exceptions import SignalRejected as SignalRejected
+from ._exceptions import SignalSuperseded as SignalSuperseded
+from ._exceptions import StepFailed as StepFailed
+from ._exceptions import StepTimeout as StepTimeout
+from ._exceptions import StorageError as StorageError
+from ._exceptions import SuspendedStepConflict as SuspendedStepConflict
+from ._exceptions import SuspendTimeout as SuspendTimeout
+from ._exceptions import TypeMismatch as TypeMismatch
+from ._exceptions import WorkflowCancelled as WorkflowCancelled
+from ._exceptions import WorkflowFailed as WorkflowFailed
+from ._exceptions import WorkflowNotFound as WorkflowNotFound
+from ._exceptions import WorkflowSuspended as WorkflowSuspended
+from ._outcome import Cancelled as Cancelled
+from ._outcome import Completed as Completed
+from ._outcome import ErrorInfo as ErrorInfo
+from ._outcome import Failed as Failed
+from ._outcome import InstanceInfo as InstanceInfo
+from ._outcome import Outcome as Outcome
+from ._outcome import Suspended as Suspended
+from ._retry import RetryPolicy as RetryPolicy
+from ._workflow import Workflow as Workflow
+from ._workflow import workflow as workflow
+
+__all__ = [
+    "Cancelled",
+    "ChildFailed",
+    "Clock",
+    "Completed",
+    "Context",
+    "DuplicateStepKey",
+    "Engine",
+    "ErrorInfo",
+    "Failed",
+    "InstanceConflict",
+    "InstanceInfo",
+    "InstanceNotFound",
+    "Invocation",
+    "InvalidKey",
+    "MemableError",
+    "NotStarted",
+    "Outcome",
+    "Permanent",
+    "RetriesExhausted",
+    "RetryPolicy",
+    "SerializationError",
+    "SignalRejected",
+    "SignalSuperseded",
+    "StepFailed",
+    "StepTimeout",
+    "StorageError",
+    "Suspended",
+    "SuspendTimeout",
+    "SuspendedStepConflict",
+    "TypeMismatch",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "WorkflowSuspended",
+    "workflow",
+]
+
+# Public objects say "memable.X" in reprs and tracebacks; stored error type names use it
+# too, so they never carry a private module path.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or callable(_obj):
+        _obj.__module__ = __name__
+del _name, _obj

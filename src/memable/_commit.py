@@ -1,0 +1,97 @@
+"""Group commit: writes that arrive while a commit is in flight share the next transaction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import anyio
+import anyio.abc
+
+from ._exceptions import StorageError
+from .storage._records import Write
+
+__all__ = ["GroupCommitter"]
+
+
+class _Pending:
+    __slots__ = ("done", "error", "writes")
+
+    def __init__(self, writes: Sequence[Write]) -> None:
+        self.writes = writes
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class GroupCommitter:
+    """Funnels every write of an engine through one writer task.
+
+    :meth:`write` returns once its writes are committed. The writer takes whatever has
+    queued up while the previous commit ran and commits it as one transaction, so a lone
+    writer pays no batching delay and many concurrent writers share the cost of a commit.
+    If a shared transaction fails, each caller's writes are retried on their own, so one bad
+    write fails only its own caller.
+    """
+
+    def __init__(
+        self, commit: Callable[[Sequence[Write]], None], limiter: anyio.CapacityLimiter
+    ) -> None:
+        self._commit = commit
+        self._limiter = limiter
+        self._send, self._receive = anyio.create_memory_object_stream[_Pending](math.inf)
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        """Commit *writes* (in order, in one transaction); raise StorageError on failure."""
+        pending = _Pending(writes)
+        try:
+            self._send.send_nowait(pending)
+        except anyio.ClosedResourceError:
+            raise StorageError("the engine's writer has stopped; nothing was written") from None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def close(self) -> None:
+        """Accept no more writes; :meth:`run` returns once the queued ones are committed."""
+        self._send.close()
+
+    async def run(self) -> None:
+        """The writer task: commit batches until :meth:`close`."""
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        settled = False
+        try:
+            error = await self._try([write for pending in batch for write in pending.writes])
+            if error is not None and len(batch) > 1:
+                for pending in batch:
+                    pending.error = await self._try(pending.writes)
+            else:
+                for pending in batch:
+                    pending.error = error
+            settled = True
+        finally:
+            for pending in batch:
+                if not settled and pending.error is None:
+                    # Cancelled mid-commit: the outcome is unknown, so never report success.
+                    pending.error = StorageError("the engine stopped while committing this write")
+                pending.done.set()
+
+    async def _try(self, writes: Sequence[Write]) -> BaseException | None:
+        try:
+            await anyio.to_thread.run_sync(self._commit, writes, limiter=self._limiter)
+        except StorageError as exc:
+            return exc
+        except Exception as exc:
+            error = StorageError(f"storage failed to commit {len(writes)} writes: {exc!r}")
+            error.__cause__ = exc
+            return error
+        return None

@@ -1,0 +1,297 @@
+"""The context a workflow receives: its steps, its status, its identity."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, final
+
+import anyio
+from typing_extensions import TypeVarTuple, Unpack
+
+from ._exceptions import DuplicateStepKey, RetriesExhausted, StepFailed, StepTimeout
+from ._keys import check_key
+from ._outcome import ErrorInfo
+from ._retry import RetryPolicy
+from .storage._records import InstanceUpdate, StepRecord, Write
+
+if TYPE_CHECKING:
+    from ._engine import Engine, _Run
+
+__all__ = ["Context"]
+
+T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
+
+logger = logging.getLogger("memable")
+
+_NO_RETRY = RetryPolicy.none()
+
+
+@final
+class Context:
+    """What a running workflow instance uses to take durable steps.
+
+    One context exists per run of an instance and is passed to the workflow function as
+    its first argument. Its methods are the only way a workflow touches durable state.
+
+    Example:
+        >>> import memable
+        >>> async def fetch_price(order_id: str) -> int:
+        ...     return 42
+        >>> @memable.workflow("order")
+        ... async def order(ctx: memable.Context, order_id: str) -> int:
+        ...     ctx.set_status("pricing")
+        ...     return await ctx.step("price:v1", fetch_price, order_id)
+    """
+
+    __slots__ = ("_engine", "_records", "_run", "_used")
+
+    def __init__(self, engine: Engine, run: _Run, records: dict[str, StepRecord]) -> None:
+        self._engine = engine
+        self._run = run
+        self._records = records
+        self._used: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<memable.Context of {self.workflow_name}/{self.instance_id}>"
+
+    @property
+    def workflow_name(self) -> str:
+        """The name of the running workflow."""
+        return self._run.workflow.name
+
+    @property
+    def instance_id(self) -> str:
+        """The id of the running instance."""
+        return self._run.instance_id
+
+    def set_status(self, message: str) -> None:
+        """Set the instance's status message.
+
+        It is live at once (``engine.state`` in this process) and persisted with the next
+        write of this instance (its next step result, or its end).
+
+        Example:
+            >>> async def body(ctx: Context) -> None:
+            ...     ctx.set_status("waiting for the warehouse")
+        """
+        if not isinstance(message, str):
+            raise TypeError(f"a status message is a str, not {type(message).__name__}")
+        self._run.status_message = message
+        self._run.status_dirty = True
+
+    async def step(
+        self,
+        key: str,
+        fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
+        /,
+        *args: Unpack[PosArgsT],
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        returns: object = None,
+    ) -> T:
+        """Run ``await fn(*args)`` once, durably, under *key*; return its result.
+
+        If *key* already has a recorded result in this instance, that result is returned
+        and *fn* is not called. Otherwise *fn* runs (each attempt under *timeout* seconds,
+        retried as *retry* says, else as the engine's default policy, else not at all), its
+        result is written to storage, and only then returned.
+
+        The stored type is *fn*'s return annotation, or *returns* where it has none.
+
+        Args:
+            key: The step's name within this instance, e.g. ``"charge:v1"``. Change it
+                (``"charge:v2"``) when what the step does changes.
+            fn: An async function.
+            args: Positional arguments for *fn*.
+            timeout: Seconds each attempt may take before it is cancelled.
+            retry: The retry policy for this step.
+            returns: The result type, for callables without a return annotation.
+
+        Raises:
+            InvalidKey: *key* breaks the key rules.
+            DuplicateStepKey: *key* was already used in this run.
+            TypeError: the result type cannot be determined.
+            StepFailed: the step failed (``StepTimeout``, ``RetriesExhausted`` are kinds).
+            TypeMismatch: the recorded result has another type than *fn* returns.
+
+        Example:
+            >>> async def charge(order_id: str, cents: int) -> str:
+            ...     return "receipt-1"
+            >>> async def body(ctx: Context) -> str:
+            ...     return await ctx.step("charge:v1", charge, "o-17", 1250, timeout=5)
+        """
+        self._claim(key)
+        tp = self._engine._result_type(key, fn, returns)
+        return await self._step(key, tp, functools.partial(fn, *args), timeout, retry)
+
+    async def step_sync(
+        self,
+        key: str,
+        fn: Callable[[Unpack[PosArgsT]], T],
+        /,
+        *args: Unpack[PosArgsT],
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        returns: object = None,
+    ) -> T:
+        """Like :meth:`step`, for a blocking function run in a worker thread.
+
+        A thread cannot be cancelled: when an attempt times out, memable stops waiting for
+        it and moves on (retrying or failing the step), but the thread runs to its end.
+
+        Example:
+            >>> import hashlib
+            >>> def digest(data: bytes) -> str:
+            ...     return hashlib.sha256(data).hexdigest()
+            >>> async def body(ctx: Context) -> str:
+            ...     return await ctx.step_sync("digest:v1", digest, b"report")
+        """
+        self._claim(key)
+        tp = self._engine._result_type(key, fn, returns)
+        call = functools.partial(fn, *args)
+
+        async def in_thread() -> T:
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=timeout is not None)
+
+        return await self._step(key, tp, in_thread, timeout, retry)
+
+    def _claim(self, key: str) -> None:
+        check_key(key)
+        if key in self._used:
+            raise DuplicateStepKey(
+                f"step key {key!r} is already used in this run of {self.instance_id!r};"
+                " each step needs its own key"
+            )
+        self._used.add(key)
+
+    def _what(self, key: str) -> str:
+        return f"step {key!r} of instance {self.instance_id!r}"
+
+    async def _step(
+        self,
+        key: str,
+        tp: object,
+        call: Callable[[], Awaitable[T]],
+        timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> T:
+        engine = self._engine
+        record = self._records.get(key)
+        if record is not None:
+            if record.state == "completed":
+                assert record.value is not None
+                return typing.cast(T, engine._serde.decode(record.value, tp, key, self._what(key)))
+            raise _replayed_failure(key, record)
+        policy = retry or engine._retry or _NO_RETRY
+        started = engine._now()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if timeout is None:
+                    result = await call()
+                else:
+                    with anyio.move_on_after(timeout) as scope:
+                        result = await call()
+                    if scope.cancelled_caught:
+                        raise _AttemptTimedOut(timeout)  # noqa: TRY301
+            except Exception as exc:
+                if attempt >= policy.attempts or not _retryable(policy, exc):
+                    failure = _failure(key, attempt, policy, exc)
+                    await self._dead_letter(key, attempt, started, exc)
+                    raise failure from (exc.__cause__ if isinstance(exc, _AttemptTimedOut) else exc)
+                if logger.isEnabledFor(logging.INFO):
+                    logger.info(
+                        "step %r of %r failed (attempt %d of %d), retrying: %r",
+                        key, self.instance_id, attempt, policy.attempts, exc,
+                        extra={"instance_id": self.instance_id, "step": key},
+                    )  # fmt: skip
+                await anyio.sleep(policy.delay_before(attempt + 1))
+                continue
+            envelope = engine._serde.encode(result, tp, key, self._what(key))
+            record = StepRecord(
+                instance_id=self.instance_id,
+                key=key,
+                state="completed",
+                value=envelope,
+                attempts=attempt,
+                started_at=started,
+                finished_at=engine._now(),
+            )
+            await engine._committer.write(self._with_status(record))
+            self._records[key] = record
+            return result
+
+    async def _dead_letter(
+        self, key: str, attempts: int, started: float, exc: BaseException
+    ) -> None:
+        error = ErrorInfo.from_exception(exc)
+        record = StepRecord(
+            instance_id=self.instance_id,
+            key=key,
+            state="dead",
+            error=json.dumps({"type": error.type, "message": error.message,
+                              "traceback": error.traceback}),
+            attempts=attempts,
+            started_at=started,
+            finished_at=self._engine._now(),
+        )  # fmt: skip
+        await self._engine._committer.write(self._with_status(record))
+        self._records[key] = record
+
+    def _with_status(self, write: Write) -> list[Write]:
+        run = self._run
+        if not run.status_dirty:
+            return [write]
+        run.status_dirty = False
+        update = InstanceUpdate(
+            instance_id=run.instance_id,
+            updated_at=self._engine._now(),
+            status_message=run.status_message,
+            only_if=("running",),
+        )
+        return [write, update]
+
+
+class _AttemptTimedOut(Exception):  # noqa: N818
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"attempt timed out after {timeout} s")
+        self.timeout = timeout
+        self.__cause__ = TimeoutError(f"the step's attempt took longer than {timeout} s")
+
+
+def _retryable(policy: RetryPolicy, exc: Exception) -> bool:
+    from ._exceptions import Permanent
+
+    if isinstance(exc, Permanent):
+        return False
+    if isinstance(exc, _AttemptTimedOut):
+        return policy.retries(TimeoutError())
+    return policy.retries(exc)
+
+
+def _failure(key: str, attempts: int, policy: RetryPolicy, exc: Exception) -> StepFailed:
+    if isinstance(exc, _AttemptTimedOut):
+        return StepTimeout(key, exc.timeout, attempts)
+    if attempts >= policy.attempts > 1 and _retryable(policy, exc):
+        return RetriesExhausted(key, attempts, f"{type(exc).__name__}: {exc}")
+    return StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
+
+
+def _replayed_failure(key: str, record: StepRecord) -> StepFailed:
+    """The failure of a dead-lettered step, raised again when a run replays it."""
+    detail = "recorded failure"
+    if record.error is not None:
+        try:
+            stored = json.loads(record.error)
+            detail = f"{stored['type']}: {stored['message']}"
+        except (ValueError, KeyError, TypeError):
+            detail = "recorded failure (its record is unreadable)"
+    return StepFailed(
+        key, record.attempts, f"{detail} (dead letter; engine.resume() runs it again)"
+    )

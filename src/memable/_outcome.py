@@ -1,0 +1,147 @@
+"""What an instance ended with, and what is known about it."""
+
+from __future__ import annotations
+
+import traceback
+from datetime import datetime
+from typing import Generic, TypeAlias, TypeVar, final
+
+import attrs
+
+from .storage._records import InstanceState
+
+__all__ = [
+    "Cancelled",
+    "Completed",
+    "ErrorInfo",
+    "Failed",
+    "InstanceInfo",
+    "Outcome",
+    "Suspended",
+]
+
+O_co = TypeVar("O_co", covariant=True)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ErrorInfo:
+    """An error as stored: the exception's type name, message and formatted traceback.
+
+    Example:
+        >>> from memable import ErrorInfo
+        >>> ErrorInfo.from_exception(ValueError("bad input")).type
+        'ValueError'
+    """
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """Describe *exc* (with its traceback and chained causes).
+
+        Example:
+            >>> ErrorInfo.from_exception(KeyError("sku")).message
+            "'sku'"
+        """
+        tp = type(exc)
+        name = tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
+        return cls(type=name, message=str(exc), traceback="".join(traceback.format_exception(exc)))
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Completed(Generic[O_co]):
+    """The instance returned ``output``.
+
+    Example:
+        >>> from memable import Completed
+        >>> match Completed(output=3):
+        ...     case Completed(output=n):
+        ...         print(n)
+        3
+    """
+
+    output: O_co
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Failed:
+    """The instance raised; ``error`` describes what.
+
+    ``exception`` is the exception itself when the instance failed in this process (it is
+    not stored, and does not take part in equality).
+
+    Example:
+        >>> from memable import ErrorInfo, Failed
+        >>> Failed(error=ErrorInfo(type="ValueError", message="bad")).error.type
+        'ValueError'
+    """
+
+    error: ErrorInfo
+    exception: BaseException | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Suspended:
+    """The instance is suspended, waiting on the keys in ``waiting_on``.
+
+    Example:
+        >>> from memable import Suspended
+        >>> Suspended(waiting_on=("approval:v1",), status="waiting").waiting_on
+        ('approval:v1',)
+    """
+
+    waiting_on: tuple[str, ...]
+    status: str | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Cancelled:
+    """The instance was cancelled, with the given reason.
+
+    Example:
+        >>> from memable import Cancelled
+        >>> Cancelled(reason="customer left").reason
+        'customer left'
+    """
+
+    reason: str = ""
+
+
+#: What ``Invocation.wait()`` returns.
+Outcome: TypeAlias = Completed[O_co] | Suspended | Failed | Cancelled
+
+
+@final
+@attrs.frozen(kw_only=True)
+class InstanceInfo:
+    """What storage knows about an instance (``Engine.state``, ``Engine.instances``).
+
+    Times are timezone-aware UTC datetimes.
+
+    Example:
+        >>> import memable
+        >>> async def show(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
+        ...     info = await engine.state(wf, "o-1")
+        ...     print(info.status, info.status_message, info.created_at)
+    """
+
+    instance_id: str
+    workflow: str
+    status: InstanceState
+    status_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    error: ErrorInfo | None
+    waiting_on: tuple[str, ...]
+    parent_id: str | None

@@ -1,0 +1,50 @@
+"""The pure status transitions of an instance (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from .storage._records import InstanceState
+
+__all__ = ["FINISHED", "TRANSITIONS", "IllegalTransition", "can_move", "check_move"]
+
+#: Which state may follow which. ``running -> running`` is recovery after a crash.
+TRANSITIONS: Final[Mapping[InstanceState, frozenset[InstanceState]]] = {
+    "running": frozenset({"running", "suspended", "completed", "failed", "cancelled"}),
+    "suspended": frozenset({"running", "cancelled"}),
+    "failed": frozenset({"running"}),
+    "completed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+#: States an instance never leaves on its own.
+FINISHED: Final = frozenset[InstanceState]({"completed", "failed", "cancelled"})
+
+
+class IllegalTransition(AssertionError):
+    """A bug: the engine tried to move an instance between states that do not connect."""
+
+
+def can_move(old: InstanceState, new: InstanceState) -> bool:
+    """Whether an instance in state *old* may move to *new*.
+
+    >>> can_move("failed", "running"), can_move("completed", "running")
+    (True, False)
+    """
+    return new in TRANSITIONS[old]
+
+
+def check_move(instance_id: str, old: InstanceState, new: InstanceState) -> None:
+    """Raise :class:`IllegalTransition` unless *old* may move to *new*."""
+    if not can_move(old, new):
+        raise IllegalTransition(f"instance {instance_id!r} cannot move from {old} to {new}")
+
+
+def sources(new: InstanceState) -> tuple[InstanceState, ...]:
+    """Every state from which an instance may move to *new*, in a stable order.
+
+    >>> sources("running")
+    ('failed', 'running', 'suspended')
+    """
+    return tuple(sorted(old for old, targets in TRANSITIONS.items() if new in targets))

@@ -1,0 +1,38 @@
+"""Storage backends: where an engine keeps its instances and step records.
+
+``Engine("orders.db")`` is short for ``Engine(SQLiteStorage("orders.db"))``;
+``Engine()`` uses a private in-memory SQLite database. :class:`MemoryStorage` keeps
+everything in dictionaries, for tests. Any object that implements :class:`Storage` can be
+given to an engine.
+
+Example:
+    >>> import memable
+    >>> from memable.storage import MemoryStorage, SQLiteStorage
+    >>> memable.Engine(SQLiteStorage("orders.db", synchronous="full"))  # doctest: +ELLIPSIS
+    <memable.Engine storage=SQLiteStorage('orders.db', synchronous='full') ...>
+"""
+
+from ._memory import MemoryStorage as MemoryStorage
+from ._protocol import Storage as Storage
+from ._records import InstanceRecord as InstanceRecord
+from ._records import InstanceState as InstanceState
+from ._records import InstanceUpdate as InstanceUpdate
+from ._records import StepRecord as StepRecord
+from ._records import Write as Write
+from ._sqlite import SQLiteStorage as SQLiteStorage
+
+__all__ = [
+    "InstanceRecord",
+    "InstanceState",
+    "InstanceUpdate",
+    "MemoryStorage",
+    "SQLiteStorage",
+    "Storage",
+    "StepRecord",
+    "Write",
+]
+
+for _name in ("InstanceRecord", "InstanceUpdate", "MemoryStorage", "SQLiteStorage", "StepRecord",
+              "Storage"):
+    globals()[_name].__module__ = "memable.storage"
+del _name

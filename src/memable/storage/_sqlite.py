@@ -1,0 +1,422 @@
+"""SQLite storage: the default, in one file, through the standard library's ``sqlite3``.
+
+This is the only module of memable that imports :mod:`sqlite3`, and no ``sqlite3`` error
+leaves it: every one becomes a :class:`~memable.StorageError` with the cause chained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import IO, Any, Final, Literal, final
+
+from .._exceptions import StorageError
+from ._records import InstanceRecord, InstanceState, InstanceUpdate, StepRecord, Write
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
+
+_Migration = Callable[[sqlite3.Connection], None]
+
+
+def _schema_1(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE instances (
+            instance_id    TEXT PRIMARY KEY,
+            workflow       TEXT NOT NULL,
+            status         TEXT NOT NULL,
+            parent_id      TEXT,
+            input          TEXT NOT NULL,
+            output         TEXT,
+            error          TEXT,
+            status_message TEXT,
+            waiting_on     TEXT NOT NULL DEFAULT '[]',
+            created_at     REAL NOT NULL,
+            updated_at     REAL NOT NULL,
+            finished_at    REAL
+        )
+        """
+    )
+    db.execute("CREATE INDEX instances_by_status ON instances (status, workflow, created_at)")
+    db.execute("CREATE INDEX instances_by_workflow ON instances (workflow, created_at)")
+    db.execute("CREATE INDEX instances_by_parent ON instances (parent_id) WHERE parent_id IS NOT NULL")
+    db.execute("CREATE INDEX instances_by_finish ON instances (finished_at) WHERE finished_at IS NOT NULL")
+    db.execute(
+        """
+        CREATE TABLE steps (
+            instance_id TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            value       TEXT,
+            error       TEXT,
+            attempts    INTEGER NOT NULL,
+            started_at  REAL NOT NULL,
+            finished_at REAL NOT NULL,
+            PRIMARY KEY (instance_id, key)
+        ) WITHOUT ROWID
+        """
+    )
+
+
+#: Migrations in order; the schema version of a database is how many have run on it.
+#: A new release appends to this list and never edits what is there.
+MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1,)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_INSTANCE_COLUMNS: Final = (
+    "instance_id, workflow, status, parent_id, input, output, error, status_message,"
+    " waiting_on, created_at, updated_at, finished_at"
+)
+_UPSERT_STEP: Final = """
+    INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (instance_id, key) DO UPDATE SET
+        state = excluded.state, value = excluded.value, error = excluded.error,
+        attempts = excluded.attempts, started_at = excluded.started_at,
+        finished_at = excluded.finished_at
+    WHERE steps.state != 'completed'
+"""
+_UPDATE_FIELDS: Final = (
+    "status",
+    "status_message",
+    "output",
+    "error",
+    "waiting_on",
+    "finished_at",
+    "updated_at",
+)
+
+
+def _instance(row: Any) -> InstanceRecord:
+    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f) = row
+    return InstanceRecord(
+        instance_id=iid,
+        workflow=workflow,
+        status=status,
+        parent_id=parent,
+        input=input_,
+        output=output,
+        error=error,
+        status_message=message,
+        waiting_on=tuple(json.loads(waiting)),
+        created_at=c,
+        updated_at=u,
+        finished_at=f,
+    )
+
+
+@final
+class SQLiteStorage:
+    """A :class:`~memable.storage.Storage` in a SQLite file (the default).
+
+    The file is created if missing, opened in WAL mode with ``synchronous=FULL`` unless
+    ``synchronous="normal"`` is asked for (faster; a power cut may lose the last commits,
+    a process crash loses nothing). One engine owns a file at a time: a second engine, in
+    this process or another, gets a :class:`~memable.StorageError` on entering. Other
+    programs (such as the ``memable`` CLI) may read the file meanwhile.
+
+    Args:
+        path: The database file, or ``":memory:"`` for a private in-memory database.
+        synchronous: SQLite's ``synchronous`` level, ``"full"`` (default) or ``"normal"``.
+
+    Example:
+        >>> import memable
+        >>> from memable.storage import SQLiteStorage
+        >>> engine = memable.Engine(SQLiteStorage("orders.db", synchronous="normal"))
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: Literal["full", "normal"] = "full"
+    ) -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        self.path = os.fspath(path)
+        self.synchronous = synchronous
+        self._db: sqlite3.Connection | None = None
+        self._lock_file: IO[str] | None = None
+        self._mutex = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({self.path!r}, synchronous={self.synchronous!r})"
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self._mutex:
+            if self._db is not None:
+                raise StorageError(f"{self!r} is already open")
+            if self.path != ":memory:":
+                self._lock_file = _take_lock(self.path)
+            try:
+                self._db = self._connect()
+            except BaseException:
+                self._release_lock()
+                raise
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        try:
+            with self._errors("opening"):
+                if self.path != ":memory:":
+                    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        raise StorageError(
+                            f"SQLite database {self.path!r} refused WAL mode (got {mode!r})"
+                        )
+                db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+                self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"SQLite database {self.path!r} has schema version {version}, newer than this"
+                f" memable knows ({SCHEMA_VERSION}); upgrade memable to open it"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for migration in MIGRATIONS[version:]:
+                migration(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._db is not None:
+                db, self._db = self._db, None
+                with self._errors("closing"):
+                    db.close()
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file releases the lock
+            self._lock_file = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if "file is not a database" in str(exc):
+                message = f"{self.path!r} is not a SQLite database"
+            else:
+                message = f"SQLite error while {doing} {self.path!r}: {exc}"
+            raise StorageError(message) from exc
+
+    @contextlib.contextmanager
+    def _read(self, doing: str) -> Iterator[sqlite3.Connection]:
+        with self._mutex, self._errors(doing):
+            if self._db is None:
+                raise StorageError(f"{self!r} is not open")
+            yield self._db
+
+    @contextlib.contextmanager
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        with self._read(doing) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        with self._transaction("creating an instance in") as db:
+            row = db.execute(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?",
+                (record.instance_id,),
+            ).fetchone()
+            if row is not None:
+                return _instance(row), False
+            db.execute(
+                f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.instance_id,
+                    record.workflow,
+                    record.status,
+                    record.parent_id,
+                    record.input,
+                    record.output,
+                    record.error,
+                    record.status_message,
+                    json.dumps(record.waiting_on),
+                    record.created_at,
+                    record.updated_at,
+                    record.finished_at,
+                ),
+            )
+            return record, True
+
+    def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        with self._read("reading") as db:
+            row = db.execute(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+        return None if row is None else _instance(row)
+
+    def list_instances(
+        self,
+        *,
+        workflow: str | None = None,
+        status: InstanceState | None = None,
+        limit: int | None = None,
+    ) -> list[InstanceRecord]:
+        where: list[str] = []
+        params: list[object] = []
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, instance_id LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        with self._read("listing instances in") as db:
+            rows = db.execute(sql, params).fetchall()
+        return [_instance(row) for row in rows]
+
+    def load_steps(self, instance_id: str) -> list[StepRecord]:
+        with self._read("loading steps from") as db:
+            rows = db.execute(
+                "SELECT key, state, value, error, attempts, started_at, finished_at"
+                " FROM steps WHERE instance_id = ?",
+                (instance_id,),
+            ).fetchall()
+        return [
+            StepRecord(
+                instance_id=instance_id,
+                key=key,
+                state=state,
+                value=value,
+                error=error,
+                attempts=attempts,
+                started_at=started_at,
+                finished_at=finished_at,
+            )
+            for key, state, value, error, attempts, started_at, finished_at in rows
+        ]
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        with self._transaction("writing to") as db:
+            for write in writes:
+                if isinstance(write, StepRecord):
+                    db.execute(
+                        _UPSERT_STEP,
+                        (
+                            write.instance_id,
+                            write.key,
+                            write.state,
+                            write.value,
+                            write.error,
+                            write.attempts,
+                            write.started_at,
+                            write.finished_at,
+                        ),
+                    )
+                else:
+                    _update_instance(db, write)
+
+    def restart(
+        self, instance_id: str, *, only_if: Collection[InstanceState], updated_at: float
+    ) -> InstanceRecord | None:
+        allowed = tuple(only_if)
+        marks = ", ".join("?" * len(allowed))
+        with self._transaction("restarting an instance in") as db:
+            changed = db.execute(
+                "UPDATE instances SET status = 'running', error = NULL, finished_at = NULL,"
+                f" waiting_on = '[]', updated_at = ? WHERE instance_id = ? AND status IN ({marks})",
+                (updated_at, instance_id, *allowed),
+            ).rowcount
+            if not changed:
+                return None
+            db.execute(
+                "DELETE FROM steps WHERE instance_id = ? AND state = 'dead'", (instance_id,)
+            )
+            row = db.execute(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+        return _instance(row)
+
+
+def _update_instance(db: sqlite3.Connection, update: InstanceUpdate) -> None:
+    columns: list[str] = []
+    params: list[object] = []
+    for name in _UPDATE_FIELDS:
+        value = getattr(update, name)
+        if value is not None:
+            columns.append(f"{name} = ?")
+            params.append(json.dumps(value) if name == "waiting_on" else value)
+    sql = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = ?"
+    params.append(update.instance_id)
+    if update.only_if:
+        sql += f" AND status IN ({', '.join('?' * len(update.only_if))})"
+        params.extend(update.only_if)
+    db.execute(sql, params)
+
+
+def _take_lock(path: str) -> IO[str]:
+    """Lock ``{path}.lock`` for this process, or raise StorageError naming the holder."""
+    lock_path = path + ".lock"
+    try:
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held while open
+    except OSError as exc:
+        raise StorageError(f"cannot create the lock file {lock_path!r}: {exc}") from exc
+    try:
+        _lock_exclusive(handle)
+    except OSError as exc:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StorageError(
+            f"SQLite database {path!r} is in use by another engine (process {holder});"
+            " one engine owns a SQLite file at a time (use Postgres to share one database)"
+        ) from exc
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _lock_exclusive(handle: IO[str]) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock_exclusive(handle: IO[str]) -> None:
+        # flock, not lockf: a second open file in the same process conflicts too.
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
