@@ -182,7 +182,7 @@ class Engine:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: types.TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
         assert self._task_group is not None
         self._phase = "closing"
         try:
@@ -197,7 +197,9 @@ class Engine:
         finally:
             self._committer.close()
             try:
-                return await self._task_group.__aexit__(exc_type, exc, tb)
+                # The engine's own tasks never raise; the body's exception is not handed to
+                # the task group, so it propagates as itself, not inside an ExceptionGroup.
+                await self._task_group.__aexit__(None, None, None)
             finally:
                 self._phase = "closed"
                 await self._close_storage()

@@ -89,6 +89,8 @@ def _type_name(tp: object) -> str:  # noqa: PLR0911 - one branch per kind of exp
         return f"{tp.__module__}.{tp.__name__}"
     if isinstance(tp, typing.TypeVar):
         raise TypeError(f"cannot store a value of unbound type variable {tp!r}")
+    if isinstance(tp, str | typing.ForwardRef):
+        raise TypeError(f"{tp!r} is a string annotation, not a type; pass the type itself")
     return repr(tp)
 
 
