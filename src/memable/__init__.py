@@ -52,6 +52,8 @@ from ._outcome import InstanceInfo as InstanceInfo
 from ._outcome import Outcome as Outcome
 from ._outcome import Suspended as Suspended
 from ._retry import RetryPolicy as RetryPolicy
+from ._suspend import Status as Status
+from ._suspend import SuspendPoint as SuspendPoint
 from ._workflow import Workflow as Workflow
 from ._workflow import workflow as workflow
 
@@ -68,8 +70,8 @@ __all__ = [
     "InstanceConflict",
     "InstanceInfo",
     "InstanceNotFound",
-    "Invocation",
     "InvalidKey",
+    "Invocation",
     "MemableError",
     "NotStarted",
     "Outcome",
@@ -79,11 +81,13 @@ __all__ = [
     "SerializationError",
     "SignalRejected",
     "SignalSuperseded",
+    "Status",
     "StepFailed",
     "StepTimeout",
     "StorageError",
-    "Suspended",
+    "SuspendPoint",
     "SuspendTimeout",
+    "Suspended",
     "SuspendedStepConflict",
     "TypeMismatch",
     "Workflow",

@@ -7,16 +7,34 @@ import json
 import logging
 import typing
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
+import anyio.lowlevel
 from typing_extensions import TypeVarTuple, Unpack
 
-from ._exceptions import DuplicateStepKey, RetriesExhausted, StepFailed, StepTimeout
+from ._exceptions import (
+    DuplicateStepKey,
+    Permanent,
+    RetriesExhausted,
+    StepFailed,
+    StepTimeout,
+    SuspendedStepConflict,
+    SuspendTimeout,
+)
 from ._keys import check_key
 from ._outcome import ErrorInfo
 from ._retry import RetryPolicy
-from .storage._records import InstanceUpdate, StepRecord, Write
+from ._suspend import SuspendPoint
+from .storage._records import (
+    History,
+    InstanceUpdate,
+    SignalRecord,
+    StepRecord,
+    TimerRecord,
+    Write,
+)
 
 if TYPE_CHECKING:
     from ._engine import Engine, _Run
@@ -48,12 +66,14 @@ class Context:
         ...     return await ctx.step("price:v1", fetch_price, order_id)
     """
 
-    __slots__ = ("_engine", "_records", "_run", "_used")
+    __slots__ = ("_engine", "_records", "_run", "_signals", "_timers", "_used")
 
-    def __init__(self, engine: Engine, run: _Run, records: dict[str, StepRecord]) -> None:
+    def __init__(self, engine: Engine, run: _Run, history: History) -> None:
         self._engine = engine
         self._run = run
-        self._records = records
+        self._records: dict[str, StepRecord] = {step.key: step for step in history.steps}
+        self._signals: dict[str, SignalRecord] = {s.key: s for s in history.signals}
+        self._timers: dict[str, TimerRecord] = {t.key: t for t in history.timers}
         self._used: set[str] = set()
 
     def __repr__(self) -> str:
@@ -83,6 +103,7 @@ class Context:
             raise TypeError(f"a status message is a str, not {type(message).__name__}")
         self._run.status_message = message
         self._run.status_dirty = True
+        self._engine._publish(self.instance_id, "running", message)
 
     async def step(
         self,
@@ -160,12 +181,12 @@ class Context:
 
         return await self._step(key, tp, in_thread, timeout, retry)
 
-    def _claim(self, key: str) -> None:
-        check_key(key)
+    def _claim(self, key: str, what: str = "step key") -> None:
+        check_key(key, what)
         if key in self._used:
             raise DuplicateStepKey(
-                f"step key {key!r} is already used in this run of {self.instance_id!r};"
-                " each step needs its own key"
+                f"key {key!r} is already used in this run of {self.instance_id!r};"
+                " each step, suspend point and timer needs its own key"
             )
         self._used.add(key)
 
@@ -187,6 +208,29 @@ class Context:
                 assert record.value is not None
                 return typing.cast(T, engine._serde.decode(record.value, tp, key, self._what(key)))
             raise _replayed_failure(key, record)
+        if key in self._signals or key in self._timers:
+            raise SuspendedStepConflict(
+                f"key {key!r} of instance {self.instance_id!r} was recorded as a suspend point"
+                " or timer and is now used as a step; give the step a new key"
+            )
+        self._run.in_flight += 1
+        try:
+            return await self._attempts(key, tp, call, timeout, retry)
+        finally:
+            self._run.in_flight -= 1
+            if not self._run.in_flight:
+                self._run.idle.set()
+
+    async def _attempts(
+        self,
+        key: str,
+        tp: object,
+        call: Callable[[], Awaitable[T]],
+        timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> T:
+        engine = self._engine
+        await engine._maybe_crash(self._run, key, "before")
         policy = retry or engine._retry or _NO_RETRY
         started = engine._now()
         attempt = 0
@@ -214,6 +258,7 @@ class Context:
                 await anyio.sleep(policy.delay_before(attempt + 1))
                 continue
             envelope = engine._serde.encode(result, tp, key, self._what(key))
+            await engine._maybe_crash(self._run, key, "after")
             record = StepRecord(
                 instance_id=self.instance_id,
                 key=key,
@@ -258,6 +303,140 @@ class Context:
         return [write, update]
 
 
+    # -- suspension ---------------------------------------------------------------------------
+
+    async def suspend(
+        self,
+        point: SuspendPoint[T],
+        /,
+        *,
+        status: str | None = None,
+        timeout: timedelta | None = None,
+    ) -> T:
+        """Wait at *point* for a signal and return its payload.
+
+        If a payload was delivered for ``point.key`` (before or after the workflow got
+        here), it is returned at once. Otherwise the instance is recorded as suspended on
+        that key (with *status* as its status message) and this run ends: no task and no
+        memory stay behind. The signal runs the instance again from the top; recorded steps
+        replay and this call then returns the payload.
+
+        With *timeout*, a durable deadline is recorded the first time; if it passes before
+        a signal, :class:`~memable.SuspendTimeout` is raised here. Exactly one of the
+        signal and the deadline wins; a signal that loses gets
+        :class:`~memable.SignalSuperseded`.
+
+        Suspending is not an exception: ``except Exception`` cannot catch it.
+
+        Example:
+            >>> from datetime import timedelta
+            >>> from memable import SuspendPoint
+            >>> approval = SuspendPoint("approval:v1", bool)
+            >>> async def body(ctx: Context) -> bool:
+            ...     return await ctx.suspend(approval, status="waiting for a manager",
+            ...                              timeout=timedelta(days=2))
+        """
+        key = point.key
+        self._claim(key, "suspend point key")
+        self._check_not_step(key)
+        signal = self._signals.get(key)
+        if signal is not None:
+            if signal.timed_out:
+                raise SuspendTimeout(key)
+            assert signal.payload is not None
+            return typing.cast(
+                T,
+                self._engine._serde.decode(
+                    signal.payload,
+                    point.payload_type,
+                    key,
+                    f"the signal {key!r} of instance {self.instance_id!r}",
+                ),
+            )
+        if status is not None:
+            self.set_status(status)
+        if timeout is not None and key not in self._timers:
+            await self._add_timer(key, self._engine._clock.now() + timeout, "timeout")
+        await self._wait(key)
+        raise AssertionError("unreachable: a suspended run is cancelled")  # pragma: no cover
+
+    async def sleep(self, key: str, delay: timedelta, /) -> None:
+        """Sleep durably for *delay*: a timer that survives restarts.
+
+        The deadline (now + *delay*, UTC, from the engine's clock) is recorded the first
+        time this key is reached; until it passes the instance is suspended and holds no
+        task. Later runs see the deadline has passed and return at once.
+
+        Example:
+            >>> from datetime import timedelta
+            >>> async def body(ctx: Context) -> None:
+            ...     await ctx.sleep("cool-off:v1", timedelta(hours=1))
+        """
+        if not isinstance(delay, timedelta):
+            raise TypeError(f"sleep() takes a datetime.timedelta, not {delay!r}")
+        await self._sleep(key, lambda: self._engine._clock.now() + delay)
+
+    async def sleep_until(self, key: str, when: datetime, /) -> None:
+        """Sleep durably until *when* (a timezone-aware datetime).
+
+        Example:
+            >>> from datetime import UTC, datetime
+            >>> async def body(ctx: Context) -> None:
+            ...     await ctx.sleep_until("new-year:v1", datetime(2027, 1, 1, tzinfo=UTC))
+        """
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise TypeError(f"sleep_until() takes a timezone-aware datetime, not {when!r}")
+        await self._sleep(key, lambda: when)
+
+    async def _sleep(self, key: str, deadline: Callable[[], datetime]) -> None:
+        self._claim(key, "timer key")
+        self._check_not_step(key)
+        timer = self._timers.get(key)
+        if timer is None:
+            timer = await self._add_timer(key, deadline(), "sleep")
+        if timer.fired or timer.deadline <= self._engine._now():
+            return
+        await self._wait(key)
+
+    def _check_not_step(self, key: str) -> None:
+        if key in self._records:
+            raise SuspendedStepConflict(
+                f"key {key!r} of instance {self.instance_id!r} was recorded as a step and is"
+                " now used as a suspend point or timer; give it a new key"
+            )
+
+    async def _add_timer(self, key: str, deadline: datetime, kind: str) -> TimerRecord:
+        timer = TimerRecord(
+            instance_id=self.instance_id,
+            key=key,
+            deadline=deadline.timestamp(),
+            kind="sleep" if kind == "sleep" else "timeout",
+        )
+        await self._engine._committer.write(self._with_status(timer))
+        self._timers[key] = timer
+        self._engine._timer_added(timer.deadline)
+        return timer
+
+    async def _wait(self, key: str) -> None:
+        """Wait on *key* until the instance suspends (and this run is cancelled)."""
+        run = self._run
+        run.waiting.add(key)
+        if run.suspending:
+            await anyio.sleep_forever()
+        run.suspending = True
+        # Let sibling tasks reach their own suspend points, and let steps in flight
+        # finish and record, before the instance suspends on every key waited on.
+        while True:
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            if not run.in_flight:
+                break
+            run.idle = anyio.Event()
+            await run.idle.wait()
+        await self._engine._suspend(run)
+        await anyio.sleep_forever()
+
+
 class _AttemptTimedOut(Exception):  # noqa: N818
     def __init__(self, timeout: float) -> None:
         super().__init__(f"attempt timed out after {timeout} s")
@@ -266,8 +445,6 @@ class _AttemptTimedOut(Exception):  # noqa: N818
 
 
 def _retryable(policy: RetryPolicy, exc: Exception) -> bool:
-    from ._exceptions import Permanent
-
     if isinstance(exc, Permanent):
         return False
     if isinstance(exc, _AttemptTimedOut):

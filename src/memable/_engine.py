@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -9,12 +10,13 @@ import os
 import types
 import typing
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, Literal, TypeVar, final, overload
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 import cattrs
 from typing_extensions import Self
@@ -26,35 +28,59 @@ from ._exceptions import (
     InstanceConflict,
     InstanceNotFound,
     NotStarted,
+    SignalRejected,
+    SignalSuperseded,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowSuspended,
 )
 from ._keys import check_key, new_instance_id
-from ._outcome import Cancelled, Completed, ErrorInfo, Failed, InstanceInfo, Outcome, Suspended
+from ._outcome import (
+    Cancelled,
+    Completed,
+    ErrorInfo,
+    Failed,
+    InstanceInfo,
+    Outcome,
+    Suspended,
+)
 from ._retry import RetryPolicy
 from ._serde import Serde
 from ._state import sources
-from .storage._protocol import Storage
-from .storage._records import InstanceRecord, InstanceState, InstanceUpdate
-from .storage._sqlite import SQLiteStorage
+from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
+from .storage._protocol import Storage
+from .storage._records import (
+    InstanceRecord,
+    InstanceState,
+    InstanceUpdate,
+    SignalRecord,
+)
+from .storage._sqlite import SQLiteStorage
 
 __all__ = ["Engine", "Invocation"]
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
 R = TypeVar("R")
+T = TypeVar("T")
 
 logger = logging.getLogger("memable")
 
 _NOTHING: Final = object()
 
 
+_End = Literal["suspended", "restart", "cancelled", "crashed"]
+
+
 @attrs.define(eq=False)
 class _Run:
-    """One run of an instance in this engine (or a reservation for one)."""
+    """An instance while a task of this engine runs it (or a reservation for one).
+
+    It lives from the moment the instance starts running here until it completes, fails,
+    is cancelled or suspends; a suspended instance has none.
+    """
 
     instance_id: str
     workflow: Workflow[Any, Any]
@@ -65,6 +91,24 @@ class _Run:
     outcome: Outcome[Any] | None = None
     status_message: str | None = None
     status_dirty: bool = False
+    # Suspension: the keys waited on, whether a task is suspending the instance, and the
+    # steps in flight (the instance suspends once they have recorded their results).
+    waiting: set[str] = attrs.field(factory=set)
+    suspending: bool = False
+    in_flight: int = 0
+    idle: anyio.Event = attrs.field(factory=anyio.Event)
+    end: _End | None = None  # why the scope was cancelled
+    rerun: bool = False  # claimed again while ending: run once more
+
+    def reset(self) -> None:
+        """Prepare for another pass over the workflow function."""
+        self.scope = anyio.CancelScope()
+        self.waiting = set()
+        self.suspending = False
+        self.in_flight = 0
+        self.end = None
+        self.rerun = False
+        self.outcome = None
 
 
 _Phase = Literal["new", "running", "closing", "closed"]
@@ -144,6 +188,14 @@ class Engine:
         self._limiter = anyio.CapacityLimiter(1)
         self._committer = GroupCommitter(storage.commit, self._limiter)
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._crash_points: set[tuple[str, str]] = set()
+        # The timer scheduler: the earliest deadline it sleeps until, and its sleep's scope.
+        self._next_deadline: float | None = None
+        self._scheduler_scope: anyio.CancelScope | None = None
+        self._scheduler_stale = False
+        self._scheduler_asleep = False
+        self._system_scope = anyio.CancelScope()
         self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -168,6 +220,10 @@ class Engine:
             raise
         self._task_group = task_group
         task_group.start_soon(self._committer.run, name="memable writer")
+        task_group.start_soon(self._schedule, name="memable timers")
+        attach = getattr(self._clock, "_attach", None)
+        if attach is not None:  # memable.testing.ManualClock waits for our timers
+            attach(self)
         self._phase = "running"
         if self._resume_on_start:
             try:
@@ -190,11 +246,13 @@ class Engine:
                 with anyio.move_on_after(self._shutdown_timeout):
                     await self._wait_idle()
             self._cancelling = True
+            self._system_scope.cancel()
             for run in list(self._runs.values()):
                 run.scope.cancel()
             with anyio.CancelScope(shield=True):
                 await self._wait_idle()
         finally:
+            self._system_scope.cancel()
             self._committer.close()
             try:
                 # The engine's own tasks never raise; the body's exception is not handed to
@@ -203,6 +261,72 @@ class Engine:
             finally:
                 self._phase = "closed"
                 await self._close_storage()
+
+    async def _schedule(self) -> None:
+        """The timer scheduler: sleep until the earliest deadline, fire, repeat.
+
+        It sleeps exactly until the earliest unfired deadline (no polling) and is woken
+        early when a nearer timer is written. Overdue timers fire at once on start.
+        """
+        with self._system_scope:
+            while True:
+                self._scheduler_stale = False
+                deadline = await self._storage_call(self._storage.next_deadline)
+                self._next_deadline = deadline
+                if self._scheduler_stale:
+                    continue  # a nearer timer was written meanwhile
+                with anyio.CancelScope() as scope:
+                    self._scheduler_scope = scope
+                    self._scheduler_asleep = True
+                    try:
+                        if deadline is None:
+                            await anyio.sleep_forever()
+                        else:
+                            await self._clock.sleep_until(datetime.fromtimestamp(deadline, UTC))
+                    finally:
+                        self._scheduler_asleep = False
+                self._scheduler_scope = None
+                if scope.cancelled_caught:
+                    continue
+                claimed = await self._storage_call(self._storage.fire_timers, self._now())
+                for record in claimed:
+                    self._run_claimed(record)
+
+    def _timers_settled(self) -> bool:
+        """Whether no timer is due that the scheduler has not fired (for ManualClock)."""
+        if self._phase != "running":
+            return True
+        return (
+            self._scheduler_asleep
+            and not self._scheduler_stale
+            and (self._next_deadline is None or self._next_deadline > self._now())
+        )
+
+    def _timer_added(self, deadline: float) -> None:
+        """Wake the scheduler if *deadline* is nearer than the one it sleeps until."""
+        if self._next_deadline is None or deadline < self._next_deadline:
+            self._next_deadline = deadline
+            self._scheduler_stale = True
+            if self._scheduler_scope is not None:
+                self._scheduler_scope.cancel()
+
+    def _run_claimed(self, record: InstanceRecord) -> None:
+        """Run an instance a signal or timer has just claimed (set ``running``)."""
+        wf = self._workflows.get(record.workflow)
+        if wf is None:
+            logger.warning(
+                "instance %r of unregistered workflow %r was resumed in storage but is not"
+                " run here; register the workflow to run it",
+                record.instance_id,
+                record.workflow,
+                extra={"instance_id": record.instance_id, "workflow": record.workflow},
+            )
+            return
+        run = self._runs.get(record.instance_id)
+        if run is not None and run.started:
+            run.rerun = True  # still ending its suspended pass: it goes again
+            return
+        self._start(self._reserve(record.instance_id, wf), record)
 
     async def _wait_idle(self) -> None:
         while self._runs:
@@ -416,9 +540,7 @@ class Engine:
             updated_at=self._now(),
         )
         if restarted is not None:
-            run = self._reserve(instance_id, wf)
-            if not run.started:
-                self._start(run, restarted)
+            self._run_claimed(restarted)
         return invocation
 
     def _reserve(self, instance_id: str, wf: Workflow[Any, Any]) -> _Run:
@@ -440,13 +562,28 @@ class Engine:
         self._task_group.start_soon(self._drive, run, record, name=f"memable {run.instance_id}")
 
     async def _drive(self, run: _Run, record: InstanceRecord) -> None:
-        """Run one instance to its end (or to shutdown), recording how it ended."""
+        """Run one instance to its end, suspension or shutdown, recording how it ended."""
+        try:
+            run.status_message = record.status_message
+            while True:
+                self._publish(run.instance_id, "running", run.status_message)
+                await self._pass(run, record)
+                if run.end == "restart" or (run.end == "suspended" and run.rerun):
+                    run.reset()  # a signal or timer came while suspending: go again
+                    continue
+                break
+        finally:
+            if self._runs.get(run.instance_id) is run:
+                del self._runs[run.instance_id]
+            run.finished.set()
+
+    async def _pass(self, run: _Run, record: InstanceRecord) -> None:
+        """One pass over the workflow function, from the top."""
         wf = run.workflow
         try:
             with run.scope:
-                run.status_message = record.status_message
-                steps = await self._storage_call(self._storage.load_steps, run.instance_id)
-                context = Context(self, run, {step.key: step for step in steps})
+                history = await self._storage_call(self._storage.load_history, run.instance_id)
+                context = Context(self, run, history)
                 input_type, output_type = wf.types()
                 try:
                     if wf.takes_input:
@@ -460,7 +597,9 @@ class Engine:
                         output, output_type, "output", f"the output of {run.instance_id!r}"
                     )
                 except Exception as exc:
-                    await self._finish(run, Failed(error=ErrorInfo.from_exception(exc), exception=exc))
+                    if run.end is None:  # not while suspending, crashing or cancelled
+                        failed = Failed(error=ErrorInfo.from_exception(exc), exception=exc)
+                        await self._finish(run, failed)
                 else:
                     await self._finish(run, Completed(output=output), output=envelope)
         except Exception as exc:
@@ -472,10 +611,6 @@ class Engine:
                 extra={"instance_id": run.instance_id},
             )
             run.outcome = Failed(error=ErrorInfo.from_exception(exc), exception=exc)
-        finally:
-            if self._runs.get(run.instance_id) is run:
-                del self._runs[run.instance_id]
-            run.finished.set()
 
     async def _finish(self, run: _Run, outcome: Completed[Any] | Failed, output: str | None = None) -> None:
         now = self._now()
@@ -502,6 +637,182 @@ class Engine:
         )
         await self._committer.write([update])
         run.outcome = outcome
+        self._publish(run.instance_id, status, run.status_message)
+
+    async def _suspend(self, run: _Run) -> None:
+        """Record *run*'s instance as suspended and end the run (called by the context)."""
+        waiting_on = tuple(sorted(run.waiting))
+        with anyio.CancelScope(shield=True):  # what storage decided must be known here
+            suspended = await self._storage_call(
+                self._storage.suspend,
+                run.instance_id,
+                waiting_on=waiting_on,
+                status_message=run.status_message,
+                now=self._now(),
+            )
+        run.status_dirty = False
+        if suspended:
+            run.end = "suspended"
+            run.outcome = Suspended(waiting_on=waiting_on, status=run.status_message)
+            self._publish(run.instance_id, "suspended", run.status_message, waiting_on)
+        else:
+            run.end = "restart"  # what it waits for has come: run again at once
+        run.scope.cancel()
+
+    async def _maybe_crash(self, run: _Run, key: str, when: Literal["before", "after"]) -> None:
+        """Crash injection (memable.testing): end the run here as if the process died."""
+        if (key, when) in self._crash_points:
+            self._crash_points.discard((key, when))
+            run.end = "crashed"
+            run.scope.cancel()
+            await anyio.lowlevel.checkpoint()
+
+    # -- signals, cancellation, status -------------------------------------------------------
+
+    async def signal(
+        self, wf: Workflow[Any, O], instance_id: str, point: SuspendPoint[T], payload: T, /
+    ) -> Invocation[O]:
+        """Deliver *payload* to *point* of an instance; return the instance's handle.
+
+        The payload is checked against the point's type before anything is written. If
+        the instance is suspended on ``point.key`` it is claimed and runs again; if it has
+        not reached the point yet, the payload is kept for when it does.
+
+        Raises:
+            TypeMismatch: *payload* is not of the point's type (nothing is stored).
+            InstanceNotFound: no instance has this id.
+            SignalRejected: the instance has finished.
+            SignalSuperseded: the point already has a payload, or its deadline passed.
+
+        Example:
+            >>> import memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> async def approve(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
+            ...     await engine.signal(wf, "order-o-17", approval, True)
+        """
+        self._check_running()
+        wf = self._registered(wf)
+        check_key(instance_id, "instance id", reserved_ok=True)
+        if not isinstance(typing.cast(object, point), SuspendPoint):
+            raise TypeError(f"signal() takes a memable.SuspendPoint, not {point!r}")
+        envelope = self._serde.encode(
+            payload, point.payload_type, point.key, f"the payload of signal {point.key!r}"
+        )
+        signal = SignalRecord(
+            instance_id=instance_id, key=point.key, payload=envelope, created_at=self._now()
+        )
+        outcome, record = await self._storage_call(self._storage.deliver_signal, signal)
+        if record is not None and record.workflow != wf.name:
+            if outcome in ("claimed", "stored"):  # pragma: no cover - ids are unique per wf
+                logger.error("signal %r stored for %r of another workflow", point.key, instance_id)
+            raise InstanceConflict(
+                f"instance {instance_id!r} belongs to workflow {record.workflow!r},"
+                f" not {wf.name!r}"
+            )
+        match outcome:
+            case "not_found":
+                raise InstanceNotFound(f"no instance {instance_id!r} in {self._storage!r}")
+            case "finished":
+                assert record is not None
+                raise SignalRejected(point.key, f"instance {instance_id!r} is {record.status}")
+            case "superseded":
+                raise SignalSuperseded(point.key)
+            case "claimed":
+                assert record is not None
+                self._run_claimed(record)
+        return Invocation(self, wf, instance_id)
+
+    async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> None:
+        """End a running or suspended instance as ``cancelled``.
+
+        A task running it is cancelled through its cancel scope (its ``finally`` blocks
+        run; no further result is recorded). Cancelling a finished instance does nothing.
+
+        Raises:
+            InstanceNotFound: no instance has this id.
+
+        Example:
+            >>> import memable
+            >>> async def stop(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
+            ...     await engine.cancel(wf, "order-o-17", reason="customer left")
+        """
+        self._check_running()
+        wf = self._registered(wf)
+        record = await self._record(wf, instance_id)
+        before = await self._storage_call(
+            self._storage.cancel, instance_id, reason=reason, now=self._now()
+        )
+        if before is None:
+            return  # already finished
+        run = self._runs.get(instance_id)
+        if run is not None and run.started:
+            run.end = "cancelled"
+            run.outcome = Cancelled(reason=reason)
+            run.scope.cancel()
+        self._publish(record.instance_id, "cancelled", reason)
+
+    def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
+        """Iterate over the status changes of an instance.
+
+        The first item is the current status. Changes follow live while the instance
+        runs in this engine, across suspension, signal and completion; the iteration
+        ends after a terminal status (``completed``, ``failed``, ``cancelled``). A
+        finished instance yields its final status once.
+
+        Example:
+            >>> import memable
+            >>> async def watch(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
+            ...     async for status in engine.subscribe(wf, "order-o-17"):
+            ...         print(status.status, status.message)
+        """
+        self._check_running()
+        wf = self._registered(wf)
+        check_key(instance_id, "instance id", reserved_ok=True)
+        return self._subscription(wf, instance_id)
+
+    async def _subscription(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
+        subscriber = _Subscriber()
+        subscribers = self._subscribers.setdefault(instance_id, set())
+        subscribers.add(subscriber)
+        try:
+            record = await self._record(wf, instance_id)
+            last = Status(
+                instance_id=instance_id,
+                status=record.status,
+                message=self._live_message(record),
+                waiting_on=record.waiting_on,
+            )
+            yield last
+            while not last.finished:
+                status = await subscriber.get()
+                if status != last:
+                    last = status
+                    yield status
+        finally:
+            subscribers.discard(subscriber)
+            if not subscribers and self._subscribers.get(instance_id) is subscribers:
+                del self._subscribers[instance_id]
+
+    def _publish(
+        self,
+        instance_id: str,
+        status: InstanceState,
+        message: str | None,
+        waiting_on: tuple[str, ...] = (),
+    ) -> None:
+        subscribers = self._subscribers.get(instance_id)
+        if subscribers:
+            change = Status(
+                instance_id=instance_id, status=status, message=message, waiting_on=waiting_on
+            )
+            for subscriber in subscribers:
+                subscriber.put(change)
+
+    def _live_message(self, record: InstanceRecord) -> str | None:
+        run = self._runs.get(record.instance_id)
+        if run is not None and run.started:
+            return run.status_message
+        return record.status_message
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -519,11 +830,9 @@ class Engine:
         """
         self._check_running()
         record = await self._record(wf, instance_id)
-        run = self._runs.get(instance_id)
         info = _info(record)
-        if run is not None and run.started and run.status_message != info.status_message:
-            info = attrs.evolve(info, status_message=run.status_message)
-        return info
+        message = self._live_message(record)
+        return info if message == info.status_message else attrs.evolve(info, status_message=message)
 
     async def instances(
         self,
@@ -669,6 +978,26 @@ def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
+class _Subscriber:
+    """The queue of status changes of one ``subscribe()`` iteration."""
+
+    __slots__ = ("_changed", "_items")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Status] = collections.deque()
+        self._changed = anyio.Event()
+
+    def put(self, status: Status) -> None:
+        self._items.append(status)
+        self._changed.set()
+
+    async def get(self) -> Status:
+        while not self._items:
+            self._changed = anyio.Event()
+            await self._changed.wait()
+        return self._items.popleft()
+
+
 @final
 class Invocation(Generic[O]):
     """A handle on one instance: wait for it, or get its result.
@@ -728,6 +1057,16 @@ class Invocation(Generic[O]):
                 " not run it (resume_on_start=False, or the engine is shutting down);"
                 " engine.resume() starts it"
             )
+
+    def status(self) -> AsyncIterator[Status]:
+        """Iterate over the instance's status changes (see :meth:`Engine.subscribe`).
+
+        Example:
+            >>> async def watch(invocation: Invocation[int]) -> None:
+            ...     async for status in invocation.status():
+            ...         print(status.status)
+        """
+        return self._engine.subscribe(self.workflow, self.instance_id)
 
     async def result(self) -> O:
         """Wait for the instance and return its output.

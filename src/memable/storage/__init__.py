@@ -14,25 +14,33 @@ Example:
 
 from ._memory import MemoryStorage as MemoryStorage
 from ._protocol import Storage as Storage
+from ._records import History as History
 from ._records import InstanceRecord as InstanceRecord
 from ._records import InstanceState as InstanceState
 from ._records import InstanceUpdate as InstanceUpdate
+from ._records import SignalOutcome as SignalOutcome
+from ._records import SignalRecord as SignalRecord
 from ._records import StepRecord as StepRecord
+from ._records import TimerRecord as TimerRecord
 from ._records import Write as Write
 from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
+    "History",
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
     "MemoryStorage",
     "SQLiteStorage",
-    "Storage",
+    "SignalOutcome",
+    "SignalRecord",
     "StepRecord",
+    "Storage",
+    "TimerRecord",
     "Write",
 ]
 
-for _name in ("InstanceRecord", "InstanceUpdate", "MemoryStorage", "SQLiteStorage", "StepRecord",
-              "Storage"):
+for _name in ("History", "InstanceRecord", "InstanceUpdate", "MemoryStorage", "SQLiteStorage",
+              "SignalRecord", "StepRecord", "Storage", "TimerRecord"):
     globals()[_name].__module__ = "memable.storage"
 del _name

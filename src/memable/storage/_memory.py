@@ -9,7 +9,17 @@ from typing import final
 import attrs
 
 from .._exceptions import StorageError
-from ._records import InstanceRecord, InstanceState, InstanceUpdate, StepRecord, Write
+from ._records import (
+    History,
+    InstanceRecord,
+    InstanceState,
+    InstanceUpdate,
+    SignalOutcome,
+    SignalRecord,
+    StepRecord,
+    TimerRecord,
+    Write,
+)
 
 __all__ = ["MemoryStorage"]
 
@@ -31,6 +41,8 @@ class MemoryStorage:
         self._lock = threading.Lock()
         self._instances: dict[str, InstanceRecord] = {}
         self._steps: dict[str, dict[str, StepRecord]] = {}
+        self._signals: dict[str, dict[str, SignalRecord]] = {}
+        self._timers: dict[str, dict[str, TimerRecord]] = {}
         self._owned = False
 
     def __repr__(self) -> str:
@@ -87,8 +99,125 @@ class MemoryStorage:
                     old = steps.get(write.key)
                     if old is None or old.state != "completed":
                         steps[write.key] = write
+                elif isinstance(write, TimerRecord):
+                    self._timers.setdefault(write.instance_id, {}).setdefault(write.key, write)
                 else:
                     self._apply(write)
+
+    def load_history(self, instance_id: str) -> History:
+        with self._lock:
+            return History(
+                steps=list(self._steps.get(instance_id, {}).values()),
+                signals=list(self._signals.get(instance_id, {}).values()),
+                timers=list(self._timers.get(instance_id, {}).values()),
+            )
+
+    def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
+        with self._lock:
+            record = self._instances.get(signal.instance_id)
+            if record is None:
+                return "not_found", None
+            if record.status in ("completed", "failed", "cancelled"):
+                return "finished", record
+            signals = self._signals.setdefault(signal.instance_id, {})
+            if signal.key in signals:
+                return "superseded", record
+            signals[signal.key] = signal
+            if record.status == "suspended" and signal.key in record.waiting_on:
+                return "claimed", self._claim(record, signal.created_at)
+            return "stored", record
+
+    def suspend(
+        self,
+        instance_id: str,
+        *,
+        waiting_on: Sequence[str],
+        status_message: str | None,
+        now: float,
+    ) -> bool:
+        with self._lock:
+            signals = self._signals.get(instance_id, {})
+            if any(key in signals for key in waiting_on):
+                return False
+            timers = self._timers.get(instance_id, {})
+            due = [timers[k] for k in waiting_on if k in timers and timers[k].deadline <= now]
+            if due:
+                for timer in due:
+                    self._fire(timer, now)
+                return False
+            record = self._instances.get(instance_id)
+            if record is None or record.status != "running":
+                return False
+            self._instances[instance_id] = attrs.evolve(
+                record,
+                status="suspended",
+                waiting_on=tuple(waiting_on),
+                status_message=status_message,
+                updated_at=now,
+            )
+            return True
+
+    def next_deadline(self) -> float | None:
+        with self._lock:
+            deadlines = [
+                timer.deadline
+                for timers in self._timers.values()
+                for timer in timers.values()
+                if not timer.fired
+            ]
+        return min(deadlines, default=None)
+
+    def fire_timers(self, now: float) -> list[InstanceRecord]:
+        claimed: list[InstanceRecord] = []
+        with self._lock:
+            due = sorted(
+                (
+                    timer
+                    for timers in self._timers.values()
+                    for timer in timers.values()
+                    if not timer.fired and timer.deadline <= now
+                ),
+                key=lambda timer: timer.deadline,
+            )
+            for timer in due:
+                self._fire(timer, now)
+                record = self._instances.get(timer.instance_id)
+                if record is not None and record.status == "suspended" and (
+                    timer.key in record.waiting_on
+                ):
+                    claimed.append(self._claim(record, now))
+        return claimed
+
+    def cancel(self, instance_id: str, *, reason: str, now: float) -> InstanceRecord | None:
+        with self._lock:
+            record = self._instances.get(instance_id)
+            if record is None or record.status not in ("running", "suspended"):
+                return None
+            self._instances[instance_id] = attrs.evolve(
+                record,
+                status="cancelled",
+                status_message=reason,
+                waiting_on=(),
+                updated_at=now,
+                finished_at=now,
+            )
+            for timer in list(self._timers.get(instance_id, {}).values()):
+                self._timers[instance_id][timer.key] = attrs.evolve(timer, fired=True)
+            return record
+
+    def _claim(self, record: InstanceRecord, now: float) -> InstanceRecord:
+        record = attrs.evolve(record, status="running", waiting_on=(), updated_at=now)
+        self._instances[record.instance_id] = record
+        return record
+
+    def _fire(self, timer: TimerRecord, now: float) -> None:
+        self._timers[timer.instance_id][timer.key] = attrs.evolve(timer, fired=True)
+        if timer.kind == "timeout":
+            self._signals.setdefault(timer.instance_id, {}).setdefault(
+                timer.key,
+                SignalRecord(instance_id=timer.instance_id, key=timer.key, payload=None,
+                             created_at=now),
+            )  # fmt: skip
 
     def _apply(self, update: InstanceUpdate) -> None:
         record = self._instances.get(update.instance_id)

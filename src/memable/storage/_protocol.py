@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol, runtime_checkable
 
-from ._records import InstanceRecord, InstanceState, StepRecord, Write
+from ._records import (
+    History,
+    InstanceRecord,
+    InstanceState,
+    SignalOutcome,
+    SignalRecord,
+    StepRecord,
+    Write,
+)
 
 __all__ = ["Storage"]
 
@@ -53,13 +61,66 @@ class Storage(Protocol):
         """Return every step record of an instance (one query)."""
         ...
 
+    def load_history(self, instance_id: str) -> History:
+        """Return the steps, signals and timers of an instance, in one read."""
+        ...
+
     def commit(self, writes: Sequence[Write]) -> None:
         """Apply *writes* in order, in one transaction.
 
         A :class:`~memable.storage.StepRecord` is inserted or replaces a dead letter; a
         ``completed`` record is never overwritten. An
         :class:`~memable.storage.InstanceUpdate` whose ``only_if`` does not hold is skipped.
+        A :class:`~memable.storage.TimerRecord` is inserted unless its key has one already.
         """
+
+    def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
+        """Store a payload and, if the instance waits on its key, claim it; one transaction.
+
+        Returns ``"not_found"`` (no instance), ``"finished"`` (completed, failed or
+        cancelled: nothing stored), ``"superseded"`` (the key already has a payload or
+        timed out: nothing stored), ``"claimed"`` (stored, and the instance was
+        ``suspended`` on this key and is now ``running``: the caller runs it), or
+        ``"stored"`` (kept for when the instance reaches the point). The record is the
+        instance after the transaction (``None`` if not found).
+        """
+        ...
+
+    def suspend(
+        self,
+        instance_id: str,
+        *,
+        waiting_on: Sequence[str],
+        status_message: str | None,
+        now: float,
+    ) -> bool:
+        """Record a ``running`` instance as ``suspended`` on *waiting_on*; one transaction.
+
+        Refused (``False``, nothing suspended) when any key in *waiting_on* already has a
+        signal, or a timer due at *now* (which this call fires: a due ``timeout`` timer
+        gets its timed-out marker): then the caller runs the instance again at once.
+        """
+        ...
+
+    def next_deadline(self) -> float | None:
+        """Return the earliest deadline of the timers not yet fired, or ``None``."""
+        ...
+
+    def fire_timers(self, now: float) -> list[InstanceRecord]:
+        """Fire every timer due at *now* and claim the instances suspended on them.
+
+        One transaction: each due timer is marked fired (a ``timeout`` timer stores its
+        timed-out marker unless a payload came first); every instance ``suspended`` on a
+        fired key becomes ``running`` and is returned, for the caller to run.
+        """
+        ...
+
+    def cancel(self, instance_id: str, *, reason: str, now: float) -> InstanceRecord | None:
+        """End a ``running`` or ``suspended`` instance as ``cancelled``; one transaction.
+
+        Returns the record as it was before, or ``None`` if it was not cancellable.
+        """
+        ...
 
     def restart(
         self, instance_id: str, *, only_if: Collection[InstanceState], updated_at: float

@@ -6,7 +6,17 @@ from typing import Literal, TypeAlias, final
 
 import attrs
 
-__all__ = ["InstanceRecord", "InstanceState", "InstanceUpdate", "StepRecord", "Write"]
+__all__ = [
+    "History",
+    "InstanceRecord",
+    "InstanceState",
+    "InstanceUpdate",
+    "SignalOutcome",
+    "SignalRecord",
+    "StepRecord",
+    "TimerRecord",
+    "Write",
+]
 
 #: The persisted state of an instance.
 InstanceState: TypeAlias = Literal["running", "suspended", "completed", "failed", "cancelled"]
@@ -88,5 +98,67 @@ class InstanceUpdate:
     finished_at: float | None = None
 
 
+@final
+@attrs.frozen(kw_only=True)
+class SignalRecord:
+    """A payload delivered to a suspend point; ``payload`` is ``None`` if it timed out.
+
+    Example:
+        >>> from memable.storage import SignalRecord
+        >>> SignalRecord(instance_id="o-1", key="approval:v1",
+        ...              payload='{"type":"bool","value":true}', created_at=0.0).timed_out
+        False
+    """
+
+    instance_id: str
+    key: str
+    payload: str | None
+    created_at: float
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the suspend point's deadline passed before a payload came."""
+        return self.payload is None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class TimerRecord:
+    """A durable timer: a ``sleep``, or the deadline of a suspend point (``timeout``).
+
+    ``deadline`` is seconds since the epoch, UTC.
+
+    Example:
+        >>> from memable.storage import TimerRecord
+        >>> TimerRecord(instance_id="o-1", key="cool-off:v1", deadline=60.0, kind="sleep").fired
+        False
+    """
+
+    instance_id: str
+    key: str
+    deadline: float
+    kind: Literal["sleep", "timeout"]
+    fired: bool = False
+
+
+@final
+@attrs.frozen(kw_only=True)
+class History:
+    """Everything recorded for one instance, loaded in one read when it starts running.
+
+    Example:
+        >>> from memable.storage import History
+        >>> History(steps=[], signals=[], timers=[]).steps
+        []
+    """
+
+    steps: list[StepRecord]
+    signals: list[SignalRecord]
+    timers: list[TimerRecord]
+
+
+#: What :meth:`~memable.storage.Storage.deliver_signal` did with a payload.
+SignalOutcome: TypeAlias = Literal["claimed", "stored", "superseded", "not_found", "finished"]
+
 #: What :meth:`~memable.storage.Storage.commit` applies in one transaction.
-Write: TypeAlias = StepRecord | InstanceUpdate
+Write: TypeAlias = StepRecord | InstanceUpdate | TimerRecord

@@ -15,8 +15,20 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import IO, Any, Final, Literal, final
 
+import attrs
+
 from .._exceptions import StorageError
-from ._records import InstanceRecord, InstanceState, InstanceUpdate, StepRecord, Write
+from ._records import (
+    History,
+    InstanceRecord,
+    InstanceState,
+    InstanceUpdate,
+    SignalOutcome,
+    SignalRecord,
+    StepRecord,
+    TimerRecord,
+    Write,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -63,9 +75,36 @@ def _schema_1(db: sqlite3.Connection) -> None:
     )
 
 
+def _schema_2(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE signals (
+            instance_id TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            payload     TEXT,
+            created_at  REAL NOT NULL,
+            PRIMARY KEY (instance_id, key)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE timers (
+            instance_id TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            deadline    REAL NOT NULL,
+            kind        TEXT NOT NULL,
+            fired       INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (instance_id, key)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX timers_due ON timers (deadline) WHERE fired = 0")
+
+
 #: Migrations in order; the schema version of a database is how many have run on it.
 #: A new release appends to this list and never edits what is there.
-MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1,)
+MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _INSTANCE_COLUMNS: Final = (
@@ -306,24 +345,113 @@ class SQLiteStorage:
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:
         with self._read("loading steps from") as db:
-            rows = db.execute(
-                "SELECT key, state, value, error, attempts, started_at, finished_at"
-                " FROM steps WHERE instance_id = ?",
-                (instance_id,),
+            return _steps(db, instance_id)
+
+    def load_history(self, instance_id: str) -> History:
+        with self._read("loading the history of an instance from") as db:
+            db.execute("BEGIN")  # one consistent snapshot of the three tables
+            try:
+                steps = _steps(db, instance_id)
+                signals = [
+                    SignalRecord(instance_id=instance_id, key=k, payload=p, created_at=c)
+                    for k, p, c in db.execute(
+                        "SELECT key, payload, created_at FROM signals WHERE instance_id = ?",
+                        (instance_id,),
+                    )
+                ]
+                timers = [
+                    TimerRecord(instance_id=instance_id, key=k, deadline=d, kind=kind, fired=bool(f))
+                    for k, d, kind, f in db.execute(
+                        "SELECT key, deadline, kind, fired FROM timers WHERE instance_id = ?",
+                        (instance_id,),
+                    )
+                ]
+            finally:
+                db.execute("COMMIT")
+        return History(steps=steps, signals=signals, timers=timers)
+
+    def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
+        with self._transaction("delivering a signal in") as db:
+            record = _get(db, signal.instance_id)
+            if record is None:
+                return "not_found", None
+            if record.status in ("completed", "failed", "cancelled"):
+                return "finished", record
+            inserted = db.execute(
+                "INSERT INTO signals (instance_id, key, payload, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (signal.instance_id, signal.key, signal.payload, signal.created_at),
+            ).rowcount
+            if not inserted:
+                return "superseded", record
+            if record.status == "suspended" and signal.key in record.waiting_on:
+                return "claimed", _claim(db, record, signal.created_at)
+            return "stored", record
+
+    def suspend(
+        self,
+        instance_id: str,
+        *,
+        waiting_on: Sequence[str],
+        status_message: str | None,
+        now: float,
+    ) -> bool:
+        keys = list(waiting_on)
+        marks = ", ".join("?" * len(keys))
+        with self._transaction("suspending an instance in") as db:
+            if db.execute(
+                f"SELECT 1 FROM signals WHERE instance_id = ? AND key IN ({marks}) LIMIT 1",
+                (instance_id, *keys),
+            ).fetchone():
+                return False
+            due = db.execute(
+                f"SELECT key, kind FROM timers WHERE instance_id = ? AND key IN ({marks})"
+                " AND deadline <= ?",
+                (instance_id, *keys, now),
             ).fetchall()
-        return [
-            StepRecord(
-                instance_id=instance_id,
-                key=key,
-                state=state,
-                value=value,
-                error=error,
-                attempts=attempts,
-                started_at=started_at,
-                finished_at=finished_at,
+            if due:
+                for key, kind in due:
+                    _fire(db, instance_id, key, kind, now)
+                return False
+            changed = db.execute(
+                "UPDATE instances SET status = 'suspended', waiting_on = ?, status_message = ?,"
+                " updated_at = ? WHERE instance_id = ? AND status = 'running'",
+                (json.dumps(keys), status_message, now, instance_id),
+            ).rowcount
+            return bool(changed)
+
+    def next_deadline(self) -> float | None:
+        with self._read("reading timers from") as db:
+            row = db.execute("SELECT min(deadline) FROM timers WHERE fired = 0").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def fire_timers(self, now: float) -> list[InstanceRecord]:
+        claimed: list[InstanceRecord] = []
+        with self._transaction("firing timers in") as db:
+            due = db.execute(
+                "SELECT instance_id, key, kind FROM timers WHERE fired = 0 AND deadline <= ?"
+                " ORDER BY deadline",
+                (now,),
+            ).fetchall()
+            for instance_id, key, kind in due:
+                _fire(db, instance_id, key, kind, now)
+                record = _get(db, instance_id)
+                if record is not None and record.status == "suspended" and key in record.waiting_on:
+                    claimed.append(_claim(db, record, now))
+        return claimed
+
+    def cancel(self, instance_id: str, *, reason: str, now: float) -> InstanceRecord | None:
+        with self._transaction("cancelling an instance in") as db:
+            record = _get(db, instance_id)
+            if record is None or record.status not in ("running", "suspended"):
+                return None
+            db.execute(
+                "UPDATE instances SET status = 'cancelled', status_message = ?, waiting_on = '[]',"
+                " updated_at = ?, finished_at = ? WHERE instance_id = ?",
+                (reason, now, now, instance_id),
             )
-            for key, state, value, error, attempts, started_at, finished_at in rows
-        ]
+            db.execute("UPDATE timers SET fired = 1 WHERE instance_id = ?", (instance_id,))
+            return record
 
     def commit(self, writes: Sequence[Write]) -> None:
         with self._transaction("writing to") as db:
@@ -341,6 +469,12 @@ class SQLiteStorage:
                             write.started_at,
                             write.finished_at,
                         ),
+                    )
+                elif isinstance(write, TimerRecord):
+                    db.execute(
+                        "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (write.instance_id, write.key, write.deadline, write.kind, write.fired),
                     )
                 else:
                     _update_instance(db, write)
@@ -365,6 +499,57 @@ class SQLiteStorage:
                 f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
             ).fetchone()
         return _instance(row)
+
+
+def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
+    row = db.execute(
+        f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
+    ).fetchone()
+    return None if row is None else _instance(row)
+
+
+def _steps(db: sqlite3.Connection, instance_id: str) -> list[StepRecord]:
+    rows = db.execute(
+        "SELECT key, state, value, error, attempts, started_at, finished_at"
+        " FROM steps WHERE instance_id = ?",
+        (instance_id,),
+    ).fetchall()
+    return [
+        StepRecord(
+            instance_id=instance_id,
+            key=key,
+            state=state,
+            value=value,
+            error=error,
+            attempts=attempts,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+        for key, state, value, error, attempts, started_at, finished_at in rows
+    ]
+
+
+def _claim(db: sqlite3.Connection, record: InstanceRecord, now: float) -> InstanceRecord:
+    """Move a suspended instance back to running (inside the caller's transaction)."""
+    db.execute(
+        "UPDATE instances SET status = 'running', waiting_on = '[]', updated_at = ?"
+        " WHERE instance_id = ?",
+        (now, record.instance_id),
+    )
+    return attrs.evolve(record, status="running", waiting_on=(), updated_at=now)
+
+
+def _fire(db: sqlite3.Connection, instance_id: str, key: str, kind: str, now: float) -> None:
+    """Mark a timer fired; a suspend point's deadline leaves its timed-out marker."""
+    db.execute(
+        "UPDATE timers SET fired = 1 WHERE instance_id = ? AND key = ?", (instance_id, key)
+    )
+    if kind == "timeout":
+        db.execute(
+            "INSERT INTO signals (instance_id, key, payload, created_at) VALUES (?, ?, NULL, ?)"
+            " ON CONFLICT DO NOTHING",
+            (instance_id, key, now),
+        )
 
 
 def _update_instance(db: sqlite3.Connection, update: InstanceUpdate) -> None:
