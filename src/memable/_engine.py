@@ -569,8 +569,13 @@ class Engine:
                 self._publish(run.instance_id, "running", run.status_message)
                 await self._pass(run, record)
                 if run.end == "restart" or (run.end == "suspended" and run.rerun):
-                    run.reset()  # a signal or timer came while suspending: go again
-                    continue
+                    # A signal or timer came while suspending: go again, unless the
+                    # instance was cancelled (or otherwise ended) meanwhile.
+                    current = await self._storage_call(self._storage.get_instance, run.instance_id)
+                    if current is not None and current.status == "running":
+                        run.reset()
+                        record = current
+                        continue
                 break
         finally:
             if self._runs.get(run.instance_id) is run:
@@ -655,8 +660,8 @@ class Engine:
             run.end = "suspended"
             run.outcome = Suspended(waiting_on=waiting_on, status=run.status_message)
             self._publish(run.instance_id, "suspended", run.status_message, waiting_on)
-        else:
-            run.end = "restart"  # what it waits for has come: run again at once
+        elif run.end is None:
+            run.end = "restart"  # what it waits for has come (or it was cancelled meanwhile)
         run.scope.cancel()
 
     async def _maybe_crash(self, run: _Run, key: str, when: Literal["before", "after"]) -> None:
