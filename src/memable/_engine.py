@@ -151,6 +151,11 @@ class Engine:
         42
     """
 
+    # Made on entering, on the event loop that runs the engine.
+    _limiter: anyio.CapacityLimiter
+    _committer: GroupCommitter
+    _system_scope: anyio.CancelScope
+
     def __init__(
         self,
         storage: str | os.PathLike[str] | Storage = ":memory:",
@@ -185,8 +190,6 @@ class Engine:
         self._runs: dict[str, _Run] = {}
         self._phase: _Phase = "new"
         self._cancelling = False
-        self._limiter = anyio.CapacityLimiter(1)
-        self._committer = GroupCommitter(storage.commit, self._limiter)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._subscribers: dict[str, set[_Subscriber]] = {}
         self._crash_points: set[tuple[str, str]] = set()
@@ -195,7 +198,6 @@ class Engine:
         self._scheduler_scope: anyio.CancelScope | None = None
         self._scheduler_stale = False
         self._scheduler_asleep = False
-        self._system_scope = anyio.CancelScope()
         self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -211,6 +213,10 @@ class Engine:
         if self._phase != "new":
             raise RuntimeError("an Engine can be entered only once; make a new one")
         self._phase = "closing"  # until fully started
+        # anyio objects are made here, on the event loop that runs the engine.
+        self._limiter = anyio.CapacityLimiter(1)
+        self._committer = GroupCommitter(self._storage.commit, self._limiter)
+        self._system_scope = anyio.CancelScope()
         await self._storage_call(self._storage.open)
         task_group = anyio.create_task_group()
         try:
