@@ -46,10 +46,13 @@ from ._exceptions import WorkflowNotFound as WorkflowNotFound
 from ._exceptions import WorkflowSuspended as WorkflowSuspended
 from ._outcome import Cancelled as Cancelled
 from ._outcome import Completed as Completed
+from ._outcome import Err as Err
 from ._outcome import ErrorInfo as ErrorInfo
 from ._outcome import Failed as Failed
 from ._outcome import InstanceInfo as InstanceInfo
+from ._outcome import Ok as Ok
 from ._outcome import Outcome as Outcome
+from ._outcome import Settled as Settled
 from ._outcome import Suspended as Suspended
 from ._retry import RetryPolicy as RetryPolicy
 from ._suspend import Status as Status
@@ -65,6 +68,7 @@ __all__ = [
     "Context",
     "DuplicateStepKey",
     "Engine",
+    "Err",
     "ErrorInfo",
     "Failed",
     "InstanceConflict",
@@ -74,11 +78,13 @@ __all__ = [
     "Invocation",
     "MemableError",
     "NotStarted",
+    "Ok",
     "Outcome",
     "Permanent",
     "RetriesExhausted",
     "RetryPolicy",
     "SerializationError",
+    "Settled",
     "SignalRejected",
     "SignalSuperseded",
     "Status",

@@ -6,9 +6,9 @@ import functools
 import json
 import logging
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
@@ -23,10 +23,12 @@ from ._exceptions import (
     SuspendedStepConflict,
     SuspendTimeout,
 )
+from ._fanout import run_fan_out
 from ._keys import check_key
-from ._outcome import ErrorInfo
+from ._outcome import ErrorInfo, Settled
 from ._retry import RetryPolicy
 from ._suspend import SuspendPoint
+from ._workflow import Workflow
 from .storage._records import (
     History,
     InstanceUpdate,
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Context"]
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741
 PosArgsT = TypeVarTuple("PosArgsT")
 
 logger = logging.getLogger("memable")
@@ -302,6 +305,90 @@ class Context:
         )
         return [write, update]
 
+
+    # -- children -----------------------------------------------------------------------------
+
+    async def child(self, key: str, wf: Workflow[I, T], input: I, /) -> T:
+        """Run the registered workflow *wf* as a child instance and return its output.
+
+        The child is a real instance with the id ``"{parent_id}/{key}-0"``, its own steps
+        and status; it runs in this instance's task. Its result is recorded under *key*.
+
+        Raises:
+            ChildFailed: the child failed or was cancelled (its error chained).
+
+        Example:
+            >>> import memable
+            >>> async def parent(ctx: Context, wf: memable.Workflow[str, int]) -> int:
+            ...     return await ctx.child("invoice:v1", wf, "o-17")
+        """
+        results = await self.fan_out(key, wf, [input])
+        return results[0]
+
+    @overload
+    async def fan_out(
+        self,
+        key: str,
+        fn: Workflow[I, T] | Callable[[Context, I], Awaitable[T]],
+        items: Iterable[I],
+        /,
+        *,
+        limit: int | None = None,
+        settle: Literal[False] = False,
+    ) -> list[T]: ...
+
+    @overload
+    async def fan_out(
+        self,
+        key: str,
+        fn: Workflow[I, T] | Callable[[Context, I], Awaitable[T]],
+        items: Iterable[I],
+        /,
+        *,
+        limit: int | None = None,
+        settle: Literal[True],
+    ) -> list[Settled[T]]: ...
+
+    async def fan_out(
+        self,
+        key: str,
+        fn: Workflow[I, T] | Callable[[Context, I], Awaitable[T]],
+        items: Iterable[I],
+        /,
+        *,
+        limit: int | None = None,
+        settle: bool = False,
+    ) -> list[T] | list[Settled[T]]:
+        """Run one child instance per item; return their results in item order.
+
+        *fn* is a registered :class:`~memable.Workflow` or an async function
+        ``(ctx, item) -> T`` (children that live under this workflow). Children have the
+        ids ``"{parent_id}/{key}-{i}"`` and run in this instance's task, at most *limit* at
+        a time. The collected results are recorded under *key*: a re-run parent starts no
+        child, and one that crashed half-way runs only the children not yet finished.
+
+        By default the first failure cancels the running siblings, starts no new ones and
+        raises :class:`~memable.ChildFailed` (the child's error chained). With
+        ``settle=True`` every child runs to its end and each result is an
+        :class:`~memable.Ok` or an :class:`~memable.Err`.
+
+        Children may suspend and sleep; the parent then suspends too ("waiting for N
+        children") and runs on once the last of them has finished.
+
+        Raises:
+            ValueError: *limit* is less than 1.
+            ChildFailed: a child failed or was cancelled (unless ``settle=True``).
+
+        Example:
+            >>> async def label(ctx: Context, sku: str) -> str:
+            ...     return f"label for {sku}"
+            >>> async def body(ctx: Context) -> list[str]:
+            ...     return await ctx.fan_out("label:v1", label, ["a", "b", "c"], limit=2)
+        """
+        self._claim(key, "fan-out key")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"fan_out limit must be an int of at least 1, not {limit!r}")
+        return await run_fan_out(self, key, fn, list(items), limit, settle)
 
     # -- suspension ---------------------------------------------------------------------------
 

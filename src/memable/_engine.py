@@ -35,7 +35,7 @@ from ._exceptions import (
     WorkflowNotFound,
     WorkflowSuspended,
 )
-from ._keys import check_key, new_instance_id
+from ._keys import check_instance_ref, check_key, new_instance_id
 from ._outcome import (
     Cancelled,
     Completed,
@@ -131,7 +131,9 @@ class Engine:
         retry: The retry policy of steps that have none of their own.
         resume_on_start: Re-run ``running`` instances on entering.
         shutdown_timeout: Seconds to wait for running instances on leaving.
-        retention: Not available yet; see the changelog.
+        retention: Delete finished instances this long after they finished (checked
+            periodically; a workflow's own ``retention`` overrides it). ``None`` keeps
+            them until :meth:`purge`.
         converter: The cattrs Converter for stored values (by default the engine makes its
             own; the global converter is never used).
         clock: The source of stored time (UTC); :class:`memable.testing` has a controllable
@@ -176,10 +178,10 @@ class Engine:
             raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
         if not shutdown_timeout >= 0:
             raise ValueError(f"shutdown_timeout must be >= 0 seconds, not {shutdown_timeout!r}")
-        if retention is not None:
-            raise NotImplementedError(
-                "retention= is not implemented yet; purge finished instances yourself for now"
-            )
+        if retention is not None and retention <= timedelta(0):
+            raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
+        self._retention = retention
+        self._child_workflows: dict[tuple[str, str], Workflow[Any, Any]] = {}
         self._storage = storage
         self._retry = retry
         self._resume_on_start = resume_on_start
@@ -227,6 +229,8 @@ class Engine:
         self._task_group = task_group
         task_group.start_soon(self._committer.run, name="memable writer")
         task_group.start_soon(self._schedule, name="memable timers")
+        if self._retention is not None or any(wf.retention for wf in self._workflows.values()):
+            task_group.start_soon(self._retain, name="memable retention")
         attach = getattr(self._clock, "_attach", None)
         if attach is not None:  # memable.testing.ManualClock waits for our timers
             attach(self)
@@ -510,7 +514,7 @@ class Engine:
             >>> async def receipt(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
             ...     return await engine.handle(wf, "order-o-17").result()
         """
-        check_key(instance_id, "instance id", reserved_ok=True)
+        check_instance_ref(instance_id)
         return Invocation(self, self._registered(wf), instance_id)
 
     async def resume(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
@@ -531,12 +535,19 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        check_key(instance_id, "instance id", reserved_ok=True)
+        check_instance_ref(instance_id)
         invocation = Invocation(self, wf, instance_id)
         run = self._runs.get(instance_id)
         if run is not None and run.started:
             return invocation
         record = await self._record(wf, instance_id)
+        if record.parent_id is not None:
+            # A child runs inside its parent: resuming it resumes its top-level instance.
+            root_id = instance_id.split("/", 1)[0]
+            root = await self._storage_call(self._storage.get_instance, root_id)
+            if root is not None and root.workflow in self._workflows:
+                await self.resume(self._workflows[root.workflow], root_id)
+            return invocation
         if record.status not in ("running", "failed", "suspended"):
             return invocation
         restarted = await self._storage_call(
@@ -674,9 +685,30 @@ class Engine:
         """Crash injection (memable.testing): end the run here as if the process died."""
         if (key, when) in self._crash_points:
             self._crash_points.discard((key, when))
-            run.end = "crashed"
-            run.scope.cancel()
+            parts = run.instance_id.split("/")
+            for depth in range(len(parts), 0, -1):  # the instance and its ancestors
+                ancestor = self._runs.get("/".join(parts[:depth]))
+                if ancestor is not None and ancestor.started:
+                    ancestor.end = "crashed"
+                    ancestor.scope.cancel()
             await anyio.lowlevel.checkpoint()
+
+    def _child_workflow(
+        self,
+        parent: Workflow[Any, Any],
+        key: str,
+        target: Workflow[Any, Any] | Callable[..., Any],
+    ) -> Workflow[Any, Any]:
+        """The workflow the children of a fan-out run: a registered one, or a function's."""
+        if isinstance(target, Workflow):
+            return self._registered(target)
+        cache_key = (parent.name, key)
+        wf = self._child_workflows.get(cache_key)
+        if wf is None or wf.fn is not target:
+            wf = Workflow._child(f"_{parent.name}.{key}", target)
+            wf.types()
+            self._child_workflows[cache_key] = wf
+        return wf
 
     # -- signals, cancellation, status -------------------------------------------------------
 
@@ -703,7 +735,7 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        check_key(instance_id, "instance id", reserved_ok=True)
+        check_instance_ref(instance_id)
         if not isinstance(typing.cast(object, point), SuspendPoint):
             raise TypeError(f"signal() takes a memable.SuspendPoint, not {point!r}")
         envelope = self._serde.encode(
@@ -778,7 +810,7 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        check_key(instance_id, "instance id", reserved_ok=True)
+        check_instance_ref(instance_id)
         return self._subscription(wf, instance_id)
 
     async def _subscription(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
@@ -825,6 +857,51 @@ class Engine:
             return run.status_message
         return record.status_message
 
+    # -- retention --------------------------------------------------------------------------
+
+    async def purge(self, older_than: timedelta) -> int:
+        """Delete instances that finished more than *older_than* ago; return how many.
+
+        Completed, failed and cancelled top-level instances go with all their steps,
+        signals, timers and children, in one transaction per instance. Running and
+        suspended instances are never purged.
+
+        Example:
+            >>> from datetime import timedelta
+            >>> import memable
+            >>> async def clean(engine: memable.Engine) -> int:
+            ...     return await engine.purge(older_than=timedelta(days=30))
+        """
+        self._check_running()
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise ValueError(f"older_than must be a non-negative timedelta, not {older_than!r}")
+        return await self._storage_call(
+            self._storage.purge, finished_before=self._now() - older_than.total_seconds()
+        )
+
+    async def _retain(self) -> None:
+        """Purge by retention periodically: every tenth of the shortest retention, at most
+        hourly, at least every second."""
+        own = {wf.name: wf.retention for wf in self._workflows.values() if wf.retention}
+        periods = [*own.values(), *([self._retention] if self._retention else [])]
+        interval = min(timedelta(hours=1), max(timedelta(seconds=1), min(periods) / 10))
+        with self._system_scope:
+            while True:
+                now = self._now()
+                for name, retention in own.items():
+                    await self._storage_call(
+                        self._storage.purge,
+                        finished_before=now - retention.total_seconds(),
+                        workflow=name,
+                    )
+                if self._retention is not None:
+                    await self._storage_call(
+                        self._storage.purge,
+                        finished_before=now - self._retention.total_seconds(),
+                        exclude=tuple(own),
+                    )
+                await self._clock.sleep_until(self._clock.now() + interval)
+
     # -- reading ----------------------------------------------------------------------------
 
     async def state(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceInfo:
@@ -870,15 +947,23 @@ class Engine:
         return [_info(record) for record in records]
 
     async def _record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
+        check_instance_ref(instance_id)
         record = await self._storage_call(self._storage.get_instance, instance_id)
         if record is None:
             raise InstanceNotFound(f"no instance {instance_id!r} in {self._storage!r}")
-        if record.workflow != wf.name:
+        if record.workflow != wf.name and not (
+            record.parent_id is not None and await self._root_is(instance_id, wf)
+        ):
             raise InstanceConflict(
                 f"instance {instance_id!r} belongs to workflow {record.workflow!r},"
                 f" not {wf.name!r}"
             )
         return record
+
+    async def _root_is(self, instance_id: str, wf: Workflow[Any, Any]) -> bool:
+        """Whether the top-level ancestor of a child instance is an instance of *wf*."""
+        root = await self._storage_call(self._storage.get_instance, instance_id.split("/")[0])
+        return root is not None and root.workflow == wf.name
 
     def _outcome(self, wf: Workflow[Any, O], record: InstanceRecord) -> Outcome[O] | None:
         match record.status:

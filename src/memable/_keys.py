@@ -37,6 +37,24 @@ def check_key(key: object, what: str = "step key", *, reserved_ok: bool = False)
     return key
 
 
+def check_instance_ref(instance_id: object) -> str:
+    """Return *instance_id* if it can name an existing instance, else raise InvalidKey.
+
+    Besides the ids callers choose, these are child ids (``"{parent}/{key}-{i}"``): every
+    ``/``-separated part must be a valid key; only the first is limited to 255 characters.
+    """
+    if not isinstance(instance_id, str):
+        raise InvalidKey(
+            f"instance id must be a str, not {type(instance_id).__name__} ({instance_id!r})"
+        )
+    first, *rest = instance_id.split("/")
+    check_key(first, "instance id", reserved_ok=True)
+    for part in rest:
+        if not part or _CONTROL.search(part):
+            raise InvalidKey(f"instance id {instance_id!r} is not a valid (child) instance id")
+    return instance_id
+
+
 def new_instance_id() -> str:
     """Return a new unique instance id that sorts by creation time.
 

@@ -13,14 +13,18 @@ from .storage._records import InstanceState
 __all__ = [
     "Cancelled",
     "Completed",
+    "Err",
     "ErrorInfo",
     "Failed",
     "InstanceInfo",
+    "Ok",
     "Outcome",
+    "Settled",
     "Suspended",
 ]
 
 O_co = TypeVar("O_co", covariant=True)
+T_co = TypeVar("T_co", covariant=True)
 
 
 @final
@@ -145,3 +149,38 @@ class InstanceInfo:
     error: ErrorInfo | None
     waiting_on: tuple[str, ...]
     parent_id: str | None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Ok(Generic[T_co]):
+    """A child of ``fan_out(..., settle=True)`` that completed with ``value``.
+
+    Example:
+        >>> from memable import Ok
+        >>> match Ok(value=3):
+        ...     case Ok(value=n):
+        ...         print(n)
+        3
+    """
+
+    value: T_co
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Err:
+    """A child of ``fan_out(..., settle=True)`` that failed or was cancelled.
+
+    Example:
+        >>> from memable import Err, ErrorInfo
+        >>> Err(instance_id="o-1/label:v1-2", error=ErrorInfo(type="KeyError", message="x")).error.type
+        'KeyError'
+    """
+
+    instance_id: str
+    error: ErrorInfo
+
+
+#: The outcome of one child of ``fan_out(..., settle=True)``.
+Settled: TypeAlias = Ok[T_co] | Err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overload
 
 from ._keys import check_key
@@ -36,22 +37,52 @@ class Workflow(Generic[I, O]):
         'greet'
     """
 
-    __slots__ = ("_types", "fn", "name", "takes_input")
+    __slots__ = ("_types", "fn", "name", "retention", "takes_input")
 
     @overload
-    def __init__(self: Workflow[None, O], name: str, fn: Callable[[Context], Awaitable[O]]) -> None:
-        ...
+    def __init__(
+        self: Workflow[None, O],
+        name: str,
+        fn: Callable[[Context], Awaitable[O]],
+        *,
+        retention: timedelta | None = None,
+    ) -> None: ...
 
     @overload
-    def __init__(self, name: str, fn: Callable[[Context, I], Awaitable[O]]) -> None: ...
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[Context, I], Awaitable[O]],
+        *,
+        retention: timedelta | None = None,
+    ) -> None: ...
 
-    def __init__(self, name: str, fn: Callable[..., Awaitable[O]]) -> None:
-        self.name = check_key(name, "workflow name")
+    def __init__(
+        self, name: str, fn: Callable[..., Awaitable[O]], *, retention: timedelta | None = None
+    ) -> None:
+        self._setup(check_key(name, "workflow name"), fn, retention)
+
+    def _setup(
+        self, name: str, fn: Callable[..., Awaitable[O]], retention: timedelta | None
+    ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"workflow {name!r} needs an async def function, not {fn!r}")
+        if retention is not None and retention <= timedelta(0):
+            raise ValueError(f"retention of workflow {name!r} must be positive, not {retention}")
+        self.name = name
         self.fn = fn
+        self.retention = retention
         self.takes_input = _count_parameters(name, fn) == 2
         self._types: tuple[Any, Any] | None = None
+
+    @classmethod
+    def _child(cls, name: str, fn: Callable[..., Awaitable[Any]]) -> Workflow[Any, Any]:
+        """A workflow for the children of a fan-out over a plain function (reserved name)."""
+        wf: Workflow[Any, Any] = cls.__new__(cls)
+        wf._setup(name, fn, None)
+        if not wf.takes_input:
+            raise TypeError(f"a fan-out function must take (ctx, item), not just (ctx): {fn!r}")
+        return wf
 
     def __repr__(self) -> str:
         return f"<memable.Workflow {self.name!r} ({_qualname(self.fn)})>"
@@ -116,8 +147,11 @@ class _WorkflowDecorator(Protocol):
     def __call__(self, fn: Callable[[Context, I], Awaitable[O]], /) -> Workflow[I, O]: ...
 
 
-def workflow(name: str) -> _WorkflowDecorator:
+def workflow(name: str, *, retention: timedelta | None = None) -> _WorkflowDecorator:
     """Make a :class:`Workflow` named *name* of the decorated ``async def``.
+
+    *retention*, if given, is how long finished instances of this workflow are kept
+    before an engine with retention purges them (overriding ``Engine(retention=...)``).
 
     Example:
         >>> import memable
@@ -130,6 +164,6 @@ def workflow(name: str) -> _WorkflowDecorator:
     check_key(name, "workflow name")
 
     def decorate(fn: Callable[..., Awaitable[Any]], /) -> Workflow[Any, Any]:
-        return Workflow(name, fn)
+        return Workflow(name, fn, retention=retention)
 
     return typing.cast(_WorkflowDecorator, decorate)

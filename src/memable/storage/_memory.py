@@ -76,6 +76,7 @@ class MemoryStorage:
         workflow: str | None = None,
         status: InstanceState | None = None,
         limit: int | None = None,
+        parent_id: str | None = None,
     ) -> list[InstanceRecord]:
         with self._lock:
             found = [
@@ -83,6 +84,7 @@ class MemoryStorage:
                 for record in self._instances.values()
                 if (workflow is None or record.workflow == workflow)
                 and (status is None or record.status == status)
+                and (parent_id is None or record.parent_id == parent_id)
             ]
         found.sort(key=lambda r: (r.created_at, r.instance_id))
         return found if limit is None else found[:limit]
@@ -101,7 +103,9 @@ class MemoryStorage:
                         steps[write.key] = write
                 elif isinstance(write, TimerRecord):
                     self._timers.setdefault(write.instance_id, {}).setdefault(write.key, write)
-                else:
+                elif isinstance(write, InstanceRecord):
+                    self._instances.setdefault(write.instance_id, write)
+                elif isinstance(write, InstanceUpdate):
                     self._apply(write)
 
     def load_history(self, instance_id: str) -> History:
@@ -137,7 +141,10 @@ class MemoryStorage:
     ) -> bool:
         with self._lock:
             signals = self._signals.get(instance_id, {})
-            if any(key in signals for key in waiting_on):
+            if any(key in signals for key in waiting_on) or any(
+                r.parent_id == instance_id and r.status == "running"
+                for r in self._instances.values()
+            ):
                 return False
             timers = self._timers.get(instance_id, {})
             due = [timers[k] for k in waiting_on if k in timers and timers[k].deadline <= now]
@@ -193,22 +200,68 @@ class MemoryStorage:
             record = self._instances.get(instance_id)
             if record is None or record.status not in ("running", "suspended"):
                 return None
-            self._instances[instance_id] = attrs.evolve(
-                record,
-                status="cancelled",
-                status_message=reason,
-                waiting_on=(),
-                updated_at=now,
-                finished_at=now,
-            )
-            for timer in list(self._timers.get(instance_id, {}).values()):
-                self._timers[instance_id][timer.key] = attrs.evolve(timer, fired=True)
+            for member in self._family(instance_id):
+                if member.status in ("running", "suspended"):
+                    self._instances[member.instance_id] = attrs.evolve(
+                        member,
+                        status="cancelled",
+                        status_message=reason,
+                        waiting_on=(),
+                        updated_at=now,
+                        finished_at=now,
+                    )
+                timers = self._timers.get(member.instance_id, {})
+                for timer in list(timers.values()):
+                    timers[timer.key] = attrs.evolve(timer, fired=True)
             return record
 
+    def purge(
+        self,
+        *,
+        finished_before: float,
+        workflow: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> int:
+        purged = 0
+        with self._lock:
+            for record in list(self._instances.values()):
+                if (
+                    record.parent_id is None
+                    and record.status in ("completed", "failed", "cancelled")
+                    and record.finished_at is not None
+                    and record.finished_at < finished_before
+                    and (workflow is None or record.workflow == workflow)
+                    and record.workflow not in exclude
+                ):
+                    for member in self._family(record.instance_id):
+                        for table in (self._steps, self._signals, self._timers):
+                            table.pop(member.instance_id, None)
+                        del self._instances[member.instance_id]
+                    purged += 1
+        return purged
+
+    def _family(self, instance_id: str) -> list[InstanceRecord]:
+        """The instance and its descendants (child ids are ``{parent}/{key}-{i}``)."""
+        prefix = instance_id + "/"
+        return [
+            record
+            for record in self._instances.values()
+            if record.instance_id == instance_id or record.instance_id.startswith(prefix)
+        ]
+
     def _claim(self, record: InstanceRecord, now: float) -> InstanceRecord:
-        record = attrs.evolve(record, status="running", waiting_on=(), updated_at=now)
-        self._instances[record.instance_id] = record
-        return record
+        """Claim *record* and its suspended ancestors; return the instance to run."""
+        while True:
+            record = attrs.evolve(record, status="running", waiting_on=(), updated_at=now)
+            self._instances[record.instance_id] = record
+            if record.parent_id is None:
+                return record
+            parent = self._instances[record.parent_id]
+            if parent.status != "suspended":
+                while parent.parent_id is not None:
+                    parent = self._instances[parent.parent_id]
+                return parent
+            record = parent
 
     def _fire(self, timer: TimerRecord, now: float) -> None:
         self._timers[timer.instance_id][timer.key] = attrs.evolve(timer, fired=True)
@@ -245,16 +298,21 @@ class MemoryStorage:
             record = self._instances.get(instance_id)
             if record is None or record.status not in only_if:
                 return None
-            record = attrs.evolve(
-                record,
-                status="running",
-                error=None,
-                finished_at=None,
-                waiting_on=(),
-                updated_at=updated_at,
-            )
-            self._instances[instance_id] = record
-            steps = self._steps.get(instance_id, {})
-            for key in [key for key, step in steps.items() if step.state == "dead"]:
-                del steps[key]
-            return record
+            restarted = record
+            for member in self._family(instance_id):
+                if member is record or member.status in ("failed", "cancelled"):
+                    member = attrs.evolve(
+                        member,
+                        status="running",
+                        error=None,
+                        finished_at=None,
+                        waiting_on=(),
+                        updated_at=updated_at,
+                    )
+                    self._instances[member.instance_id] = member
+                    if member.instance_id == instance_id:
+                        restarted = member
+                    steps = self._steps.get(member.instance_id, {})
+                    for key in [key for key, step in steps.items() if step.state == "dead"]:
+                        del steps[key]
+            return restarted

@@ -53,8 +53,9 @@ class Storage(Protocol):
         workflow: str | None = None,
         status: InstanceState | None = None,
         limit: int | None = None,
+        parent_id: str | None = None,
     ) -> list[InstanceRecord]:
-        """Return instances, oldest first, filtered by workflow name and status."""
+        """Return instances, oldest first, filtered by workflow, status and parent."""
         ...
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:
@@ -71,7 +72,8 @@ class Storage(Protocol):
         A :class:`~memable.storage.StepRecord` is inserted or replaces a dead letter; a
         ``completed`` record is never overwritten. An
         :class:`~memable.storage.InstanceUpdate` whose ``only_if`` does not hold is skipped.
-        A :class:`~memable.storage.TimerRecord` is inserted unless its key has one already.
+        A :class:`~memable.storage.TimerRecord` is inserted unless its key has one already;
+        so is an :class:`~memable.storage.InstanceRecord` (a child) unless its id exists.
         """
 
     def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
@@ -80,9 +82,12 @@ class Storage(Protocol):
         Returns ``"not_found"`` (no instance), ``"finished"`` (completed, failed or
         cancelled: nothing stored), ``"superseded"`` (the key already has a payload or
         timed out: nothing stored), ``"claimed"`` (stored, and the instance was
-        ``suspended`` on this key and is now ``running``: the caller runs it), or
-        ``"stored"`` (kept for when the instance reaches the point). The record is the
-        instance after the transaction (``None`` if not found).
+        ``suspended`` on this key and is now ``running``), or ``"stored"`` (kept for when
+        the instance reaches the point). The record is the instance after the transaction
+        (``None`` if not found), except for ``"claimed"``: then it is the instance the
+        caller must run — the claimed one, or for a child its top-level ancestor, since
+        claiming a child also claims its suspended ancestors (children run inside their
+        parent).
         """
         ...
 
@@ -98,7 +103,8 @@ class Storage(Protocol):
 
         Refused (``False``, nothing suspended) when any key in *waiting_on* already has a
         signal, or a timer due at *now* (which this call fires: a due ``timeout`` timer
-        gets its timed-out marker): then the caller runs the instance again at once.
+        gets its timed-out marker), or a child of the instance is ``running``: then the
+        caller runs the instance again at once.
         """
         ...
 
@@ -111,14 +117,32 @@ class Storage(Protocol):
 
         One transaction: each due timer is marked fired (a ``timeout`` timer stores its
         timed-out marker unless a payload came first); every instance ``suspended`` on a
-        fired key becomes ``running`` and is returned, for the caller to run.
+        fired key becomes ``running``, and the instances to run are returned (for a child,
+        its top-level ancestor, as in :meth:`deliver_signal`).
         """
         ...
 
     def cancel(self, instance_id: str, *, reason: str, now: float) -> InstanceRecord | None:
-        """End a ``running`` or ``suspended`` instance as ``cancelled``; one transaction.
+        """End a ``running`` or ``suspended`` instance and its descendants as ``cancelled``.
 
-        Returns the record as it was before, or ``None`` if it was not cancellable.
+        One transaction. Returns the record as it was before, or ``None`` if it was not
+        cancellable.
+        """
+        ...
+
+    def purge(
+        self,
+        *,
+        finished_before: float,
+        workflow: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> int:
+        """Delete finished top-level instances with everything of theirs; return how many.
+
+        Deletes instances ``completed``, ``failed`` or ``cancelled`` before
+        *finished_before* (of *workflow* if given, none of *exclude*), with all their
+        steps, signals, timers and descendants: one transaction per instance. Running
+        and suspended instances are never deleted.
         """
         ...
 
@@ -128,5 +152,7 @@ class Storage(Protocol):
         """Set the instance ``running`` again and delete its dead letters, in one transaction.
 
         Only if its status is in *only_if*; returns the updated record, else ``None``.
+        Its ``failed`` and ``cancelled`` descendants are set ``running`` again too (their
+        dead letters deleted), so a fan-out that failed runs those children again.
         """
         ...

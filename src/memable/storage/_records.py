@@ -161,4 +161,4 @@ class History:
 SignalOutcome: TypeAlias = Literal["claimed", "stored", "superseded", "not_found", "finished"]
 
 #: What :meth:`~memable.storage.Storage.commit` applies in one transaction.
-Write: TypeAlias = StepRecord | InstanceUpdate | TimerRecord
+Write: TypeAlias = StepRecord | InstanceUpdate | TimerRecord | InstanceRecord

@@ -292,24 +292,7 @@ class SQLiteStorage:
             ).fetchone()
             if row is not None:
                 return _instance(row), False
-            db.execute(
-                f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.instance_id,
-                    record.workflow,
-                    record.status,
-                    record.parent_id,
-                    record.input,
-                    record.output,
-                    record.error,
-                    record.status_message,
-                    json.dumps(record.waiting_on),
-                    record.created_at,
-                    record.updated_at,
-                    record.finished_at,
-                ),
-            )
+            _insert(db, record)
             return record, True
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
@@ -325,9 +308,13 @@ class SQLiteStorage:
         workflow: str | None = None,
         status: InstanceState | None = None,
         limit: int | None = None,
+        parent_id: str | None = None,
     ) -> list[InstanceRecord]:
         where: list[str] = []
         params: list[object] = []
+        if parent_id is not None:
+            where.append("parent_id = ?")
+            params.append(parent_id)
         if workflow is not None:
             where.append("workflow = ?")
             params.append(workflow)
@@ -402,6 +389,9 @@ class SQLiteStorage:
             if db.execute(
                 f"SELECT 1 FROM signals WHERE instance_id = ? AND key IN ({marks}) LIMIT 1",
                 (instance_id, *keys),
+            ).fetchone() or db.execute(
+                "SELECT 1 FROM instances WHERE parent_id = ? AND status = 'running' LIMIT 1",
+                (instance_id,),
             ).fetchone():
                 return False
             due = db.execute(
@@ -445,13 +435,55 @@ class SQLiteStorage:
             record = _get(db, instance_id)
             if record is None or record.status not in ("running", "suspended"):
                 return None
+            family = "(instance_id = ? OR (instance_id > ? AND instance_id < ?))"
+            ids = (instance_id, *_descendant_range(instance_id))
             db.execute(
                 "UPDATE instances SET status = 'cancelled', status_message = ?, waiting_on = '[]',"
-                " updated_at = ?, finished_at = ? WHERE instance_id = ?",
-                (reason, now, now, instance_id),
+                f" updated_at = ?, finished_at = ? WHERE {family}"
+                " AND status IN ('running', 'suspended')",
+                (reason, now, now, *ids),
             )
-            db.execute("UPDATE timers SET fired = 1 WHERE instance_id = ?", (instance_id,))
+            db.execute(f"UPDATE timers SET fired = 1 WHERE {family}", ids)
             return record
+
+    def purge(
+        self,
+        *,
+        finished_before: float,
+        workflow: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> int:
+        sql = (
+            "SELECT instance_id FROM instances WHERE parent_id IS NULL AND finished_at < ?"
+            " AND status IN ('completed', 'failed', 'cancelled')"
+        )
+        params: list[object] = [finished_before]
+        if workflow is not None:
+            sql += " AND workflow = ?"
+            params.append(workflow)
+        if exclude:
+            sql += f" AND workflow NOT IN ({', '.join('?' * len(exclude))})"
+            params.extend(exclude)
+        with self._read("finding instances to purge in") as db:
+            ids = [row[0] for row in db.execute(sql, params)]
+        purged = 0
+        for instance_id in ids:
+            with self._transaction("purging an instance from") as db:
+                # Checked again inside the transaction: it may have been resumed meanwhile.
+                row = db.execute(
+                    "SELECT status FROM instances WHERE instance_id = ?", (instance_id,)
+                ).fetchone()
+                if row is None or row[0] not in ("completed", "failed", "cancelled"):
+                    continue
+                family = (instance_id, *_descendant_range(instance_id))
+                for table in ("steps", "signals", "timers", "instances"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE instance_id = ?"
+                        " OR (instance_id > ? AND instance_id < ?)",
+                        family,
+                    )
+                purged += 1
+        return purged
 
     def commit(self, writes: Sequence[Write]) -> None:
         with self._transaction("writing to") as db:
@@ -470,6 +502,8 @@ class SQLiteStorage:
                             write.finished_at,
                         ),
                     )
+                elif isinstance(write, InstanceRecord):
+                    _insert(db, write)
                 elif isinstance(write, TimerRecord):
                     db.execute(
                         "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
@@ -492,8 +526,18 @@ class SQLiteStorage:
             ).rowcount
             if not changed:
                 return None
+            low, high = _descendant_range(instance_id)
             db.execute(
-                "DELETE FROM steps WHERE instance_id = ? AND state = 'dead'", (instance_id,)
+                "DELETE FROM steps WHERE state = 'dead' AND instance_id IN"
+                " (SELECT instance_id FROM instances WHERE instance_id = ? OR"
+                " (instance_id > ? AND instance_id < ? AND status IN ('failed', 'cancelled')))",
+                (instance_id, low, high),
+            )
+            db.execute(
+                "UPDATE instances SET status = 'running', error = NULL, finished_at = NULL,"
+                " waiting_on = '[]', updated_at = ? WHERE instance_id > ? AND instance_id < ?"
+                " AND status IN ('failed', 'cancelled')",
+                (updated_at, low, high),
             )
             row = db.execute(
                 f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
@@ -530,13 +574,54 @@ def _steps(db: sqlite3.Connection, instance_id: str) -> list[StepRecord]:
 
 
 def _claim(db: sqlite3.Connection, record: InstanceRecord, now: float) -> InstanceRecord:
-    """Move a suspended instance back to running (inside the caller's transaction)."""
+    """Move a suspended instance back to running (inside the caller's transaction).
+
+    A child runs inside its parent, so its suspended ancestors are claimed with it.
+    Returns the instance to run: the top-level ancestor of a child.
+    """
+    while True:
+        db.execute(
+            "UPDATE instances SET status = 'running', waiting_on = '[]', updated_at = ?"
+            " WHERE instance_id = ?",
+            (now, record.instance_id),
+        )
+        record = attrs.evolve(record, status="running", waiting_on=(), updated_at=now)
+        if record.parent_id is None:
+            return record
+        parent = _get(db, record.parent_id)
+        if parent is None:  # pragma: no cover - a child is never stored without its parent
+            return record
+        if parent.status != "suspended":
+            while parent.parent_id is not None and (grand := _get(db, parent.parent_id)):
+                parent = grand
+            return parent
+        record = parent
+
+
+def _descendant_range(instance_id: str) -> tuple[str, str]:
+    """Ids of descendants sort between these (child ids are ``{parent}/{key}-{i}``)."""
+    return instance_id + "/", instance_id + "0"  # "0" sorts right after "/"
+
+
+def _insert(db: sqlite3.Connection, record: InstanceRecord) -> None:
     db.execute(
-        "UPDATE instances SET status = 'running', waiting_on = '[]', updated_at = ?"
-        " WHERE instance_id = ?",
-        (now, record.instance_id),
+        f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (
+            record.instance_id,
+            record.workflow,
+            record.status,
+            record.parent_id,
+            record.input,
+            record.output,
+            record.error,
+            record.status_message,
+            json.dumps(record.waiting_on),
+            record.created_at,
+            record.updated_at,
+            record.finished_at,
+        ),
     )
-    return attrs.evolve(record, status="running", waiting_on=(), updated_at=now)
 
 
 def _fire(db: sqlite3.Connection, instance_id: str, key: str, kind: str, now: float) -> None:
