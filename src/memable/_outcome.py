@@ -1,6 +1,5 @@
 """What an instance ended with, and what is known about it."""
 
-from __future__ import annotations
 
 import traceback
 from datetime import datetime
@@ -43,7 +42,7 @@ class ErrorInfo:
     traceback: str = ""
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+    def from_exception(cls, exc: BaseException) -> "ErrorInfo":
         """Describe *exc* (with its traceback and chained causes).
 
         Example:
