@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Literal, final
+from typing import Any, Literal, NoReturn, final
 
 import anyio
 import anyio.lowlevel
 
 from .._engine import Engine
-from ..storage import MemoryStorage
+from .._exceptions import StorageError
+from ..storage import MemoryStorage, Storage
 
-__all__ = ["ManualClock", "MemoryStorage", "crash_at"]
+__all__ = ["FaultyStorage", "ManualClock", "MemoryStorage", "crash_at"]
 
 #: Real seconds :meth:`ManualClock.advance` waits at most for engines to fire timers.
 _SETTLE_LIMIT = 10.0
@@ -152,3 +153,78 @@ def crash_at(
         yield
     finally:
         engine._crash_points.discard(point)
+
+
+@final
+class FaultyStorage:
+    """A storage that fails on purpose: wraps another and raises on chosen calls.
+
+    Every call of a storage method is counted (1, 2, …) across all methods, or only
+    across *methods* if given. Calls whose number is in *fail_on* raise a
+    :class:`~memable.StorageError` (``disk I/O error`` by default) — before the wrapped
+    storage runs (``when="before"``: nothing is written), or after it ran and committed
+    (``when="after"``: the write happened but the engine is told it failed).
+
+    Args:
+        inner: The storage to wrap.
+        fail_on: Call numbers that fail.
+        methods: Count only these methods (e.g. ``{"commit"}``).
+        when: ``"before"`` or ``"after"`` the wrapped call.
+        error: The message of the raised error.
+
+    Example:
+        >>> from memable.testing import FaultyStorage, MemoryStorage
+        >>> storage = FaultyStorage(MemoryStorage(), fail_on={3}, methods={"commit"})
+    """
+
+    _METHODS = frozenset(
+        {
+            "open", "close", "create_instance", "get_instance", "list_instances",
+            "load_steps", "load_history", "commit", "deliver_signal", "suspend",
+            "next_deadline", "fire_timers", "cancel", "purge", "restart",
+        }
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        inner: Storage,
+        *,
+        fail_on: Collection[int],
+        methods: Collection[str] | None = None,
+        when: Literal["before", "after"] = "before",
+        error: str = "disk I/O error",
+    ) -> None:
+        unknown = set(methods or ()) - self._METHODS
+        if unknown:
+            raise ValueError(f"not storage methods: {sorted(unknown)}")
+        self.inner = inner
+        self.fail_on = frozenset(fail_on)
+        self.methods = None if methods is None else frozenset(methods)
+        self.when = when
+        self.error = error
+        self.calls = 0
+        self.failures: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"FaultyStorage({self.inner!r}, fail_on={sorted(self.fail_on)})"
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if name not in self._METHODS or (self.methods is not None and name not in self.methods):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            fail = self.calls in self.fail_on
+            if fail and self.when == "before":
+                self._fail(name)
+            result = method(*args, **kwargs)
+            if fail:
+                self._fail(name)
+            return result
+
+        return call
+
+    def _fail(self, name: str) -> NoReturn:
+        self.failures.append(name)
+        raise StorageError(f"{self.error} (injected into call {self.calls}, {name})")
