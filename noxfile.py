@@ -1,0 +1,51 @@
+"""Development sessions: ``nox`` runs tests, typing, lint and docs."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "typing", "lint", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite on asyncio and trio."""
+    session.install(".[tests]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """Type-check src, tests and this file with mypy --strict."""
+    session.install(".[typing]")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Run the pre-commit hooks on every file."""
+    session.install("pre-commit")
+    session.run("pre-commit", "run", "--all-files", "--show-diff-on-failure")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation, failing on warnings, and run its doctests."""
+    session.install(".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks (memable beside the SQLite floor and DBOS Transact)."""
+    session.install(".", "trio", "dbos")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def crash(session: nox.Session) -> None:
+    """Run the long crash and load tests (many SIGKILLs)."""
+    session.install(".[tests]")
+    session.run("pytest", "tests/crash", "-m", "slow", "-p", "no:cacheprovider", *session.posargs)
