@@ -4,7 +4,7 @@ from __future__ import annotations
 
 project = "memable"
 author = "memable contributors"
-copyright = "2026, memable contributors"  # noqa: A001 - Sphinx's name
+copyright = "2026, memable contributors"
 
 extensions = [
     "myst_parser",

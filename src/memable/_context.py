@@ -8,11 +8,11 @@ import logging
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, final, overload
+from typing import TYPE_CHECKING, Literal, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
-from typing_extensions import TypeVarTuple, Unpack
+from typing_extensions import TypeVarTuple
 
 from ._exceptions import (
     DuplicateStepKey,
@@ -111,9 +111,9 @@ class Context:
     async def step(
         self,
         key: str,
-        fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
+        fn: Callable[[*PosArgsT], Awaitable[T]],
         /,
-        *args: Unpack[PosArgsT],
+        *args: *PosArgsT,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         returns: object = None,
@@ -156,9 +156,9 @@ class Context:
     async def step_sync(
         self,
         key: str,
-        fn: Callable[[Unpack[PosArgsT]], T],
+        fn: Callable[[*PosArgsT], T],
         /,
-        *args: Unpack[PosArgsT],
+        *args: *PosArgsT,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         returns: object = None,
@@ -246,7 +246,7 @@ class Context:
                     with anyio.move_on_after(timeout) as scope:
                         result = await call()
                     if scope.cancelled_caught:
-                        raise _AttemptTimedOut(timeout)  # noqa: TRY301
+                        raise _AttemptTimedOut(timeout)
             except Exception as exc:
                 if attempt >= policy.attempts or not _retryable(policy, exc):
                     failure = _failure(key, attempt, policy, exc)
@@ -304,7 +304,6 @@ class Context:
             only_if=("running",),
         )
         return [write, update]
-
 
     # -- children -----------------------------------------------------------------------------
 
@@ -386,7 +385,7 @@ class Context:
             ...     return await ctx.fan_out("label:v1", label, ["a", "b", "c"], limit=2)
         """
         self._claim(key, "fan-out key")
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
+        if limit is not None and (not isinstance(typing.cast(object, limit), int) or limit < 1):
             raise ValueError(f"fan_out limit must be an int of at least 1, not {limit!r}")
         return await run_fan_out(self, key, fn, list(items), limit, settle)
 
@@ -471,7 +470,7 @@ class Context:
             >>> async def body(ctx: Context) -> None:
             ...     await ctx.sleep_until("new-year:v1", datetime(2027, 1, 1, tzinfo=UTC))
         """
-        if not isinstance(when, datetime) or when.tzinfo is None:
+        if not isinstance(typing.cast(object, when), datetime) or when.tzinfo is None:
             raise TypeError(f"sleep_until() takes a timezone-aware datetime, not {when!r}")
         await self._sleep(key, lambda: when)
 
@@ -524,7 +523,7 @@ class Context:
         await anyio.sleep_forever()
 
 
-class _AttemptTimedOut(Exception):  # noqa: N818
+class _AttemptTimedOut(Exception):
     def __init__(self, timeout: float) -> None:
         super().__init__(f"attempt timed out after {timeout} s")
         self.timeout = timeout

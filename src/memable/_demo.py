@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
 import sys
 import typing
 from collections.abc import Awaitable, Callable
@@ -107,7 +106,7 @@ def run_demo(db: str, *, backend: str = "asyncio", crash_run: str | None = None)
     if crash_run is not None:
         anyio.run(_crashing_run, db, crash_run, backend=backend)
         return 1  # not reached: the process kills itself
-    return anyio.run(_demo, db, backend, backend=backend)
+    return anyio.run(_demo, os.path.abspath(db), backend, backend=backend)
 
 
 async def _crashing_run(db: str, instance_id: str) -> None:
@@ -120,8 +119,7 @@ def _order(instance_id: str) -> Order:
     return Order(instance_id, Decimal("12.50"))
 
 
-async def _demo(db: str, backend: str) -> int:
-    path = os.path.abspath(db)
+async def _demo(path: str, backend: str) -> int:
     _say(f"memable demo: a durable order workflow on {path}\n")
     # A fresh engine first: the database may hold instances from earlier demos, which it
     # recovers or leaves alone. Pick a new instance id.
@@ -131,9 +129,11 @@ async def _demo(db: str, backend: str) -> int:
     instance_id = f"order-{count + 1}"
 
     _say(f"Run 1, in a child process that is killed half-way ({instance_id}):")
-    child = subprocess.run(
+    child = await anyio.run_process(
         [sys.executable, "-m", "memable", "demo", "--db", path, "--backend", backend,
          "--crash-run", instance_id],
+        stdout=None,
+        stderr=None,
         check=False,
     )  # fmt: skip
     _say(f"  the child process died (exit status {child.returncode}).\n")
@@ -150,6 +150,6 @@ async def _demo(db: str, backend: str) -> int:
         final = await engine.state(wf, instance_id)
     _say(
         f"The instance {instance_id!r} was {state.status!r} when run 2 began and is"
-        f" {final.status!r} now. Run the demo again to add another order to {db}."
+        f" {final.status!r} now. Run the demo again to add another order to {path}."
     )
     return 0 if receipt == again else 1

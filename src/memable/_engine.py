@@ -12,14 +12,13 @@ import typing
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Generic, Literal, TypeVar, final, overload
+from typing import Any, Final, Generic, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
 import cattrs
-from typing_extensions import Self
 
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -397,7 +396,9 @@ class Engine:
         self._workflows[wf.name] = wf
 
     def _registered(self, wf: Workflow[Any, Any]) -> Workflow[Any, Any]:
-        known = self._workflows.get(wf.name) if isinstance(typing.cast(object, wf), Workflow) else None
+        known = (
+            self._workflows.get(wf.name) if isinstance(typing.cast(object, wf), Workflow) else None
+        )
         if known is None or known.fn is not wf.fn:
             raise WorkflowNotFound(
                 f"workflow {getattr(wf, 'name', wf)!r} is not registered with this engine;"
@@ -490,8 +491,9 @@ class Engine:
     async def run(self, wf: Workflow[None, O], /, *, instance_id: str | None = None) -> O: ...
 
     @overload
-    async def run(self, wf: Workflow[I, O], input: I, /, *, instance_id: str | None = None) -> O:
-        ...
+    async def run(
+        self, wf: Workflow[I, O], input: I, /, *, instance_id: str | None = None
+    ) -> O: ...
 
     async def run(
         self, wf: Workflow[Any, O], input: Any = _NOTHING, /, *, instance_id: str | None = None
@@ -634,7 +636,9 @@ class Engine:
             )
             run.outcome = Failed(error=ErrorInfo.from_exception(exc), exception=exc)
 
-    async def _finish(self, run: _Run, outcome: Completed[Any] | Failed, output: str | None = None) -> None:
+    async def _finish(
+        self, run: _Run, outcome: Completed[Any] | Failed, output: str | None = None
+    ) -> None:
         now = self._now()
         status: InstanceState = "completed" if isinstance(outcome, Completed) else "failed"
         error = None
@@ -749,8 +753,7 @@ class Engine:
             if outcome in ("claimed", "stored"):  # pragma: no cover - ids are unique per wf
                 logger.error("signal %r stored for %r of another workflow", point.key, instance_id)
             raise InstanceConflict(
-                f"instance {instance_id!r} belongs to workflow {record.workflow!r},"
-                f" not {wf.name!r}"
+                f"instance {instance_id!r} belongs to workflow {record.workflow!r}, not {wf.name!r}"
             )
         match outcome:
             case "not_found":
@@ -813,7 +816,9 @@ class Engine:
         check_instance_ref(instance_id)
         return self._subscription(wf, instance_id)
 
-    async def _subscription(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
+    async def _subscription(
+        self, wf: Workflow[Any, Any], instance_id: str
+    ) -> AsyncIterator[Status]:
         subscriber = _Subscriber()
         subscribers = self._subscribers.setdefault(instance_id, set())
         subscribers.add(subscriber)
@@ -873,7 +878,7 @@ class Engine:
             ...     return await engine.purge(older_than=timedelta(days=30))
         """
         self._check_running()
-        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+        if not isinstance(typing.cast(object, older_than), timedelta) or older_than < timedelta(0):
             raise ValueError(f"older_than must be a non-negative timedelta, not {older_than!r}")
         return await self._storage_call(
             self._storage.purge, finished_before=self._now() - older_than.total_seconds()
@@ -920,7 +925,9 @@ class Engine:
         record = await self._record(wf, instance_id)
         info = _info(record)
         message = self._live_message(record)
-        return info if message == info.status_message else attrs.evolve(info, status_message=message)
+        return (
+            info if message == info.status_message else attrs.evolve(info, status_message=message)
+        )
 
     async def instances(
         self,
@@ -955,8 +962,7 @@ class Engine:
             record.parent_id is not None and await self._root_is(instance_id, wf)
         ):
             raise InstanceConflict(
-                f"instance {instance_id!r} belongs to workflow {record.workflow!r},"
-                f" not {wf.name!r}"
+                f"instance {instance_id!r} belongs to workflow {record.workflow!r}, not {wf.name!r}"
             )
         return record
 
@@ -995,7 +1001,9 @@ class Engine:
 
     async def _storage_call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         call = functools.partial(fn, *args, **kwargs) if kwargs else fn
-        return await anyio.to_thread.run_sync(call, *(() if kwargs else args), limiter=self._limiter)
+        return await anyio.to_thread.run_sync(
+            call, *(() if kwargs else args), limiter=self._limiter
+        )
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -1020,8 +1028,8 @@ def _return_annotation(key: str, fn: Callable[..., Any]) -> Any:
     target: Any = fn
     while isinstance(target, functools.partial):
         target = target.func
-    if not (isinstance(target, types.FunctionType | types.MethodType | types.BuiltinFunctionType)):
-        target = getattr(type(target), "__call__", target)
+    if not isinstance(target, types.FunctionType | types.MethodType | types.BuiltinFunctionType):
+        target = target.__call__  # a callable object: its __call__ has the annotations
     try:
         hints = typing.get_type_hints(target)
     except Exception as exc:

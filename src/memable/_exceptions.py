@@ -345,7 +345,9 @@ class WorkflowCancelled(MemableError):
     """
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"instance was cancelled: {reason}" if reason else "instance was cancelled")
+        super().__init__(
+            f"instance was cancelled: {reason}" if reason else "instance was cancelled"
+        )
         self.reason = reason
 
 
@@ -364,7 +366,7 @@ class ChildFailed(MemableError):
         self.error = error
 
 
-class Permanent(Exception):  # noqa: N818 - the name reads as a verb at the raise site
+class Permanent(Exception):
     """Raised by step code to stop retries: the step fails at once.
 
     ``Permanent(exc)`` chains ``exc``; ``Permanent("message")`` carries a message.

@@ -115,9 +115,7 @@ async def run_fan_out(
             )
         _raise_first_failure(children, outcomes)
 
-    waiting = sum(
-        1 for outcome in outcomes if outcome is None or isinstance(outcome, Suspended)
-    )
+    waiting = sum(1 for outcome in outcomes if outcome is None or isinstance(outcome, Suspended))
     if waiting:
         ctx.set_status(f"waiting for {waiting} {'child' if waiting == 1 else 'children'}")
         await ctx._wait(f"_children:{key}")

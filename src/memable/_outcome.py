@@ -1,6 +1,5 @@
 """What an instance ended with, and what is known about it."""
 
-
 import traceback
 from datetime import datetime
 from typing import Generic, TypeAlias, TypeVar, final
@@ -50,7 +49,9 @@ class ErrorInfo:
             "'sku'"
         """
         tp = type(exc)
-        name = tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
+        name = (
+            tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
+        )
         return cls(type=name, message=str(exc), traceback="".join(traceback.format_exception(exc)))
 
     def __str__(self) -> str:
@@ -173,7 +174,8 @@ class Err:
 
     Example:
         >>> from memable import Err, ErrorInfo
-        >>> Err(instance_id="o-1/label:v1-2", error=ErrorInfo(type="KeyError", message="x")).error.type
+        >>> error = ErrorInfo(type="KeyError", message="'sku'")
+        >>> Err(instance_id="o-1/label:v1-2", error=error).error.type
         'KeyError'
     """
 

@@ -124,5 +124,5 @@ class RetryPolicy:
         else:
             delay = min(self.max_delay, self.delay * 2.0 ** max(0, attempt - 2))
         if self.jitter:
-            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - not cryptographic
+            delay *= random.uniform(0.5, 1.0)
         return delay

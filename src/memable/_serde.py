@@ -62,7 +62,7 @@ def _cached_type_name(tp: object) -> str:
     return _type_name(tp)
 
 
-def _type_name(tp: object) -> str:  # noqa: PLR0911 - one branch per kind of expression
+def _type_name(tp: object) -> str:
     if tp is None or tp is _NONE_TYPE:
         return "None"
     if tp is Any:
@@ -94,7 +94,7 @@ def _type_name(tp: object) -> str:  # noqa: PLR0911 - one branch per kind of exp
     return repr(tp)
 
 
-def conforms(value: object, tp: object) -> bool:  # noqa: PLR0911, PLR0912
+def conforms(value: object, tp: object) -> bool:
     """Whether *value* is an instance of the type expression *tp*.
 
     Containers are checked element by element. Forms this cannot check are accepted.
@@ -215,7 +215,7 @@ class Serde:
             found = parsed["type"]
             data = parsed["value"]
             if not isinstance(found, str):
-                raise TypeError("the type name is not a string")  # noqa: TRY301
+                raise TypeError("the type name is not a string")
         except Exception as exc:
             raise SerializationError(
                 key, f"the stored envelope of {what or repr(key)} is corrupted: {exc}"

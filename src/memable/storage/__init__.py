@@ -40,7 +40,16 @@ __all__ = [
     "Write",
 ]
 
-for _name in ("History", "InstanceRecord", "InstanceUpdate", "MemoryStorage", "SQLiteStorage",
-              "SignalRecord", "StepRecord", "Storage", "TimerRecord"):
+for _name in (
+    "History",
+    "InstanceRecord",
+    "InstanceUpdate",
+    "MemoryStorage",
+    "SQLiteStorage",
+    "SignalRecord",
+    "StepRecord",
+    "Storage",
+    "TimerRecord",
+):
     globals()[_name].__module__ = "memable.storage"
 del _name

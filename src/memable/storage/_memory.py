@@ -189,8 +189,10 @@ class MemoryStorage:
             for timer in due:
                 self._fire(timer, now)
                 record = self._instances.get(timer.instance_id)
-                if record is not None and record.status == "suspended" and (
-                    timer.key in record.waiting_on
+                if (
+                    record is not None
+                    and record.status == "suspended"
+                    and (timer.key in record.waiting_on)
                 ):
                     claimed.append(self._claim(record, now))
         return claimed

@@ -32,8 +32,9 @@ class InstanceRecord:
 
     Example:
         >>> from memable.storage import InstanceRecord
-        >>> InstanceRecord(instance_id="o-1", workflow="order", status="running",
-        ...                input='{"type":"str","value":"x"}', created_at=0.0, updated_at=0.0).status
+        >>> record = InstanceRecord(instance_id="o-1", workflow="order", status="running",
+        ...                         input='{"type":"str","value":"x"}', created_at=0, updated_at=0)
+        >>> record.status
         'running'
     """
 

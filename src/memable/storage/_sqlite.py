@@ -56,8 +56,12 @@ def _schema_1(db: sqlite3.Connection) -> None:
     )
     db.execute("CREATE INDEX instances_by_status ON instances (status, workflow, created_at)")
     db.execute("CREATE INDEX instances_by_workflow ON instances (workflow, created_at)")
-    db.execute("CREATE INDEX instances_by_parent ON instances (parent_id) WHERE parent_id IS NOT NULL")
-    db.execute("CREATE INDEX instances_by_finish ON instances (finished_at) WHERE finished_at IS NOT NULL")
+    db.execute(
+        "CREATE INDEX instances_by_parent ON instances (parent_id) WHERE parent_id IS NOT NULL"
+    )
+    db.execute(
+        "CREATE INDEX instances_by_finish ON instances (finished_at) WHERE finished_at IS NOT NULL"
+    )
     db.execute(
         """
         CREATE TABLE steps (
@@ -347,7 +351,9 @@ class SQLiteStorage:
                     )
                 ]
                 timers = [
-                    TimerRecord(instance_id=instance_id, key=k, deadline=d, kind=kind, fired=bool(f))
+                    TimerRecord(
+                        instance_id=instance_id, key=k, deadline=d, kind=kind, fired=bool(f)
+                    )
                     for k, d, kind, f in db.execute(
                         "SELECT key, deadline, kind, fired FROM timers WHERE instance_id = ?",
                         (instance_id,),
@@ -386,13 +392,16 @@ class SQLiteStorage:
         keys = list(waiting_on)
         marks = ", ".join("?" * len(keys))
         with self._transaction("suspending an instance in") as db:
-            if db.execute(
-                f"SELECT 1 FROM signals WHERE instance_id = ? AND key IN ({marks}) LIMIT 1",
-                (instance_id, *keys),
-            ).fetchone() or db.execute(
-                "SELECT 1 FROM instances WHERE parent_id = ? AND status = 'running' LIMIT 1",
-                (instance_id,),
-            ).fetchone():
+            if (
+                db.execute(
+                    f"SELECT 1 FROM signals WHERE instance_id = ? AND key IN ({marks}) LIMIT 1",
+                    (instance_id, *keys),
+                ).fetchone()
+                or db.execute(
+                    "SELECT 1 FROM instances WHERE parent_id = ? AND status = 'running' LIMIT 1",
+                    (instance_id,),
+                ).fetchone()
+            ):
                 return False
             due = db.execute(
                 f"SELECT key, kind FROM timers WHERE instance_id = ? AND key IN ({marks})"
@@ -626,9 +635,7 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> None:
 
 def _fire(db: sqlite3.Connection, instance_id: str, key: str, kind: str, now: float) -> None:
     """Mark a timer fired; a suspend point's deadline leaves its timed-out marker."""
-    db.execute(
-        "UPDATE timers SET fired = 1 WHERE instance_id = ? AND key = ?", (instance_id, key)
-    )
+    db.execute("UPDATE timers SET fired = 1 WHERE instance_id = ? AND key = ?", (instance_id, key))
     if kind == "timeout":
         db.execute(
             "INSERT INTO signals (instance_id, key, payload, created_at) VALUES (?, ?, NULL, ?)"
