@@ -1,16 +1,14 @@
-"""Shared fixtures: every async test runs on asyncio and trio, over every storage."""
+"""Shared fixtures: every async test runs on asyncio and trio (``anyio_mode = "auto"``)."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from memable.storage import MemoryStorage, SQLiteStorage, Storage
+from memable.storage import MemoryStorage, SQLiteStorage
 
-StorageFactory = Callable[[], Storage]
+from .helpers import StorageFactory
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -18,13 +16,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Both backends, explicitly: anyio would silently skip a missing trio."""
     backend: str = request.param
     return backend
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run every ``async def`` test under anyio's plugin (and so on both backends)."""
-    for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.add_marker(pytest.mark.anyio)
 
 
 @pytest.fixture(params=["sqlite", "memory"])

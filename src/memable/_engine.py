@@ -180,6 +180,7 @@ class Engine:
         if retention is not None and retention <= timedelta(0):
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
         self._retention = retention
+        self._last_id = 0  # the timestamp of the last generated instance id
         self._child_workflows: dict[tuple[str, str], Workflow[Any, Any]] = {}
         self._storage = storage
         self._retry = retry
@@ -449,7 +450,7 @@ class Engine:
                 raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
             input = None
         if instance_id is None:
-            instance_id = new_instance_id()
+            instance_id, self._last_id = new_instance_id(self._last_id)
         else:
             check_key(instance_id, "instance id")
         input_type, _ = wf.types()
@@ -1119,12 +1120,13 @@ class Invocation(Generic[O]):
         ...             print("suspended or cancelled")
     """
 
-    __slots__ = ("_engine", "instance_id", "workflow")
+    __slots__ = ("_engine", "_failure", "instance_id", "workflow")
 
     def __init__(self, engine: Engine, workflow: Workflow[Any, O], instance_id: str) -> None:
         self._engine = engine
         self.workflow = workflow
         self.instance_id = instance_id
+        self._failure: Failed | None = None  # seen live, with its exception
 
     def __repr__(self) -> str:
         return f"<memable.Invocation {self.workflow.name}/{self.instance_id}>"
@@ -1149,9 +1151,14 @@ class Invocation(Generic[O]):
             if run is not None:
                 await run.finished.wait()
                 if run.outcome is not None:
+                    if isinstance(run.outcome, Failed):
+                        self._failure = run.outcome
                     return run.outcome
             record = await engine._record(self.workflow, self.instance_id)
             outcome = engine._outcome(self.workflow, record)
+            if isinstance(outcome, Failed) and self._failure is not None:
+                if outcome.error == self._failure.error:  # the failure seen live: chain it
+                    return self._failure
             if outcome is not None:
                 return outcome
             if self.instance_id in engine._runs:

@@ -55,9 +55,11 @@ def check_instance_ref(instance_id: object) -> str:
     return instance_id
 
 
-def new_instance_id() -> str:
-    """Return a new unique instance id that sorts by creation time.
+def new_instance_id(after: int = 0) -> tuple[str, int]:
+    """Return a new unique instance id that sorts by creation time, and its timestamp.
 
-    Twelve hex digits of milliseconds since the epoch, a dash, then 64 random bits.
+    Sixteen hex digits of nanoseconds since the epoch (at least *after* + 1, so ids made
+    one after the other sort in order), a dash, then 48 random bits.
     """
-    return f"{time.time_ns() // 1_000_000:012x}-{os.urandom(8).hex()}"
+    stamp = max(time.time_ns(), after + 1)
+    return f"{stamp:016x}-{os.urandom(6).hex()}", stamp
