@@ -1,0 +1,90 @@
+"""Type-checked, never run: mypy --strict (warn_unused_ignores) proves the API's typing.
+
+Each ``assert_type`` pins an inferred type; each ``# type: ignore[code]`` line is misuse that
+mypy must reject (an unneeded ignore is itself an error).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import attrs
+from typing_extensions import assert_type
+
+import memable
+from memable import Context, Engine, SuspendPoint
+
+
+@attrs.frozen
+class Receipt:
+    order_id: str
+
+
+@memable.workflow("order")
+async def order(ctx: Context, order_id: str) -> Receipt:
+    return Receipt(order_id)
+
+
+@memable.workflow("tick")
+async def tick(ctx: Context) -> int:
+    return 1
+
+
+async def fetch(n: int) -> Receipt:
+    return Receipt(str(n))
+
+
+def blocking(text: str) -> bytes:
+    return text.encode()
+
+
+async def label(ctx: Context, sku: str) -> float:
+    return 1.0
+
+
+approval = SuspendPoint("approval:v1", bool)
+maybe = SuspendPoint[int | None]("maybe:v1", int | None)
+
+
+async def engine_checks(engine: Engine) -> None:
+    assert_type(order, memable.Workflow[str, Receipt])
+    assert_type(tick, memable.Workflow[None, int])
+    invocation = await engine.invoke(order, "x")
+    assert_type(invocation, memable.Invocation[Receipt])
+    assert_type(await engine.invoke(tick), memable.Invocation[int])
+    assert_type(await engine.run(order, "x", instance_id="o-1"), Receipt)
+    assert_type(await invocation.result(), Receipt)
+    assert_type(await invocation.wait(), memable.Outcome[Receipt])
+    assert_type(engine.handle(order, "o-1"), memable.Invocation[Receipt])
+    assert_type(await engine.resume(order, "o-1"), memable.Invocation[Receipt])
+    assert_type(await engine.signal(order, "o-1", approval, True), memable.Invocation[Receipt])
+    assert_type(await engine.state(order, "o-1"), memable.InstanceInfo)
+    assert_type(await engine.purge(timedelta(days=1)), int)
+    assert_type(approval, SuspendPoint[bool])
+
+    await engine.invoke(order, 5)  # type: ignore[misc]
+    await engine.invoke(order)  # type: ignore[arg-type]
+    await engine.invoke(tick, "extra")  # type: ignore[misc]
+    await engine.run(order, b"x")  # type: ignore[misc]
+    await engine.signal(order, "o-1", approval, 1)  # type: ignore[misc]
+    await engine.signal(order, "o-1", approval, "yes")  # type: ignore[misc]
+
+
+async def context_checks(ctx: Context) -> None:
+    assert_type(await ctx.step("k", fetch, 1), Receipt)
+    assert_type(await ctx.step_sync("k2", blocking, "a"), bytes)
+    assert_type(await ctx.suspend(approval), bool)
+    assert_type(await ctx.suspend(SuspendPoint("a", bool)), bool)
+    assert_type(await ctx.suspend(maybe), int | None)
+    assert_type(await ctx.child("c", order, "x"), Receipt)
+    assert_type(await ctx.fan_out("f", order, ["a", "b"]), list[Receipt])
+    assert_type(await ctx.fan_out("g", label, ["a"], limit=2), list[float])
+    settled = await ctx.fan_out("h", label, ["a"], settle=True)
+    assert_type(settled, list[memable.Ok[float] | memable.Err])
+
+    await ctx.step("k3", fetch, "one")  # type: ignore[arg-type]
+    await ctx.step("k4", fetch, 1, 2)  # type: ignore[arg-type]
+    await ctx.step("k5", fetch)  # type: ignore[arg-type]
+    await ctx.step("k6", blocking, "a")  # type: ignore[arg-type]
+    await ctx.sleep("k7", 5)  # type: ignore[arg-type]
+    await ctx.fan_out("k8", order, [1, 2])  # type: ignore[arg-type]
