@@ -7,9 +7,9 @@ mypy must reject (an unneeded ignore is itself an error).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import assert_type
 
 import attrs
-from typing_extensions import assert_type
 
 import memable
 from memable import Context, Engine, SuspendPoint
