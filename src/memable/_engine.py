@@ -1156,9 +1156,9 @@ class Invocation(Generic[O]):
                     return run.outcome
             record = await engine._record(self.workflow, self.instance_id)
             outcome = engine._outcome(self.workflow, record)
-            if isinstance(outcome, Failed) and self._failure is not None:
-                if outcome.error == self._failure.error:  # the failure seen live: chain it
-                    return self._failure
+            failure = self._failure
+            if isinstance(outcome, Failed) and failure and outcome.error == failure.error:
+                return failure  # the failure seen live: with its exception
             if outcome is not None:
                 return outcome
             if self.instance_id in engine._runs:

@@ -14,6 +14,7 @@ import functools
 import json
 import types
 import typing
+import uuid
 from typing import Any, Final, Literal, Union, get_args, get_origin
 
 import cattrs
@@ -31,11 +32,13 @@ def make_converter() -> cattrs.Converter:
 
     It is cattrs' JSON-preconfigured converter (``datetime`` as ISO 8601, ``bytes`` as
     base85, unions of primitives passed through) plus ``Decimal`` stored as a string, so
-    no precision is lost.
+    no precision is lost, and ``UUID`` as its canonical string.
     """
     converter = _make_json_converter()
     converter.register_unstructure_hook(decimal.Decimal, str)
     converter.register_structure_hook(decimal.Decimal, _structure_decimal)
+    converter.register_unstructure_hook(uuid.UUID, str)
+    converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(value))
     return converter
 
 
@@ -200,6 +203,8 @@ class Serde:
                 f"{what or repr(key)} was recorded as {found} but the code expects {expected};"
                 " bump the key if the type of what it stores changed",
             )
+        if expected == "None" and data is None:  # cattrs has no hook for NoneType itself
+            return None
         try:
             return self.converter.structure(data, typing.cast(Any, tp))
         except Exception as exc:
