@@ -217,9 +217,9 @@ class Engine:
         self._phase = "closing"  # until fully started
         # anyio objects are made here, on the event loop that runs the engine.
         self._limiter = anyio.CapacityLimiter(1)
-        self._committer = GroupCommitter(self._storage.commit, self._limiter)
         self._system_scope = anyio.CancelScope()
         await self._storage_call(self._storage.open)
+        self._committer = GroupCommitter(self._storage.commit, self._limiter)
         task_group = anyio.create_task_group()
         try:
             await task_group.__aenter__()
