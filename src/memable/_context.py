@@ -27,7 +27,7 @@ from ._fanout import run_fan_out
 from ._keys import check_key
 from ._outcome import ErrorInfo, Settled
 from ._retry import RetryPolicy
-from ._suspend import SuspendPoint
+from ._suspend import Readable
 from ._workflow import Workflow
 from .storage._records import (
     History,
@@ -393,7 +393,7 @@ class Context:
 
     async def suspend(
         self,
-        point: SuspendPoint[T],
+        point: Readable[T],
         /,
         *,
         status: str | None = None,

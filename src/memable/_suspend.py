@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overload
 
 import attrs
 
@@ -10,9 +10,10 @@ from ._keys import check_key
 from ._serde import type_name
 from .storage._records import InstanceState
 
-__all__ = ["Status", "SuspendPoint"]
+__all__ = ["Readable", "Status", "SuspendPoint"]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 @final
@@ -56,6 +57,27 @@ class SuspendPoint(Generic[T]):
 
     def __repr__(self) -> str:
         return f"SuspendPoint({self.key!r}, {type_name(self.payload_type)})"
+
+    if TYPE_CHECKING:
+
+        def _payload(self) -> T:
+            """Never called: ties the payload type to T for the type checker."""
+            ...
+
+
+class Readable(Protocol[T_co]):
+    """What a waiter needs of a :class:`SuspendPoint`, read-only so that mypy's type
+    context (``str(await ctx.suspend(point))``) cannot upset inference. Signalling takes
+    the invariant :class:`SuspendPoint` itself, so a payload must be exactly of its type.
+    """
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def payload_type(self) -> Any: ...
+
+    def _payload(self) -> T_co: ...
 
 
 @final
