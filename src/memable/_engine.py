@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -10,7 +11,7 @@ import os
 import types
 import typing
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, Literal, Self, TypeVar, final, overload
 
@@ -155,7 +156,7 @@ class Engine:
     # Made on entering, on the event loop that runs the engine.
     _limiter: anyio.CapacityLimiter
     _committer: GroupCommitter
-    _system_scope: anyio.CancelScope
+    _system_scopes: list[anyio.CancelScope]  # of the engine's own background tasks
 
     def __init__(
         self,
@@ -217,7 +218,7 @@ class Engine:
         self._phase = "closing"  # until fully started
         # anyio objects are made here, on the event loop that runs the engine.
         self._limiter = anyio.CapacityLimiter(1)
-        self._system_scope = anyio.CancelScope()
+        self._system_scopes = []
         await self._storage_call(self._storage.open)
         self._committer = GroupCommitter(self._storage.commit, self._limiter)
         task_group = anyio.create_task_group()
@@ -256,13 +257,13 @@ class Engine:
                 with anyio.move_on_after(self._shutdown_timeout):
                     await self._wait_idle()
             self._cancelling = True
-            self._system_scope.cancel()
+            self._stop_system_tasks()
             for run in list(self._runs.values()):
                 run.scope.cancel()
             with anyio.CancelScope(shield=True):
                 await self._wait_idle()
         finally:
-            self._system_scope.cancel()
+            self._stop_system_tasks()
             self._committer.close()
             try:
                 # The engine's own tasks never raise; the body's exception is not handed to
@@ -272,13 +273,26 @@ class Engine:
                 self._phase = "closed"
                 await self._close_storage()
 
+    @contextlib.contextmanager
+    def _system_task(self) -> Iterator[None]:
+        """Run a background task of the engine under a scope that shutdown cancels."""
+        with anyio.CancelScope() as scope:
+            self._system_scopes.append(scope)
+            if self._cancelling:
+                scope.cancel()
+            yield
+
+    def _stop_system_tasks(self) -> None:
+        for scope in self._system_scopes:
+            scope.cancel()
+
     async def _schedule(self) -> None:
         """The timer scheduler: sleep until the earliest deadline, fire, repeat.
 
         It sleeps exactly until the earliest unfired deadline (no polling) and is woken
         early when a nearer timer is written. Overdue timers fire at once on start.
         """
-        with self._system_scope:
+        with self._system_task():
             while True:
                 self._scheduler_stale = False
                 deadline = await self._storage_call(self._storage.next_deadline)
@@ -749,13 +763,8 @@ class Engine:
         signal = SignalRecord(
             instance_id=instance_id, key=point.key, payload=envelope, created_at=self._now()
         )
+        await self._record(wf, instance_id)  # unknown id or another workflow: nothing stored
         outcome, record = await self._storage_call(self._storage.deliver_signal, signal)
-        if record is not None and record.workflow != wf.name:
-            if outcome in ("claimed", "stored"):  # pragma: no cover - ids are unique per wf
-                logger.error("signal %r stored for %r of another workflow", point.key, instance_id)
-            raise InstanceConflict(
-                f"instance {instance_id!r} belongs to workflow {record.workflow!r}, not {wf.name!r}"
-            )
         match outcome:
             case "not_found":
                 raise InstanceNotFound(f"no instance {instance_id!r} in {self._storage!r}")
@@ -891,7 +900,7 @@ class Engine:
         own = {wf.name: wf.retention for wf in self._workflows.values() if wf.retention}
         periods = [*own.values(), *([self._retention] if self._retention else [])]
         interval = min(timedelta(hours=1), max(timedelta(seconds=1), min(periods) / 10))
-        with self._system_scope:
+        with self._system_task():
             while True:
                 now = self._now()
                 for name, retention in own.items():
