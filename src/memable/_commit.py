@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ._exceptions import StorageError
 from .storage._records import Write
@@ -59,6 +60,9 @@ class GroupCommitter:
         """The writer task: commit batches until :meth:`close`."""
         async with self._receive:
             async for first in self._receive:
+                # One scheduling round (microseconds, no timer): the writers woken by the
+                # previous commit queue their next writes and join this transaction.
+                await anyio.lowlevel.cancel_shielded_checkpoint()
                 batch = [first]
                 while True:
                     try:

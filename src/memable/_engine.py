@@ -13,13 +13,12 @@ import typing
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Generic, Literal, Self, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-import cattrs
 
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -52,12 +51,16 @@ from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
 from .storage._protocol import Storage
 from .storage._records import (
+    History,
     InstanceRecord,
     InstanceState,
     InstanceUpdate,
     SignalRecord,
 )
 from .storage._sqlite import SQLiteStorage
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["Engine", "Invocation"]
 
@@ -99,6 +102,7 @@ class _Run:
     idle: anyio.Event = attrs.field(factory=anyio.Event)
     end: _End | None = None  # why the scope was cancelled
     rerun: bool = False  # claimed again while ending: run once more
+    fresh: bool = False  # just created: there is no history to load
 
     def reset(self) -> None:
         """Prepare for another pass over the workflow function."""
@@ -487,6 +491,7 @@ class Engine:
         finally:
             run.pending -= 1
         if created:
+            run.fresh = True
             self._start(run, stored)
         else:
             self._release(run)
@@ -621,7 +626,11 @@ class Engine:
         wf = run.workflow
         try:
             with run.scope:
-                history = await self._storage_call(self._storage.load_history, run.instance_id)
+                if run.fresh:
+                    run.fresh = False
+                    history = History(steps=[], signals=[], timers=[])
+                else:
+                    history = await self._storage_call(self._storage.load_history, run.instance_id)
                 context = Context(self, run, history)
                 input_type, output_type = wf.types()
                 try:

@@ -15,10 +15,10 @@ import json
 import types
 import typing
 import uuid
-from typing import Any, Final, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Final, Literal, Union, get_args, get_origin
 
-import cattrs
-from cattrs.preconf.json import make_converter as _make_json_converter
+if TYPE_CHECKING:
+    import cattrs
 
 from ._exceptions import SerializationError, TypeMismatch
 
@@ -32,9 +32,12 @@ def make_converter() -> cattrs.Converter:
 
     It is cattrs' JSON-preconfigured converter (``datetime`` as ISO 8601, ``bytes`` as
     base85, unions of primitives passed through) plus ``Decimal`` stored as a string, so
-    no precision is lost, and ``UUID`` as its canonical string.
+    no precision is lost, and ``UUID`` as its canonical string. (cattrs is imported here,
+    when the first engine is made, not with memable.)
     """
-    converter = _make_json_converter()
+    from cattrs.preconf.json import make_converter as make_json_converter
+
+    converter = make_json_converter()
     converter.register_unstructure_hook(decimal.Decimal, str)
     converter.register_structure_hook(decimal.Decimal, _structure_decimal)
     converter.register_unstructure_hook(uuid.UUID, str)

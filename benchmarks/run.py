@@ -1,0 +1,327 @@
+"""memable beside the SQLite floor and DBOS Transact, measured in one run.
+
+``python benchmarks/run.py [--quick] [--repeat N]`` (or ``nox -s bench``). Repetitions are
+interleaved — floor, memable, DBOS, floor, memable, DBOS … — so all three see the same
+machine. Prints a table of medians (min–max) and the ratios against the targets of
+DESIGN.md §8, and writes ``benchmarks/results/latest.json`` and ``latest.md``. Exits non-zero
+only if a measurement errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import anyio.to_thread
+
+import memable
+from memable import Context, Engine
+from memable.storage import SQLiteStorage
+from memable.testing import crash_at
+
+HERE = Path(__file__).resolve().parent
+Figures = dict[str, float]
+
+
+# -- the floor: stdlib sqlite3 ---------------------------------------------------------------
+
+
+def _floor_db(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+    return db
+
+
+def _insert_commit(db: sqlite3.Connection, n: int) -> None:
+    db.execute("BEGIN")
+    db.execute("INSERT INTO t VALUES (?, ?)", (f"k{n}", '{"type":"int","value":1}'))
+    db.execute("COMMIT")
+
+
+def floor(rows: int) -> Figures:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = _floor_db(Path(tmp) / "direct.db")
+        started = time.perf_counter()
+        for n in range(rows):
+            _insert_commit(db, n)
+        direct = (time.perf_counter() - started) / rows * 1e6
+        db.close()
+
+        db = _floor_db(Path(tmp) / "thread.db")
+
+        async def through_threads() -> float:
+            limiter = anyio.CapacityLimiter(1)
+            started = time.perf_counter()
+            for n in range(rows):
+                await anyio.to_thread.run_sync(_insert_commit, db, n, limiter=limiter)
+            return (time.perf_counter() - started) / rows * 1e6
+
+        threaded = anyio.run(through_threads)
+        db.close()
+
+        db = _floor_db(Path(tmp) / "batched.db")
+        started = time.perf_counter()
+        for batch in range(0, rows * 10, 100):
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO t VALUES (?, ?)",
+                [(f"k{n}", "v") for n in range(batch, batch + 100)],
+            )
+            db.execute("COMMIT")
+        batched = (time.perf_counter() - started) / (rows * 10) * 1e6
+        db.close()
+    return {
+        "floor_direct_us": direct,
+        "floor_to_thread_us": threaded,
+        "floor_batched_us_per_row": batched,
+    }
+
+
+# -- memable ------------------------------------------------------------------------------------
+
+
+async def _one(n: int) -> int:
+    return n
+
+
+@memable.workflow("ten-steps")
+async def ten_steps(ctx: Context, n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += await ctx.step(f"s{i}", _one, i)
+    return total
+
+
+async def _sequential(path: Path, synchronous: Literal["full", "normal"], workflows: int) -> Figures:
+    storage = SQLiteStorage(path, synchronous=synchronous)
+    async with Engine(storage, workflows=[ten_steps]) as engine:
+        await engine.run(ten_steps, 10)  # warm up
+        cpu, started = time.process_time(), time.perf_counter()
+        for _ in range(workflows):
+            await engine.run(ten_steps, 10)
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+    return {"us_per_step": wall / (workflows * 10) * 1e6, "cpu_us_per_step": cpu / (workflows * 10) * 1e6}
+
+
+async def _concurrent(path: Path, count: int) -> float:
+    async with Engine(path, workflows=[ten_steps]) as engine:
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(count):
+                tg.start_soon(engine.run, ten_steps, 10)
+        return count * 10 / (time.perf_counter() - started)
+
+
+async def _replay(path: Path, steps: int) -> Figures:
+    """Record *steps* steps, crash before the last one, time the recovery's replay."""
+    marks: dict[str, float] = {}
+
+    async def final() -> int:
+        marks.setdefault("final", time.perf_counter())
+        return 0
+
+    @memable.workflow("long")
+    async def long(ctx: Context) -> int:
+        marks.setdefault("body", time.perf_counter())
+        for i in range(steps):
+            await ctx.step(f"s{i}", _one, i)
+        return await ctx.step("final", final)
+
+    async with Engine(path, workflows=[long]) as engine:
+        with crash_at(engine, "final"):
+            await engine.invoke(long, instance_id="long")
+            with anyio.fail_after(120):
+                while engine._runs:
+                    await anyio.sleep(0.01)
+    marks.clear()
+    entered = time.perf_counter()
+    async with Engine(path, workflows=[long]) as engine:
+        await engine.handle(long, "long").result()
+    return {
+        "replay_us_per_step": (marks["final"] - marks["body"]) / steps * 1e6,
+        "recovery_start_ms": (marks["body"] - entered) * 1e3,
+    }
+
+
+async def _reinvoke(path: Path, calls: int) -> float:
+    async with Engine(path, workflows=[ten_steps]) as engine:
+        await engine.run(ten_steps, 10, instance_id="done")
+        started = time.perf_counter()
+        for _ in range(calls):
+            await engine.run(ten_steps, 10, instance_id="done")
+        return (time.perf_counter() - started) / calls * 1e6
+
+
+async def _large(path: Path, count: int) -> float:
+    payload = "x" * (100 * 1024)
+
+    async def big(n: int) -> str:
+        return payload
+
+    @memable.workflow("large")
+    async def large(ctx: Context) -> int:
+        return sum([len(await ctx.step(f"b{i}", big, i)) for i in range(count)])
+
+    async with Engine(path, workflows=[large]) as engine:
+        started = time.perf_counter()
+        total = await engine.run(large)
+        return total / (time.perf_counter() - started) / 1e6
+
+
+def memable_figures(quick: bool) -> Figures:
+    figures: Figures = {}
+    workflows = 5 if quick else 30
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in ("asyncio", "trio"):
+            for sync in ("full", "normal"):
+                result = anyio.run(
+                    _sequential, Path(tmp) / f"seq-{backend}-{sync}.db", sync, workflows, backend=backend
+                )
+                figures[f"seq_{sync}_{backend}_us"] = result["us_per_step"]
+                if sync == "full":
+                    figures[f"cpu_{backend}_us"] = result["cpu_us_per_step"]
+        count = 20 if quick else 100
+        figures["concurrent_steps_per_s"] = anyio.run(_concurrent, Path(tmp) / "conc.db", count)
+        replay = anyio.run(_replay, Path(tmp) / "replay.db", 200 if quick else 1000)
+        figures["replay_us_per_step"] = replay["replay_us_per_step"]
+        figures["recovery_start_ms"] = replay["recovery_start_ms"]
+        figures["reinvoke_completed_us"] = anyio.run(
+            _reinvoke, Path(tmp) / "reinvoke.db", 10 if quick else 50
+        )
+        figures["large_results_mb_per_s"] = anyio.run(_large, Path(tmp) / "large.db", 5 if quick else 20)
+    figures.update(import_times(3 if quick else 7))
+    return figures
+
+
+def import_times(runs: int) -> Figures:
+    def one(module: str) -> float:
+        code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return float(out.stdout) * 1e3
+
+    anyio_ms = statistics.median(one("anyio") for _ in range(runs))
+    memable_ms = statistics.median(one("memable") for _ in range(runs))
+    return {"import_anyio_ms": anyio_ms, "import_memable_ms": memable_ms}
+
+
+# -- DBOS ---------------------------------------------------------------------------------------
+
+
+def dbos_figures(quick: bool) -> Figures | str:
+    """DBOS's figures, or why there are none."""
+    try:
+        import dbos  # noqa: F401
+    except ImportError:
+        return "dbos is not installed (nox -s bench installs it)"
+    command = [sys.executable, str(HERE / "_dbos_side.py"), *(["--quick"] if quick else [])]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"the DBOS run failed:\n{out.stderr[-2000:]}")
+    figures: Figures = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+TARGETS: list[tuple[str, str, Callable[[dict[str, float]], float | None], str, float]] = [
+    # name, formula, value, comparison, target
+    ("sequential step / to_thread floor", "seq_full_asyncio_us / floor_to_thread_us",
+     lambda m: m["seq_full_asyncio_us"] / m["floor_to_thread_us"], "<=", 2.0),
+    ("DBOS step / memable step", "dbos.sequential_us_per_step / seq_full_asyncio_us",
+     lambda m: m.get("dbos.sequential_us_per_step", float("nan")) / m["seq_full_asyncio_us"], ">=", 5.0),
+    ("100x10 concurrent steps/s vs DBOS", "concurrent_steps_per_s / dbos.concurrent_steps_per_s",
+     lambda m: m["concurrent_steps_per_s"] / m.get("dbos.concurrent_steps_per_s", float("nan")), ">=", 30.0),
+    ("replay µs per recorded step", "replay_us_per_step",
+     lambda m: m["replay_us_per_step"], "<=", 20.0),
+    ("recovered instance running after start (ms)", "recovery_start_ms",
+     lambda m: m["recovery_start_ms"], "<=", 50.0),
+    ("import memable - import anyio (ms)", "import_memable_ms - import_anyio_ms",
+     lambda m: m["import_memable_ms"] - m["import_anyio_ms"], "<=", 30.0),
+]  # fmt: skip
+
+
+def summarise(runs: list[Figures]) -> dict[str, dict[str, float]]:
+    values: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        for key, value in run.items():
+            values[key].append(value)
+    return {
+        key: {"median": statistics.median(v), "min": min(v), "max": max(v)} for key, v in values.items()
+    }
+
+
+def render(summary: dict[str, dict[str, float]], dbos_note: str | None, machine: str) -> str:
+    medians = {key: stats["median"] for key, stats in summary.items()}
+    lines = [f"# memable benchmark\n\n{machine}\n", "| figure | median | min | max |", "|---|---|---|---|"]
+    for key, stats in sorted(summary.items()):
+        lines.append(f"| {key} | {stats['median']:.2f} | {stats['min']:.2f} | {stats['max']:.2f} |")
+    if dbos_note:
+        lines.append(f"\nDBOS: n/a — {dbos_note}")
+    lines += ["", "| target | formula | measured | target | met |", "|---|---|---|---|---|"]
+    for name, formula, value, op, target in TARGETS:
+        try:
+            measured = value(medians)
+        except KeyError:
+            measured = None
+        if measured is None or measured != measured:  # missing or nan
+            lines.append(f"| {name} | {formula} | n/a | {op} {target} | n/a |")
+            continue
+        met = measured <= target if op == "<=" else measured >= target
+        lines.append(f"| {name} | {formula} | {measured:.2f} | {op} {target} | {'yes' if met else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, one repetition")
+    parser.add_argument("--repeat", type=int, default=None)
+    args = parser.parse_args()
+    repeat = args.repeat or (1 if args.quick else 3)
+    runs: list[Figures] = []
+    dbos_note: str | None = None
+    for rep in range(repeat):
+        figures: Figures = {}
+        figures.update(floor(100 if args.quick else 300))
+        figures.update(memable_figures(args.quick))
+        dbos = dbos_figures(args.quick)
+        if isinstance(dbos, str):
+            dbos_note = dbos
+        else:
+            figures.update({f"dbos.{key}": value for key, value in dbos.items()})
+        runs.append(figures)
+        print(f"repetition {rep + 1}/{repeat} done", file=sys.stderr)
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"
+        f" SQLite {sqlite3.sqlite_version}, memable {memable.__name__} from {Path(memable.__file__).parent}"
+    )
+    summary = summarise(runs)
+    report = render(summary, dbos_note, machine)
+    print(report)
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    (results / "latest.json").write_text(
+        json.dumps({"machine": machine, "repeat": repeat, "figures": summary, "dbos": dbos_note}, indent=2)
+        + "\n"
+    )
+    (results / "latest.md").write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
