@@ -46,7 +46,7 @@ class GroupCommitter:
         pending = _Pending(writes)
         try:
             self._send.send_nowait(pending)
-        except anyio.ClosedResourceError:
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise StorageError("the engine's writer has stopped; nothing was written") from None
         await pending.done.wait()
         if pending.error is not None:

@@ -29,6 +29,7 @@ from ._exceptions import (
     NotStarted,
     SignalRejected,
     SignalSuperseded,
+    StorageError,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
@@ -223,7 +224,11 @@ class Engine:
         # anyio objects are made here, on the event loop that runs the engine.
         self._limiter = anyio.CapacityLimiter(1)
         self._system_scopes = []
-        await self._storage_call(self._storage.open)
+        try:
+            await self._storage_call(self._storage.open)
+        except BaseException:
+            await self._close_storage()  # whatever it took before failing
+            raise
         self._committer = GroupCommitter(self._storage.commit, self._limiter)
         task_group = anyio.create_task_group()
         try:
@@ -299,7 +304,11 @@ class Engine:
         with self._system_task():
             while True:
                 self._scheduler_stale = False
-                deadline = await self._storage_call(self._storage.next_deadline)
+                try:
+                    deadline = await self._storage_call(self._storage.next_deadline)
+                except StorageError:
+                    await self._storage_trouble("reading timers")
+                    continue
                 self._next_deadline = deadline
                 if self._scheduler_stale:
                     continue  # a nearer timer was written meanwhile
@@ -316,9 +325,18 @@ class Engine:
                 self._scheduler_scope = None
                 if scope.cancelled_caught:
                     continue
-                claimed = await self._storage_call(self._storage.fire_timers, self._now())
+                try:
+                    claimed = await self._storage_call(self._storage.fire_timers, self._now())
+                except StorageError:
+                    await self._storage_trouble("firing timers")
+                    continue
                 for record in claimed:
                     self._run_claimed(record)
+
+    async def _storage_trouble(self, doing: str) -> None:
+        """A background task met a storage error: log it, wait a little, try again."""
+        logger.exception("storage failed while %s; retrying in a second", doing)
+        await anyio.sleep(1.0)
 
     def _timers_settled(self) -> bool:
         """Whether no timer is due that the scheduler has not fired (for ManualClock)."""
@@ -488,8 +506,11 @@ class Engine:
         run.pending += 1
         try:
             stored, created = await self._storage_call(self._storage.create_instance, record)
-        finally:
+        except BaseException:
             run.pending -= 1
+            self._release(run)  # nothing was created: drop the reservation
+            raise
+        run.pending -= 1
         if created:
             run.fresh = True
             self._start(run, stored)
@@ -912,18 +933,21 @@ class Engine:
         with self._system_task():
             while True:
                 now = self._now()
-                for name, retention in own.items():
-                    await self._storage_call(
-                        self._storage.purge,
-                        finished_before=now - retention.total_seconds(),
-                        workflow=name,
-                    )
-                if self._retention is not None:
-                    await self._storage_call(
-                        self._storage.purge,
-                        finished_before=now - self._retention.total_seconds(),
-                        exclude=tuple(own),
-                    )
+                try:
+                    for name, retention in own.items():
+                        await self._storage_call(
+                            self._storage.purge,
+                            finished_before=now - retention.total_seconds(),
+                            workflow=name,
+                        )
+                    if self._retention is not None:
+                        await self._storage_call(
+                            self._storage.purge,
+                            finished_before=now - self._retention.total_seconds(),
+                            exclude=tuple(own),
+                        )
+                except StorageError:
+                    logger.exception("storage failed while purging; trying again later")
                 await self._clock.sleep_until(self._clock.now() + interval)
 
     # -- reading ----------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""Storage faults: an engine meeting a storage error fails cleanly, and a new engine recovers.
+
+``FaultyStorage`` wraps a real storage (a SQLite file here, so the recovering engine reads
+exactly what was committed) and raises on a chosen call, before the wrapped call runs
+(nothing written) or after it committed (written, but reported as failed).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import pytest
+
+import memable
+from memable import Context, Engine, SuspendPoint
+from memable.storage import SQLiteStorage
+from memable.testing import FaultyStorage
+
+GO = SuspendPoint("go:v1", int)
+
+
+def make_workflow(runs: list[str]) -> memable.Workflow[int, int]:
+    async def body(name: str) -> int:
+        runs.append(name)
+        return len(name)
+
+    async def wf(ctx: Context, n: int) -> int:
+        total = await ctx.step("a", body, "a")
+        total += await ctx.step("b", body, "bb")
+        total += await ctx.suspend(GO)
+        return total + n + await ctx.step("c", body, "ccc")
+
+    return memable.Workflow("faulty", wf)
+
+
+async def drive(engine: Engine, wf: memable.Workflow[int, int]) -> str:
+    """Invoke, signal, and report how far it got; never hangs."""
+    with anyio.fail_after(20):
+        try:
+            invocation = await engine.invoke(wf, 100, instance_id="f")
+        except memable.StorageError:
+            return "invoke failed"
+        outcome = await invocation.wait()
+        if isinstance(outcome, memable.Suspended):
+            try:
+                await engine.signal(wf, "f", GO, 4)
+            except memable.StorageError:
+                return "signal failed"
+            outcome = await invocation.wait()
+        return type(outcome).__name__
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("fail_on", range(1, 12))
+async def test_any_failing_call_is_survivable(
+    tmp_path: Path, fail_on: int, when: Literal["before", "after"]
+) -> None:
+    """Whichever storage call fails, wait() returns, and a new engine finishes the work."""
+    runs: list[str] = []
+    wf = make_workflow(runs)
+    path = tmp_path / "f.db"
+    faulty = FaultyStorage(SQLiteStorage(path), fail_on={fail_on}, when=when)
+    try:
+        async with Engine(faulty, workflows=[wf]) as engine:
+            reached = await drive(engine, wf)
+    except memable.StorageError:
+        reached = "engine failed"  # open, recovery, or close met the fault
+    assert reached in {"invoke failed", "signal failed", "Failed", "Completed", "engine failed"}
+
+    async with Engine(path, workflows=[wf]) as engine:
+        with anyio.fail_after(20):
+            try:
+                state = await engine.state(wf, "f")
+            except memable.InstanceNotFound:
+                assert reached in {"invoke failed", "engine failed"}
+                invocation = await engine.invoke(wf, 100, instance_id="f")
+            else:
+                invocation = (
+                    await engine.resume(wf, "f")
+                    if state.status == "failed"
+                    else engine.handle(wf, "f")
+                )
+            outcome = await invocation.wait()
+            if isinstance(outcome, memable.Suspended):
+                try:
+                    await engine.signal(wf, "f", GO, 4)
+                except memable.SignalSuperseded:
+                    await engine.resume(wf, "f")  # the payload was stored before the fault
+            assert await engine.handle(wf, "f").result() == 1 + 2 + 4 + 100 + 3
+    # A step body may run again only if its result was not committed.
+    counts = {name: runs.count(name) for name in ("a", "bb", "ccc")}
+    assert all(1 <= count <= 2 for count in counts.values()), counts
+    assert faulty.failures, "the fault was injected"
+
+
+async def test_a_failed_commit_never_marks_the_step_done(tmp_path: Path) -> None:
+    """A step whose commit failed is not recorded; the instance fails with StorageError."""
+    runs: list[str] = []
+    path = tmp_path / "f.db"
+
+    async def body() -> int:
+        runs.append("body")
+        return 1
+
+    @memable.workflow("commit-fails")
+    async def wf(ctx: Context) -> int:
+        return await ctx.step("only", body)
+
+    faulty = FaultyStorage(SQLiteStorage(path), fail_on={1}, methods={"commit"})
+    async with Engine(faulty, workflows=[wf]) as engine:
+        outcome = await (await engine.invoke(wf, instance_id="c")).wait()
+        assert isinstance(outcome, memable.Failed)
+        assert outcome.error.type == "memable.StorageError"
+        assert isinstance(outcome.exception, memable.StorageError)
+    check = SQLiteStorage(path)
+    check.open()
+    try:
+        assert check.load_steps("c") == []
+    finally:
+        check.close()
+    async with Engine(path, workflows=[wf]) as engine:
+        assert await (await engine.resume(wf, "c")).result() == 1
+    assert runs == ["body", "body"]
+
+
+async def test_storage_errors_of_every_kind_are_storage_errors(tmp_path: Path) -> None:
+    """Disk full, busy and I/O errors all reach callers as StorageError with their text."""
+    for message in ("database or disk is full", "database is locked", "disk I/O error"):
+        faulty = FaultyStorage(
+            SQLiteStorage(tmp_path / f"{len(message)}.db"),
+            fail_on={1},
+            methods={"create_instance"},
+            error=message,
+        )
+        wf = make_workflow([])
+        async with Engine(faulty, workflows=[wf]) as engine:
+            with pytest.raises(memable.StorageError, match=message):
+                await engine.invoke(wf, 1)
+            assert await engine.instances() == []
+
+
+def test_faulty_storage_counts_only_chosen_methods() -> None:
+    """fail_on counts calls of the chosen methods; unknown method names are refused."""
+    faulty = FaultyStorage(memable.testing.MemoryStorage(), fail_on={2}, methods={"get_instance"})
+    faulty.open()
+    for n in itertools.count(1):
+        if n == 2:
+            with pytest.raises(memable.StorageError, match="injected into call 2"):
+                faulty.get_instance("x")
+            break
+        assert faulty.get_instance("x") is None
+        faulty.list_instances()  # not counted
+    with pytest.raises(ValueError, match="not storage methods"):
+        FaultyStorage(memable.testing.MemoryStorage(), fail_on={1}, methods={"nope"})
