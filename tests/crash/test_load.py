@@ -1,0 +1,77 @@
+"""Load: many concurrent instances with steps, timers and signals; nothing lost.
+
+CI runs modest counts; ``nox -s crash`` (marker ``slow``) runs 10,000 instances and 1,000
+concurrent signals.
+"""
+
+from __future__ import annotations
+
+import collections
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import memable
+from memable import Context, Engine, SuspendPoint
+from memable.testing import ManualClock
+
+GO = SuspendPoint("go:v1", int)
+
+
+async def load(path: Path, instances: int, signals: int) -> None:
+    clock = ManualClock()
+    bodies: collections.Counter[str] = collections.Counter()
+
+    async def step(instance_id: str, n: int) -> int:
+        bodies[f"{instance_id}:{n}"] += 1
+        await anyio.lowlevel.checkpoint()
+        return n
+
+    @memable.workflow("load")
+    async def wf(ctx: Context, signalled: bool) -> int:
+        total = 0
+        for n in range(3):
+            total += await ctx.step(f"s{n}", step, ctx.instance_id, n)
+        await ctx.sleep("t", timedelta(minutes=1))
+        if signalled:
+            total += await ctx.suspend(GO)
+        return total
+
+    async with Engine(path, workflows=[wf], clock=clock) as engine:
+        invocations: list[memable.Invocation[int]] = []
+
+        async def start(n: int) -> None:
+            invocations.append(await engine.invoke(wf, n < signals, instance_id=f"i{n}"))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(instances):
+                tg.start_soon(start, n)
+        for invocation in invocations:
+            assert isinstance(await invocation.wait(), memable.Suspended)
+        await clock.advance(timedelta(minutes=1))
+
+        async def signal(n: int) -> None:
+            await engine.signal(wf, f"i{n}", GO, 10)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(signals):
+                tg.start_soon(signal, n)
+        with anyio.fail_after(600):
+            results = {i.instance_id: await i.result() for i in invocations}
+    assert results == {f"i{n}": 3 + (10 if n < signals else 0) for n in range(instances)}
+    assert len(bodies) == instances * 3
+    assert set(bodies.values()) == {1}
+
+
+async def test_load_in_ci(tmp_path: Path) -> None:
+    """500 instances x (3 steps + a timer), 200 concurrent signals: all complete once."""
+    await load(tmp_path / "load.db", instances=500, signals=200)
+
+
+@pytest.mark.slow
+async def test_full_load(tmp_path: Path) -> None:
+    """10,000 instances and 1,000 concurrent signals (nox -s crash)."""
+    await load(tmp_path / "load.db", instances=10_000, signals=1_000)
