@@ -48,4 +48,6 @@ def bench(session: nox.Session) -> None:
 def crash(session: nox.Session) -> None:
     """Run the long crash and load tests (many SIGKILLs)."""
     session.install(".[tests]")
-    session.run("pytest", "tests/crash", "-m", "slow", "-p", "no:cacheprovider", *session.posargs)
+    session.run(
+        "pytest", "tests/crash", "-m", "slow", "-s", "-p", "no:cacheprovider", *session.posargs
+    )
