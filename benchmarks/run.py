@@ -1,8 +1,8 @@
 """memable beside the SQLite floor and DBOS Transact, measured in one run.
 
 ``python benchmarks/run.py [--quick] [--repeat N]`` (or ``nox -s bench``). Repetitions are
-interleaved — floor, memable, DBOS, floor, memable, DBOS … — so all three see the same
-machine. Prints a table of medians (min–max) and the ratios against the targets of
+interleaved (floor, memable, DBOS, floor, memable, DBOS ...) so all three see the same
+machine. Prints a table of medians (with min and max) and the ratios against the targets of
 DESIGN.md §8, and writes ``benchmarks/results/latest.json`` and ``latest.md``. Exits non-zero
 only if a measurement errors.
 """
@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import anyio.to_thread
@@ -107,7 +107,9 @@ async def ten_steps(ctx: Context, n: int) -> int:
     return total
 
 
-async def _sequential(path: Path, synchronous: Literal["full", "normal"], workflows: int) -> Figures:
+async def _sequential(
+    path: Path, synchronous: Literal["full", "normal"], workflows: int
+) -> Figures:
     storage = SQLiteStorage(path, synchronous=synchronous)
     async with Engine(storage, workflows=[ten_steps]) as engine:
         await engine.run(ten_steps, 10)  # warm up
@@ -116,7 +118,10 @@ async def _sequential(path: Path, synchronous: Literal["full", "normal"], workfl
             await engine.run(ten_steps, 10)
         wall = time.perf_counter() - started
         cpu = time.process_time() - cpu
-    return {"us_per_step": wall / (workflows * 10) * 1e6, "cpu_us_per_step": cpu / (workflows * 10) * 1e6}
+    return {
+        "us_per_step": wall / (workflows * 10) * 1e6,
+        "cpu_us_per_step": cpu / (workflows * 10) * 1e6,
+    }
 
 
 async def _concurrent(path: Path, count: int) -> float:
@@ -191,7 +196,11 @@ def memable_figures(quick: bool) -> Figures:
         for backend in ("asyncio", "trio"):
             for sync in ("full", "normal"):
                 result = anyio.run(
-                    _sequential, Path(tmp) / f"seq-{backend}-{sync}.db", sync, workflows, backend=backend
+                    _sequential,
+                    Path(tmp) / f"seq-{backend}-{sync}.db",
+                    sync,
+                    workflows,
+                    backend=backend,
                 )
                 figures[f"seq_{sync}_{backend}_us"] = result["us_per_step"]
                 if sync == "full":
@@ -204,15 +213,21 @@ def memable_figures(quick: bool) -> Figures:
         figures["reinvoke_completed_us"] = anyio.run(
             _reinvoke, Path(tmp) / "reinvoke.db", 10 if quick else 50
         )
-        figures["large_results_mb_per_s"] = anyio.run(_large, Path(tmp) / "large.db", 5 if quick else 20)
+        figures["large_results_mb_per_s"] = anyio.run(
+            _large, Path(tmp) / "large.db", 5 if quick else 20
+        )
     figures.update(import_times(3 if quick else 7))
     return figures
 
 
 def import_times(runs: int) -> Figures:
     def one(module: str) -> float:
-        code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        code = (
+            f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
         return float(out.stdout) * 1e3
 
     anyio_ms = statistics.median(one("anyio") for _ in range(runs))
@@ -239,14 +254,15 @@ def dbos_figures(quick: bool) -> Figures | str:
 
 # -- the report ----------------------------------------------------------------------------------
 
+NAN = float("nan")
 TARGETS: list[tuple[str, str, Callable[[dict[str, float]], float | None], str, float]] = [
     # name, formula, value, comparison, target
     ("sequential step / to_thread floor", "seq_full_asyncio_us / floor_to_thread_us",
      lambda m: m["seq_full_asyncio_us"] / m["floor_to_thread_us"], "<=", 2.0),
     ("DBOS step / memable step", "dbos.sequential_us_per_step / seq_full_asyncio_us",
-     lambda m: m.get("dbos.sequential_us_per_step", float("nan")) / m["seq_full_asyncio_us"], ">=", 5.0),
+     lambda m: m.get("dbos.sequential_us_per_step", NAN) / m["seq_full_asyncio_us"], ">=", 5.0),
     ("100x10 concurrent steps/s vs DBOS", "concurrent_steps_per_s / dbos.concurrent_steps_per_s",
-     lambda m: m["concurrent_steps_per_s"] / m.get("dbos.concurrent_steps_per_s", float("nan")), ">=", 30.0),
+     lambda m: m["concurrent_steps_per_s"] / m.get("dbos.concurrent_steps_per_s", NAN), ">=", 30.0),
     ("replay µs per recorded step", "replay_us_per_step",
      lambda m: m["replay_us_per_step"], "<=", 20.0),
     ("recovered instance running after start (ms)", "recovery_start_ms",
@@ -262,13 +278,18 @@ def summarise(runs: list[Figures]) -> dict[str, dict[str, float]]:
         for key, value in run.items():
             values[key].append(value)
     return {
-        key: {"median": statistics.median(v), "min": min(v), "max": max(v)} for key, v in values.items()
+        key: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+        for key, v in values.items()
     }
 
 
 def render(summary: dict[str, dict[str, float]], dbos_note: str | None, machine: str) -> str:
     medians = {key: stats["median"] for key, stats in summary.items()}
-    lines = [f"# memable benchmark\n\n{machine}\n", "| figure | median | min | max |", "|---|---|---|---|"]
+    lines = [
+        f"# memable benchmark\n\n{machine}\n",
+        "| figure | median | min | max |",
+        "|---|---|---|---|",
+    ]
     for key, stats in sorted(summary.items()):
         lines.append(f"| {key} | {stats['median']:.2f} | {stats['min']:.2f} | {stats['max']:.2f} |")
     if dbos_note:
@@ -283,7 +304,9 @@ def render(summary: dict[str, dict[str, float]], dbos_note: str | None, machine:
             lines.append(f"| {name} | {formula} | n/a | {op} {target} | n/a |")
             continue
         met = measured <= target if op == "<=" else measured >= target
-        lines.append(f"| {name} | {formula} | {measured:.2f} | {op} {target} | {'yes' if met else 'NO'} |")
+        lines.append(
+            f"| {name} | {formula} | {measured:.2f} | {op} {target} | {'yes' if met else 'NO'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +331,7 @@ def main() -> int:
         print(f"repetition {rep + 1}/{repeat} done", file=sys.stderr)
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"
-        f" SQLite {sqlite3.sqlite_version}, memable {memable.__name__} from {Path(memable.__file__).parent}"
+        f" SQLite {sqlite3.sqlite_version}, memable from {Path(memable.__file__).parent}"
     )
     summary = summarise(runs)
     report = render(summary, dbos_note, machine)
@@ -316,7 +339,9 @@ def main() -> int:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / "latest.json").write_text(
-        json.dumps({"machine": machine, "repeat": repeat, "figures": summary, "dbos": dbos_note}, indent=2)
+        json.dumps(
+            {"machine": machine, "repeat": repeat, "figures": summary, "dbos": dbos_note}, indent=2
+        )
         + "\n"
     )
     (results / "latest.md").write_text(report)

@@ -21,7 +21,6 @@ Example:
 from ._clock import Clock as Clock
 from ._context import Context as Context
 from ._engine import Engine as Engine
-from ._engine import Invocation as Invocation
 from ._exceptions import ChildFailed as ChildFailed
 from ._exceptions import DuplicateStepKey as DuplicateStepKey
 from ._exceptions import InstanceConflict as InstanceConflict
@@ -44,6 +43,7 @@ from ._exceptions import WorkflowCancelled as WorkflowCancelled
 from ._exceptions import WorkflowFailed as WorkflowFailed
 from ._exceptions import WorkflowNotFound as WorkflowNotFound
 from ._exceptions import WorkflowSuspended as WorkflowSuspended
+from ._invocation import Invocation as Invocation
 from ._outcome import Cancelled as Cancelled
 from ._outcome import Completed as Completed
 from ._outcome import Err as Err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import typing
 from collections.abc import Awaitable, Callable, Iterable
@@ -278,13 +277,11 @@ class Context:
     async def _dead_letter(
         self, key: str, attempts: int, started: float, exc: BaseException
     ) -> None:
-        error = ErrorInfo.from_exception(exc)
         record = StepRecord(
             instance_id=self.instance_id,
             key=key,
             state="dead",
-            error=json.dumps({"type": error.type, "message": error.message,
-                              "traceback": error.traceback}),
+            error=ErrorInfo.from_exception(exc).to_json(),
             attempts=attempts,
             started_at=started,
             finished_at=self._engine._now(),
@@ -548,13 +545,5 @@ def _failure(key: str, attempts: int, policy: RetryPolicy, exc: Exception) -> St
 
 def _replayed_failure(key: str, record: StepRecord) -> StepFailed:
     """The failure of a dead-lettered step, raised again when a run replays it."""
-    detail = "recorded failure"
-    if record.error is not None:
-        try:
-            stored = json.loads(record.error)
-            detail = f"{stored['type']}: {stored['message']}"
-        except (ValueError, KeyError, TypeError):
-            detail = "recorded failure (its record is unreadable)"
-    return StepFailed(
-        key, record.attempts, f"{detail} (dead letter; engine.resume() runs it again)"
-    )
+    error = ErrorInfo.from_json(record.error)
+    return StepFailed(key, record.attempts, f"{error} (dead letter; engine.resume() runs it again)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import json
@@ -13,7 +12,7 @@ import typing
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Self, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.abc
@@ -30,11 +29,9 @@ from ._exceptions import (
     SignalRejected,
     SignalSuperseded,
     StorageError,
-    WorkflowCancelled,
-    WorkflowFailed,
     WorkflowNotFound,
-    WorkflowSuspended,
 )
+from ._invocation import Invocation, _Subscriber
 from ._keys import check_instance_ref, check_key, new_instance_id
 from ._outcome import (
     Cancelled,
@@ -63,7 +60,7 @@ from .storage._sqlite import SQLiteStorage
 if TYPE_CHECKING:
     import cattrs
 
-__all__ = ["Engine", "Invocation"]
+__all__ = ["Engine"]
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -521,7 +518,7 @@ class Engine:
                     f"instance id {instance_id!r} belongs to workflow {stored.workflow!r},"
                     f" not {wf.name!r}"
                 )
-            if _input_value(stored.input) != _input_value(envelope):
+            if json.loads(stored.input)["value"] != json.loads(envelope)["value"]:
                 raise InstanceConflict(
                     f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
                     " use another instance_id, or the same input to attach to it"
@@ -688,7 +685,7 @@ class Engine:
         status: InstanceState = "completed" if isinstance(outcome, Completed) else "failed"
         error = None
         if isinstance(outcome, Failed):
-            error = _error_json(outcome.error)
+            error = outcome.error.to_json()
             if logger.isEnabledFor(logging.INFO):
                 logger.info(
                     "instance %r failed: %s",
@@ -966,7 +963,7 @@ class Engine:
         """
         self._check_running()
         record = await self._record(wf, instance_id)
-        info = _info(record)
+        info = InstanceInfo.from_record(record)
         message = self._live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
@@ -994,7 +991,7 @@ class Engine:
             status=status,
             limit=limit,
         )
-        return [_info(record) for record in records]
+        return [InstanceInfo.from_record(record) for record in records]
 
     async def _record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
         check_instance_ref(instance_id)
@@ -1024,7 +1021,7 @@ class Engine:
                 )
                 return Completed(output=output)
             case "failed":
-                return Failed(error=_error_info(record.error))
+                return Failed(error=ErrorInfo.from_json(record.error))
             case "suspended":
                 return Suspended(waiting_on=record.waiting_on, status=record.status_message)
             case "cancelled":
@@ -1086,161 +1083,3 @@ def _return_annotation(key: str, fn: Callable[..., Any]) -> Any:
             " store its result; annotate it or pass returns="
         )
     return hints["return"]
-
-
-def _input_value(envelope: str) -> Any:
-    return json.loads(envelope)["value"]
-
-
-def _error_json(error: ErrorInfo) -> str:
-    return json.dumps({"type": error.type, "message": error.message, "traceback": error.traceback})
-
-
-def _error_info(text: str | None) -> ErrorInfo:
-    if text is None:
-        return ErrorInfo(type="unknown", message="no error was recorded")
-    try:
-        data = json.loads(text)
-        return ErrorInfo(type=data["type"], message=data["message"], traceback=data["traceback"])
-    except (ValueError, KeyError, TypeError):
-        return ErrorInfo(type="unknown", message=f"unreadable error record: {text[:200]!r}")
-
-
-def _info(record: InstanceRecord) -> InstanceInfo:
-    return InstanceInfo(
-        instance_id=record.instance_id,
-        workflow=record.workflow,
-        status=record.status,
-        status_message=record.status_message,
-        created_at=_utc(record.created_at),
-        updated_at=_utc(record.updated_at),
-        finished_at=None if record.finished_at is None else _utc(record.finished_at),
-        error=None if record.error is None else _error_info(record.error),
-        waiting_on=record.waiting_on,
-        parent_id=record.parent_id,
-    )
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
-
-
-class _Subscriber:
-    """The queue of status changes of one ``subscribe()`` iteration."""
-
-    __slots__ = ("_changed", "_items")
-
-    def __init__(self) -> None:
-        self._items: collections.deque[Status] = collections.deque()
-        self._changed = anyio.Event()
-
-    def put(self, status: Status) -> None:
-        self._items.append(status)
-        self._changed.set()
-
-    async def get(self) -> Status:
-        while not self._items:
-            self._changed = anyio.Event()
-            await self._changed.wait()
-        return self._items.popleft()
-
-
-@final
-class Invocation(Generic[O]):
-    """A handle on one instance: wait for it, or get its result.
-
-    Example:
-        >>> import memable
-        >>> async def outcome(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-        ...     invocation = await engine.invoke(wf, "o-17")
-        ...     match await invocation.wait():
-        ...         case memable.Completed(output=n):
-        ...             print("done", n)
-        ...         case memable.Failed(error=error):
-        ...             print("failed", error)
-        ...         case _:
-        ...             print("suspended or cancelled")
-    """
-
-    __slots__ = ("_engine", "_failure", "instance_id", "workflow")
-
-    def __init__(self, engine: Engine, workflow: Workflow[Any, O], instance_id: str) -> None:
-        self._engine = engine
-        self.workflow = workflow
-        self.instance_id = instance_id
-        self._failure: Failed | None = None  # seen live, with its exception
-
-    def __repr__(self) -> str:
-        return f"<memable.Invocation {self.workflow.name}/{self.instance_id}>"
-
-    async def wait(self) -> Outcome[O]:
-        """Wait until the instance completes, fails, is cancelled or suspends.
-
-        Raises:
-            InstanceNotFound: no instance has this id.
-            NotStarted: the engine is not running, or the instance is recorded as running
-                but no task runs it here (``resume_on_start=False``, or the engine shut
-                down first); ``engine.resume()`` starts it.
-
-        Example:
-            >>> async def show(invocation: Invocation[int]) -> None:
-            ...     print(await invocation.wait())
-        """
-        engine = self._engine
-        while True:
-            engine._check_running()
-            run = engine._runs.get(self.instance_id)
-            if run is not None:
-                await run.finished.wait()
-                if run.outcome is not None:
-                    if isinstance(run.outcome, Failed):
-                        self._failure = run.outcome
-                    return run.outcome
-            record = await engine._record(self.workflow, self.instance_id)
-            outcome = engine._outcome(self.workflow, record)
-            failure = self._failure
-            if isinstance(outcome, Failed) and failure and outcome.error == failure.error:
-                return failure  # the failure seen live: with its exception
-            if outcome is not None:
-                return outcome
-            if self.instance_id in engine._runs:
-                continue  # started again meanwhile
-            raise NotStarted(
-                f"instance {self.instance_id!r} is recorded as running but this engine does"
-                " not run it (resume_on_start=False, or the engine is shutting down);"
-                " engine.resume() starts it"
-            )
-
-    def status(self) -> AsyncIterator[Status]:
-        """Iterate over the instance's status changes (see :meth:`Engine.subscribe`).
-
-        Example:
-            >>> async def watch(invocation: Invocation[int]) -> None:
-            ...     async for status in invocation.status():
-            ...         print(status.status)
-        """
-        return self._engine.subscribe(self.workflow, self.instance_id)
-
-    async def result(self) -> O:
-        """Wait for the instance and return its output.
-
-        Raises:
-            WorkflowFailed: it failed (the exception chained where it ran in this process).
-            WorkflowSuspended: it is suspended.
-            WorkflowCancelled: it was cancelled.
-
-        Example:
-            >>> async def total(invocation: Invocation[int]) -> int:
-            ...     return await invocation.result()
-        """
-        outcome = await self.wait()
-        match outcome:
-            case Completed(output=output):
-                return output
-            case Failed(error=error, exception=exception):
-                raise WorkflowFailed(self.instance_id, error) from exception
-            case Suspended(waiting_on=keys, status=status):
-                raise WorkflowSuspended(keys[0] if keys else "", status)
-            case Cancelled(reason=reason):
-                raise WorkflowCancelled(reason)
-        typing.assert_never(outcome)

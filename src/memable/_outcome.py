@@ -1,12 +1,13 @@
 """What an instance ended with, and what is known about it."""
 
+import json
 import traceback
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeAlias, TypeVar, final
 
 import attrs
 
-from .storage._records import InstanceState
+from .storage._records import InstanceRecord, InstanceState
 
 __all__ = [
     "Cancelled",
@@ -56,6 +57,26 @@ class ErrorInfo:
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"
+
+    def to_json(self) -> str:
+        """The stored form: a JSON object of type, message and traceback."""
+        return json.dumps({"type": self.type, "message": self.message, "traceback": self.traceback})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "ErrorInfo":
+        """Read a stored error back; an unreadable record becomes an ``unknown`` error.
+
+        Example:
+            >>> ErrorInfo.from_json(ErrorInfo(type="KeyError", message="x").to_json()).type
+            'KeyError'
+        """
+        if text is None:
+            return cls(type="unknown", message="no error was recorded")
+        try:
+            data = json.loads(text)
+            return cls(type=data["type"], message=data["message"], traceback=data["traceback"])
+        except (ValueError, KeyError, TypeError):
+            return cls(type="unknown", message=f"unreadable error record: {text[:200]!r}")
 
 
 @final
@@ -149,6 +170,24 @@ class InstanceInfo:
     error: ErrorInfo | None
     waiting_on: tuple[str, ...]
     parent_id: str | None
+
+    @classmethod
+    def from_record(cls, record: InstanceRecord) -> "InstanceInfo":
+        """Describe a stored instance (times as UTC datetimes)."""
+        return cls(
+            instance_id=record.instance_id,
+            workflow=record.workflow,
+            status=record.status,
+            status_message=record.status_message,
+            created_at=datetime.fromtimestamp(record.created_at, UTC),
+            updated_at=datetime.fromtimestamp(record.updated_at, UTC),
+            finished_at=None
+            if record.finished_at is None
+            else datetime.fromtimestamp(record.finished_at, UTC),
+            error=None if record.error is None else ErrorInfo.from_json(record.error),
+            waiting_on=record.waiting_on,
+            parent_id=record.parent_id,
+        )
 
 
 @final
