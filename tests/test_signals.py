@@ -462,3 +462,36 @@ async def test_crash_injection_after_the_body(make_storage: StorageFactory) -> N
     async with Engine(make_storage(), workflows=[wf]) as engine:
         assert await engine.handle(wf, "c").result() == "cs"
     assert runs == ["charge", "charge", "ship"]
+
+
+async def test_status_stream_from_the_start(make_storage: StorageFactory) -> None:
+    """Subscribed while running: running, suspended, running again, completed."""
+    release = anyio.Event()
+
+    async def hold() -> int:
+        await release.wait()
+        return 1
+
+    @memable.workflow("watched")
+    async def wf(ctx: Context) -> bool:
+        await ctx.step("hold", hold)
+        return await ctx.suspend(APPROVAL, status="approve?")
+
+    seen: list[str] = []
+    async with Engine(make_storage(), workflows=[wf]) as engine:
+        invocation = await engine.invoke(wf, instance_id="w")
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                async for status in engine.subscribe(wf, "w"):
+                    seen.append(status.status)
+                    if status.status == "running" and not release.is_set():
+                        release.set()
+                    elif status.status == "suspended":
+                        await engine.signal(wf, "w", APPROVAL, True)
+
+            tg.start_soon(watch)
+        assert await invocation.result() is True
+    # A status message change is a change too ("running" again with "approve?").
+    transitions = [s for n, s in enumerate(seen) if n == 0 or seen[n - 1] != s]
+    assert transitions == ["running", "suspended", "running", "completed"]

@@ -75,3 +75,26 @@ async def test_load_in_ci(tmp_path: Path) -> None:
 async def test_full_load(tmp_path: Path) -> None:
     """10,000 instances and 1,000 concurrent signals (nox -s crash)."""
     await load(tmp_path / "load.db", instances=10_000, signals=1_000)
+
+
+@pytest.mark.slow
+async def test_ten_thousand_suspended_instances_hold_nothing(tmp_path: Path) -> None:
+    """10,000 suspended instances: no run, context or subscriber is left in the engine."""
+    import gc
+
+    @memable.workflow("parked")
+    async def wf(ctx: Context) -> int:
+        return await ctx.suspend(GO)
+
+    async with Engine(tmp_path / "parked.db", workflows=[wf]) as engine:
+
+        async def park(n: int) -> None:
+            await (await engine.invoke(wf, instance_id=f"p{n}")).wait()
+
+        async with anyio.create_task_group() as tg:
+            for n in range(10_000):
+                tg.start_soon(park, n)
+        assert len(await engine.instances(status="suspended", limit=None)) == 10_000
+        gc.collect()
+        held = sum(isinstance(o, memable.Context | memable._engine._Run) for o in gc.get_objects())
+        assert (len(engine._runs), len(engine._subscribers), held) == (0, 0, 0)
