@@ -72,12 +72,14 @@ async def test_load_in_ci(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_full_load(tmp_path: Path) -> None:
     """10,000 instances and 1,000 concurrent signals (nox -s crash)."""
     await load(tmp_path / "load.db", instances=10_000, signals=1_000)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_ten_thousand_suspended_instances_hold_nothing(tmp_path: Path) -> None:
     """10,000 suspended instances: no run, context or subscriber is left in the engine."""
     import gc

@@ -129,6 +129,7 @@ def test_sigkill_at_random_moments(tmp_path: Path, backend: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_sigkill_many_times(tmp_path: Path, backend: str) -> None:
     """The long run (nox -s crash): hundreds of kills, counted and printed."""
