@@ -225,7 +225,9 @@ async def test_same_id_with_other_input_or_workflow_is_a_conflict(
     assert (blocker.a_runs, blocker.b_runs) == (1, 1)
 
 
-@pytest.mark.parametrize("bad_id", ["", "a/b", "_x", "k" * 300, "line\nbreak", "\n", 12])
+@pytest.mark.parametrize(
+    "bad_id", ["", "a/b", "_x", "k" * 300, "k" * 256, "line\nbreak", "\n", "del\x7f", 12]
+)
 async def test_invalid_instance_ids_raise_and_store_nothing(
     make_storage: StorageFactory, bad_id: object
 ) -> None:
@@ -237,6 +239,18 @@ async def test_invalid_instance_ids_raise_and_store_nothing(
         with pytest.raises(memable.InvalidKey):
             await engine.run(hello_wf, instance_id=bad_id)  # type: ignore[call-overload]
         assert await engine.instances() == []
+
+
+async def test_any_valid_key_is_an_instance_id(make_storage: StorageFactory) -> None:
+    """Ids up to 255 characters, with spaces, colons and non-ASCII letters, work and last."""
+    good = ["k" * 255, "order 17:v1", "zählung-ü", "a.b-c_d", "x"]
+    async with Engine(make_storage(), workflows=[upper_wf]) as engine:
+        for instance_id in good:
+            assert await engine.run(upper_wf, "y", instance_id=instance_id) == "Y"
+    async with Engine(make_storage(), workflows=[upper_wf]) as engine:
+        assert sorted(i.instance_id for i in await engine.instances()) == sorted(good)
+        for instance_id in good:
+            assert await engine.handle(upper_wf, instance_id).result() == "Y"
 
 
 # -- 3. at most one task per instance ---------------------------------------------------------
@@ -277,6 +291,43 @@ async def test_concurrent_invokes_of_one_new_id_run_the_body_once(
     assert results == [14] * 20
 
 
+async def test_racing_invokes_of_one_id_under_two_workflows_run_only_the_winner(
+    make_storage: StorageFactory,
+) -> None:
+    """Two workflows racing for one new id: one owns it and runs once; the other conflicts."""
+    ran: list[str] = []
+
+    async def first(ctx: Context, text: str) -> str:
+        ran.append("first")
+        return "first"
+
+    async def second(ctx: Context, text: str) -> str:
+        ran.append("second")
+        return "second"
+
+    workflows = [memable.Workflow("first", first), memable.Workflow("second", second)]
+    results: list[tuple[str, str]] = []
+    async with Engine(make_storage(), workflows=workflows) as engine:
+
+        async def start(wf: memable.Workflow[str, str]) -> None:
+            try:
+                invocation = await engine.invoke(wf, "x", instance_id="contested")
+            except memable.InstanceConflict:
+                results.append((wf.name, "conflict"))
+            else:
+                results.append((wf.name, await invocation.result()))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(10):
+                tg.start_soon(start, workflows[n % 2])
+        [info] = await engine.instances()
+    winner = info.workflow
+    assert ran == [winner]
+    assert sorted(results) == sorted(
+        (wf.name, winner if wf.name == winner else "conflict") for wf in workflows * 5
+    )
+
+
 # -- 4. failures ------------------------------------------------------------------------------
 
 
@@ -315,6 +366,9 @@ async def test_a_workflow_that_raises_ends_failed_live_and_after_a_restart(
         again = await engine.invoke(failing_wf, "o-1", instance_id="f-1")
         assert await again.wait() == outcome
         assert [i.instance_id for i in await engine.instances(status="failed")] == ["f-1"]
+        with pytest.raises(memable.WorkflowFailed) as caught:
+            await engine.run(failing_wf, "o-2")
+        assert isinstance(caught.value.__cause__, ValueError)
     async with Engine(make_storage(), workflows=[failing_wf]) as engine:
         stored = await engine.handle(failing_wf, "f-1").wait()
         assert isinstance(stored, memable.Failed)
@@ -385,6 +439,10 @@ async def test_without_resume_on_start_a_crashed_instance_waits_for_resume(
         with pytest.raises(memable.NotStarted):
             await engine.handle(blocker.wf, "r-2").result()
         assert blocker.b_runs == 1  # nothing ran
+        attached = await engine.invoke(blocker.wf, 1, instance_id="r-2")  # does not start it
+        with pytest.raises(memable.NotStarted):
+            await attached.wait()
+        assert blocker.b_runs == 1
         invocation = await engine.resume(blocker.wf, "r-2")
         assert await invocation.result() == 20
         assert (await engine.state(blocker.wf, "r-2")).status == "completed"
@@ -441,10 +499,21 @@ async def test_leaving_cancels_an_instance_that_does_not_finish(
 ) -> None:
     """Past shutdown_timeout the body is cancelled; it stays running, with no dead letter."""
     blocker = Blocker()
-    async with Engine(make_storage(), workflows=[blocker.wf], shutdown_timeout=0.01) as engine:
-        await engine.invoke(blocker.wf, 1, instance_id="s-1")
-        await blocker.reached.wait()
-    assert blocker.b_cancelled == 1  # already, when the block is left: nothing outlives it
+    told: list[BaseException] = []
+
+    async def wait_outside(invocation: memable.Invocation[int]) -> None:
+        try:
+            await invocation.wait()
+        except memable.NotStarted as exc:
+            told.append(exc)
+
+    async with anyio.create_task_group() as outside:
+        async with Engine(make_storage(), workflows=[blocker.wf], shutdown_timeout=0.01) as engine:
+            invocation = await engine.invoke(blocker.wf, 1, instance_id="s-1")
+            await blocker.reached.wait()
+            outside.start_soon(wait_outside, invocation)
+        assert blocker.b_cancelled == 1  # already, when the block is left: nothing outlives it
+    assert len(told) == 1  # a waiter is told, not left hanging
     async with Engine(make_storage(), workflows=[blocker.wf], resume_on_start=False) as later:
         info = await later.state(blocker.wf, "s-1")
         assert (info.status, info.error, info.finished_at) == ("running", None, None)
@@ -615,11 +684,17 @@ async def test_handles_and_state_name_unknown_ids_and_wrong_workflows(
             await engine.state(upper_wf, "nope")
         with pytest.raises(memable.InvalidKey):
             engine.handle(upper_wf, "")
+        with pytest.raises(memable.InvalidKey):
+            await engine.state(upper_wf, "a\nb")
+        with pytest.raises(memable.InvalidKey):
+            await engine.resume(upper_wf, "")
         await engine.run(upper_wf, "a", instance_id="u")
         with pytest.raises(memable.InstanceConflict, match="'upper'"):
             await engine.state(hello_wf, "u")
         with pytest.raises(memable.InstanceConflict):
             await engine.handle(hello_wf, "u").wait()
+        with pytest.raises(memable.InstanceConflict):
+            await engine.resume(hello_wf, "u")
         assert await engine.instances() != []
 
 
@@ -676,6 +751,20 @@ async def test_registering_the_same_workflow_twice_is_fine(make_storage: Storage
     async with engine:
         assert await engine.run(twin, 4) == 8
         assert await engine.run(double_wf, 5) == 10
+
+
+def test_engine_options_are_checked() -> None:
+    """Nonsense engine options are refused when the engine is made, not later."""
+    with pytest.raises(ValueError, match="shutdown_timeout"):
+        Engine(shutdown_timeout=-1)
+    with pytest.raises(ValueError, match="shutdown_timeout"):
+        Engine(shutdown_timeout=float("nan"))
+    with pytest.raises(ValueError, match="retention"):
+        Engine(retention=timedelta(0))
+    with pytest.raises(TypeError, match="RetryPolicy"):
+        Engine(retry=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="storage"):
+        Engine(object())  # type: ignore[arg-type]
 
 
 def test_two_functions_under_one_name_are_refused() -> None:

@@ -354,12 +354,13 @@ class Engine:
                 self._scheduler_scope.cancel()
 
     def _run_claimed(self, record: InstanceRecord) -> None:
-        """Run an instance a signal or timer has just claimed (set ``running``)."""
+        """Run an instance stored as ``running``: recovered, or just claimed by a signal,
+        a timer or resume."""
         wf = self._workflows.get(record.workflow)
         if wf is None:
             logger.warning(
-                "instance %r of unregistered workflow %r was resumed in storage but is not"
-                " run here; register the workflow to run it",
+                "instance %r of unregistered workflow %r is left running;"
+                " register the workflow to run it",
                 record.instance_id,
                 record.workflow,
                 extra={"instance_id": record.instance_id, "workflow": record.workflow},
@@ -382,19 +383,8 @@ class Engine:
     async def _recover(self) -> None:
         records = await self._storage_call(self._storage.list_instances, status="running")
         for record in records:
-            if record.parent_id is not None:
-                continue  # children are driven by their parent
-            wf = self._workflows.get(record.workflow)
-            if wf is None:
-                logger.warning(
-                    "instance %r of unregistered workflow %r is left running; register the"
-                    " workflow to recover it",
-                    record.instance_id,
-                    record.workflow,
-                    extra={"instance_id": record.instance_id, "workflow": record.workflow},
-                )
-                continue
-            self._start(self._reserve(record.instance_id, wf), record)
+            if record.parent_id is None:  # children are driven by their parent
+                self._run_claimed(record)
         if records:
             logger.info("recovering %d running instances", len(records))
 

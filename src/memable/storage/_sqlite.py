@@ -281,10 +281,14 @@ class SQLiteStorage:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # Also when COMMIT itself failed (SQLite may leave the transaction open):
+                # otherwise every later BEGIN fails and reads see uncommitted writes.
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # keep the original error
+                        db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     # -- the protocol -----------------------------------------------------------------------
 
@@ -662,7 +666,8 @@ def _update_instance(db: sqlite3.Connection, update: InstanceUpdate) -> None:
 
 def _take_lock(path: str) -> IO[str]:
     """Lock ``{path}.lock`` for this process, or raise StorageError naming the holder."""
-    lock_path = path + ".lock"
+    # Next to the real file: every name of the file (symlinks, "..") meets the same lock.
+    lock_path = os.path.realpath(path) + ".lock"
     try:
         handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held while open
     except OSError as exc:
