@@ -1,20 +1,31 @@
-"""Storage: the protocol on both backends, and what the SQLite adapter promises."""
+"""Storage: the protocol on both backends, and what the SQLite adapter promises.
+
+The conformance tests are synchronous and drive a storage directly, without an engine, on
+``SQLiteStorage`` and ``MemoryStorage`` alike. The SQLite tests check the file: WAL,
+``synchronous``, schema version and migrations, indexes, ownership by one process, and
+that no ``sqlite3`` error escapes. The last tests give storages to engines.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
+import anyio
 import pytest
 
 import memable
 from memable import Context, Engine
 from memable.storage import (
     InstanceRecord,
+    InstanceState,
     InstanceUpdate,
     MemoryStorage,
     SignalRecord,
@@ -23,106 +34,329 @@ from memable.storage import (
     Storage,
     TimerRecord,
 )
-from memable.storage._sqlite import SCHEMA_VERSION
+from memable.storage._sqlite import MIGRATIONS, SCHEMA_VERSION
+
+INPUT = '{"type":"None","value":null}'
+SRC = str(Path(memable.__file__).resolve().parents[1])
 
 
 @pytest.fixture(params=["sqlite", "memory"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Storage]:
+    """A factory of (unopened) storages over one database: a new object for SQLite."""
+    if request.param == "sqlite":
+        path = tmp_path / "s.db"
+        return lambda: SQLiteStorage(path)
+    shared = MemoryStorage()
+    return lambda: shared
+
+
+@pytest.fixture
+def storage(reopen: Callable[[], Storage]) -> Iterator[Storage]:
     """An open storage of each kind."""
-    store: Storage = (
-        SQLiteStorage(tmp_path / "s.db") if request.param == "sqlite" else MemoryStorage()
-    )
+    store = reopen()
     store.open()
     yield store
     store.close()
 
 
-def record(
-    instance_id: str, *, workflow: str = "wf", created: float = 1.0, **kw: object
+def instance(
+    instance_id: str,
+    *,
+    workflow: str = "wf",
+    created: float = 1.0,
+    status: InstanceState = "running",
+    parent_id: str | None = None,
+    error: str | None = None,
+    finished_at: float | None = None,
 ) -> InstanceRecord:
     return InstanceRecord(
         instance_id=instance_id,
         workflow=workflow,
-        status=kw.pop("status", "running"),  # type: ignore[arg-type]
-        input='{"type":"None","value":null}',
+        status=status,
+        input=INPUT,
         created_at=created,
         updated_at=created,
-        **kw,  # type: ignore[arg-type]
+        parent_id=parent_id,
+        error=error,
+        finished_at=finished_at,
     )
 
 
-def step(instance_id: str, key: str, state: str = "completed", value: str = "v") -> StepRecord:
+def step(
+    instance_id: str,
+    key: str,
+    state: Literal["completed", "dead"] = "completed",
+    value: str = '{"type":"int","value":1}',
+    attempts: int = 1,
+) -> StepRecord:
     return StepRecord(
         instance_id=instance_id,
         key=key,
-        state=state,  # type: ignore[arg-type]
+        state=state,
         value=value if state == "completed" else None,
         error=None if state == "completed" else '{"type":"E","message":"m","traceback":""}',
-        attempts=1,
-        started_at=0.0,
-        finished_at=0.0,
+        attempts=attempts,
+        started_at=10.0,
+        finished_at=11.5,
     )
 
 
-def test_create_is_idempotent(storage: Storage) -> None:
-    """An existing id returns the stored record and created=False."""
-    first = record("a")
+@contextlib.contextmanager
+def raw(path: Path | str) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection (autocommit) to *path*, closed afterwards."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def ids(records: list[InstanceRecord]) -> list[str]:
+    return [record.instance_id for record in records]
+
+
+def steps_of(storage: Storage, instance_id: str) -> dict[str, StepRecord]:
+    return {record.key: record for record in storage.load_steps(instance_id)}
+
+
+# -- conformance: instances -------------------------------------------------------------------
+
+
+def test_create_instance_is_idempotent(storage: Storage) -> None:
+    """Creating an existing id returns the stored record unchanged and created=False."""
+    first = instance("a")
     assert storage.create_instance(first) == (first, True)
-    stored, created = storage.create_instance(record("a", workflow="other"))
+    stored, created = storage.create_instance(instance("a", workflow="other", created=9.0))
     assert (stored, created) == (first, False)
     assert storage.get_instance("a") == first
     assert storage.get_instance("missing") is None
+    assert ids(storage.list_instances()) == ["a"]
 
 
-def test_list_filters_orders_and_limits(storage: Storage) -> None:
-    """Instances list oldest first, by workflow, status and parent."""
-    storage.create_instance(record("b", created=2.0))
-    storage.create_instance(record("a", created=1.0, workflow="x"))
-    storage.create_instance(record("c", created=3.0, status="failed"))
-    storage.commit([record("a/k-0", created=4.0, parent_id="a")])
-    ids = [r.instance_id for r in storage.list_instances()]
-    assert ids == ["a", "b", "c", "a/k-0"]
-    assert [r.instance_id for r in storage.list_instances(workflow="x")] == ["a"]
-    assert [r.instance_id for r in storage.list_instances(status="failed")] == ["c"]
-    assert [r.instance_id for r in storage.list_instances(limit=2)] == ["a", "b"]
-    assert [r.instance_id for r in storage.list_instances(parent_id="a")] == ["a/k-0"]
+def test_every_instance_field_round_trips(storage: Storage) -> None:
+    """What is stored is what is read back, field for field."""
+    full = InstanceRecord(
+        instance_id="p/k-0",
+        workflow="wf",
+        status="suspended",
+        input='{"type":"str","value":"x"}',
+        created_at=1.25,
+        updated_at=2.5,
+        parent_id="p",
+        output=None,
+        error=None,
+        status_message="waiting for ünïcode ✓",
+        waiting_on=("approval:v1", "timer:v1"),
+        finished_at=None,
+    )
+    storage.create_instance(full)
+    assert storage.get_instance("p/k-0") == full
+    assert storage.list_instances(parent_id="p") == [full]
 
 
-def test_commit_applies_in_order_and_protects_results(storage: Storage) -> None:
-    """A completed step is never overwritten; a dead letter is; only_if guards updates."""
-    storage.create_instance(record("i"))
-    storage.commit([step("i", "dead", "dead"), step("i", "done", value="1")])
-    storage.commit([step("i", "dead", value="2"), step("i", "done", value="overwrite?")])
-    steps = {s.key: s for s in storage.load_steps("i")}
-    assert (steps["dead"].state, steps["dead"].value) == ("completed", "2")
-    assert steps["done"].value == "1"
+def test_list_filters_by_workflow_status_and_parent(storage: Storage) -> None:
+    """list_instances filters by workflow, status and parent, alone and combined."""
+    storage.create_instance(instance("a", workflow="x", created=1.0))
+    storage.create_instance(instance("b", workflow="y", created=2.0))
+    storage.create_instance(instance("c", workflow="x", created=3.0, status="failed"))
+    storage.commit([instance("a/k-0", workflow="x", created=4.0, parent_id="a")])
+    assert ids(storage.list_instances(workflow="x")) == ["a", "c", "a/k-0"]
+    assert ids(storage.list_instances(status="failed")) == ["c"]
+    assert ids(storage.list_instances(status="running")) == ["a", "b", "a/k-0"]
+    assert ids(storage.list_instances(workflow="x", status="running")) == ["a", "a/k-0"]
+    assert ids(storage.list_instances(parent_id="a")) == ["a/k-0"]
+    assert ids(storage.list_instances(parent_id="b")) == []
+    assert storage.list_instances(workflow="nope") == []
+    assert storage.list_instances(status="completed") == []
+
+
+def test_list_is_oldest_first_ties_by_id_and_limited(storage: Storage) -> None:
+    """Instances list by creation time (then id), and limit keeps the oldest."""
+    storage.create_instance(instance("m", created=2.0))
+    storage.create_instance(instance("z", created=1.0))
+    storage.create_instance(instance("b", created=2.0))
+    storage.create_instance(instance("a", created=3.0))
+    assert ids(storage.list_instances()) == ["z", "b", "m", "a"]
+    assert ids(storage.list_instances(limit=None)) == ["z", "b", "m", "a"]
+    assert ids(storage.list_instances(limit=2)) == ["z", "b"]
+    assert ids(storage.list_instances(limit=10)) == ["z", "b", "m", "a"]
+    assert storage.list_instances(limit=0) == []
+
+
+# -- conformance: steps and commit ------------------------------------------------------------
+
+
+def test_load_steps_returns_every_record_of_one_instance(storage: Storage) -> None:
+    """load_steps returns all of an instance's records with every field, and only its own."""
+    storage.create_instance(instance("i"))
+    storage.create_instance(instance("j"))
+    records = [step("i", "a:v1"), step("i", "b:v1", "dead", attempts=3), step("j", "a:v1")]
+    storage.commit(records)
+    assert sorted(storage.load_steps("i"), key=lambda r: r.key) == records[:2]
+    assert storage.load_steps("j") == [records[2]]
+    assert storage.load_steps("unknown") == []
+    history = storage.load_history("i")
+    assert sorted(history.steps, key=lambda r: r.key) == records[:2]
+    assert (history.signals, history.timers) == ([], [])
+
+
+def test_commit_applies_writes_in_order(storage: Storage) -> None:
+    """Writes apply in the order given: a child inserted then updated; the first CAS wins."""
+    storage.create_instance(instance("p"))
     storage.commit(
         [
+            instance("p/k-0", parent_id="p"),
+            InstanceUpdate(instance_id="p/k-0", updated_at=5.0, status_message="one"),
+            InstanceUpdate(instance_id="p/k-0", updated_at=6.0, status_message="two"),
             InstanceUpdate(
-                instance_id="i", updated_at=5.0, status="completed", only_if=("running",)
+                instance_id="p", updated_at=7.0, status="completed", only_if=("running",)
             ),
-            InstanceUpdate(instance_id="i", updated_at=6.0, status="failed", only_if=("running",)),
+            InstanceUpdate(instance_id="p", updated_at=8.0, status="failed", only_if=("running",)),
+            step("p", "s"),
         ]
     )
-    stored = storage.get_instance("i")
-    assert stored is not None
-    assert (stored.status, stored.updated_at) == ("completed", 5.0)
+    child = storage.get_instance("p/k-0")
+    assert child is not None
+    assert (child.status_message, child.updated_at) == ("two", 6.0)
+    parent = storage.get_instance("p")
+    assert parent is not None
+    assert (parent.status, parent.updated_at) == ("completed", 7.0)
+    assert list(steps_of(storage, "p")) == ["s"]
+
+
+def test_a_completed_step_is_never_overwritten_but_a_dead_letter_is(storage: Storage) -> None:
+    """Once a result is recorded it stays; a dead letter is replaced by a retry's outcome."""
+    storage.create_instance(instance("i"))
+    storage.commit([step("i", "done", value='{"type":"int","value":1}')])
+    storage.commit([step("i", "done", value='{"type":"int","value":2}')])
+    storage.commit([step("i", "done", "dead", attempts=9)])
+    assert steps_of(storage, "i")["done"] == step("i", "done", value='{"type":"int","value":1}')
+
+    storage.commit([step("i", "bad", "dead", attempts=1)])
+    storage.commit([step("i", "bad", "dead", attempts=4)])
+    assert steps_of(storage, "i")["bad"].attempts == 4
+    storage.commit([step("i", "bad", value='{"type":"int","value":3}', attempts=2)])
+    bad = steps_of(storage, "i")["bad"]
+    assert (bad.state, bad.value, bad.error, bad.attempts) == (
+        "completed",
+        '{"type":"int","value":3}',
+        None,
+        2,
+    )
+
+
+def test_instance_updates_change_only_given_fields_when_only_if_holds(storage: Storage) -> None:
+    """An update leaves None fields alone, applies only from only_if states, ignores unknowns."""
+    storage.create_instance(instance("i"))
+    storage.commit([InstanceUpdate(instance_id="i", updated_at=2.0, status_message="busy")])
+    storage.commit([InstanceUpdate(instance_id="i", updated_at=3.0, waiting_on=("k",), only_if=())])
+    record = storage.get_instance("i")
+    assert record is not None
+    assert (record.status, record.status_message, record.waiting_on, record.updated_at) == (
+        "running",
+        "busy",
+        ("k",),
+        3.0,
+    )
+    assert (record.input, record.created_at) == (INPUT, 1.0)
+    done = InstanceUpdate(
+        instance_id="i",
+        updated_at=4.0,
+        status="completed",
+        output='{"type":"int","value":5}',
+        finished_at=4.0,
+        only_if=("running",),
+    )
+    storage.commit([done])
+    late = InstanceUpdate(
+        instance_id="i", updated_at=5.0, status="failed", error="{}", only_if=("running",)
+    )
+    storage.commit([late])  # skipped: the instance is no longer running
+    record = storage.get_instance("i")
+    assert record is not None
+    assert (record.status, record.output, record.error, record.finished_at) == (
+        "completed",
+        '{"type":"int","value":5}',
+        None,
+        4.0,
+    )
+    storage.commit([InstanceUpdate(instance_id="ghost", updated_at=1.0, status="failed")])
+    assert storage.get_instance("ghost") is None
+
+
+def test_commit_inserts_timers_and_children_only_once(storage: Storage) -> None:
+    """A timer or child already stored is kept as it is when written again."""
+    storage.create_instance(instance("p"))
+    storage.commit(
+        [
+            TimerRecord(instance_id="p", key="t", deadline=10.0, kind="sleep"),
+            instance("p/k-0", parent_id="p", created=2.0),
+        ]
+    )
+    storage.commit(
+        [
+            TimerRecord(instance_id="p", key="t", deadline=99.0, kind="sleep"),
+            instance("p/k-0", parent_id="p", workflow="other", created=3.0),
+        ]
+    )
+    assert [t.deadline for t in storage.load_history("p").timers] == [10.0]
+    child = storage.get_instance("p/k-0")
+    assert child is not None
+    assert (child.workflow, child.created_at) == ("wf", 2.0)
+
+
+# -- conformance: restart ---------------------------------------------------------------------
 
 
 def test_restart_is_a_compare_and_set(storage: Storage) -> None:
-    """restart() moves only allowed states, deletes dead letters, keeps results."""
-    storage.create_instance(record("i", status="failed", error="{}"))
+    """restart() moves only allowed states, clears the error, drops dead letters, keeps results."""
+    storage.create_instance(instance("i", status="failed", error='{"type":"E"}', finished_at=3.0))
     storage.commit([step("i", "ok"), step("i", "bad", "dead")])
-    assert storage.restart("i", only_if=["completed"], updated_at=2.0) is None
-    again = storage.restart("i", only_if=["failed"], updated_at=2.0)
+    assert storage.restart("i", only_if=["completed", "suspended"], updated_at=4.0) is None
+    unchanged = storage.get_instance("i")
+    assert unchanged is not None
+    assert (unchanged.status, unchanged.error) == ("failed", '{"type":"E"}')
+    assert set(steps_of(storage, "i")) == {"ok", "bad"}  # a refused restart deletes nothing
+
+    again = storage.restart("i", only_if=["failed", "running"], updated_at=4.0)
     assert again is not None
-    assert (again.status, again.error) == ("running", None)
-    assert [s.key for s in storage.load_steps("i")] == ["ok"]
+    assert (again.status, again.error, again.finished_at, again.updated_at) == (
+        "running",
+        None,
+        None,
+        4.0,
+    )
+    assert storage.get_instance("i") == again
+    assert steps_of(storage, "i") == {"ok": step("i", "ok")}
+    assert storage.restart("missing", only_if=["failed"], updated_at=5.0) is None
+    assert storage.get_instance("missing") is None
+
+
+def test_restart_also_restarts_failed_children(storage: Storage) -> None:
+    """A restarted parent brings back its failed children, leaving completed ones alone."""
+    storage.create_instance(instance("p", status="failed", finished_at=3.0))
+    storage.commit(
+        [
+            instance("p/f-0", parent_id="p", status="failed", error="{}", finished_at=2.0),
+            instance("p/f-1", parent_id="p", status="completed", finished_at=2.0),
+            step("p/f-0", "x", "dead"),
+            step("p/f-0", "y"),
+            step("p/f-1", "x"),
+        ]
+    )
+    assert storage.restart("p", only_if=["failed"], updated_at=4.0) is not None
+    statuses = {r.instance_id: r.status for r in storage.list_instances()}
+    assert statuses == {"p": "running", "p/f-0": "running", "p/f-1": "completed"}
+    assert set(steps_of(storage, "p/f-0")) == {"y"}
+    assert set(steps_of(storage, "p/f-1")) == {"x"}
+
+
+# -- conformance: signals, timers, cancel, purge ----------------------------------------------
 
 
 def test_signals_timers_and_claims(storage: Storage) -> None:
     """One transaction stores a payload and claims a suspended instance; exactly once."""
-    storage.create_instance(record("i"))
+    storage.create_instance(instance("i"))
     assert storage.suspend("i", waiting_on=["k"], status_message="w", now=1.0)
     suspended = storage.get_instance("i")
     assert suspended is not None
@@ -133,12 +367,8 @@ def test_signals_timers_and_claims(storage: Storage) -> None:
     assert claimed is not None
     assert claimed.status == "running"
     assert storage.deliver_signal(payload)[0] == "superseded"
-    assert (
-        storage.deliver_signal(SignalRecord(instance_id="x", key="k", payload="{}", created_at=0))[
-            0
-        ]
-        == "not_found"
-    )
+    missing = SignalRecord(instance_id="x", key="k", payload="{}", created_at=0)
+    assert storage.deliver_signal(missing) == ("not_found", None)
     # A payload present refuses suspension: the caller runs again instead.
     assert not storage.suspend("i", waiting_on=["k"], status_message=None, now=3.0)
     storage.commit([TimerRecord(instance_id="i", key="t", deadline=10.0, kind="timeout")])
@@ -151,19 +381,15 @@ def test_signals_timers_and_claims(storage: Storage) -> None:
     history = storage.load_history("i")
     assert {s.key: s.timed_out for s in history.signals} == {"k": False, "t": True}
     storage.commit([InstanceUpdate(instance_id="i", updated_at=11.0, status="completed")])
-    assert (
-        storage.deliver_signal(SignalRecord(instance_id="i", key="z", payload="{}", created_at=0))[
-            0
-        ]
-        == "finished"
-    )
+    late = SignalRecord(instance_id="i", key="z", payload="{}", created_at=0)
+    assert storage.deliver_signal(late)[0] == "finished"
 
 
 def test_cancel_and_purge_take_the_whole_family(storage: Storage) -> None:
     """Cancelling cascades to children; purging deletes finished families only."""
-    storage.create_instance(record("p"))
-    storage.commit([record("p/k-0", parent_id="p"), step("p", "s"), step("p/k-0", "s")])
-    storage.create_instance(record("q"))
+    storage.create_instance(instance("p"))
+    storage.commit([instance("p/k-0", parent_id="p"), step("p", "s"), step("p/k-0", "s")])
+    storage.create_instance(instance("q"))
     before = storage.cancel("p", reason="stop", now=5.0)
     assert before is not None
     assert before.status == "running"
@@ -175,53 +401,123 @@ def test_cancel_and_purge_take_the_whole_family(storage: Storage) -> None:
     assert storage.cancel("p", reason="again", now=6.0) is None
     assert storage.purge(finished_before=5.0) == 0  # finished at 5.0, not before
     assert storage.purge(finished_before=100.0) == 1
-    assert [r.instance_id for r in storage.list_instances()] == ["q"]
+    assert ids(storage.list_instances()) == ["q"]
     assert storage.load_steps("p/k-0") == []
+    assert storage.load_steps("p") == []
 
 
-# -- SQLite ------------------------------------------------------------------------------------
+# -- conformance: life cycle ------------------------------------------------------------------
 
 
-def test_wal_full_schema_and_indexes(tmp_path: Path) -> None:
-    """WAL with synchronous=FULL by default (NORMAL on request), versioned, indexed."""
+def test_data_survives_close_and_reopen(reopen: Callable[[], Storage]) -> None:
+    """What was committed is there after close and a new open (the process restarting)."""
+    first = reopen()
+    first.open()
+    first.create_instance(instance("i"))
+    first.commit([step("i", "a"), InstanceUpdate(instance_id="i", updated_at=2.0, status="failed")])
+    first.close()
+    first.close()  # harmless
+    second = reopen()
+    second.open()
+    try:
+        record = second.get_instance("i")
+        assert record is not None
+        assert record.status == "failed"
+        assert steps_of(second, "i") == {"a": step("i", "a")}
+    finally:
+        second.close()
+
+
+# -- SQLite -----------------------------------------------------------------------------------
+
+
+def synchronous_of(storage: SQLiteStorage) -> int:
+    """The storage connection's PRAGMA synchronous (a per-connection setting)."""
+    assert storage._db is not None
+    value: int = storage._db.execute("PRAGMA synchronous").fetchone()[0]
+    return value
+
+
+def test_wal_and_synchronous_full_by_default_normal_on_request(tmp_path: Path) -> None:
+    """The file is in WAL mode, synchronous=FULL by default and NORMAL when asked for."""
     path = tmp_path / "s.db"
     storage = SQLiteStorage(path)
+    assert storage.synchronous == "full"
     storage.open()
     try:
-        assert storage._db is not None
-        assert storage._db.execute("PRAGMA synchronous").fetchone()[0] == 2
-        with sqlite3.connect(path) as other:
+        assert synchronous_of(storage) == 2  # FULL
+        with raw(path) as other:
             assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert other.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-            names = {
-                row[0]
-                for row in other.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
-            }
-        assert {"instances_by_status", "instances_by_parent", "timers_due"} <= names
     finally:
         storage.close()
     normal = SQLiteStorage(path, synchronous="normal")
     normal.open()
     try:
-        assert normal._db is not None
-        assert normal._db.execute("PRAGMA synchronous").fetchone()[0] == 1
+        assert synchronous_of(normal) == 1  # NORMAL
     finally:
         normal.close()
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStorage(path, synchronous="off")  # type: ignore[arg-type]
 
 
+def test_schema_version_and_indexes(tmp_path: Path) -> None:
+    """The schema is versioned, and lookups by status and by deadline use indexes."""
+    path = tmp_path / "s.db"
+    storage = SQLiteStorage(path)
+    storage.open()
+    storage.close()
+    with raw(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"instances_by_status", "instances_by_parent", "timers_due"} <= names
+        by_status = db.execute(
+            "EXPLAIN QUERY PLAN SELECT instance_id FROM instances WHERE status = ?", ("running",)
+        ).fetchall()
+        assert "instances_by_status" in str(by_status)
+        by_deadline = db.execute(
+            "EXPLAIN QUERY PLAN SELECT min(deadline) FROM timers WHERE fired = 0"
+        ).fetchall()
+        assert "timers_due" in str(by_deadline)
+
+
+def test_an_older_schema_is_migrated_keeping_its_data(tmp_path: Path) -> None:
+    """A database of schema version 1 is brought up to date on open, its rows intact."""
+    path = tmp_path / "old.db"
+    with raw(path) as db:
+        MIGRATIONS[0](db)
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO instances (instance_id, workflow, status, input, created_at, updated_at)"
+            " VALUES ('old', 'wf', 'suspended', ?, 1.0, 1.0)",
+            (INPUT,),
+        )
+    storage = SQLiteStorage(path)
+    storage.open()
+    try:
+        record = storage.get_instance("old")
+        assert record is not None
+        assert (record.workflow, record.status, record.waiting_on) == ("wf", "suspended", ())
+        payload = SignalRecord(instance_id="old", key="k", payload="{}", created_at=2.0)
+        assert storage.deliver_signal(payload)[0] == "stored"  # the signals table exists now
+    finally:
+        storage.close()
+    with raw(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
 def test_a_schema_from_the_future_is_refused(tmp_path: Path) -> None:
-    """A database written by a newer memable is refused, naming the version."""
+    """A database written by a newer memable is a StorageError naming its version."""
     path = tmp_path / "future.db"
-    with sqlite3.connect(path) as db:
+    with raw(path) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 7}")
     with pytest.raises(memable.StorageError, match=f"schema version {SCHEMA_VERSION + 7}"):
         SQLiteStorage(path).open()
+    with raw(path) as db:  # and it is left as it was
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 7
 
 
-def test_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
-    """A non-SQLite file is a clear StorageError and is left unchanged."""
+def test_a_file_that_is_not_sqlite_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    """A non-SQLite file is a clear StorageError chaining the sqlite3 error; its bytes stay."""
     path = tmp_path / "notes.db"
     junk = os.urandom(4096)
     path.write_bytes(junk)
@@ -231,83 +527,328 @@ def test_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
     assert path.read_bytes() == junk
 
 
-def test_a_missing_directory(tmp_path: Path) -> None:
-    """A path in a directory that does not exist is a StorageError, not a sqlite3 error."""
-    with pytest.raises(memable.StorageError):
+def test_a_path_in_a_missing_directory_is_a_storage_error(tmp_path: Path) -> None:
+    """A file that cannot be created is a StorageError, never an OSError or sqlite3 error."""
+    with pytest.raises(memable.StorageError) as caught:
         SQLiteStorage(tmp_path / "nope" / "s.db").open()
+    assert not isinstance(caught.value, OSError | sqlite3.Error)
+    assert not (tmp_path / "nope").exists()
 
 
-def test_one_engine_owns_a_file(tmp_path: Path) -> None:
-    """A second storage on the same file fails clearly, in this process and in another."""
+def test_a_directory_as_the_path_is_a_storage_error(tmp_path: Path) -> None:
+    """A path that is a directory is a StorageError chaining the sqlite3 error."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(memable.StorageError) as caught:
+        SQLiteStorage(folder).open()
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+    again = SQLiteStorage(folder)  # the failed open kept no lock
+    with pytest.raises(memable.StorageError, match="cannot open"):
+        again.open()
+
+
+def test_sqlite_errors_never_escape(tmp_path: Path) -> None:
+    """Errors inside the adapter are StorageError with the sqlite3 error as cause."""
+    storage = SQLiteStorage(tmp_path / "s.db")
+    with pytest.raises(memable.StorageError, match="not open"):
+        storage.get_instance("x")
+    storage.open()
+    try:
+        with pytest.raises(memable.StorageError, match="already open"):
+            storage.open()
+        assert storage._db is not None
+        storage._db.execute("DROP TABLE steps")
+        with pytest.raises(memable.StorageError) as caught:
+            storage.load_steps("x")
+        assert isinstance(caught.value.__cause__, sqlite3.Error)
+        with pytest.raises(memable.StorageError) as caught:
+            storage.commit([step("x", "k")])
+        assert isinstance(caught.value.__cause__, sqlite3.Error)
+        assert storage.get_instance("x") is None  # the connection still works
+    finally:
+        storage.close()
+    with pytest.raises(memable.StorageError, match="not open"):
+        storage.list_instances()
+
+
+def test_a_commit_that_fails_writes_nothing(tmp_path: Path) -> None:
+    """commit() is one transaction: if a write fails, the writes before it are rolled back."""
+    storage = SQLiteStorage(tmp_path / "s.db")
+    storage.open()
+    try:
+        storage.create_instance(instance("i"))
+        unstorable = StepRecord(
+            instance_id="i",
+            key="bad",
+            state="completed",
+            value=object(),  # type: ignore[arg-type]
+            attempts=1,
+            started_at=0.0,
+            finished_at=0.0,
+        )
+        with pytest.raises(memable.StorageError) as caught:
+            storage.commit(
+                [
+                    step("i", "good"),
+                    InstanceUpdate(instance_id="i", updated_at=2.0, status="completed"),
+                    unstorable,
+                ]
+            )
+        assert isinstance(caught.value.__cause__, sqlite3.Error)
+        assert storage.load_steps("i") == []
+        record = storage.get_instance("i")
+        assert record is not None
+        assert record.status == "running"
+        storage.commit([step("i", "good")])  # and the storage goes on working
+        assert list(steps_of(storage, "i")) == ["good"]
+    finally:
+        storage.close()
+
+
+def test_a_commit_that_fails_at_commit_time_does_not_wedge_the_storage(tmp_path: Path) -> None:
+    """A COMMIT that fails is rolled back: later writes work and nothing uncommitted is read."""
+    storage = SQLiteStorage(tmp_path / "s.db")
+    storage.open()
+    try:
+        assert storage._db is not None
+        # A deferred constraint is checked at COMMIT: an easy way to make COMMIT itself fail,
+        # as a full disk or an I/O error can, without SQLite rolling back on its own.
+        storage._db.executescript(
+            """
+            PRAGMA foreign_keys = ON;
+            CREATE TABLE target (id TEXT PRIMARY KEY);
+            CREATE TABLE source (id TEXT REFERENCES target (id) DEFERRABLE INITIALLY DEFERRED);
+            CREATE TRIGGER poison AFTER INSERT ON steps WHEN NEW.key = 'poison'
+            BEGIN INSERT INTO source VALUES ('missing'); END;
+            """
+        )
+        storage.create_instance(instance("i"))
+        with pytest.raises(memable.StorageError) as caught:
+            storage.commit([step("i", "poison")])
+        assert isinstance(caught.value.__cause__, sqlite3.Error)
+        assert storage.load_steps("i") == []  # not half there
+        storage.commit([step("i", "fine")])
+        assert list(steps_of(storage, "i")) == ["fine"]
+    finally:
+        storage.close()
+    reopened = SQLiteStorage(tmp_path / "s.db")
+    reopened.open()
+    try:
+        assert list(steps_of(reopened, "i")) == ["fine"]
+    finally:
+        reopened.close()
+
+
+def test_one_storage_owns_a_file_in_this_process(tmp_path: Path) -> None:
+    """A second SQLiteStorage on an open file is refused; after close() it opens."""
     path = tmp_path / "s.db"
     first = SQLiteStorage(path)
     first.open()
     try:
         with pytest.raises(memable.StorageError, match="in use by another engine"):
             SQLiteStorage(path).open()
-        code = (
-            "import sys, memable.storage as s\n"
-            "try:\n    s.SQLiteStorage(sys.argv[1]).open()\n"
-            "except Exception as e:\n    print(type(e).__name__, e); sys.exit(3)\n"
-        )
-        env = dict(os.environ, PYTHONPATH=str(Path(memable.__file__).parents[1]))
-        child = subprocess.run(
-            [sys.executable, "-c", code, str(path)],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        assert child.returncode == 3, child.stderr
-        assert "StorageError" in child.stdout
-        assert f"process {os.getpid()}" in child.stdout
+        with pytest.raises(memable.StorageError, match="in use"):
+            SQLiteStorage(str(path)).open()
+        first.create_instance(instance("still-works"))
     finally:
         first.close()
     again = SQLiteStorage(path)
     again.open()
-    again.close()
+    try:
+        assert again.get_instance("still-works") is not None
+    finally:
+        again.close()
+
+
+def test_a_file_in_use_is_refused_under_any_of_its_names(tmp_path: Path) -> None:
+    """Another spelling of an open file's path (a symlink, '..', a linked folder) is refused."""
+    real = tmp_path / "real.db"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.db").symlink_to(real)
+    (tmp_path / "folder-link").symlink_to(tmp_path, target_is_directory=True)
+    first = SQLiteStorage(real)
+    first.open()
+    try:
+        for other in [
+            tmp_path / "link.db",
+            tmp_path / "sub" / ".." / "real.db",
+            tmp_path / "folder-link" / "real.db",
+        ]:
+            with pytest.raises(memable.StorageError, match="in use"):
+                SQLiteStorage(other).open()
+    finally:
+        first.close()
+    via_link = SQLiteStorage(tmp_path / "link.db")  # free again, under any name
+    via_link.open()
+    via_link.close()
+
+
+def python(code: str, *args: str) -> list[str]:
+    """The command line of a Python child process running *code*."""
+    return [sys.executable, "-c", code, *args]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process importing memable from this source tree."""
+    return dict(os.environ, PYTHONPATH=SRC)
+
+
+def test_another_process_cannot_open_a_file_in_use(tmp_path: Path) -> None:
+    """A second process opening a file this process holds gets StorageError naming us."""
+    path = tmp_path / "s.db"
+    code = (
+        "import sys\n"
+        "from memable.storage import SQLiteStorage\n"
+        "try:\n"
+        "    SQLiteStorage(sys.argv[1]).open()\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+        "    sys.exit(3)\n"
+        "print('opened')\n"
+    )
+    first = SQLiteStorage(path)
+    first.open()
+    try:
+        child = subprocess.run(
+            python(code, str(path)),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            check=False,
+            timeout=60,
+        )
+        assert child.returncode == 3, child.stdout + child.stderr
+        assert "StorageError" in child.stdout
+        assert "in use by another engine" in child.stdout
+        assert f"process {os.getpid()}" in child.stdout
+    finally:
+        first.close()
+    after = subprocess.run(
+        python(code, str(path)),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        check=False,
+        timeout=60,
+    )
+    assert (after.returncode, after.stdout.strip()) == (0, "opened"), after.stderr
+
+
+def test_a_killed_process_does_not_keep_the_file(tmp_path: Path) -> None:
+    """A process that dies holding the file (SIGKILL) leaves it openable, data intact."""
+    path = tmp_path / "s.db"
+    code = (
+        "import sys, time\n"
+        "from memable.storage import InstanceRecord, SQLiteStorage\n"
+        "s = SQLiteStorage(sys.argv[1])\n"
+        "s.open()\n"
+        "s.create_instance(InstanceRecord(instance_id='i', workflow='wf', status='running',"
+        " input='{}', created_at=1.0, updated_at=1.0))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    holder = subprocess.Popen(
+        python(code, str(path)), stdout=subprocess.PIPE, text=True, env=child_env()
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(memable.StorageError, match="in use"):
+            SQLiteStorage(path).open()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    storage = SQLiteStorage(path)
+    storage.open()
+    try:
+        record = storage.get_instance("i")
+        assert record is not None
+        assert record.status == "running"
+    finally:
+        storage.close()
+
+
+# -- MemoryStorage ----------------------------------------------------------------------------
 
 
 def test_memory_storage_is_used_by_one_engine_at_a_time() -> None:
-    """A MemoryStorage can be reused after close, but not shared while open."""
+    """A MemoryStorage cannot be opened twice at once, but can be reopened after close."""
     storage = MemoryStorage()
     storage.open()
     with pytest.raises(memable.StorageError, match="already in use"):
         storage.open()
+    storage.create_instance(instance("kept"))
     storage.close()
-    storage.open()
-    storage.close()
-
-
-async def test_engines_on_paths_and_memory(tmp_path: Path) -> None:
-    """Engine('file.db') creates the file; Engine() is private in-memory; a 2nd engine fails."""
-
-    @memable.workflow("w")
-    async def wf(ctx: Context) -> int:
-        return 1
-
-    path = tmp_path / "made.db"
-    async with Engine(path, workflows=[wf]) as engine:
-        assert path.exists()
-        assert await engine.run(wf) == 1
-        with pytest.raises(memable.StorageError, match="in use"):
-            async with Engine(path, workflows=[wf]):
-                pass  # pragma: no cover
-    async with Engine(workflows=[wf]) as engine:
-        assert await engine.run(wf) == 1
-
-
-def test_sqlite_errors_never_escape(tmp_path: Path) -> None:
-    """Errors inside the adapter come out as StorageError with the sqlite3 cause."""
-    storage = SQLiteStorage(tmp_path / "s.db")
     storage.open()
     try:
-        assert storage._db is not None
-        storage._db.execute("DROP TABLE steps")
-        with pytest.raises(memable.StorageError) as caught:
-            storage.load_steps("x")
-        assert isinstance(caught.value.__cause__, sqlite3.Error)
+        assert storage.get_instance("kept") is not None
     finally:
         storage.close()
-    with pytest.raises(memable.StorageError, match="not open"):
-        storage.get_instance("x")
+
+
+# -- storages given to engines ----------------------------------------------------------------
+
+
+@memable.workflow("one")
+async def one_wf(ctx: Context) -> int:
+    return 1
+
+
+@pytest.mark.parametrize("as_str", [False, True], ids=["Path", "str"])
+async def test_an_engine_on_a_path_creates_the_file(tmp_path: Path, as_str: bool) -> None:
+    """Engine('file.db') (str or Path) creates a SQLite file that keeps its instances."""
+    path = tmp_path / "made.db"
+    target: str | Path = str(path) if as_str else path
+    assert not await anyio.Path(path).exists()
+    async with Engine(target, workflows=[one_wf]) as engine:
+        assert await anyio.Path(path).exists()
+        assert await engine.run(one_wf, instance_id="x") == 1
+    with raw(path) as db:
+        assert db.execute("SELECT instance_id, status FROM instances").fetchall() == [
+            ("x", "completed")
+        ]
+
+
+async def test_engines_in_memory_are_private() -> None:
+    """Engine() runs on a private in-memory database: two engines share nothing."""
+    async with Engine(workflows=[one_wf]) as first, Engine(workflows=[one_wf]) as second:
+        assert await first.run(one_wf, instance_id="x") == 1
+        assert await second.instances() == []
+        assert await second.run(one_wf, instance_id="x") == 1
+    async with Engine(":memory:", workflows=[one_wf]) as third:
+        assert await third.instances() == []
+
+
+async def test_a_second_engine_on_a_file_in_use_fails_on_entering(tmp_path: Path) -> None:
+    """A second engine on an open file fails with StorageError; the first is unharmed."""
+    path = tmp_path / "s.db"
+    async with Engine(path, workflows=[one_wf]) as engine:
+        second = Engine(SQLiteStorage(path, synchronous="normal"), workflows=[one_wf])
+        with pytest.raises(memable.StorageError, match="in use"):
+            async with second:
+                pytest.fail("the second engine must not start")  # pragma: no cover
+        with pytest.raises(memable.NotStarted):
+            await second.instances()
+        assert await engine.run(one_wf, instance_id="first") == 1
+    async with Engine(path, workflows=[one_wf]) as later:  # free again
+        assert [i.instance_id for i in await later.instances()] == ["first"]
+
+
+async def test_a_memory_storage_serves_one_engine_at_a_time() -> None:
+    """Two engines on one MemoryStorage at once: the second fails; one after another works."""
+    shared = MemoryStorage()
+    async with Engine(shared, workflows=[one_wf]) as engine:
+        with pytest.raises(memable.StorageError, match="in use"):
+            async with Engine(shared, workflows=[one_wf]):
+                pytest.fail("the second engine must not start")  # pragma: no cover
+        await engine.run(one_wf, instance_id="a")
+    async with Engine(shared, workflows=[one_wf]) as engine:
+        assert [i.status for i in await engine.instances()] == ["completed"]
+
+
+def test_an_engine_needs_a_storage() -> None:
+    """Engine() refuses what is neither a path nor a Storage."""
+    with pytest.raises(TypeError, match="storage"):
+        Engine(42)  # type: ignore[arg-type]
