@@ -495,3 +495,26 @@ async def test_status_stream_from_the_start(make_storage: StorageFactory) -> Non
     # A status message change is a change too ("running" again with "approve?").
     transitions = [s for n, s in enumerate(seen) if n == 0 or seen[n - 1] != s]
     assert transitions == ["running", "suspended", "running", "completed"]
+
+
+async def test_a_status_stream_ends_with_its_engine(make_storage: StorageFactory) -> None:
+    """A subscriber in an outer task is not left waiting once the engine's block ends."""
+    ran: list[str] = []
+    wf = approval_flow(ran)
+    seen: list[str] = []
+    async with anyio.create_task_group() as outer:
+        async with Engine(make_storage(), workflows=[wf]) as engine:
+            await (await engine.invoke(wf, "x", instance_id="s")).wait()
+            subscribed = anyio.Event()
+
+            async def watch() -> None:
+                async for status in engine.subscribe(wf, "s"):
+                    seen.append(status.status)
+                    subscribed.set()
+
+            outer.start_soon(watch)
+            await subscribed.wait()
+        # Leaving the outer task group waits for watch(): it must have ended by itself.
+        outer.cancel_scope.deadline = anyio.current_time() + 10
+    assert not outer.cancel_scope.cancelled_caught
+    assert seen == ["suspended"]

@@ -270,6 +270,9 @@ class Engine:
                 await self._wait_idle()
         finally:
             self._stop_system_tasks()
+            for subscribers in self._subscribers.values():
+                for subscriber in subscribers:
+                    subscriber.close()
             self._committer.close()
             try:
                 # The engine's own tasks never raise; the body's exception is not handed to
@@ -829,8 +832,9 @@ class Engine:
 
         The first item is the current status. Changes follow live while the instance
         runs in this engine, across suspension, signal and completion; the iteration
-        ends after a terminal status (``completed``, ``failed``, ``cancelled``). A
-        finished instance yields its final status once.
+        ends after a terminal status (``completed``, ``failed``, ``cancelled``), or when
+        the engine leaves its ``async with`` block. A finished instance yields its final
+        status once.
 
         Example:
             >>> import memable
@@ -860,6 +864,8 @@ class Engine:
             yield last
             while not last.finished:
                 status = await subscriber.get()
+                if status is None:
+                    return  # the engine stopped: nothing more will be seen here
                 if status != last:
                     last = status
                     yield status
