@@ -251,3 +251,23 @@ async def test_crash_injection_before_the_body(make_storage: StorageFactory) -> 
     async with Engine(make_storage(), workflows=[wf]) as engine:
         assert await engine.handle(wf, "c").result() == "c"
     assert runs == ["charge"]
+
+
+async def test_generated_ids_follow_the_engines_clock(make_storage: StorageFactory) -> None:
+    """Generated ids come from the injected clock: their order is creation order."""
+    clock = ManualClock()
+
+    @memable.workflow("ids")
+    async def wf(ctx: Context) -> None:
+        pass
+
+    async with Engine(make_storage(), workflows=[wf], clock=clock) as engine:
+        ids = []
+        for _ in range(3):
+            ids.append((await engine.invoke(wf)).instance_id)
+            await clock.advance(timedelta(days=1))
+        infos = await engine.instances(wf)
+    assert sorted(ids) == ids == [info.instance_id for info in infos]
+    assert int(ids[0].split("-")[0], 16) // 1_000_000_000 == int(
+        datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    )

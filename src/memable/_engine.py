@@ -476,7 +476,8 @@ class Engine:
                 raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
             input = None
         if instance_id is None:
-            instance_id, self._last_id = new_instance_id(self._last_id)
+            now_ns = int(self._clock.now().timestamp() * 1_000_000) * 1000
+            instance_id, self._last_id = new_instance_id(now_ns, self._last_id)
         else:
             check_key(instance_id, "instance id")
         input_type, _ = wf.types()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 from ._exceptions import InvalidKey
 
@@ -55,11 +54,12 @@ def check_instance_ref(instance_id: object) -> str:
     return instance_id
 
 
-def new_instance_id(after: int = 0) -> tuple[str, int]:
+def new_instance_id(now_ns: int, after: int = 0) -> tuple[str, int]:
     """Return a new unique instance id that sorts by creation time, and its timestamp.
 
-    Sixteen hex digits of nanoseconds since the epoch (at least *after* + 1, so ids made
-    one after the other sort in order), a dash, then 48 random bits.
+    Sixteen hex digits of *now_ns* (nanoseconds since the epoch, from the engine's clock;
+    at least *after* + 1, so ids made one after the other sort in order), a dash, then 48
+    random bits.
     """
-    stamp = max(time.time_ns(), after + 1)
+    stamp = max(now_ns, after + 1)
     return f"{stamp:016x}-{os.urandom(6).hex()}", stamp
