@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -27,7 +32,7 @@ async def target(ctx: Context, n: int) -> int:
 
 def dump(path: Path) -> list[str]:
     """Every row of the database, as SQL text."""
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         return list(db.iterdump())
 
 
@@ -227,3 +232,73 @@ async def test_a_database_that_is_not_sqlite_or_from_the_future(tmp_path: Path) 
     with pytest.raises(memable.StorageError, match="schema version 99"):
         async with Engine(SQLiteStorage(future)):
             pass  # pragma: no cover
+
+
+READ_ONLY_PROBE = """
+import sys
+import anyio
+import memable
+from memable import Context, Engine
+
+@memable.workflow("w")
+async def w(ctx: Context, n: int) -> int:
+    async def double(n: int) -> int:
+        return 2 * n
+    return await ctx.step("double:v1", double, n)
+
+async def main() -> None:
+    try:
+        async with Engine(sys.argv[1], workflows=[w]) as engine:
+            print("ran", await engine.run(w, 1))
+    except memable.StorageError as exc:
+        print("StorageError:", exc)
+
+anyio.run(main, backend=sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_read_only_database_directory(tmp_path: Path, backend: str) -> None:
+    """A new or an existing database in a directory nobody may write to: a clear StorageError.
+
+    The probe runs in a subprocess: as root, stripped of every capability by ``setpriv`` so the
+    directory's mode applies to it as to any user.
+    """
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:  # pragma: no cover - util-linux is part of every Debian
+            pytest.skip("running as root without setpriv: permissions cannot be enforced")
+        prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-all"]
+    probe = tmp_path / "probe.py"
+    probe.write_text(READ_ONLY_PROBE)
+    src = str(Path(memable.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def attempt(db: Path) -> str:
+        command = [*prefix, sys.executable, str(probe), str(db), backend]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    existing, fresh = tmp_path / "existing", tmp_path / "fresh"
+    existing.mkdir()
+    fresh.mkdir()
+    assert attempt(existing / "x.db") == "ran 2\n"
+    before = dump(existing / "x.db")
+    for directory in (existing, fresh):
+        directory.chmod(0o555)
+    try:
+        out_fresh = attempt(fresh / "x.db")
+        out_existing = attempt(existing / "x.db")
+    finally:
+        for directory in (existing, fresh):
+            directory.chmod(0o755)
+    assert out_fresh.startswith("StorageError:"), out_fresh
+    assert "x.db" in out_fresh, out_fresh
+    assert "Permission denied" in out_fresh, out_fresh
+    assert out_existing.startswith("StorageError:"), out_existing
+    assert "x.db" in out_existing, out_existing
+    assert "readonly database" in out_existing, out_existing
+    assert not (fresh / "x.db").exists()
+    assert dump(existing / "x.db") == before

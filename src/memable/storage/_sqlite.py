@@ -264,6 +264,11 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             if "file is not a database" in str(exc):
                 message = f"{self.path!r} is not a SQLite database"
+            elif "readonly database" in str(exc):
+                message = (
+                    f"SQLite error while {doing} {self.path!r}: {exc} (memable needs to write "
+                    "the file and to create its -wal and -shm files in the same directory)"
+                )
             else:
                 message = f"SQLite error while {doing} {self.path!r}: {exc}"
             raise StorageError(message) from exc
