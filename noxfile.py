@@ -18,7 +18,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """Type-check src, tests and this file with mypy --strict."""
+    """Type-check src, tests, examples, benchmarks and this file with mypy --strict."""
     session.install(".[typing]")
     session.run("mypy", *session.posargs)
 

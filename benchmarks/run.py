@@ -10,6 +10,7 @@ only if a measurement errors.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -240,9 +241,7 @@ def import_times(runs: int) -> Figures:
 
 def dbos_figures(quick: bool) -> Figures | str:
     """DBOS's figures, or why there are none."""
-    try:
-        import dbos  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("dbos") is None:
         return "dbos is not installed (nox -s bench installs it)"
     command = [sys.executable, str(HERE / "_dbos_side.py"), *(["--quick"] if quick else [])]
     out = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)

@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 
 from ._exceptions import StorageError
@@ -32,6 +31,10 @@ class GroupCommitter:
     writer pays no batching delay and many concurrent writers share the cost of a commit.
     If a shared transaction fails, each caller's writes are retried on their own, so one bad
     write fails only its own caller.
+
+    A writer that finds nothing in flight and the last commit unshared (a sequential
+    workload) commits its own writes directly, skipping the hand-off to the writer task;
+    at most one commit is ever in flight.
     """
 
     def __init__(
@@ -40,20 +43,41 @@ class GroupCommitter:
         self._commit = commit
         self._limiter = limiter
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](math.inf)
+        self._closed = False
+        self._in_flight = False  # a commit is running, direct or by the writer task
+        self._shared = False  # the last commit served more than one caller
+        self._idle: anyio.Event | None = None  # set when a direct commit ends
+        self._queued = 0  # writes handed to the writer task and not yet settled
 
     async def write(self, writes: Sequence[Write]) -> None:
         """Commit *writes* (in order, in one transaction); raise StorageError on failure."""
+        if not (self._in_flight or self._shared or self._closed or self._queued):
+            await self._direct(writes)
+            return
         pending = _Pending(writes)
         try:
             self._send.send_nowait(pending)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise StorageError("the engine's writer has stopped; nothing was written") from None
+        self._queued += 1
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
 
+    async def _direct(self, writes: Sequence[Write]) -> None:
+        self._in_flight = True
+        try:
+            error = await self._try(writes)
+        finally:
+            self._in_flight = False
+            if self._idle is not None:
+                self._idle.set()
+        if error is not None:
+            raise error
+
     def close(self) -> None:
         """Accept no more writes; :meth:`run` returns once the queued ones are committed."""
+        self._closed = True
         self._send.close()
 
     async def run(self) -> None:
@@ -63,6 +87,10 @@ class GroupCommitter:
                 # One scheduling round (microseconds, no timer): the writers woken by the
                 # previous commit queue their next writes and join this transaction.
                 await anyio.lowlevel.cancel_shielded_checkpoint()
+                while self._in_flight:  # a direct commit is running: wait for its end
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+                self._idle = None
                 batch = [first]
                 while True:
                     try:
@@ -73,6 +101,7 @@ class GroupCommitter:
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         settled = False
+        self._in_flight, self._shared = True, len(batch) > 1
         try:
             error = await self._try([write for pending in batch for write in pending.writes])
             if error is not None and len(batch) > 1:
@@ -83,6 +112,8 @@ class GroupCommitter:
                     pending.error = error
             settled = True
         finally:
+            self._in_flight = False
+            self._queued -= len(batch)
             for pending in batch:
                 if not settled and pending.error is None:
                     # Cancelled mid-commit: the outcome is unknown, so never report success.

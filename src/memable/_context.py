@@ -7,11 +7,10 @@ import logging
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal, TypeVar, final, overload
+from typing import TYPE_CHECKING, Literal, TypeVar, TypeVarTuple, final, overload
 
 import anyio
 import anyio.lowlevel
-from typing_extensions import TypeVarTuple
 
 from ._exceptions import (
     DuplicateStepKey,

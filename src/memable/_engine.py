@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 import attrs
 
@@ -55,9 +54,9 @@ from .storage._records import (
     InstanceUpdate,
     SignalRecord,
 )
-from .storage._sqlite import SQLiteStorage
 
 if TYPE_CHECKING:
+    import anyio.abc
     import cattrs
 
 __all__ = ["Engine"]
@@ -173,6 +172,8 @@ class Engine:
         clock: Clock | None = None,
     ) -> None:
         if isinstance(storage, str | os.PathLike):
+            from .storage._sqlite import SQLiteStorage  # loaded on first use
+
             storage = SQLiteStorage(storage)
         if not isinstance(storage, Storage):
             raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")

@@ -1,7 +1,6 @@
 """What an instance ended with, and what is known about it."""
 
 import json
-import traceback
 from datetime import UTC, datetime
 from typing import Generic, TypeAlias, TypeVar, final
 
@@ -53,6 +52,8 @@ class ErrorInfo:
         name = (
             tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
         )
+        import traceback  # only needed when something fails
+
         return cls(type=name, message=str(exc), traceback="".join(traceback.format_exception(exc)))
 
     def __str__(self) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import typing
 from typing import Literal, final
 
@@ -124,5 +123,7 @@ class RetryPolicy:
         else:
             delay = min(self.max_delay, self.delay * 2.0 ** max(0, attempt - 2))
         if self.jitter:
+            import random  # only needed when a step is retried with jitter
+
             delay *= random.uniform(0.5, 1.0)
         return delay

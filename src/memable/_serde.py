@@ -9,15 +9,15 @@ evaluated, and nothing is ever pickled.
 from __future__ import annotations
 
 import collections.abc
-import decimal
 import functools
 import json
 import types
 import typing
-import uuid
 from typing import TYPE_CHECKING, Any, Final, Literal, Union, get_args, get_origin
 
 if TYPE_CHECKING:
+    import decimal
+
     import cattrs
 
 from ._exceptions import SerializationError, TypeMismatch
@@ -35,6 +35,9 @@ def make_converter() -> cattrs.Converter:
     no precision is lost, and ``UUID`` as its canonical string. (cattrs is imported here,
     when the first engine is made, not with memable.)
     """
+    import decimal
+    import uuid
+
     from cattrs.preconf.json import make_converter as make_json_converter
 
     converter = make_json_converter()
@@ -46,6 +49,8 @@ def make_converter() -> cattrs.Converter:
 
 
 def _structure_decimal(value: object, _: object) -> decimal.Decimal:
+    import decimal
+
     if isinstance(value, str | int):
         return decimal.Decimal(value)
     raise TypeError(f"a Decimal is stored as a string, not {type(value).__name__}")

@@ -12,7 +12,8 @@ Example:
     <memable.Engine storage=SQLiteStorage('orders.db', synchronous='full') ...>
 """
 
-from ._memory import MemoryStorage as MemoryStorage
+from typing import TYPE_CHECKING
+
 from ._protocol import Storage as Storage
 from ._records import History as History
 from ._records import InstanceRecord as InstanceRecord
@@ -23,7 +24,10 @@ from ._records import SignalRecord as SignalRecord
 from ._records import StepRecord as StepRecord
 from ._records import TimerRecord as TimerRecord
 from ._records import Write as Write
-from ._sqlite import SQLiteStorage as SQLiteStorage
+
+if TYPE_CHECKING:
+    from ._memory import MemoryStorage as MemoryStorage
+    from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
     "History",
@@ -44,8 +48,6 @@ for _name in (
     "History",
     "InstanceRecord",
     "InstanceUpdate",
-    "MemoryStorage",
-    "SQLiteStorage",
     "SignalRecord",
     "StepRecord",
     "Storage",
@@ -53,3 +55,16 @@ for _name in (
 ):
     globals()[_name].__module__ = "memable.storage"
 del _name
+
+
+def __getattr__(name: str) -> object:
+    # The backends load on first use, so that ``import memable`` does not pay for sqlite3.
+    if name == "SQLiteStorage":
+        from ._sqlite import SQLiteStorage
+
+        return SQLiteStorage
+    if name == "MemoryStorage":
+        from ._memory import MemoryStorage
+
+        return MemoryStorage
+    raise AttributeError(f"module 'memable.storage' has no attribute {name!r}")

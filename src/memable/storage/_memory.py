@@ -318,3 +318,6 @@ class MemoryStorage:
                     for key in [key for key, step in steps.items() if step.state == "dead"]:
                         del steps[key]
             return restarted
+
+
+MemoryStorage.__module__ = "memable.storage"

@@ -707,3 +707,6 @@ else:
     def _lock_exclusive(handle: IO[str]) -> None:
         # flock, not lockf: a second open file in the same process conflicts too.
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+SQLiteStorage.__module__ = "memable.storage"
