@@ -397,11 +397,11 @@ async def test_suspended_instances_hold_no_memory(make_storage: StorageFactory) 
         await suspend_many(engine, 0, 10)
         while len(await engine.instances(status="suspended", limit=None)) < 10:
             await anyio.sleep(0.01)
-        small = (len(engine._runs), len(engine._subscribers), engine_objects())
+        small = (len(engine._runs), len(engine._status), engine_objects())
         await suspend_many(engine, 10, 2000)
         while len(await engine.instances(status="suspended", limit=None)) < 2010:
             await anyio.sleep(0.05)
-        large = (len(engine._runs), len(engine._subscribers), engine_objects())
+        large = (len(engine._runs), len(engine._status), engine_objects())
     assert small == large == (0, 0, 0)
 
 

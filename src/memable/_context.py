@@ -104,7 +104,7 @@ class Context:
             raise TypeError(f"a status message is a str, not {type(message).__name__}")
         self._run.status_message = message
         self._run.status_dirty = True
-        self._engine._publish(self.instance_id, "running", message)
+        self._engine._status.publish(self.instance_id, "running", message)
 
     async def step(
         self,
@@ -496,7 +496,7 @@ class Context:
         )
         await self._engine._committer.write(self._with_status(timer))
         self._timers[key] = timer
-        self._engine._timer_added(timer.deadline)
+        self._engine._timers.added(timer.deadline)
         return timer
 
     async def _wait(self, key: str) -> None:

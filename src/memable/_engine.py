@@ -11,13 +11,14 @@ import types
 import typing
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
 import attrs
 
+from ._background import TimerScheduler, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
 from ._context import Context
@@ -27,10 +28,9 @@ from ._exceptions import (
     NotStarted,
     SignalRejected,
     SignalSuperseded,
-    StorageError,
     WorkflowNotFound,
 )
-from ._invocation import Invocation, _Subscriber
+from ._invocation import Invocation
 from ._keys import check_instance_ref, check_key, new_instance_id
 from ._outcome import (
     Cancelled,
@@ -44,6 +44,7 @@ from ._outcome import (
 from ._retry import RetryPolicy
 from ._serde import Serde
 from ._state import sources
+from ._status import StatusHub
 from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
 from .storage._protocol import Storage
@@ -197,13 +198,9 @@ class Engine:
         self._phase: _Phase = "new"
         self._cancelling = False
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._status = StatusHub()
         self._crash_points: set[tuple[str, str]] = set()
-        # The timer scheduler: the earliest deadline it sleeps until, and its sleep's scope.
-        self._next_deadline: float | None = None
-        self._scheduler_scope: anyio.CancelScope | None = None
-        self._scheduler_stale = False
-        self._scheduler_asleep = False
+        self._timers = TimerScheduler(self)
         self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -236,9 +233,9 @@ class Engine:
             raise
         self._task_group = task_group
         task_group.start_soon(self._committer.run, name="memable writer")
-        task_group.start_soon(self._schedule, name="memable timers")
+        task_group.start_soon(self._timers.run, name="memable timers")
         if self._retention is not None or any(wf.retention for wf in self._workflows.values()):
-            task_group.start_soon(self._retain, name="memable retention")
+            task_group.start_soon(retain, self, name="memable retention")
         attach = getattr(self._clock, "_attach", None)
         if attach is not None:  # memable.testing.ManualClock waits for our timers
             attach(self)
@@ -271,9 +268,7 @@ class Engine:
                 await self._wait_idle()
         finally:
             self._stop_system_tasks()
-            for subscribers in self._subscribers.values():
-                for subscriber in subscribers:
-                    subscriber.close()
+            self._status.close()
             self._committer.close()
             try:
                 # The engine's own tasks never raise; the body's exception is not handed to
@@ -296,66 +291,9 @@ class Engine:
         for scope in self._system_scopes:
             scope.cancel()
 
-    async def _schedule(self) -> None:
-        """The timer scheduler: sleep until the earliest deadline, fire, repeat.
-
-        It sleeps exactly until the earliest unfired deadline (no polling) and is woken
-        early when a nearer timer is written. Overdue timers fire at once on start.
-        """
-        with self._system_task():
-            while True:
-                self._scheduler_stale = False
-                try:
-                    deadline = await self._storage_call(self._storage.next_deadline)
-                except StorageError:
-                    await self._storage_trouble("reading timers")
-                    continue
-                self._next_deadline = deadline
-                if self._scheduler_stale:
-                    continue  # a nearer timer was written meanwhile
-                with anyio.CancelScope() as scope:
-                    self._scheduler_scope = scope
-                    self._scheduler_asleep = True
-                    try:
-                        if deadline is None:
-                            await anyio.sleep_forever()
-                        else:
-                            await self._clock.sleep_until(datetime.fromtimestamp(deadline, UTC))
-                    finally:
-                        self._scheduler_asleep = False
-                self._scheduler_scope = None
-                if scope.cancelled_caught:
-                    continue
-                try:
-                    claimed = await self._storage_call(self._storage.fire_timers, self._now())
-                except StorageError:
-                    await self._storage_trouble("firing timers")
-                    continue
-                for record in claimed:
-                    self._run_claimed(record)
-
-    async def _storage_trouble(self, doing: str) -> None:
-        """A background task met a storage error: log it, wait a little, try again."""
-        logger.exception("storage failed while %s; retrying in a second", doing)
-        await anyio.sleep(1.0)
-
     def _timers_settled(self) -> bool:
         """Whether no timer is due that the scheduler has not fired (for ManualClock)."""
-        if self._phase != "running":
-            return True
-        return (
-            self._scheduler_asleep
-            and not self._scheduler_stale
-            and (self._next_deadline is None or self._next_deadline > self._now())
-        )
-
-    def _timer_added(self, deadline: float) -> None:
-        """Wake the scheduler if *deadline* is nearer than the one it sleeps until."""
-        if self._next_deadline is None or deadline < self._next_deadline:
-            self._next_deadline = deadline
-            self._scheduler_stale = True
-            if self._scheduler_scope is not None:
-                self._scheduler_scope.cancel()
+        return self._phase != "running" or self._timers.settled()
 
     def _run_claimed(self, record: InstanceRecord) -> None:
         """Run an instance stored as ``running``: recovered, or just claimed by a signal,
@@ -618,7 +556,7 @@ class Engine:
         try:
             run.status_message = record.status_message
             while True:
-                self._publish(run.instance_id, "running", run.status_message)
+                self._status.publish(run.instance_id, "running", run.status_message)
                 await self._pass(run, record)
                 if run.end == "restart" or (run.end == "suspended" and run.rerun):
                     # A signal or timer came while suspending: go again, unless the
@@ -700,7 +638,7 @@ class Engine:
         )
         await self._committer.write([update])
         run.outcome = outcome
-        self._publish(run.instance_id, status, run.status_message)
+        self._status.publish(run.instance_id, status, run.status_message)
 
     async def _suspend(self, run: _Run) -> None:
         """Record *run*'s instance as suspended and end the run (called by the context)."""
@@ -717,7 +655,7 @@ class Engine:
         if suspended:
             run.end = "suspended"
             run.outcome = Suspended(waiting_on=waiting_on, status=run.status_message)
-            self._publish(run.instance_id, "suspended", run.status_message, waiting_on)
+            self._status.publish(run.instance_id, "suspended", run.status_message, waiting_on)
         elif run.end is None:
             run.end = "restart"  # what it waits for has come (or it was cancelled meanwhile)
         run.scope.cancel()
@@ -827,7 +765,7 @@ class Engine:
             run.end = "cancelled"
             run.outcome = Cancelled(reason=reason)
             run.scope.cancel()
-        self._publish(record.instance_id, "cancelled", reason)
+        self._status.publish(record.instance_id, "cancelled", reason)
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
@@ -852,10 +790,7 @@ class Engine:
     async def _subscription(
         self, wf: Workflow[Any, Any], instance_id: str
     ) -> AsyncIterator[Status]:
-        subscriber = _Subscriber()
-        subscribers = self._subscribers.setdefault(instance_id, set())
-        subscribers.add(subscriber)
-        try:
+        with self._status.follow(instance_id) as subscriber:
             record = await self._record(wf, instance_id)
             last = Status(
                 instance_id=instance_id,
@@ -871,25 +806,6 @@ class Engine:
                 if status != last:
                     last = status
                     yield status
-        finally:
-            subscribers.discard(subscriber)
-            if not subscribers and self._subscribers.get(instance_id) is subscribers:
-                del self._subscribers[instance_id]
-
-    def _publish(
-        self,
-        instance_id: str,
-        status: InstanceState,
-        message: str | None,
-        waiting_on: tuple[str, ...] = (),
-    ) -> None:
-        subscribers = self._subscribers.get(instance_id)
-        if subscribers:
-            change = Status(
-                instance_id=instance_id, status=status, message=message, waiting_on=waiting_on
-            )
-            for subscriber in subscribers:
-                subscriber.put(change)
 
     def _live_message(self, record: InstanceRecord) -> str | None:
         run = self._runs.get(record.instance_id)
@@ -918,32 +834,6 @@ class Engine:
         return await self._storage_call(
             self._storage.purge, finished_before=self._now() - older_than.total_seconds()
         )
-
-    async def _retain(self) -> None:
-        """Purge by retention periodically: every tenth of the shortest retention, at most
-        hourly, at least every second."""
-        own = {wf.name: wf.retention for wf in self._workflows.values() if wf.retention}
-        periods = [*own.values(), *([self._retention] if self._retention else [])]
-        interval = min(timedelta(hours=1), max(timedelta(seconds=1), min(periods) / 10))
-        with self._system_task():
-            while True:
-                now = self._now()
-                try:
-                    for name, retention in own.items():
-                        await self._storage_call(
-                            self._storage.purge,
-                            finished_before=now - retention.total_seconds(),
-                            workflow=name,
-                        )
-                    if self._retention is not None:
-                        await self._storage_call(
-                            self._storage.purge,
-                            finished_before=now - self._retention.total_seconds(),
-                            exclude=tuple(own),
-                        )
-                except StorageError:
-                    logger.exception("storage failed while purging; trying again later")
-                await self._clock.sleep_until(self._clock.now() + interval)
 
     # -- reading ----------------------------------------------------------------------------
 

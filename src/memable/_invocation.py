@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import collections
 import typing
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
-
-import anyio
 
 from ._exceptions import NotStarted, WorkflowCancelled, WorkflowFailed, WorkflowSuspended
 from ._outcome import Cancelled, Completed, Failed, Outcome, Suspended
@@ -20,35 +17,6 @@ if TYPE_CHECKING:
 __all__ = ["Invocation"]
 
 O = TypeVar("O")  # noqa: E741
-
-
-class _Subscriber:
-    """The queue of status changes of one ``subscribe()`` iteration."""
-
-    __slots__ = ("_changed", "_closed", "_items")
-
-    def __init__(self) -> None:
-        self._items: collections.deque[Status] = collections.deque()
-        self._changed = anyio.Event()
-        self._closed = False
-
-    def put(self, status: Status) -> None:
-        self._items.append(status)
-        self._changed.set()
-
-    def close(self) -> None:
-        """The engine is leaving its block: end the iteration once the queue is drained."""
-        self._closed = True
-        self._changed.set()
-
-    async def get(self) -> Status | None:
-        """The next change, or ``None`` once the engine has stopped."""
-        while not self._items:
-            if self._closed:
-                return None
-            self._changed = anyio.Event()
-            await self._changed.wait()
-        return self._items.popleft()
 
 
 @final

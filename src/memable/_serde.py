@@ -16,6 +16,7 @@ import typing
 from typing import TYPE_CHECKING, Any, Final, Literal, Union, get_args, get_origin
 
 if TYPE_CHECKING:
+    import datetime
     import decimal
 
     import cattrs
@@ -32,9 +33,13 @@ def make_converter() -> cattrs.Converter:
 
     It is cattrs' JSON-preconfigured converter (``datetime`` as ISO 8601, ``bytes`` as
     base85, unions of primitives passed through) plus ``Decimal`` stored as a string, so
-    no precision is lost, and ``UUID`` as its canonical string. (cattrs is imported here,
-    when the first engine is made, not with memable.)
+    no precision is lost, and ``UUID`` as its canonical string. An aware ``datetime``
+    whose UTC offset would not survive the round trip through ISO 8601 (an offset of a
+    fraction of a second, which some Python versions read back as UTC) is refused rather
+    than stored changed. (cattrs is imported here, when the first engine is made, not
+    with memable.)
     """
+    import datetime
     import decimal
     import uuid
 
@@ -45,7 +50,21 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(decimal.Decimal, _structure_decimal)
     converter.register_unstructure_hook(uuid.UUID, str)
     converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(value))
+    converter.register_unstructure_hook(datetime.datetime, _unstructure_datetime)
     return converter
+
+
+def _unstructure_datetime(value: datetime.datetime) -> str:
+    text = value.isoformat()
+    if value.tzinfo is not None:
+        import datetime
+
+        if datetime.datetime.fromisoformat(text).utcoffset() != value.utcoffset():
+            raise ValueError(
+                f"the UTC offset {value.utcoffset()} of {value!r} does not survive ISO 8601;"
+                " convert the datetime to UTC first"
+            )
+    return text
 
 
 def _structure_decimal(value: object, _: object) -> decimal.Decimal:

@@ -99,4 +99,4 @@ async def test_ten_thousand_suspended_instances_hold_nothing(tmp_path: Path) -> 
         assert len(await engine.instances(status="suspended", limit=None)) == 10_000
         gc.collect()
         held = sum(isinstance(o, memable.Context | memable._engine._Run) for o in gc.get_objects())
-        assert (len(engine._runs), len(engine._subscribers), held) == (0, 0, 0)
+        assert (len(engine._runs), len(engine._status), held) == (0, 0, 0)
