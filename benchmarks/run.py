@@ -153,7 +153,7 @@ async def _replay(path: Path, steps: int) -> Figures:
         with crash_at(engine, "final"):
             await engine.invoke(long, instance_id="long")
             with anyio.fail_after(120):
-                while engine._runs:
+                while engine._runner.runs:
                     await anyio.sleep(0.01)
     marks.clear()
     entered = time.perf_counter()

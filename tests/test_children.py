@@ -232,7 +232,7 @@ async def test_a_suspended_child_suspends_the_parent(make_storage: StorageFactor
         outcome = await invocation.wait()
         assert isinstance(outcome, memable.Suspended)
         assert outcome.status == "waiting for 2 children"
-        assert engine._runs == {}
+        assert engine._runner.runs == {}
         await engine.signal(wf, "w/kids-1", GO, True)
         outcome = await invocation.wait()
         assert isinstance(outcome, memable.Suspended)

@@ -61,7 +61,7 @@ async def test_suspend_signal_complete_across_restarts(db_path: Path) -> None:
         assert caught.value.key == "approval:v1"
     async with Engine(db_path, workflows=[wf]) as engine:  # nothing to recover: suspended
         assert (await engine.state(wf, "o-1")).status == "suspended"
-        assert engine._runs == {}
+        assert engine._runner.runs == {}
     async with Engine(db_path, workflows=[wf]) as engine:
         invocation = await engine.signal(wf, "o-1", APPROVAL, True)
         assert await invocation.result() == "charged o-1"
@@ -390,18 +390,18 @@ async def test_suspended_instances_hold_no_memory(make_storage: StorageFactory) 
 
     def engine_objects() -> int:
         gc.collect()
-        kinds = (memable.Context, memable._engine._Run)
+        kinds = (memable.Context, memable._runner.Run)
         return sum(isinstance(obj, kinds) for obj in gc.get_objects())
 
     async with Engine(make_storage(), workflows=[wf]) as engine:
         await suspend_many(engine, 0, 10)
         while len(await engine.instances(status="suspended", limit=None)) < 10:
             await anyio.sleep(0.01)
-        small = (len(engine._runs), len(engine._status), engine_objects())
+        small = (len(engine._runner.runs), len(engine._status), engine_objects())
         await suspend_many(engine, 10, 2000)
         while len(await engine.instances(status="suspended", limit=None)) < 2010:
             await anyio.sleep(0.05)
-        large = (len(engine._runs), len(engine._status), engine_objects())
+        large = (len(engine._runner.runs), len(engine._status), engine_objects())
     assert small == large == (0, 0, 0)
 
 

@@ -65,7 +65,7 @@ class TimerScheduler:
                     await storage_trouble("firing timers")
                     continue
                 for record in claimed:
-                    engine._run_claimed(record)
+                    engine._runner.claimed(record)
 
     def added(self, deadline: float) -> None:
         """Wake the scheduler if *deadline* is nearer than the one it sleeps until."""

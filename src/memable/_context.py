@@ -37,7 +37,8 @@ from .storage._records import (
 )
 
 if TYPE_CHECKING:
-    from ._engine import Engine, _Run
+    from ._engine import Engine
+    from ._runner import Run
 
 __all__ = ["Context"]
 
@@ -69,7 +70,7 @@ class Context:
 
     __slots__ = ("_engine", "_records", "_run", "_signals", "_timers", "_used")
 
-    def __init__(self, engine: Engine, run: _Run, history: History) -> None:
+    def __init__(self, engine: Engine, run: Run, history: History) -> None:
         self._engine = engine
         self._run = run
         self._records: dict[str, StepRecord] = {step.key: step for step in history.steps}
@@ -148,7 +149,7 @@ class Context:
             ...     return await ctx.step("charge:v1", charge, "o-17", 1250, timeout=5)
         """
         self._claim(key)
-        tp = self._engine._result_type(key, fn, returns)
+        tp = self._engine._serde.result_type(key, fn, returns)
         return await self._step(key, tp, functools.partial(fn, *args), timeout, retry)
 
     async def step_sync(
@@ -174,7 +175,7 @@ class Context:
             ...     return await ctx.step_sync("digest:v1", digest, b"report")
         """
         self._claim(key)
-        tp = self._engine._result_type(key, fn, returns)
+        tp = self._engine._serde.result_type(key, fn, returns)
         call = functools.partial(fn, *args)
 
         async def in_thread() -> T:
@@ -231,7 +232,7 @@ class Context:
         retry: RetryPolicy | None,
     ) -> T:
         engine = self._engine
-        await engine._maybe_crash(self._run, key, "before")
+        await engine._runner.maybe_crash(self._run, key, "before")
         policy = retry or engine._retry or _NO_RETRY
         started = engine._now()
         attempt = 0
@@ -259,7 +260,7 @@ class Context:
                 await anyio.sleep(policy.delay_before(attempt + 1))
                 continue
             envelope = engine._serde.encode(result, tp, key, self._what(key))
-            await engine._maybe_crash(self._run, key, "after")
+            await engine._runner.maybe_crash(self._run, key, "after")
             record = StepRecord(
                 instance_id=self.instance_id,
                 key=key,
@@ -515,7 +516,7 @@ class Context:
                 break
             run.idle = anyio.Event()
             await run.idle.wait()
-        await self._engine._suspend(run)
+        await self._engine._runner.suspend(run)
         await anyio.sleep_forever()
 
 

@@ -9,7 +9,6 @@ import logging
 import os
 import types
 import typing
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
@@ -21,7 +20,6 @@ import attrs
 from ._background import TimerScheduler, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
-from ._context import Context
 from ._exceptions import (
     InstanceConflict,
     InstanceNotFound,
@@ -42,6 +40,7 @@ from ._outcome import (
     Suspended,
 )
 from ._retry import RetryPolicy
+from ._runner import Runner
 from ._serde import Serde
 from ._state import sources
 from ._status import StatusHub
@@ -49,10 +48,8 @@ from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
 from .storage._protocol import Storage
 from .storage._records import (
-    History,
     InstanceRecord,
     InstanceState,
-    InstanceUpdate,
     SignalRecord,
 )
 
@@ -70,47 +67,6 @@ T = TypeVar("T")
 logger = logging.getLogger("memable")
 
 _NOTHING: Final = object()
-
-
-_End = Literal["suspended", "restart", "cancelled", "crashed"]
-
-
-@attrs.define(eq=False)
-class _Run:
-    """An instance while a task of this engine runs it (or a reservation for one).
-
-    It lives from the moment the instance starts running here until it completes, fails,
-    is cancelled or suspends; a suspended instance has none.
-    """
-
-    instance_id: str
-    workflow: Workflow[Any, Any]
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
-    finished: anyio.Event = attrs.field(factory=anyio.Event)
-    started: bool = False
-    pending: int = 0  # invoke calls still deciding whether they start this run
-    outcome: Outcome[Any] | None = None
-    status_message: str | None = None
-    status_dirty: bool = False
-    # Suspension: the keys waited on, whether a task is suspending the instance, and the
-    # steps in flight (the instance suspends once they have recorded their results).
-    waiting: set[str] = attrs.field(factory=set)
-    suspending: bool = False
-    in_flight: int = 0
-    idle: anyio.Event = attrs.field(factory=anyio.Event)
-    end: _End | None = None  # why the scope was cancelled
-    rerun: bool = False  # claimed again while ending: run once more
-    fresh: bool = False  # just created: there is no history to load
-
-    def reset(self) -> None:
-        """Prepare for another pass over the workflow function."""
-        self.scope = anyio.CancelScope()
-        self.waiting = set()
-        self.suspending = False
-        self.in_flight = 0
-        self.end = None
-        self.rerun = False
-        self.outcome = None
 
 
 _Phase = Literal["new", "running", "closing", "closed"]
@@ -194,16 +150,12 @@ class Engine:
         self._serde = Serde(converter)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._workflows: dict[str, Workflow[Any, Any]] = {}
-        self._runs: dict[str, _Run] = {}
+        self._runner = Runner(self)
         self._phase: _Phase = "new"
         self._cancelling = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._status = StatusHub()
-        self._crash_points: set[tuple[str, str]] = set()
         self._timers = TimerScheduler(self)
-        self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
-            weakref.WeakKeyDictionary()
-        )
         for wf in workflows:
             self.register(wf)
 
@@ -259,13 +211,13 @@ class Engine:
         try:
             if exc_type is None:
                 with anyio.move_on_after(self._shutdown_timeout):
-                    await self._wait_idle()
+                    await self._runner.wait_idle()
             self._cancelling = True
             self._stop_system_tasks()
-            for run in list(self._runs.values()):
+            for run in list(self._runner.runs.values()):
                 run.scope.cancel()
             with anyio.CancelScope(shield=True):
-                await self._wait_idle()
+                await self._runner.wait_idle()
         finally:
             self._stop_system_tasks()
             self._status.close()
@@ -295,29 +247,6 @@ class Engine:
         """Whether no timer is due that the scheduler has not fired (for ManualClock)."""
         return self._phase != "running" or self._timers.settled()
 
-    def _run_claimed(self, record: InstanceRecord) -> None:
-        """Run an instance stored as ``running``: recovered, or just claimed by a signal,
-        a timer or resume."""
-        wf = self._workflows.get(record.workflow)
-        if wf is None:
-            logger.warning(
-                "instance %r of unregistered workflow %r is left running;"
-                " register the workflow to run it",
-                record.instance_id,
-                record.workflow,
-                extra={"instance_id": record.instance_id, "workflow": record.workflow},
-            )
-            return
-        run = self._runs.get(record.instance_id)
-        if run is not None and run.started:
-            run.rerun = True  # still ending its suspended pass: it goes again
-            return
-        self._start(self._reserve(record.instance_id, wf), record)
-
-    async def _wait_idle(self) -> None:
-        while self._runs:
-            await next(iter(self._runs.values())).finished.wait()
-
     async def _close_storage(self) -> None:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._storage.close, limiter=self._limiter)
@@ -326,7 +255,7 @@ class Engine:
         records = await self._storage_call(self._storage.list_instances, status="running")
         for record in records:
             if record.parent_id is None:  # children are driven by their parent
-                self._run_claimed(record)
+                self._runner.claimed(record)
         if records:
             logger.info("recovering %d running instances", len(records))
 
@@ -432,20 +361,20 @@ class Engine:
             created_at=now,
             updated_at=now,
         )
-        run = self._reserve(instance_id, wf)
+        run = self._runner.reserve(instance_id, wf)
         run.pending += 1
         try:
             stored, created = await self._storage_call(self._storage.create_instance, record)
         except BaseException:
             run.pending -= 1
-            self._release(run)  # nothing was created: drop the reservation
+            self._runner.release(run)  # nothing was created: drop the reservation
             raise
         run.pending -= 1
         if created:
             run.fresh = True
-            self._start(run, stored)
+            self._runner.start(run, stored)
         else:
-            self._release(run)
+            self._runner.release(run)
             if stored.workflow != wf.name:
                 raise InstanceConflict(
                     f"instance id {instance_id!r} belongs to workflow {stored.workflow!r},"
@@ -510,7 +439,7 @@ class Engine:
         wf = self._registered(wf)
         check_instance_ref(instance_id)
         invocation = Invocation(self, wf, instance_id)
-        run = self._runs.get(instance_id)
+        run = self._runner.runs.get(instance_id)
         if run is not None and run.started:
             return invocation
         record = await self._record(wf, instance_id)
@@ -530,147 +459,8 @@ class Engine:
             updated_at=self._now(),
         )
         if restarted is not None:
-            self._run_claimed(restarted)
+            self._runner.claimed(restarted)
         return invocation
-
-    def _reserve(self, instance_id: str, wf: Workflow[Any, Any]) -> _Run:
-        run = self._runs.get(instance_id)
-        if run is None:
-            run = self._runs[instance_id] = _Run(instance_id, wf)
-        return run
-
-    def _release(self, run: _Run) -> None:
-        if not run.started and run.pending == 0 and self._runs.get(run.instance_id) is run:
-            del self._runs[run.instance_id]
-            run.finished.set()
-
-    def _start(self, run: _Run, record: InstanceRecord) -> None:
-        if self._cancelling or self._task_group is None:
-            self._release(run)  # shutting down: the next engine recovers it
-            return
-        run.started = True
-        self._task_group.start_soon(self._drive, run, record, name=f"memable {run.instance_id}")
-
-    async def _drive(self, run: _Run, record: InstanceRecord) -> None:
-        """Run one instance to its end, suspension or shutdown, recording how it ended."""
-        try:
-            run.status_message = record.status_message
-            while True:
-                self._status.publish(run.instance_id, "running", run.status_message)
-                await self._pass(run, record)
-                if run.end == "restart" or (run.end == "suspended" and run.rerun):
-                    # A signal or timer came while suspending: go again, unless the
-                    # instance was cancelled (or otherwise ended) meanwhile.
-                    current = await self._storage_call(self._storage.get_instance, run.instance_id)
-                    if current is not None and current.status == "running":
-                        run.reset()
-                        record = current
-                        continue
-                break
-        finally:
-            if self._runs.get(run.instance_id) is run:
-                del self._runs[run.instance_id]
-            run.finished.set()
-
-    async def _pass(self, run: _Run, record: InstanceRecord) -> None:
-        """One pass over the workflow function, from the top."""
-        wf = run.workflow
-        try:
-            with run.scope:
-                if run.fresh:
-                    run.fresh = False
-                    history = History(steps=[], signals=[], timers=[])
-                else:
-                    history = await self._storage_call(self._storage.load_history, run.instance_id)
-                context = Context(self, run, history)
-                input_type, output_type = wf.types()
-                try:
-                    if wf.takes_input:
-                        value = self._serde.decode(
-                            record.input, input_type, "input", f"the input of {run.instance_id!r}"
-                        )
-                        output = await wf.fn(context, value)
-                    else:
-                        output = await wf.fn(context)
-                    envelope = self._serde.encode(
-                        output, output_type, "output", f"the output of {run.instance_id!r}"
-                    )
-                except Exception as exc:
-                    if run.end is None:  # not while suspending, crashing or cancelled
-                        failed = Failed(error=ErrorInfo.from_exception(exc), exception=exc)
-                        await self._finish(run, failed)
-                else:
-                    await self._finish(run, Completed(output=output), output=envelope)
-        except Exception as exc:
-            # Storage failed while starting or finishing: the instance stays as stored
-            # (``running``), the next engine recovers it; waiters here learn what happened.
-            logger.exception(
-                "instance %r stopped: its state could not be read or written",
-                run.instance_id,
-                extra={"instance_id": run.instance_id},
-            )
-            run.outcome = Failed(error=ErrorInfo.from_exception(exc), exception=exc)
-
-    async def _finish(
-        self, run: _Run, outcome: Completed[Any] | Failed, output: str | None = None
-    ) -> None:
-        now = self._now()
-        status: InstanceState = "completed" if isinstance(outcome, Completed) else "failed"
-        error = None
-        if isinstance(outcome, Failed):
-            error = outcome.error.to_json()
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
-                    "instance %r failed: %s",
-                    run.instance_id,
-                    outcome.error,
-                    extra={"instance_id": run.instance_id},
-                )
-        update = InstanceUpdate(
-            instance_id=run.instance_id,
-            updated_at=now,
-            status=status,
-            only_if=("running",),
-            status_message=run.status_message,
-            output=output,
-            error=error,
-            finished_at=now,
-        )
-        await self._committer.write([update])
-        run.outcome = outcome
-        self._status.publish(run.instance_id, status, run.status_message)
-
-    async def _suspend(self, run: _Run) -> None:
-        """Record *run*'s instance as suspended and end the run (called by the context)."""
-        waiting_on = tuple(sorted(run.waiting))
-        with anyio.CancelScope(shield=True):  # what storage decided must be known here
-            suspended = await self._storage_call(
-                self._storage.suspend,
-                run.instance_id,
-                waiting_on=waiting_on,
-                status_message=run.status_message,
-                now=self._now(),
-            )
-        run.status_dirty = False
-        if suspended:
-            run.end = "suspended"
-            run.outcome = Suspended(waiting_on=waiting_on, status=run.status_message)
-            self._status.publish(run.instance_id, "suspended", run.status_message, waiting_on)
-        elif run.end is None:
-            run.end = "restart"  # what it waits for has come (or it was cancelled meanwhile)
-        run.scope.cancel()
-
-    async def _maybe_crash(self, run: _Run, key: str, when: Literal["before", "after"]) -> None:
-        """Crash injection (memable.testing): end the run here as if the process died."""
-        if (key, when) in self._crash_points:
-            self._crash_points.discard((key, when))
-            parts = run.instance_id.split("/")
-            for depth in range(len(parts), 0, -1):  # the instance and its ancestors
-                ancestor = self._runs.get("/".join(parts[:depth]))
-                if ancestor is not None and ancestor.started:
-                    ancestor.end = "crashed"
-                    ancestor.scope.cancel()
-            await anyio.lowlevel.checkpoint()
 
     def _child_workflow(
         self,
@@ -735,7 +525,7 @@ class Engine:
                 raise SignalSuperseded(point.key)
             case "claimed":
                 assert record is not None
-                self._run_claimed(record)
+                self._runner.claimed(record)
         return Invocation(self, wf, instance_id)
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> None:
@@ -760,7 +550,7 @@ class Engine:
         )
         if before is None:
             return  # already finished
-        run = self._runs.get(instance_id)
+        run = self._runner.runs.get(instance_id)
         if run is not None and run.started:
             run.end = "cancelled"
             run.outcome = Cancelled(reason=reason)
@@ -808,7 +598,7 @@ class Engine:
                     yield status
 
     def _live_message(self, record: InstanceRecord) -> str | None:
-        run = self._runs.get(record.instance_id)
+        run = self._runner.runs.get(record.instance_id)
         if run is not None and run.started:
             return run.status_message
         return record.status_message
@@ -935,39 +725,3 @@ class Engine:
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
-
-    def _result_type(self, key: str, fn: Callable[..., Any], returns: object) -> Any:
-        if returns is not None:
-            return returns
-        target = getattr(fn, "__func__", fn)
-        try:
-            return self._result_types[target]
-        except (KeyError, TypeError):
-            pass
-        tp = _return_annotation(key, fn)
-        try:
-            self._result_types[target] = tp
-        except TypeError:
-            pass  # not weakly referenceable; resolve again next time
-        return tp
-
-
-def _return_annotation(key: str, fn: Callable[..., Any]) -> Any:
-    target: Any = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    if not isinstance(target, types.FunctionType | types.MethodType | types.BuiltinFunctionType):
-        target = target.__call__  # a callable object: its __call__ has the annotations
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception as exc:
-        raise TypeError(
-            f"step {key!r}: cannot resolve the return annotation of {fn!r}: {exc};"
-            " pass returns= to name the result type"
-        ) from exc
-    if "return" not in hints:
-        raise TypeError(
-            f"step {key!r}: {fn!r} has no return annotation, so memable cannot tell how to"
-            " store its result; annotate it or pass returns="
-        )
-    return hints["return"]

@@ -79,9 +79,9 @@ async def run_fan_out(
 
     async def worker(queue: Iterator[int], scope: anyio.CancelScope) -> None:
         for i in queue:  # the workers share one iterator
-            child_run = engine._reserve(children[i].instance_id, child_wf)
+            child_run = engine._runner.reserve(children[i].instance_id, child_wf)
             child_run.started = True
-            await engine._drive(child_run, children[i])
+            await engine._runner.drive(child_run, children[i])
             outcomes[i] = child_run.outcome
             if not settle and isinstance(child_run.outcome, Failed | Cancelled):
                 failed.append(i)

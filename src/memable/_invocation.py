@@ -63,7 +63,7 @@ class Invocation(Generic[O]):
         engine = self._engine
         while True:
             engine._check_running()
-            run = engine._runs.get(self.instance_id)
+            run = engine._runner.runs.get(self.instance_id)
             if run is not None:
                 await run.finished.wait()
                 if run.outcome is not None:
@@ -77,7 +77,7 @@ class Invocation(Generic[O]):
                 return failure  # the failure seen live: with its exception
             if outcome is not None:
                 return outcome
-            if self.instance_id in engine._runs:
+            if self.instance_id in engine._runner.runs:
                 continue  # started again meanwhile
             raise NotStarted(
                 f"instance {self.instance_id!r} is recorded as running but this engine does"

@@ -13,6 +13,8 @@ import functools
 import json
 import types
 import typing
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, Union, get_args, get_origin
 
 if TYPE_CHECKING:
@@ -186,10 +188,29 @@ def _describe(value: object) -> str:
 class Serde:
     """Encodes and decodes envelopes with one cattrs Converter (the engine's own)."""
 
-    __slots__ = ("converter",)
+    __slots__ = ("_result_types", "converter")
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         self.converter = converter if converter is not None else make_converter()
+        self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def result_type(self, key: str, fn: Callable[..., Any], returns: object) -> Any:
+        """The type step *key* stores: *returns*, else *fn*'s return annotation (cached)."""
+        if returns is not None:
+            return returns
+        target = getattr(fn, "__func__", fn)
+        try:
+            return self._result_types[target]
+        except (KeyError, TypeError):
+            pass
+        tp = _return_annotation(key, fn)
+        try:
+            self._result_types[target] = tp
+        except TypeError:
+            pass  # not weakly referenceable; resolve again next time
+        return tp
 
     def encode(self, value: object, tp: object, key: str, what: str = "") -> str:
         """Return the envelope of *value* as type *tp*; *what* names it in errors.
@@ -253,3 +274,24 @@ class Serde:
                 key, f"the stored envelope of {what or repr(key)} is corrupted: {exc}"
             ) from exc
         return found, data
+
+
+def _return_annotation(key: str, fn: Callable[..., Any]) -> Any:
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not isinstance(target, types.FunctionType | types.MethodType | types.BuiltinFunctionType):
+        target = target.__call__  # a callable object: its __call__ has the annotations
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception as exc:
+        raise TypeError(
+            f"step {key!r}: cannot resolve the return annotation of {fn!r}: {exc};"
+            " pass returns= to name the result type"
+        ) from exc
+    if "return" not in hints:
+        raise TypeError(
+            f"step {key!r}: {fn!r} has no return annotation, so memable cannot tell how to"
+            " store its result; annotate it or pass returns="
+        )
+    return hints["return"]

@@ -148,11 +148,11 @@ def crash_at(
         ...         await (await engine.invoke(wf, "o-1")).wait()
     """
     point = (key, when)
-    engine._crash_points.add(point)
+    engine._runner.crash_points.add(point)
     try:
         yield
     finally:
-        engine._crash_points.discard(point)
+        engine._runner.crash_points.discard(point)
 
 
 @final
