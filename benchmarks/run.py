@@ -264,6 +264,8 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], float | None], str, f
      lambda m: m["concurrent_steps_per_s"] / m.get("dbos.concurrent_steps_per_s", NAN), ">=", 30.0),
     ("replay µs per recorded step", "replay_us_per_step",
      lambda m: m["replay_us_per_step"], "<=", 20.0),
+    ("DBOS replay / memable replay", "dbos.replay_us_per_step / replay_us_per_step",
+     lambda m: m.get("dbos.replay_us_per_step", NAN) / m["replay_us_per_step"], ">=", 50.0),
     ("recovered instance running after start (ms)", "recovery_start_ms",
      lambda m: m["recovery_start_ms"], "<=", 50.0),
     ("import memable - import anyio (ms)", "import_memable_ms - import_anyio_ms",

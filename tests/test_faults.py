@@ -128,18 +128,25 @@ async def test_a_failed_commit_never_marks_the_step_done(tmp_path: Path) -> None
 
 async def test_storage_errors_of_every_kind_are_storage_errors(tmp_path: Path) -> None:
     """Disk full, busy and I/O errors all reach callers as StorageError with their text."""
-    for message in ("database or disk is full", "database is locked", "disk I/O error"):
+    messages = ("database or disk is full", "database is locked", "disk I/O error")
+    # A generated id is created in the group commit; a caller's id by create_instance.
+    for (n, message), (method, instance_id) in itertools.product(
+        enumerate(messages), [("commit", None), ("create_instance", "mine")]
+    ):
         faulty = FaultyStorage(
-            SQLiteStorage(tmp_path / f"{len(message)}.db"),
+            SQLiteStorage(tmp_path / f"{n}-{method}.db"),
             fail_on={1},
-            methods={"create_instance"},
+            methods={method},
             error=message,
         )
         wf = make_workflow([])
         async with Engine(faulty, workflows=[wf]) as engine:
             with pytest.raises(memable.StorageError, match=message):
-                await engine.invoke(wf, 1)
+                await engine.invoke(wf, 1, instance_id=instance_id)
             assert await engine.instances() == []
+            retried = await engine.invoke(wf, 1, instance_id=instance_id)  # storage is back
+            assert isinstance(await retried.wait(), memable.Suspended)
+            assert len(await engine.instances()) == 1
 
 
 def test_faulty_storage_counts_only_chosen_methods() -> None:

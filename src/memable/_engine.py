@@ -343,6 +343,7 @@ class Engine:
             if input is not _NOTHING and input is not None:
                 raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
             input = None
+        generated = instance_id is None
         if instance_id is None:
             now_ns = int(self._clock.now().timestamp() * 1_000_000) * 1000
             instance_id, self._last_id = new_instance_id(now_ns, self._last_id)
@@ -364,7 +365,16 @@ class Engine:
         run = self._runner.reserve(instance_id, wf)
         run.pending += 1
         try:
-            stored, created = await self._storage_call(self._storage.create_instance, record)
+            with anyio.CancelScope(shield=True):  # what storage answers must be acted on
+                if generated:
+                    # A generated id is new (a timestamp and 48 random bits), so its row joins
+                    # the group commit instead of taking a transaction of its own.
+                    await self._committer.write([record])
+                    stored, created = record, True
+                else:
+                    stored, created = await self._storage_call(
+                        self._storage.create_instance, record
+                    )
         except BaseException:
             run.pending -= 1
             self._runner.release(run)  # nothing was created: drop the reservation

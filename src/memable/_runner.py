@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.lowlevel
-import attrs
 
 from ._context import Context
 from ._outcome import Completed, ErrorInfo, Failed, Outcome, Suspended
@@ -25,42 +24,59 @@ logger = logging.getLogger("memable")
 _End = Literal["suspended", "restart", "cancelled", "crashed"]
 
 
-@attrs.define(eq=False)
 class Run:
     """An instance while a task of this engine runs it (or a reservation for one).
 
     It lives from the moment the instance starts running here until it completes, fails,
-    is cancelled or suspends; a suspended instance has none.
+    is cancelled or suspends; a suspended instance has none. (A plain slotted class: it is
+    internal, mutable and made once per run.)
     """
 
-    instance_id: str
-    workflow: Workflow[Any, Any]
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
-    finished: anyio.Event = attrs.field(factory=anyio.Event)
-    started: bool = False
-    pending: int = 0  # invoke calls still deciding whether they start this run
-    outcome: Outcome[Any] | None = None
-    status_message: str | None = None
-    status_dirty: bool = False
-    # Suspension: the keys waited on, whether a task is suspending the instance, and the
-    # steps in flight (the instance suspends once they have recorded their results).
-    waiting: set[str] = attrs.field(factory=set)
-    suspending: bool = False
-    in_flight: int = 0
-    idle: anyio.Event = attrs.field(factory=anyio.Event)
-    end: _End | None = None  # why the scope was cancelled
-    rerun: bool = False  # claimed again while ending: run once more
-    fresh: bool = False  # just created: there is no history to load
+    __slots__ = (
+        "end",
+        "finished",
+        "fresh",
+        "idle",
+        "in_flight",
+        "instance_id",
+        "outcome",
+        "pending",
+        "rerun",
+        "scope",
+        "started",
+        "status_dirty",
+        "status_message",
+        "suspending",
+        "waiting",
+        "workflow",
+    )
+
+    def __init__(self, instance_id: str, workflow: Workflow[Any, Any]) -> None:
+        self.instance_id = instance_id
+        self.workflow = workflow
+        self.finished = anyio.Event()
+        self.started = False
+        self.pending = 0  # invoke calls still deciding whether they start this run
+        self.status_message: str | None = None
+        self.status_dirty = False
+        self.fresh = False  # just created: there is no history to load
+        self.idle = anyio.Event()
+        self.reset()
+
+    def __repr__(self) -> str:
+        return f"<Run {self.instance_id!r} started={self.started} end={self.end}>"
 
     def reset(self) -> None:
-        """Prepare for another pass over the workflow function."""
+        """Prepare for a (first or another) pass over the workflow function."""
         self.scope = anyio.CancelScope()
-        self.waiting = set()
+        self.outcome: Outcome[Any] | None = None
+        # Suspension: the keys waited on, whether a task is suspending the instance, and
+        # the steps in flight (the instance suspends once they have recorded their results).
+        self.waiting: set[str] = set()
         self.suspending = False
         self.in_flight = 0
-        self.end = None
-        self.rerun = False
-        self.outcome = None
+        self.end: _End | None = None  # why the scope was cancelled
+        self.rerun = False  # claimed again while ending: run once more
 
 
 class Runner:
