@@ -8,6 +8,7 @@ exactly what was committed) and raises on a chosen call, before the wrapped call
 from __future__ import annotations
 
 import itertools
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -162,3 +163,33 @@ def test_faulty_storage_counts_only_chosen_methods() -> None:
         faulty.list_instances()  # not counted
     with pytest.raises(ValueError, match="not storage methods"):
         FaultyStorage(memable.testing.MemoryStorage(), fail_on={1}, methods={"nope"})
+
+
+async def test_the_timer_scheduler_survives_storage_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading deadlines and firing timers fail once each: the scheduler logs, waits a
+    second, tries again, and the sleeping workflow still wakes and finishes."""
+    woke: list[str] = []
+
+    async def note() -> str:
+        woke.append("woke")
+        return "done"
+
+    async def nap(ctx: Context) -> str:
+        await ctx.sleep("nap:v1", timedelta(milliseconds=100))
+        return await ctx.step("after:v1", note)
+
+    wf = memable.Workflow("nap", nap)
+    faulty = FaultyStorage(
+        SQLiteStorage(tmp_path / "t.db"), fail_on={2, 4}, methods={"next_deadline", "fire_timers"}
+    )
+    async with Engine(faulty, workflows=[wf]) as engine:
+        invocation = await engine.invoke(wf, instance_id="n")
+        with anyio.fail_after(15):
+            statuses = [status.status async for status in invocation.status()]
+        assert statuses[-1] == "completed"
+        assert await invocation.result() == "done"
+    assert woke == ["woke"]
+    assert len(faulty.failures) == 2
+    assert "storage failed while" in caplog.text

@@ -518,3 +518,30 @@ async def test_a_status_stream_ends_with_its_engine(make_storage: StorageFactory
         outer.cancel_scope.deadline = anyio.current_time() + 10
     assert not outer.cancel_scope.cancelled_caught
     assert seen == ["suspended"]
+
+
+async def test_leaving_a_status_stream_early(make_storage: StorageFactory) -> None:
+    """``break`` out of a status loop: no aclosing() needed, no warning on trio (warnings
+    are errors here), and the engine stops following the instance."""
+
+    @memable.workflow("early")
+    async def wf(ctx: Context) -> bool:
+        return await ctx.suspend(APPROVAL, status="approve?")
+
+    async with Engine(make_storage(), workflows=[wf]) as engine:
+        invocation = await engine.invoke(wf, instance_id="e")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        async for status in invocation.status():
+            assert status.status == "suspended"
+            break
+        gc.collect()
+        assert len(engine._status) == 0
+        stream = engine.subscribe(wf, "e")
+        assert (await anext(stream)).message == "approve?"
+        assert len(engine._status) == 1  # followed until the stream ends or is dropped
+        del stream
+        gc.collect()
+        assert len(engine._status) == 0
+        with pytest.raises(memable.InstanceNotFound):
+            await anext(engine.subscribe(wf, "nope"))
+        assert len(engine._status) == 0

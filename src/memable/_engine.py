@@ -43,7 +43,7 @@ from ._retry import RetryPolicy
 from ._runner import Runner
 from ._serde import Serde
 from ._state import sources
-from ._status import StatusHub
+from ._status import StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
 from .storage._protocol import Storage
@@ -585,27 +585,7 @@ class Engine:
         self._check_running()
         wf = self._registered(wf)
         check_instance_ref(instance_id)
-        return self._subscription(wf, instance_id)
-
-    async def _subscription(
-        self, wf: Workflow[Any, Any], instance_id: str
-    ) -> AsyncIterator[Status]:
-        with self._status.follow(instance_id) as subscriber:
-            record = await self._record(wf, instance_id)
-            last = Status(
-                instance_id=instance_id,
-                status=record.status,
-                message=self._live_message(record),
-                waiting_on=record.waiting_on,
-            )
-            yield last
-            while not last.finished:
-                status = await subscriber.get()
-                if status is None:
-                    return  # the engine stopped: nothing more will be seen here
-                if status != last:
-                    last = status
-                    yield status
+        return StatusStream(self, wf, instance_id)
 
     def _live_message(self, record: InstanceRecord) -> str | None:
         run = self._runner.runs.get(record.instance_id)

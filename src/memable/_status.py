@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import collections
-import contextlib
-from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._suspend import Status
 from .storage._records import InstanceState
 
-__all__ = ["StatusHub"]
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from ._workflow import Workflow
+
+__all__ = ["StatusHub", "StatusStream"]
 
 
 class _Subscriber:
@@ -53,17 +56,18 @@ class StatusHub:
         """How many instances are followed."""
         return len(self._subscribers)
 
-    @contextlib.contextmanager
-    def follow(self, instance_id: str) -> Iterator[_Subscriber]:
-        """A queue that receives the status changes of *instance_id* while in the block."""
+    def follow(self, instance_id: str) -> _Subscriber:
+        """A queue that receives the status changes of *instance_id* until :meth:`drop`."""
         subscriber = _Subscriber()
-        subscribers = self._subscribers.setdefault(instance_id, set())
-        subscribers.add(subscriber)
-        try:
-            yield subscriber
-        finally:
+        self._subscribers.setdefault(instance_id, set()).add(subscriber)
+        return subscriber
+
+    def drop(self, instance_id: str, subscriber: _Subscriber) -> None:
+        """Stop sending changes to *subscriber*."""
+        subscribers = self._subscribers.get(instance_id)
+        if subscribers is not None:
             subscribers.discard(subscriber)
-            if not subscribers and self._subscribers.get(instance_id) is subscribers:
+            if not subscribers:
                 del self._subscribers[instance_id]
 
     def publish(
@@ -87,3 +91,62 @@ class StatusHub:
         for subscribers in self._subscribers.values():
             for subscriber in subscribers:
                 subscriber.close()
+
+
+class StatusStream:
+    """The iterator ``engine.subscribe()`` returns: the current status, then the changes.
+
+    A plain async iterator rather than an async generator, so leaving an ``async for``
+    early needs no ``aclosing()`` and draws no warning on trio: the subscription is dropped
+    when the stream ends, or when the iterator is garbage collected.
+    """
+
+    def __init__(self, engine: Engine, wf: Workflow[Any, Any], instance_id: str) -> None:
+        self._engine = engine
+        self._wf = wf
+        self._instance_id = instance_id
+        self._subscriber: _Subscriber | None = None
+        self._last: Status | None = None
+        self._done = False
+
+    def __aiter__(self) -> StatusStream:
+        return self
+
+    async def __anext__(self) -> Status:
+        if self._done:
+            raise StopAsyncIteration
+        engine = self._engine
+        if self._last is None:
+            # Follow before reading, so that no change between the read and now is missed.
+            self._subscriber = engine._status.follow(self._instance_id)
+            try:
+                record = await engine._record(self._wf, self._instance_id)
+            except BaseException:
+                self._close()
+                raise
+            self._last = Status(
+                instance_id=self._instance_id,
+                status=record.status,
+                message=engine._live_message(record),
+                waiting_on=record.waiting_on,
+            )
+            return self._last
+        assert self._subscriber is not None
+        while not self._last.finished:
+            status = await self._subscriber.get()
+            if status is None:
+                break  # the engine stopped: nothing more will be seen here
+            if status != self._last:
+                self._last = status
+                return status
+        self._close()
+        raise StopAsyncIteration
+
+    def _close(self) -> None:
+        self._done = True
+        if self._subscriber is not None:
+            self._engine._status.drop(self._instance_id, self._subscriber)
+            self._subscriber = None
+
+    def __del__(self) -> None:
+        self._close()
