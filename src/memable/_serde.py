@@ -9,6 +9,7 @@ evaluated, and nothing is ever pickled.
 from __future__ import annotations
 
 import collections.abc
+import datetime
 import functools
 import json
 import types
@@ -18,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, Union, get_args, get_origin
 
 if TYPE_CHECKING:
-    import datetime
     import decimal
 
     import cattrs
@@ -41,7 +41,6 @@ def make_converter() -> cattrs.Converter:
     than stored changed. (cattrs is imported here, when the first engine is made, not
     with memable.)
     """
-    import datetime
     import decimal
     import uuid
 
@@ -58,14 +57,12 @@ def make_converter() -> cattrs.Converter:
 
 def _unstructure_datetime(value: datetime.datetime) -> str:
     text = value.isoformat()
-    if value.tzinfo is not None:
-        import datetime
-
-        if datetime.datetime.fromisoformat(text).utcoffset() != value.utcoffset():
-            raise ValueError(
-                f"the UTC offset {value.utcoffset()} of {value!r} does not survive ISO 8601;"
-                " convert the datetime to UTC first"
-            )
+    offset = value.utcoffset()
+    if offset is not None and datetime.datetime.fromisoformat(text).utcoffset() != offset:
+        raise ValueError(
+            f"the UTC offset {offset} of {value!r} does not survive ISO 8601;"
+            " convert the datetime to UTC first"
+        )
     return text
 
 
