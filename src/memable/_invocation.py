@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Invocation"]
 
-O = TypeVar("O")  # noqa: E741
+O = TypeVar("O", covariant=True)  # noqa: E741 - an Invocation[bool] is an Invocation[object]
 
 
 @final

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import typing
+from datetime import timedelta
 from typing import Literal, final
 
 import attrs
+
+from ._durations import seconds
 
 __all__ = ["RetryPolicy"]
 
@@ -20,14 +23,34 @@ def _as_tuple(on: _ExcTypes) -> tuple[type[BaseException], ...]:
     return types
 
 
-def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, not {value!r}")
+def _check_attempts(_: object, __: attrs.Attribute[int], value: int) -> None:
+    checked = typing.cast(object, value)
+    if isinstance(checked, bool) or not isinstance(checked, int):
+        raise TypeError(
+            f"RetryPolicy attempts must be an int, not {checked!r} ({type(checked).__name__})"
+        )
+    if checked < 1:
+        raise ValueError(
+            f"RetryPolicy attempts must be at least 1, not {checked!r} (the first try counts)"
+        )
 
 
-def _not_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
+def _check_backoff(_: object, __: attrs.Attribute[str], value: str) -> None:
+    if value not in ("fixed", "exponential"):
+        raise ValueError(f"RetryPolicy backoff must be 'fixed' or 'exponential', not {value!r}")
+
+
+def _check_jitter(_: object, __: attrs.Attribute[bool], value: bool) -> None:
+    if not isinstance(typing.cast(object, value), bool):
+        raise TypeError(f"RetryPolicy jitter must be True or False, not {value!r}")
+
+
+def _delay_seconds(value: float | timedelta) -> float:
+    return seconds(value, "RetryPolicy delay")
+
+
+def _max_delay_seconds(value: float | timedelta) -> float:
+    return seconds(value, "RetryPolicy max_delay")
 
 
 @final
@@ -36,6 +59,8 @@ class RetryPolicy:
     """How often a failing step is tried, and how long to wait in between.
 
     ``attempts`` counts every try, the first included: ``attempts=1`` means no retries.
+    Delays are seconds (a :class:`float`) or a :class:`~datetime.timedelta`, stored as
+    float seconds; NaN, infinite or negative delays are a :class:`ValueError`.
     Only exceptions that are instances of ``on`` are retried (a step timeout counts as
     :class:`TimeoutError`); :class:`~memable.Permanent` and cancellation never are.
     Build one with :meth:`fixed`, :meth:`exponential` or :meth:`none`.
@@ -45,31 +70,39 @@ class RetryPolicy:
         >>> policy = RetryPolicy.exponential(attempts=4, base=1.0, jitter=False)
         >>> [policy.delay_before(n) for n in (2, 3, 4)]
         [1.0, 2.0, 4.0]
+        >>> from datetime import timedelta
+        >>> RetryPolicy.fixed(3, timedelta(minutes=1)).delay
+        60.0
     """
 
-    attempts: int = attrs.field(validator=_positive)
-    delay: float = attrs.field(default=0.0, validator=_not_negative)
-    backoff: Literal["fixed", "exponential"] = "fixed"
-    max_delay: float = attrs.field(default=30.0, validator=_not_negative)
-    jitter: bool = False
+    attempts: int = attrs.field(validator=_check_attempts)
+    delay: float = attrs.field(default=0.0, converter=_delay_seconds)
+    backoff: Literal["fixed", "exponential"] = attrs.field(
+        default="fixed", validator=_check_backoff
+    )
+    max_delay: float = attrs.field(default=30.0, converter=_max_delay_seconds)
+    jitter: bool = attrs.field(default=False, validator=_check_jitter)
     on: tuple[type[BaseException], ...] = attrs.field(default=(Exception,), converter=_as_tuple)
 
     @classmethod
-    def fixed(cls, attempts: int, delay: float, *, on: _ExcTypes = Exception) -> RetryPolicy:
-        """Try up to *attempts* times, *delay* seconds apart.
+    def fixed(
+        cls, attempts: int, delay: float | timedelta, *, on: _ExcTypes = Exception
+    ) -> RetryPolicy:
+        """Try up to *attempts* times, *delay* (seconds or a timedelta) apart.
 
         Example:
             >>> RetryPolicy.fixed(3, 0.5).delay_before(3)
             0.5
         """
-        return cls(attempts=attempts, delay=delay, backoff="fixed", max_delay=delay, on=on)
+        wait = seconds(delay, "RetryPolicy.fixed() delay")
+        return cls(attempts=attempts, delay=wait, backoff="fixed", max_delay=wait, on=on)
 
     @classmethod
     def exponential(
         cls,
         attempts: int,
-        base: float,
-        max_delay: float = 30.0,
+        base: float | timedelta,
+        max_delay: float | timedelta = 30.0,
         jitter: bool = True,
         *,
         on: _ExcTypes = Exception,
@@ -85,9 +118,9 @@ class RetryPolicy:
         """
         return cls(
             attempts=attempts,
-            delay=base,
+            delay=seconds(base, "RetryPolicy.exponential() base"),
             backoff="exponential",
-            max_delay=max_delay,
+            max_delay=seconds(max_delay, "RetryPolicy.exponential() max_delay"),
             jitter=jitter,
             on=on,
         )
@@ -121,7 +154,8 @@ class RetryPolicy:
         if self.backoff == "fixed":
             delay = self.delay
         else:
-            delay = min(self.max_delay, self.delay * 2.0 ** max(0, attempt - 2))
+            # The exponent is capped so that a long retry budget cannot overflow a float.
+            delay = min(self.max_delay, self.delay * 2.0 ** min(max(0, attempt - 2), 1023))
         if self.jitter:
             import random  # only needed when a step is retried with jitter
 

@@ -15,18 +15,27 @@ if TYPE_CHECKING:
 
 __all__ = ["Workflow", "workflow"]
 
-I = TypeVar("I")  # noqa: E741 - the input type, as in Workflow[I, O]
-O = TypeVar("O")  # noqa: E741 - the output type
+# Workflow[I, O] takes an I and gives an O: a Workflow[str, Receipt] is also a
+# Workflow[str, object] (covariant output) and a Workflow[Literal["a"], Receipt]
+# (contravariant input), so `x: object = await engine.run(wf, "a")` type-checks.
+I_contra = TypeVar("I_contra", contravariant=True)  # the input type
+O_co = TypeVar("O_co", covariant=True)  # the output type
+I = TypeVar("I")  # noqa: E741 - for the decorator's overloads
+O = TypeVar("O")  # noqa: E741
 
 
 @final
-class Workflow(Generic[I, O]):
+class Workflow(Generic[I_contra, O_co]):
     """A named workflow: ``async def f(ctx: Context, input: I) -> O``.
 
     A function without an input parameter (``async def f(ctx: Context) -> O``) makes a
     ``Workflow[None, O]``. Nothing is registered globally: a workflow belongs to the
     engines it is given to. Input and output types are read from the annotations when an
     engine registers the workflow; a missing annotation is a :class:`TypeError` then.
+
+    A workflow is contravariant in its input and covariant in its output: a
+    ``Workflow[str, bool]`` is also a ``Workflow[str, object]``, so ``print(await
+    engine.run(wf, x))`` and ``list[Invocation[object]]`` type-check.
 
     Example:
         >>> import memable
@@ -41,9 +50,9 @@ class Workflow(Generic[I, O]):
 
     @overload
     def __init__(
-        self: Workflow[None, O],
+        self: Workflow[None, O_co],
         name: str,
-        fn: Callable[[Context], Awaitable[O]],
+        fn: Callable[[Context], Awaitable[O_co]],
         *,
         retention: timedelta | None = None,
     ) -> None: ...
@@ -52,18 +61,18 @@ class Workflow(Generic[I, O]):
     def __init__(
         self,
         name: str,
-        fn: Callable[[Context, I], Awaitable[O]],
+        fn: Callable[[Context, I_contra], Awaitable[O_co]],
         *,
         retention: timedelta | None = None,
     ) -> None: ...
 
     def __init__(
-        self, name: str, fn: Callable[..., Awaitable[O]], *, retention: timedelta | None = None
+        self, name: str, fn: Callable[..., Awaitable[O_co]], *, retention: timedelta | None = None
     ) -> None:
         self._setup(check_key(name, "workflow name"), fn, retention)
 
     def _setup(
-        self, name: str, fn: Callable[..., Awaitable[O]], retention: timedelta | None
+        self, name: str, fn: Callable[..., Awaitable[O_co]], retention: timedelta | None
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"workflow {name!r} needs an async def function, not {fn!r}")

@@ -7,12 +7,12 @@ mypy must reject (an unneeded ignore is itself an error).
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import assert_type
+from typing import Literal, assert_type
 
 import attrs
 
 import memable
-from memable import Context, Engine, SuspendPoint
+from memable import Context, Engine, RetryPolicy, SuspendPoint
 
 
 @attrs.frozen
@@ -62,6 +62,24 @@ async def engine_checks(engine: Engine) -> None:
     assert_type(await engine.purge(timedelta(days=1)), int)
     assert_type(approval, SuspendPoint[bool])
 
+    # Workflow[I, O] is contravariant in I and covariant in O; Invocation[O] is covariant.
+    print(await engine.run(order, "x"))
+    anything: object = await engine.run(tick)
+    assert_type(anything, object)
+    invocations: list[memable.Invocation[object]] = [invocation, await engine.invoke(tick)]
+    assert_type(invocations, list[memable.Invocation[object]])
+    wide: memable.Workflow[str, object] = order
+    assert_type(await engine.run(wide, "x"), object)
+    narrow_input: memable.Workflow[Literal["a"], Receipt] = order
+    letter: Literal["a"] = "a"
+    assert_type(await engine.run(narrow_input, letter), Receipt)
+    outcome: memable.Outcome[object] = await invocation.wait()
+    assert_type(outcome, memable.Outcome[object])
+    widened: memable.Workflow[object, Receipt] = order  # type: ignore[assignment]
+    narrowed: memable.Workflow[str, int] = order  # type: ignore[assignment]
+    receipts: list[memable.Invocation[Receipt]] = [await engine.invoke(tick)]  # type: ignore[arg-type]
+    print(widened, narrowed, receipts)
+
     await engine.invoke(order, 5)  # type: ignore[misc]
     await engine.invoke(order)  # type: ignore[arg-type]
     await engine.invoke(tick, "extra")  # type: ignore[misc]
@@ -88,3 +106,13 @@ async def context_checks(ctx: Context) -> None:
     await ctx.step("k6", blocking, "a")  # type: ignore[arg-type]
     await ctx.sleep("k7", 5)  # type: ignore[arg-type]
     await ctx.fan_out("k8", order, [1, 2])  # type: ignore[arg-type]
+
+
+def retry_checks() -> None:
+    assert_type(RetryPolicy.fixed(3, timedelta(seconds=1)).delay, float)
+    assert_type(RetryPolicy.exponential(3, timedelta(seconds=1), timedelta(minutes=1)), RetryPolicy)
+    assert_type(RetryPolicy(attempts=2, delay=timedelta(seconds=1)).max_delay, float)
+
+    RetryPolicy.fixed(3, "1")  # type: ignore[arg-type]
+    RetryPolicy.exponential(3, base=None)  # type: ignore[arg-type]
+    RetryPolicy(attempts=2, delay="1")  # type: ignore[arg-type]
