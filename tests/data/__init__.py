@@ -1,0 +1,1 @@
+"""Stored databases of earlier memable versions, and the code that wrote them."""
