@@ -119,8 +119,9 @@ async def test_unusable_results_and_payload_types(tmp_path: Path) -> None:
     async def wf(ctx: Context) -> str:
         try:
             await ctx.step("obj:v1", gives_object)
-        except memable.SerializationError as exc:
-            return exc.key
+        except memable.StepFailed as exc:  # a permanent failure; its cause names the key
+            assert isinstance(exc.__cause__, memable.SerializationError)
+            return exc.__cause__.key
         return "stored?"  # pragma: no cover
 
     async with Engine(tmp_path / "u.db", workflows=[wf]) as engine:

@@ -16,7 +16,7 @@ import attrs
 import pytest
 
 import memable
-from memable import Context, Engine, RetryPolicy
+from memable import Context, Engine, RetryPolicy, Suspended, SuspendPoint
 
 from .helpers import StorageFactory, peek
 
@@ -412,18 +412,22 @@ async def test_result_types(make_storage: StorageFactory) -> None:
             out.append("returns=" in str(exc))  # type: ignore[arg-type]
         try:
             await ctx.step("wrong", wrong)
-        except memable.TypeMismatch as exc:
-            out.append(f"{exc.key} {exc.expected} {exc.found}")
+        except memable.StepFailed as exc:  # a permanent step failure, with a dead letter
+            mismatch = exc.__cause__
+            assert isinstance(mismatch, memable.TypeMismatch)
+            out.append(f"{mismatch.key} {mismatch.expected} {mismatch.found}")
         try:
             await ctx.step("unstorable", unstorable)
-        except memable.SerializationError as exc:
-            out.append(exc.key)
+        except memable.StepFailed as exc:
+            assert isinstance(exc.__cause__, memable.SerializationError)
+            out.append(exc.__cause__.key)
         return [str(x) for x in out]
 
     async with Engine(make_storage(), workflows=[wf]) as engine:
         assert await engine.run(wf, instance_id="t") == ["5", "True", "wrong int str", "unstorable"]
     assert calls.counts == {"l": 1}
-    assert [step.key for step in peek(make_storage(), lambda s: s.load_steps("t"))] == ["lambda"]
+    steps = {step.key: step.state for step in peek(make_storage(), lambda s: s.load_steps("t"))}
+    assert steps == {"lambda": "completed", "wrong": "dead", "unstorable": "dead"}
 
 
 async def test_a_changed_result_type_is_a_type_mismatch_on_replay(
@@ -437,26 +441,30 @@ async def test_a_changed_result_type_is_a_type_mismatch_on_replay(
     async def as_str() -> str:
         return "3"
 
+    go = SuspendPoint("go:v1", int)
+
     def version(fn: Callable[[], Awaitable[object]]) -> memable.Workflow[None, str]:
         async def wf(ctx: Context) -> str:
             try:
-                return repr(await ctx.step("value:v1", fn))
+                value = repr(await ctx.step("value:v1", fn))
             except memable.TypeMismatch as exc:
                 return f"{exc.key}|{exc.expected}|{exc.found}|{exc}"
+            await ctx.suspend(go)
+            return value
 
         return memable.Workflow("retyped", wf)
 
     old = version(as_int)
     async with Engine(make_storage(), workflows=[old]) as engine:
-        assert await engine.run(old, instance_id="r") == "3"
-        await engine.run(old, instance_id="r2")
+        assert isinstance(await (await engine.invoke(old, instance_id="r")).wait(), Suspended)
     new = version(as_str)
     async with Engine(make_storage(), workflows=[new]) as engine:
-        assert await engine.run(new, instance_id="fresh") == "'3'"
-    # Make r running again (as a crash would leave it) so the new code replays its steps.
-    peek(make_storage(), lambda s: s.restart("r", only_if=["completed"], updated_at=0.0))
-    async with Engine(make_storage(), workflows=[new]) as engine:
-        replayed = await engine.handle(new, "r").result()
+        fresh = await engine.invoke(new, instance_id="fresh")
+        await fresh.wait()
+        await engine.signal(new, "fresh", go, 1)
+        assert await fresh.result() == "'3'"
+        # The signal runs r again: the new code replays the step recorded as int.
+        replayed = await (await engine.signal(new, "r", go, 1)).result()
     key, expected, found, message = replayed.split("|")
     assert (key, expected, found) == ("value:v1", "str", "int")
     assert "bump the key" in message

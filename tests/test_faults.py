@@ -98,7 +98,8 @@ async def test_any_failing_call_is_survivable(
 
 
 async def test_a_failed_commit_never_marks_the_step_done(tmp_path: Path) -> None:
-    """A step whose commit failed is not recorded; the instance fails with StorageError."""
+    """A step whose commit failed is not recorded: the run ends as if the process died
+    there and runs again after a backoff (the engine heals), recording the step once."""
     runs: list[str] = []
     path = tmp_path / "f.db"
 
@@ -112,19 +113,16 @@ async def test_a_failed_commit_never_marks_the_step_done(tmp_path: Path) -> None
 
     faulty = FaultyStorage(SQLiteStorage(path), fail_on={1}, methods={"commit"})
     async with Engine(faulty, workflows=[wf]) as engine:
-        outcome = await (await engine.invoke(wf, instance_id="c")).wait()
-        assert isinstance(outcome, memable.Failed)
-        assert outcome.error.type == "memable.StorageError"
-        assert isinstance(outcome.exception, memable.StorageError)
+        with anyio.fail_after(10):
+            assert await (await engine.invoke(wf, instance_id="c")).result() == 1
+    assert faulty.failures == ["commit"]
+    assert runs == ["body", "body"]  # at least once: the first result was never recorded
     check = SQLiteStorage(path)
     check.open()
     try:
-        assert check.load_steps("c") == []
+        assert [step.key for step in check.load_steps("c")] == ["only"]
     finally:
         check.close()
-    async with Engine(path, workflows=[wf]) as engine:
-        assert await (await engine.resume(wf, "c")).result() == 1
-    assert runs == ["body", "body"]
 
 
 async def test_storage_errors_of_every_kind_are_storage_errors(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import attrs
 import pytest
 
 import memable
+import memable._run
 from memable import Context, Engine, SuspendPoint
 from memable.testing import ManualClock, crash_at
 
@@ -390,23 +391,25 @@ async def test_suspended_instances_hold_no_memory(make_storage: StorageFactory) 
 
     def engine_objects() -> int:
         gc.collect()
-        kinds = (memable.Context, memable._runner.Run)
+        kinds = (memable.Context, memable._run.Run)
         return sum(isinstance(obj, kinds) for obj in gc.get_objects())
 
     async with Engine(make_storage(), workflows=[wf]) as engine:
         await suspend_many(engine, 0, 10)
         while len(await engine.instances(status="suspended", limit=None)) < 10:
             await anyio.sleep(0.01)
-        small = (len(engine._runner.runs), len(engine._status), engine_objects())
+        small = (len(engine._runner.runs), len(engine._kernel.status), engine_objects())
         await suspend_many(engine, 10, 2000)
         while len(await engine.instances(status="suspended", limit=None)) < 2010:
             await anyio.sleep(0.05)
-        large = (len(engine._runner.runs), len(engine._status), engine_objects())
+        large = (len(engine._runner.runs), len(engine._kernel.status), engine_objects())
     assert small == large == (0, 0, 0)
 
 
 async def test_step_and_suspend_keys_do_not_mix(make_storage: StorageFactory) -> None:
-    """A key recorded as a step cannot become a suspend point, nor the reverse."""
+    """A key recorded as a step cannot become a suspend point, nor the reverse — also a key
+    the instance is suspended on right now, with no signal or timer recorded yet."""
+    hold = SuspendPoint("hold:v1", int)
 
     def version(as_step: bool) -> memable.Workflow[None, str]:
         async def one() -> bool:
@@ -415,25 +418,35 @@ async def test_step_and_suspend_keys_do_not_mix(make_storage: StorageFactory) ->
         async def wf(ctx: Context) -> str:
             try:
                 if as_step:
-                    return str(await ctx.step("k:v1", one))
-                return str(await ctx.suspend(SuspendPoint("k:v1", bool)))
+                    value = str(await ctx.step("k:v1", one))
+                else:
+                    value = str(await ctx.suspend(SuspendPoint("k:v1", bool)))
             except memable.SuspendedStepConflict as exc:
                 return f"conflict: {exc}"
+            await ctx.suspend(hold)
+            return value
 
         return memable.Workflow("mixed", wf)
 
     step_version, point_version = version(True), version(False)
     async with Engine(make_storage(), workflows=[step_version]) as engine:
-        assert await engine.run(step_version, instance_id="a") == "True"
-    peek(make_storage(), lambda s: s.restart("a", only_if=["completed"], updated_at=0))
+        await (await engine.invoke(step_version, instance_id="a")).wait()
     async with Engine(make_storage(), workflows=[point_version]) as engine:
-        assert (await engine.handle(point_version, "a").result()).startswith("conflict")
-        await (await engine.invoke(point_version, instance_id="b")).wait()
-        await engine.signal(point_version, "b", SuspendPoint("k:v1", bool), True)
-        assert await engine.handle(point_version, "b").result() == "True"
-    peek(make_storage(), lambda s: s.restart("b", only_if=["completed"], updated_at=0))
+        # a: recorded as a step, replayed by a signal, now used as a point.
+        invocation = await engine.signal(point_version, "a", hold, 1)
+        assert (await invocation.result()).startswith("conflict")
+        # b: suspended on the point (no payload, no timer); c: the point has a payload.
+        for instance_id in ("b", "c"):
+            outcome = await (await engine.invoke(point_version, instance_id=instance_id)).wait()
+            assert outcome == memable.Suspended(waiting_on=("k:v1",))
+        signalled = await engine.signal(point_version, "c", SuspendPoint("k:v1", bool), True)
+        assert await signalled.wait() == memable.Suspended(waiting_on=("hold:v1",))
     async with Engine(make_storage(), workflows=[step_version]) as engine:
-        assert (await engine.handle(step_version, "b").result()).startswith("conflict")
+        for instance_id in ("b", "c"):
+            invocation = await engine.resume(step_version, instance_id)
+            result = await invocation.result()
+            assert result.startswith("conflict"), result
+            assert "'k:v1'" in result
 
 
 async def test_crash_injection_after_the_body(make_storage: StorageFactory) -> None:
@@ -535,13 +548,13 @@ async def test_leaving_a_status_stream_early(make_storage: StorageFactory) -> No
             assert status.status == "suspended"
             break
         gc.collect()
-        assert len(engine._status) == 0
+        assert len(engine._kernel.status) == 0
         stream = engine.subscribe(wf, "e")
         assert (await anext(stream)).message == "approve?"
-        assert len(engine._status) == 1  # followed until the stream ends or is dropped
+        assert len(engine._kernel.status) == 1  # followed until the stream ends or is dropped
         del stream
         gc.collect()
-        assert len(engine._status) == 0
+        assert len(engine._kernel.status) == 0
         with pytest.raises(memable.InstanceNotFound):
             await anext(engine.subscribe(wf, "nope"))
-        assert len(engine._status) == 0
+        assert len(engine._kernel.status) == 0

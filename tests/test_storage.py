@@ -217,7 +217,12 @@ def test_commit_applies_writes_in_order(storage: Storage) -> None:
     )
     child = storage.get_instance("p/k-0")
     assert child is not None
-    assert (child.status_message, child.updated_at) == ("two", 6.0)
+    # The parent finished with the child unfinished: nothing drives it any more.
+    assert (child.status, child.status_message, child.updated_at) == (
+        "cancelled",
+        "its parent completed",
+        7.0,
+    )
     parent = storage.get_instance("p")
     assert parent is not None
     assert (parent.status, parent.updated_at) == ("completed", 7.0)
@@ -390,7 +395,8 @@ def test_cancel_and_purge_take_the_whole_family(storage: Storage) -> None:
     storage.create_instance(instance("p"))
     storage.commit([instance("p/k-0", parent_id="p"), step("p", "s"), step("p/k-0", "s")])
     storage.create_instance(instance("q"))
-    before = storage.cancel("p", reason="stop", now=5.0)
+    before, to_run = storage.cancel("p", reason="stop", now=5.0)
+    assert to_run is None  # a top-level instance has no parent to run on
     assert before is not None
     assert before.status == "running"
     assert {r.instance_id: r.status for r in storage.list_instances()} == {
@@ -398,7 +404,7 @@ def test_cancel_and_purge_take_the_whole_family(storage: Storage) -> None:
         "p/k-0": "cancelled",
         "q": "running",
     }
-    assert storage.cancel("p", reason="again", now=6.0) is None
+    assert storage.cancel("p", reason="again", now=6.0) == (None, None)
     assert storage.purge(finished_before=5.0) == 0  # finished at 5.0, not before
     assert storage.purge(finished_before=100.0) == 1
     assert ids(storage.list_instances()) == ["q"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 import memable
 from memable import Context, Engine, SuspendPoint
-from memable.storage import SQLiteStorage
+from memable.storage import SQLiteStorage, Storage, TimerRecord
 from memable.testing import ManualClock, MemoryStorage, crash_at
 
 from .helpers import StorageFactory, peek
@@ -62,28 +63,48 @@ async def test_sleep_across_a_restart(db_path: Path) -> None:
 
 
 async def test_sleep_until_and_argument_checks(make_storage: StorageFactory) -> None:
-    """sleep_until takes an aware datetime; wrong arguments are TypeErrors."""
+    """sleep_until takes an aware datetime, sleep seconds or a timedelta; wrong arguments
+    are TypeErrors, impossible ones ValueErrors, before anything is recorded."""
     clock = ManualClock(datetime(2026, 3, 1, tzinfo=UTC))
 
     @memable.workflow("until")
     async def wf(ctx: Context, kind: str) -> str:
         if kind == "naive":
             await ctx.sleep_until("u", datetime(2026, 3, 2))
-        elif kind == "number":
-            await ctx.sleep("s", 5)  # type: ignore[arg-type]
+        elif kind == "text":
+            await ctx.sleep("s", "5")  # type: ignore[arg-type]
+        elif kind == "nan":
+            await ctx.sleep("s", float("nan"))
+        elif kind == "forever":
+            await ctx.sleep("s", timedelta.max)
+        elif kind == "seconds":
+            await ctx.sleep("s", 60.0)
         else:
             await ctx.sleep_until("u", datetime(2026, 3, 2, tzinfo=UTC))
         return kind
 
     async with Engine(make_storage(), workflows=[wf], clock=clock) as engine:
-        for kind in ("naive", "number"):
-            outcome = await (await engine.invoke(wf, kind)).wait()
+        for kind, error in [
+            ("naive", "TypeError"), ("text", "TypeError"), ("nan", "ValueError"),
+            ("forever", "ValueError"),
+        ]:  # fmt: skip
+            outcome = await (await engine.invoke(wf, kind, instance_id=kind)).wait()
             assert isinstance(outcome, memable.Failed)
-            assert outcome.error.type == "TypeError"
+            assert outcome.error.type == error, outcome
+        seconds = await engine.invoke(wf, "seconds")
+        assert isinstance(await seconds.wait(), memable.Suspended)
         invocation = await engine.invoke(wf, "ok")
         assert isinstance(await invocation.wait(), memable.Suspended)
+        await clock.advance(timedelta(seconds=60))
+        assert await seconds.result() == "seconds"
         await clock.set(datetime(2026, 3, 2, tzinfo=UTC))
         assert await invocation.result() == "ok"
+
+    def timers(storage: Storage, instance_id: str) -> list[TimerRecord]:
+        return storage.load_history(instance_id).timers
+
+    for kind in ("naive", "text", "nan", "forever"):  # refused before anything was recorded
+        assert peek(make_storage(), functools.partial(timers, instance_id=kind)) == []
 
 
 async def test_three_day_approval_in_virtual_time(make_storage: StorageFactory) -> None:
@@ -197,7 +218,7 @@ async def test_the_real_clock(tmp_path: Path) -> None:
     after: list[str] = []
     wf = napper(after, timedelta(milliseconds=50))
     async with Engine(SQLiteStorage(tmp_path / "t.db"), workflows=[wf]) as engine:
-        started = engine._now()
+        started = engine._kernel.now()
         assert await (await engine.invoke(wf, instance_id="r")).wait() is not None
         with anyio.fail_after(10):
             while (await engine.state(wf, "r")).status != "completed":

@@ -1,19 +1,24 @@
-"""The engine's background tasks: the timer scheduler and retention."""
+"""The engine's background tasks: the timer scheduler, the healer and retention.
+
+Each catches what storage throws at it, logs it and tries again after a backoff: a
+background task never stops the engine (a bad row fails or skips one instance only).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ._exceptions import StorageError
-
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from ._kernel import Kernel
+    from ._runner import Runner
+    from .storage._records import InstanceRecord
 
-__all__ = ["TimerScheduler", "retain"]
+__all__ = ["TimerScheduler", "heal", "retain"]
 
 logger = logging.getLogger("memable")
 
@@ -22,50 +27,51 @@ class TimerScheduler:
     """Sleeps exactly until the earliest unfired timer deadline, fires, repeats.
 
     There is no polling: a timer written with a nearer deadline wakes it early
-    (:meth:`added`), and overdue timers fire as soon as it starts.
+    (:meth:`added`, the kernel's ``wake_timers``), and overdue timers fire as soon as it
+    starts, in bounded batches.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, kernel: Kernel, claimed: Callable[[InstanceRecord], None]) -> None:
+        self._kernel = kernel
+        self._claimed = claimed
         self.next_deadline: float | None = None  # what it sleeps until (None: no timer)
         self._scope: anyio.CancelScope | None = None  # of its sleep
         self._stale = False  # a nearer timer was written since it read the deadline
         self._asleep = False
+        kernel.wake_timers = self.added
 
     async def run(self) -> None:
-        engine = self._engine
-        storage = engine._storage
-        with engine._system_task():
-            while True:
-                self._stale = False
+        kernel = self._kernel
+        while True:
+            self._stale = False
+            try:
+                deadline = await kernel.store.next_deadline()
+            except Exception:
+                await storage_trouble(kernel, "reading timers")
+                continue
+            self.next_deadline = deadline
+            if self._stale:
+                continue  # a nearer timer was written meanwhile
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                self._asleep = True
                 try:
-                    deadline = await engine._storage_call(storage.next_deadline)
-                except StorageError:
-                    await storage_trouble("reading timers")
-                    continue
-                self.next_deadline = deadline
-                if self._stale:
-                    continue  # a nearer timer was written meanwhile
-                with anyio.CancelScope() as scope:
-                    self._scope = scope
-                    self._asleep = True
-                    try:
-                        if deadline is None:
-                            await anyio.sleep_forever()
-                        else:
-                            await engine._clock.sleep_until(datetime.fromtimestamp(deadline, UTC))
-                    finally:
-                        self._asleep = False
-                self._scope = None
-                if scope.cancelled_caught:
-                    continue
-                try:
-                    claimed = await engine._storage_call(storage.fire_timers, engine._now())
-                except StorageError:
-                    await storage_trouble("firing timers")
-                    continue
-                for record in claimed:
-                    engine._runner.claimed(record)
+                    if deadline is None:
+                        await anyio.sleep_forever()
+                    else:
+                        await kernel.clock.sleep_until(_as_datetime(deadline))
+                finally:
+                    self._asleep = False
+            self._scope = None
+            if scope.cancelled_caught:
+                continue
+            try:
+                claimed = await kernel.store.fire_timers(kernel.now())
+            except Exception:
+                await storage_trouble(kernel, "firing timers")
+                continue
+            for record in claimed:
+                self._claimed(record)
 
     def added(self, deadline: float) -> None:
         """Wake the scheduler if *deadline* is nearer than the one it sleeps until."""
@@ -80,42 +86,61 @@ class TimerScheduler:
         return (
             self._asleep
             and not self._stale
-            and (self.next_deadline is None or self.next_deadline > self._engine._now())
+            and (self.next_deadline is None or self.next_deadline > self._kernel.now())
         )
 
 
-async def retain(engine: Engine) -> None:
+def _as_datetime(deadline: float) -> datetime:
+    try:
+        return datetime.fromtimestamp(deadline, UTC)
+    except (OverflowError, OSError, ValueError):  # a corrupt row: never due
+        return datetime.max.replace(tzinfo=UTC)
+
+
+async def heal(kernel: Kernel, runner: Runner) -> None:
+    """After storage trouble, re-scan: every ``running`` top-level instance without a
+    task here gets one (a signal or claim whose answer was lost, a run that gave up)."""
+    while True:
+        await kernel.wait_trouble()
+        delay = 0.05
+        while True:
+            await anyio.sleep(delay)
+            try:
+                records = await kernel.store.running()
+            except Exception:
+                logger.warning("storage still failing; re-scanning in %.2f s", delay)
+                delay = min(5.0, delay * 2)
+                continue
+            break
+        kernel.wake_timers(float("-inf"))  # the scheduler reads its deadline again
+        for record in records:
+            # Top-level, and neither run nor being created here right now.
+            if record.parent_id is None and record.instance_id not in runner.runs:
+                runner.claimed(record)
+
+
+async def retain(kernel: Kernel, default: timedelta | None) -> None:
     """Purge by retention periodically: every tenth of the shortest retention, at most
     hourly, at least every second."""
-    own = {wf.name: wf.retention for wf in engine._workflows.values() if wf.retention}
-    default = engine._retention
+    own = {wf.name: wf.retention for wf in kernel.registry if wf.retention}
     interval = min(
         timedelta(hours=1),
         max(timedelta(seconds=1), min([*own.values(), *([default] if default else [])]) / 10),
     )
-    storage = engine._storage
-    with engine._system_task():
-        while True:
-            now = engine._now()
-            try:
-                for name, retention in own.items():
-                    await engine._storage_call(
-                        storage.purge,
-                        finished_before=now - retention.total_seconds(),
-                        workflow=name,
-                    )
-                if default is not None:
-                    await engine._storage_call(
-                        storage.purge,
-                        finished_before=now - default.total_seconds(),
-                        exclude=tuple(own),
-                    )
-            except StorageError:
-                logger.exception("storage failed while purging; trying again later")
-            await engine._clock.sleep_until(engine._clock.now() + interval)
+    while True:
+        now = kernel.now()
+        try:
+            for name, retention in own.items():
+                await kernel.store.purge(now - retention.total_seconds(), workflow=name)
+            if default is not None:
+                await kernel.store.purge(now - default.total_seconds(), exclude=tuple(own))
+        except Exception:
+            logger.exception("storage failed while purging; trying again later")
+        await kernel.clock.sleep_until(kernel.clock.now() + interval)
 
 
-async def storage_trouble(doing: str) -> None:
+async def storage_trouble(kernel: Kernel, doing: str) -> None:
     """A background task met a storage error: log it, wait a little, try again."""
     logger.exception("storage failed while %s; retrying in a second", doing)
+    kernel.trouble()
     await anyio.sleep(1.0)

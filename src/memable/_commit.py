@@ -15,12 +15,13 @@ __all__ = ["GroupCommitter"]
 
 
 class _Pending:
-    __slots__ = ("done", "error", "writes")
+    __slots__ = ("applied", "done", "error", "writes")
 
     def __init__(self, writes: Sequence[Write]) -> None:
         self.writes = writes
         self.done = anyio.Event()
         self.error: BaseException | None = None
+        self.applied: list[bool] = []
 
 
 class GroupCommitter:
@@ -38,7 +39,7 @@ class GroupCommitter:
     """
 
     def __init__(
-        self, commit: Callable[[Sequence[Write]], None], limiter: anyio.CapacityLimiter
+        self, commit: Callable[[Sequence[Write]], list[bool]], limiter: anyio.CapacityLimiter
     ) -> None:
         self._commit = commit
         self._limiter = limiter
@@ -49,11 +50,13 @@ class GroupCommitter:
         self._idle: anyio.Event | None = None  # set when a direct commit ends
         self._queued = 0  # writes handed to the writer task and not yet settled
 
-    async def write(self, writes: Sequence[Write]) -> None:
-        """Commit *writes* (in order, in one transaction); raise StorageError on failure."""
+    async def write(self, writes: Sequence[Write]) -> list[bool]:
+        """Commit *writes* (in order, in one transaction); return which of them applied.
+
+        Raises StorageError on failure (nothing of *writes* is known to be written).
+        """
         if not (self._in_flight or self._shared or self._closed or self._queued):
-            await self._direct(writes)
-            return
+            return await self._direct(writes)
         pending = _Pending(writes)
         try:
             self._send.send_nowait(pending)
@@ -63,17 +66,20 @@ class GroupCommitter:
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
+        return pending.applied
 
-    async def _direct(self, writes: Sequence[Write]) -> None:
+    async def _direct(self, writes: Sequence[Write]) -> list[bool]:
         self._in_flight = True
+        pending = _Pending(writes)
         try:
-            error = await self._try(writes)
+            pending.error = await self._try(pending)
         finally:
             self._in_flight = False
             if self._idle is not None:
                 self._idle.set()
-        if error is not None:
-            raise error
+        if pending.error is not None:
+            raise pending.error
+        return pending.applied
 
     def close(self) -> None:
         """Accept no more writes; :meth:`run` returns once the queued ones are committed."""
@@ -103,13 +109,17 @@ class GroupCommitter:
         settled = False
         self._in_flight, self._shared = True, len(batch) > 1
         try:
-            error = await self._try([write for pending in batch for write in pending.writes])
+            whole = _Pending([write for pending in batch for write in pending.writes])
+            error = await self._try(whole)
             if error is not None and len(batch) > 1:
                 for pending in batch:
-                    pending.error = await self._try(pending.writes)
+                    pending.error = await self._try(pending)
             else:
+                start = 0
                 for pending in batch:
                     pending.error = error
+                    pending.applied = whole.applied[start : start + len(pending.writes)]
+                    start += len(pending.writes)
             settled = True
         finally:
             self._in_flight = False
@@ -120,13 +130,17 @@ class GroupCommitter:
                     pending.error = StorageError("the engine stopped while committing this write")
                 pending.done.set()
 
-    async def _try(self, writes: Sequence[Write]) -> BaseException | None:
+    async def _try(self, pending: _Pending) -> BaseException | None:
+        writes = pending.writes
         try:
-            await anyio.to_thread.run_sync(self._commit, writes, limiter=self._limiter)
+            applied = await anyio.to_thread.run_sync(self._commit, writes, limiter=self._limiter)
         except StorageError as exc:
             return exc
         except Exception as exc:
             error = StorageError(f"storage failed to commit {len(writes)} writes: {exc!r}")
             error.__cause__ = exc
             return error
+        # A storage written for the older protocol returns None: every write applied.
+        stored: list[bool] | None = applied
+        pending.applied = list(stored) if stored else [True] * len(writes)
         return None

@@ -1,4 +1,9 @@
-"""The context a workflow receives: its steps, its status, its identity."""
+"""The context a workflow receives: its steps, its status, its identity.
+
+``Context`` keeps only the user-facing verbs; what is recorded lives in the run's
+:class:`~memable._journal.Journal`, the retry loop beside :class:`~memable.RetryPolicy`,
+fan-outs in :mod:`memable._fanout`, and the run's phases in :mod:`memable._run`.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +12,26 @@ import logging
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal, TypeVar, TypeVarTuple, final, overload
+from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar, TypeVarTuple, final, overload
 
 import anyio
 import anyio.lowlevel
 
-from ._exceptions import (
-    DuplicateStepKey,
-    Permanent,
-    RetriesExhausted,
-    StepFailed,
-    StepTimeout,
-    SuspendedStepConflict,
-    SuspendTimeout,
-)
-from ._fanout import run_fan_out
-from ._keys import check_key
-from ._outcome import ErrorInfo, Settled
-from ._retry import RetryPolicy
+from ._durations import check_deadline, deadline, seconds
+from ._exceptions import SerializationError, StepFailed, SuspendTimeout, TypeMismatch
+from ._failures import dead_letter_error, replayed_failure, step_failure
+from ._fanout import FanOut
+from ._outcome import Settled
+from ._retry import AttemptsFailed, RetryPolicy, run_attempts
 from ._suspend import Readable
 from ._workflow import Workflow
-from .storage._records import (
-    History,
-    InstanceUpdate,
-    SignalRecord,
-    StepRecord,
-    TimerRecord,
-    Write,
-)
+from .storage._records import StepRecord, TimerRecord, Write
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from ._runner import Run
+    from ._journal import Journal
+    from ._kernel import Kernel
+    from ._run import Run
+    from ._runner import Runner
 
 __all__ = ["Context"]
 
@@ -57,26 +50,31 @@ class Context:
 
     One context exists per run of an instance and is passed to the workflow function as
     its first argument. Its methods are the only way a workflow touches durable state.
+    It belongs to that run: using it after the workflow function returned is an error.
 
     Example:
-        >>> import memable
+        >>> import anyio, memable
         >>> async def fetch_price(order_id: str) -> int:
         ...     return 42
         >>> @memable.workflow("order")
         ... async def order(ctx: memable.Context, order_id: str) -> int:
         ...     ctx.set_status("pricing")
         ...     return await ctx.step("price:v1", fetch_price, order_id)
+        >>> async def main() -> int:
+        ...     async with memable.Engine(workflows=[order]) as engine:
+        ...         return await engine.run(order, "o-17")
+        >>> anyio.run(main)
+        42
     """
 
-    __slots__ = ("_engine", "_records", "_run", "_signals", "_timers", "_used")
+    __slots__ = ("_closed", "_journal", "_kernel", "_run", "_runner")
 
-    def __init__(self, engine: Engine, run: Run, history: History) -> None:
-        self._engine = engine
+    def __init__(self, kernel: Kernel, runner: Runner, run: Run, journal: Journal) -> None:
+        self._kernel = kernel
+        self._runner = runner
         self._run = run
-        self._records: dict[str, StepRecord] = {step.key: step for step in history.steps}
-        self._signals: dict[str, SignalRecord] = {s.key: s for s in history.signals}
-        self._timers: dict[str, TimerRecord] = {t.key: t for t in history.timers}
-        self._used: set[str] = set()
+        self._journal = journal
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<memable.Context of {self.workflow_name}/{self.instance_id}>"
@@ -91,6 +89,18 @@ class Context:
         """The id of the running instance."""
         return self._run.instance_id
 
+    def close(self) -> None:
+        """The workflow function returned: the context may not be used any more."""
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                f"the Context of instance {self.instance_id!r} was used after its workflow"
+                " function returned; a Context belongs to one run: do not keep it, or hand it"
+                " to tasks that outlive the workflow"
+            )
+
     def set_status(self, message: str) -> None:
         """Set the instance's status message.
 
@@ -101,11 +111,12 @@ class Context:
             >>> async def body(ctx: Context) -> None:
             ...     ctx.set_status("waiting for the warehouse")
         """
+        self._check_open()
         if not isinstance(message, str):
             raise TypeError(f"a status message is a str, not {type(message).__name__}")
-        self._run.status_message = message
-        self._run.status_dirty = True
-        self._engine._status.publish(self.instance_id, "running", message)
+        check_text(message, f"the status message of {self.instance_id!r}")
+        self._run.set_status(message)
+        self._kernel.status.publish(self.instance_id, "running", message)
 
     async def step(
         self,
@@ -113,7 +124,7 @@ class Context:
         fn: Callable[[*PosArgsT], Awaitable[T]],
         /,
         *args: *PosArgsT,
-        timeout: float | None = None,
+        timeout: float | timedelta | None = None,
         retry: RetryPolicy | None = None,
         returns: object = None,
     ) -> T:
@@ -148,9 +159,11 @@ class Context:
             >>> async def body(ctx: Context) -> str:
             ...     return await ctx.step("charge:v1", charge, "o-17", 1250, timeout=5)
         """
-        self._claim(key)
-        tp = self._engine._serde.result_type(key, fn, returns)
-        return await self._step(key, tp, functools.partial(fn, *args), timeout, retry)
+        self._check_open()
+        self._journal.claim(key, "step")
+        limit = None if timeout is None else seconds(timeout, f"timeout of step {key!r}")
+        tp = self._kernel.serde.result_type(key, fn, returns)
+        return await self._step(key, tp, functools.partial(fn, *args), limit, retry)
 
     async def step_sync(
         self,
@@ -158,7 +171,7 @@ class Context:
         fn: Callable[[*PosArgsT], T],
         /,
         *args: *PosArgsT,
-        timeout: float | None = None,
+        timeout: float | timedelta | None = None,
         retry: RetryPolicy | None = None,
         returns: object = None,
     ) -> T:
@@ -174,23 +187,17 @@ class Context:
             >>> async def body(ctx: Context) -> str:
             ...     return await ctx.step_sync("digest:v1", digest, b"report")
         """
-        self._claim(key)
-        tp = self._engine._serde.result_type(key, fn, returns)
+        self._check_open()
+        self._journal.claim(key, "step")
+        limit = None if timeout is None else seconds(timeout, f"timeout of step {key!r}")
+        tp = self._kernel.serde.result_type(key, fn, returns)
         call = functools.partial(fn, *args)
 
         async def in_thread() -> T:
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=timeout is not None)
+            # Abandoned when cancelled (a timeout, a cancel, shutdown): it runs to its end.
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
-        return await self._step(key, tp, in_thread, timeout, retry)
-
-    def _claim(self, key: str, what: str = "step key") -> None:
-        check_key(key, what)
-        if key in self._used:
-            raise DuplicateStepKey(
-                f"key {key!r} is already used in this run of {self.instance_id!r};"
-                " each step, suspend point and timer needs its own key"
-            )
-        self._used.add(key)
+        return await self._step(key, tp, in_thread, limit, retry)
 
     def _what(self, key: str) -> str:
         return f"step {key!r} of instance {self.instance_id!r}"
@@ -203,25 +210,18 @@ class Context:
         timeout: float | None,
         retry: RetryPolicy | None,
     ) -> T:
-        engine = self._engine
-        record = self._records.get(key)
+        record = self._journal.steps.get(key)
         if record is not None:
             if record.state == "completed":
                 assert record.value is not None
-                return typing.cast(T, engine._serde.decode(record.value, tp, key, self._what(key)))
-            raise _replayed_failure(key, record)
-        if key in self._signals or key in self._timers:
-            raise SuspendedStepConflict(
-                f"key {key!r} of instance {self.instance_id!r} was recorded as a suspend point"
-                " or timer and is now used as a step; give the step a new key"
-            )
-        self._run.in_flight += 1
+                value = self._kernel.serde.decode(record.value, tp, key, self._what(key))
+                return typing.cast(T, value)
+            raise replayed_failure(key, record.attempts, record.error)
+        self._run.enter()
         try:
             return await self._attempts(key, tp, call, timeout, retry)
         finally:
-            self._run.in_flight -= 1
-            if not self._run.in_flight:
-                self._run.idle.set()
+            self._run.leave()
 
     async def _attempts(
         self,
@@ -231,76 +231,78 @@ class Context:
         timeout: float | None,
         retry: RetryPolicy | None,
     ) -> T:
-        engine = self._engine
-        await engine._runner.maybe_crash(self._run, key, "before")
-        policy = retry or engine._retry or _NO_RETRY
-        started = engine._now()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if timeout is None:
-                    result = await call()
-                else:
-                    with anyio.move_on_after(timeout) as scope:
-                        result = await call()
-                    if scope.cancelled_caught:
-                        raise _AttemptTimedOut(timeout)
-            except Exception as exc:
-                if attempt >= policy.attempts or not _retryable(policy, exc):
-                    failure = _failure(key, attempt, policy, exc)
-                    await self._dead_letter(key, attempt, started, exc)
-                    raise failure from (exc.__cause__ if isinstance(exc, _AttemptTimedOut) else exc)
-                if logger.isEnabledFor(logging.INFO):
-                    logger.info(
-                        "step %r of %r failed (attempt %d of %d), retrying: %r",
-                        key, self.instance_id, attempt, policy.attempts, exc,
-                        extra={"instance_id": self.instance_id, "step": key},
-                    )  # fmt: skip
-                await anyio.sleep(policy.delay_before(attempt + 1))
-                continue
-            envelope = engine._serde.encode(result, tp, key, self._what(key))
-            await engine._runner.maybe_crash(self._run, key, "after")
-            record = StepRecord(
-                instance_id=self.instance_id,
-                key=key,
-                state="completed",
-                value=envelope,
-                attempts=attempt,
-                started_at=started,
-                finished_at=engine._now(),
-            )
-            await engine._committer.write(self._with_status(record))
-            self._records[key] = record
-            return result
+        kernel = self._kernel
+        await self._runner.maybe_crash(self._run, key, "before")
+        policy = retry or kernel.retry or _NO_RETRY
+        started = kernel.now()
+
+        def retrying(attempt: int, exc: Exception) -> None:
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "step %r of %r failed (attempt %d of %d), retrying: %r",
+                    key, self.instance_id, attempt, policy.attempts, exc,
+                    extra={"instance_id": self.instance_id, "step": key},
+                )  # fmt: skip
+
+        try:
+            result, attempts = await run_attempts(policy, call, timeout, retrying)
+        except AttemptsFailed as failed:
+            failure = step_failure(key, failed)
+            await self._dead_letter(key, failed.attempts, started, failed.error, failure)
+            raise failure from failed.error
+        try:
+            envelope = kernel.serde.encode(result, tp, key, self._what(key))
+        except (TypeMismatch, SerializationError) as exc:
+            # The body returned what cannot be recorded faithfully: a permanent failure.
+            failure = StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
+            await self._dead_letter(key, attempts, started, exc, failure)
+            raise failure from exc
+        await self._runner.maybe_crash(self._run, key, "after")
+        record = StepRecord(
+            instance_id=self.instance_id,
+            key=key,
+            state="completed",
+            value=envelope,
+            attempts=attempts,
+            started_at=started,
+            finished_at=kernel.now(),
+        )
+        await self._write([record], "recording a step")
+        self._journal.record_step(record)
+        return result
 
     async def _dead_letter(
-        self, key: str, attempts: int, started: float, exc: BaseException
+        self, key: str, attempts: int, started: float, error: BaseException, failure: Exception
     ) -> None:
         record = StepRecord(
             instance_id=self.instance_id,
             key=key,
             state="dead",
-            error=ErrorInfo.from_exception(exc).to_json(),
+            error=dead_letter_error(error, failure),
             attempts=attempts,
             started_at=started,
-            finished_at=self._engine._now(),
+            finished_at=self._kernel.now(),
         )  # fmt: skip
-        await self._engine._committer.write(self._with_status(record))
-        self._records[key] = record
+        await self._write([record], "recording a dead letter")
+        self._journal.record_step(record)
 
-    def _with_status(self, write: Write) -> list[Write]:
-        run = self._run
-        if not run.status_dirty:
-            return [write]
-        run.status_dirty = False
-        update = InstanceUpdate(
-            instance_id=run.instance_id,
-            updated_at=self._engine._now(),
-            status_message=run.status_message,
-            only_if=("running",),
-        )
-        return [write, update]
+    async def _write(self, writes: list[Write], doing: str) -> None:
+        """Commit the run's writes (and its changed status); on a storage error the run
+        ends as if the process died here, and runs again once storage answers."""
+        from ._exceptions import StorageError
+        from .storage._records import InstanceUpdate
+
+        message = self._run.take_status()
+        if message is not None:
+            writes = [*writes, InstanceUpdate(instance_id=self.instance_id,
+                                              updated_at=self._kernel.now(),
+                                              status_message=message,
+                                              only_if=("running",))]  # fmt: skip
+        try:
+            await self._kernel.write(writes)
+        except StorageError:
+            self._runner.storage_failed(self._run, doing)
+            await _unwind()
 
     # -- children -----------------------------------------------------------------------------
 
@@ -381,10 +383,16 @@ class Context:
             >>> async def body(ctx: Context) -> list[str]:
             ...     return await ctx.fan_out("label:v1", label, ["a", "b", "c"], limit=2)
         """
-        self._claim(key, "fan-out key")
-        if limit is not None and (not isinstance(typing.cast(object, limit), int) or limit < 1):
+        self._check_open()
+        self._journal.claim(key, "fan-out")
+        if limit is not None and (
+            not isinstance(typing.cast(object, limit), int) or isinstance(limit, bool) or limit < 1
+        ):
             raise ValueError(f"fan_out limit must be an int of at least 1, not {limit!r}")
-        return await run_fan_out(self, key, fn, list(items), limit, settle)
+        fan_out = FanOut(
+            self._kernel, self._runner, self._run, self._journal, key, fn, list(items), settle
+        )
+        return await fan_out.run(limit, self._write, self._wait)
 
     # -- suspension ---------------------------------------------------------------------------
 
@@ -394,7 +402,7 @@ class Context:
         /,
         *,
         status: str | None = None,
-        timeout: timedelta | None = None,
+        timeout: float | timedelta | None = None,
     ) -> T:
         """Wait at *point* for a signal and return its payload.
 
@@ -419,31 +427,26 @@ class Context:
             ...     return await ctx.suspend(approval, status="waiting for a manager",
             ...                              timeout=timedelta(days=2))
         """
+        self._check_open()
         key = point.key
-        self._claim(key, "suspend point key")
-        self._check_not_step(key)
-        signal = self._signals.get(key)
+        self._journal.claim(key, "suspend point")
+        signal = self._journal.signals.get(key)
         if signal is not None:
             if signal.timed_out:
                 raise SuspendTimeout(key)
             assert signal.payload is not None
+            what = f"the signal {key!r} of instance {self.instance_id!r}"
             return typing.cast(
-                T,
-                self._engine._serde.decode(
-                    signal.payload,
-                    point.payload_type,
-                    key,
-                    f"the signal {key!r} of instance {self.instance_id!r}",
-                ),
+                T, self._kernel.serde.decode(signal.payload, point.payload_type, key, what)
             )
         if status is not None:
             self.set_status(status)
-        if timeout is not None and key not in self._timers:
-            await self._add_timer(key, self._engine._clock.now() + timeout, "timeout")
+        if timeout is not None and key not in self._journal.timers:
+            when = deadline(self._kernel.clock.now(), timeout, f"timeout of suspend point {key!r}")
+            await self._add_timer(key, when, "timeout")
         await self._wait(key)
-        raise AssertionError("unreachable: a suspended run is cancelled")  # pragma: no cover
 
-    async def sleep(self, key: str, delay: timedelta, /) -> None:
+    async def sleep(self, key: str, delay: float | timedelta, /) -> None:
         """Sleep durably for *delay*: a timer that survives restarts.
 
         The deadline (now + *delay*, UTC, from the engine's clock) is recorded the first
@@ -455,9 +458,13 @@ class Context:
             >>> async def body(ctx: Context) -> None:
             ...     await ctx.sleep("cool-off:v1", timedelta(hours=1))
         """
-        if not isinstance(delay, timedelta):
-            raise TypeError(f"sleep() takes a datetime.timedelta, not {delay!r}")
-        await self._sleep(key, lambda: self._engine._clock.now() + delay)
+        self._check_open()
+        self._journal.claim(key, "timer")
+        timer = self._journal.timers.get(key)
+        if timer is None:
+            when = deadline(self._kernel.clock.now(), delay, f"delay of timer {key!r}")
+            timer = await self._add_timer(key, when, "sleep")
+        await self._sleep(timer)
 
     async def sleep_until(self, key: str, when: datetime, /) -> None:
         """Sleep durably until *when* (a timezone-aware datetime).
@@ -467,83 +474,52 @@ class Context:
             >>> async def body(ctx: Context) -> None:
             ...     await ctx.sleep_until("new-year:v1", datetime(2027, 1, 1, tzinfo=UTC))
         """
-        if not isinstance(typing.cast(object, when), datetime) or when.tzinfo is None:
-            raise TypeError(f"sleep_until() takes a timezone-aware datetime, not {when!r}")
-        await self._sleep(key, lambda: when)
-
-    async def _sleep(self, key: str, deadline: Callable[[], datetime]) -> None:
-        self._claim(key, "timer key")
-        self._check_not_step(key)
-        timer = self._timers.get(key)
+        self._check_open()
+        check_deadline(when, f"deadline of timer {key!r}")
+        self._journal.claim(key, "timer")
+        timer = self._journal.timers.get(key)
         if timer is None:
-            timer = await self._add_timer(key, deadline(), "sleep")
-        if timer.fired or timer.deadline <= self._engine._now():
+            timer = await self._add_timer(key, when, "sleep")
+        await self._sleep(timer)
+
+    async def _sleep(self, timer: TimerRecord) -> None:
+        if timer.fired or timer.deadline <= self._kernel.now():
+            await anyio.lowlevel.checkpoint()
             return
-        await self._wait(key)
+        await self._wait(timer.key)
 
-    def _check_not_step(self, key: str) -> None:
-        if key in self._records:
-            raise SuspendedStepConflict(
-                f"key {key!r} of instance {self.instance_id!r} was recorded as a step and is"
-                " now used as a suspend point or timer; give it a new key"
-            )
-
-    async def _add_timer(self, key: str, deadline: datetime, kind: str) -> TimerRecord:
+    async def _add_timer(
+        self, key: str, when: datetime, kind: Literal["sleep", "timeout"]
+    ) -> TimerRecord:
         timer = TimerRecord(
-            instance_id=self.instance_id,
-            key=key,
-            deadline=deadline.timestamp(),
-            kind="sleep" if kind == "sleep" else "timeout",
+            instance_id=self.instance_id, key=key, deadline=when.timestamp(), kind=kind
         )
-        await self._engine._committer.write(self._with_status(timer))
-        self._timers[key] = timer
-        self._engine._timers.added(timer.deadline)
+        self._run.enter()  # registered before the run may suspend
+        try:
+            await self._write([timer], "recording a timer")
+        finally:
+            self._run.leave()
+        self._journal.record_timer(timer)
+        self._kernel.wake_timers(timer.deadline)
         return timer
 
-    async def _wait(self, key: str) -> None:
+    async def _wait(self, key: str) -> NoReturn:
         """Wait on *key* until the instance suspends (and this run is cancelled)."""
-        run = self._run
-        run.waiting.add(key)
-        if run.suspending:
-            await anyio.sleep_forever()
-        run.suspending = True
-        # Let sibling tasks reach their own suspend points, and let steps in flight
-        # finish and record, before the instance suspends on every key waited on.
-        while True:
-            for _ in range(3):
-                await anyio.lowlevel.checkpoint()
-            if not run.in_flight:
-                break
-            run.idle = anyio.Event()
-            await run.idle.wait()
-        await self._engine._runner.suspend(run)
-        await anyio.sleep_forever()
+        if self._run.wait_on(key):  # the first waiter writes the suspension
+            await self._runner.suspend(self._run)
+        await _unwind()
 
 
-class _AttemptTimedOut(Exception):
-    def __init__(self, timeout: float) -> None:
-        super().__init__(f"attempt timed out after {timeout} s")
-        self.timeout = timeout
-        self.__cause__ = TimeoutError(f"the step's attempt took longer than {timeout} s")
+async def _unwind() -> NoReturn:
+    """Wait for the run's (already cancelled) scope to unwind this task."""
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable: the run's scope is cancelled")  # pragma: no cover
 
 
-def _retryable(policy: RetryPolicy, exc: Exception) -> bool:
-    if isinstance(exc, Permanent):
-        return False
-    if isinstance(exc, _AttemptTimedOut):
-        return policy.retries(TimeoutError())
-    return policy.retries(exc)
-
-
-def _failure(key: str, attempts: int, policy: RetryPolicy, exc: Exception) -> StepFailed:
-    if isinstance(exc, _AttemptTimedOut):
-        return StepTimeout(key, exc.timeout, attempts)
-    if attempts >= policy.attempts > 1 and _retryable(policy, exc):
-        return RetriesExhausted(key, attempts, f"{type(exc).__name__}: {exc}")
-    return StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
-
-
-def _replayed_failure(key: str, record: StepRecord) -> StepFailed:
-    """The failure of a dead-lettered step, raised again when a run replays it."""
-    error = ErrorInfo.from_json(record.error)
-    return StepFailed(key, record.attempts, f"{error} (dead letter; engine.resume() runs it again)")
+def check_text(text: str, what: str) -> str:
+    """*text* if it can be stored (UTF-8), else :class:`ValueError` naming *what*."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} cannot be stored: {exc.reason} at {exc.start}") from None
+    return text

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
+import threading
 import types
 import typing
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
 
@@ -17,33 +17,27 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._background import TimerScheduler, retain
+from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
+from ._context import check_text
+from ._durations import seconds
 from ._exceptions import (
     InstanceConflict,
     InstanceNotFound,
     NotStarted,
     SignalRejected,
     SignalSuperseded,
-    WorkflowNotFound,
 )
+from ._ids import root_of
 from ._invocation import Invocation
+from ._kernel import Kernel, Registry, Store
 from ._keys import check_instance_ref, check_key, new_instance_id
-from ._outcome import (
-    Cancelled,
-    Completed,
-    ErrorInfo,
-    Failed,
-    InstanceInfo,
-    Outcome,
-    Suspended,
-)
+from ._outcome import InstanceInfo, Outcome, outcome_of
 from ._retry import RetryPolicy
 from ._runner import Runner
 from ._serde import Serde
-from ._state import sources
-from ._status import StatusHub, StatusStream
+from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
 from .storage._protocol import Storage
@@ -70,6 +64,9 @@ _NOTHING: Final = object()
 
 
 _Phase = Literal["new", "running", "closing", "closed"]
+
+#: What ``resume`` restarts: a failed instance, and one stuck running or suspended.
+_RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
 
 
 @final
@@ -111,11 +108,6 @@ class Engine:
         42
     """
 
-    # Made on entering, on the event loop that runs the engine.
-    _limiter: anyio.CapacityLimiter
-    _committer: GroupCommitter
-    _system_scopes: list[anyio.CancelScope]  # of the engine's own background tasks
-
     def __init__(
         self,
         storage: str | os.PathLike[str] | Storage = ":memory:",
@@ -123,7 +115,7 @@ class Engine:
         workflows: Iterable[Workflow[Any, Any]] = (),
         retry: RetryPolicy | None = None,
         resume_on_start: bool = True,
-        shutdown_timeout: float = 30.0,
+        shutdown_timeout: float | timedelta = 30.0,
         retention: timedelta | None = None,
         converter: cattrs.Converter | None = None,
         clock: Clock | None = None,
@@ -136,26 +128,35 @@ class Engine:
             raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
-        if not shutdown_timeout >= 0:
-            raise ValueError(f"shutdown_timeout must be >= 0 seconds, not {shutdown_timeout!r}")
-        if retention is not None and retention <= timedelta(0):
+        self._shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
+        if retention is not None and seconds(retention, "retention") <= 0:
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
         self._retention = retention
         self._last_id = 0  # the timestamp of the last generated instance id
-        self._child_workflows: dict[tuple[str, str], Workflow[Any, Any]] = {}
         self._storage = storage
-        self._retry = retry
         self._resume_on_start = resume_on_start
-        self._shutdown_timeout = shutdown_timeout
-        self._serde = Serde(converter)
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self._workflows: dict[str, Workflow[Any, Any]] = {}
-        self._runner = Runner(self)
+        self._registry = Registry()
+        self._kernel = Kernel(
+            registry=self._registry,
+            serde=Serde(converter),
+            clock=clock if clock is not None else SystemClock(),
+            retry=retry,
+            status=StatusHub(),
+        )
+        self._runner = Runner(self._kernel)
+        self._timers = TimerScheduler(self._kernel, self._runner.claimed)
         self._phase: _Phase = "new"
-        self._cancelling = False
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._status = StatusHub()
-        self._timers = TimerScheduler(self)
+        self._stack = contextlib.AsyncExitStack()
+        self._abort = False  # leaving the block by an exception: no grace period
+        self._owner: tuple[int, object] | None = None  # (thread, event loop) it runs on
+        self._instances = Instances(
+            status=self._kernel.status,
+            runs=self._runner.runs,
+            check_running=self._check_running,
+            record=self._record,
+            outcome=self._outcome,
+            live_message=self._live_message,
+        )
         for wf in workflows:
             self.register(wf)
 
@@ -168,29 +169,41 @@ class Engine:
         if self._phase != "new":
             raise RuntimeError("an Engine can be entered only once; make a new one")
         self._phase = "closing"  # until fully started
+        self._owner = (threading.get_ident(), anyio.lowlevel.current_token())
+        kernel = self._kernel
         # anyio objects are made here, on the event loop that runs the engine.
-        self._limiter = anyio.CapacityLimiter(1)
-        self._system_scopes = []
+        limiter = anyio.CapacityLimiter(max(1, int(getattr(self._storage, "threads", 1))))
+        kernel.store = Store(self._storage, limiter)
+        stack = self._stack
         try:
-            await self._storage_call(self._storage.open)
+            # The life cycle, innermost last: storage ⊃ writer ⊃ system tasks ⊃ instances.
+            # Leaving unwinds it in reverse: instances stop (after the grace period), then
+            # system tasks, then the writer commits what is queued, then storage closes.
+            stack.push_async_callback(self._close_storage)
+            await kernel.store.call(self._storage.open)
+            kernel.committer = GroupCommitter(self._storage.commit, limiter)
+            writer = await stack.enter_async_context(anyio.create_task_group())
+            writer.start_soon(kernel.committer.run, name="memable writer")
+            stack.callback(kernel.committer.close)
+            system = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(system.cancel_scope.cancel)
+            stack.callback(kernel.status.close)
+            system.start_soon(self._timers.run, name="memable timers")
+            system.start_soon(heal, kernel, self._runner, name="memable healer")
+            if self._retention is not None or any(wf.retention for wf in self._registry):
+                system.start_soon(retain, kernel, self._retention, name="memable retention")
+            instances = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._stop_instances, instances)
+            kernel.open_spawning(instances)
         except BaseException:
-            await self._close_storage()  # whatever it took before failing
+            self._abort = True
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            self._phase = "closed"
             raise
-        self._committer = GroupCommitter(self._storage.commit, self._limiter)
-        task_group = anyio.create_task_group()
-        try:
-            await task_group.__aenter__()
-        except BaseException:
-            await self._close_storage()
-            raise
-        self._task_group = task_group
-        task_group.start_soon(self._committer.run, name="memable writer")
-        task_group.start_soon(self._timers.run, name="memable timers")
-        if self._retention is not None or any(wf.retention for wf in self._workflows.values()):
-            task_group.start_soon(retain, self, name="memable retention")
-        attach = getattr(self._clock, "_attach", None)
-        if attach is not None:  # memable.testing.ManualClock waits for our timers
-            attach(self)
+        attach = getattr(kernel.clock, "attach", None)
+        if callable(attach):  # memable.testing.ManualClock waits for our timers
+            attach(self._timers_settled)
         self._phase = "running"
         if self._resume_on_start:
             try:
@@ -206,42 +219,22 @@ class Engine:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        assert self._task_group is not None
         self._phase = "closing"
+        self._abort = exc_type is not None
         try:
-            if exc_type is None:
-                with anyio.move_on_after(self._shutdown_timeout):
-                    await self._runner.wait_idle()
-            self._cancelling = True
-            self._stop_system_tasks()
-            for run in list(self._runner.runs.values()):
-                run.scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await self._runner.wait_idle()
+            # The engine's own tasks never raise; the body's exception is not handed to
+            # the task groups, so it propagates as itself, not inside an ExceptionGroup.
+            await self._stack.aclose()
         finally:
-            self._stop_system_tasks()
-            self._status.close()
-            self._committer.close()
-            try:
-                # The engine's own tasks never raise; the body's exception is not handed to
-                # the task group, so it propagates as itself, not inside an ExceptionGroup.
-                await self._task_group.__aexit__(None, None, None)
-            finally:
-                self._phase = "closed"
-                await self._close_storage()
+            self._phase = "closed"
 
-    @contextlib.contextmanager
-    def _system_task(self) -> Iterator[None]:
-        """Run a background task of the engine under a scope that shutdown cancels."""
-        with anyio.CancelScope() as scope:
-            self._system_scopes.append(scope)
-            if self._cancelling:
-                scope.cancel()
-            yield
-
-    def _stop_system_tasks(self) -> None:
-        for scope in self._system_scopes:
-            scope.cancel()
+    async def _stop_instances(self, instances: anyio.abc.TaskGroup) -> None:
+        if not self._abort:
+            with anyio.move_on_after(self._shutdown_timeout):
+                await self._runner.wait_idle()
+        self._kernel.close_spawning()
+        self._runner.stop_all()
+        instances.cancel_scope.cancel()
 
     def _timers_settled(self) -> bool:
         """Whether no timer is due that the scheduler has not fired (for ManualClock)."""
@@ -249,10 +242,10 @@ class Engine:
 
     async def _close_storage(self) -> None:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._storage.close, limiter=self._limiter)
+            await self._kernel.store.call(self._storage.close)
 
     async def _recover(self) -> None:
-        records = await self._storage_call(self._storage.list_instances, status="running")
+        records = await self._kernel.store.running()
         for record in records:
             if record.parent_id is None:  # children are driven by their parent
                 self._runner.claimed(record)
@@ -277,29 +270,10 @@ class Engine:
             ...     pass
             >>> memable.Engine().register(noop)
         """
-        if not isinstance(wf, Workflow):
-            raise TypeError(f"register() takes a memable.Workflow, not {wf!r}")
-        known = self._workflows.get(wf.name)
-        if known is not None:
-            if known.fn is wf.fn:
-                return
-            raise ValueError(
-                f"workflow name {wf.name!r} is already registered to {known.fn!r};"
-                f" cannot register {wf.fn!r} under it too"
-            )
-        wf.types()
-        self._workflows[wf.name] = wf
+        self._registry.add(wf)
 
     def _registered(self, wf: Workflow[Any, Any]) -> Workflow[Any, Any]:
-        known = (
-            self._workflows.get(wf.name) if isinstance(typing.cast(object, wf), Workflow) else None
-        )
-        if known is None or known.fn is not wf.fn:
-            raise WorkflowNotFound(
-                f"workflow {getattr(wf, 'name', wf)!r} is not registered with this engine;"
-                " pass it to Engine(workflows=[...]) or call engine.register()"
-            )
-        return known
+        return self._registry.known(wf)
 
     # -- starting instances -----------------------------------------------------------------
 
@@ -345,15 +319,15 @@ class Engine:
             input = None
         generated = instance_id is None
         if instance_id is None:
-            now_ns = int(self._clock.now().timestamp() * 1_000_000) * 1000
+            now_ns = int(self._kernel.now() * 1_000_000) * 1000
             instance_id, self._last_id = new_instance_id(now_ns, self._last_id)
         else:
             check_key(instance_id, "instance id")
         input_type, _ = wf.types()
-        envelope = self._serde.encode(
+        envelope = self._kernel.serde.encode(
             input, input_type, "input", f"the input of workflow {wf.name!r}"
         )
-        now = self._now()
+        now = self._kernel.now()
         record = InstanceRecord(
             instance_id=instance_id,
             workflow=wf.name,
@@ -369,12 +343,10 @@ class Engine:
                 if generated:
                     # A generated id is new (a timestamp and 48 random bits), so its row joins
                     # the group commit instead of taking a transaction of its own.
-                    await self._committer.write([record])
+                    await self._kernel.write([record])
                     stored, created = record, True
                 else:
-                    stored, created = await self._storage_call(
-                        self._storage.create_instance, record
-                    )
+                    stored, created = await self._kernel.store.create(record)
         except BaseException:
             run.pending -= 1
             self._runner.release(run)  # nothing was created: drop the reservation
@@ -395,7 +367,10 @@ class Engine:
                     f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
                     " use another instance_id, or the same input to attach to it"
                 )
-        return Invocation(self, wf, instance_id)
+        return self._invocation(wf, instance_id)
+
+    def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
+        return Invocation(self, self._instances, wf, instance_id)
 
     @overload
     async def run(self, wf: Workflow[None, O], /, *, instance_id: str | None = None) -> O: ...
@@ -427,7 +402,7 @@ class Engine:
             ...     return await engine.handle(wf, "order-o-17").result()
         """
         check_instance_ref(instance_id)
-        return Invocation(self, self._registered(wf), instance_id)
+        return self._invocation(self._registered(wf), instance_id)
 
     async def resume(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         """Run a failed or stuck instance again.
@@ -448,46 +423,23 @@ class Engine:
         self._check_running()
         wf = self._registered(wf)
         check_instance_ref(instance_id)
-        invocation = Invocation(self, wf, instance_id)
-        run = self._runner.runs.get(instance_id)
-        if run is not None and run.started:
+        invocation = self._invocation(wf, instance_id)
+        if self._runner.live(instance_id) is not None:
             return invocation
         record = await self._record(wf, instance_id)
         if record.parent_id is not None:
             # A child runs inside its parent: resuming it resumes its top-level instance.
-            root_id = instance_id.split("/", 1)[0]
-            root = await self._storage_call(self._storage.get_instance, root_id)
-            if root is not None and root.workflow in self._workflows:
-                await self.resume(self._workflows[root.workflow], root_id)
+            root = await self._kernel.store.get(root_of(instance_id))
+            root_wf = None if root is None else self._registry.get(root.workflow)
+            if root is not None and root_wf is not None:
+                await self.resume(root_wf, root.instance_id)
             return invocation
-        if record.status not in ("running", "failed", "suspended"):
+        if record.status not in _RESUMABLE:
             return invocation
-        restarted = await self._storage_call(
-            self._storage.restart,
-            instance_id,
-            only_if=sources("running"),
-            updated_at=self._now(),
-        )
+        restarted = await self._kernel.store.restart(instance_id, _RESUMABLE, self._kernel.now())
         if restarted is not None:
             self._runner.claimed(restarted)
         return invocation
-
-    def _child_workflow(
-        self,
-        parent: Workflow[Any, Any],
-        key: str,
-        target: Workflow[Any, Any] | Callable[..., Any],
-    ) -> Workflow[Any, Any]:
-        """The workflow the children of a fan-out run: a registered one, or a function's."""
-        if isinstance(target, Workflow):
-            return self._registered(target)
-        cache_key = (parent.name, key)
-        wf = self._child_workflows.get(cache_key)
-        if wf is None or wf.fn is not target:
-            wf = Workflow._child(f"_{parent.name}.{key}", target)
-            wf.types()
-            self._child_workflows[cache_key] = wf
-        return wf
 
     # -- signals, cancellation, status -------------------------------------------------------
 
@@ -517,32 +469,45 @@ class Engine:
         check_instance_ref(instance_id)
         if not isinstance(typing.cast(object, point), SuspendPoint):
             raise TypeError(f"signal() takes a memable.SuspendPoint, not {point!r}")
-        envelope = self._serde.encode(
+        envelope = self._kernel.serde.encode(
             payload, point.payload_type, point.key, f"the payload of signal {point.key!r}"
         )
         signal = SignalRecord(
-            instance_id=instance_id, key=point.key, payload=envelope, created_at=self._now()
+            instance_id=instance_id, key=point.key, payload=envelope, created_at=self._kernel.now()
         )
         await self._record(wf, instance_id)  # unknown id or another workflow: nothing stored
-        outcome, record = await self._storage_call(self._storage.deliver_signal, signal)
+        outcome, record = await self._kernel.store.signal(signal)
         match outcome:
             case "not_found":
-                raise InstanceNotFound(f"no instance {instance_id!r} in {self._storage!r}")
+                raise InstanceNotFound(f"no instance {instance_id!r}")
             case "finished":
                 assert record is not None
                 raise SignalRejected(point.key, f"instance {instance_id!r} is {record.status}")
             case "superseded":
-                raise SignalSuperseded(point.key)
+                raise SignalSuperseded(
+                    point.key,
+                    f"suspend point {point.key!r} of instance {instance_id!r} already has a"
+                    " payload (another signal came first); this one is not used",
+                )
+            case "timed_out":
+                raise SignalSuperseded(
+                    point.key,
+                    f"the deadline of suspend point {point.key!r} of instance {instance_id!r}"
+                    " passed before this signal; it is not used",
+                )
             case "claimed":
                 assert record is not None
                 self._runner.claimed(record)
-        return Invocation(self, wf, instance_id)
+        return self._invocation(wf, instance_id)
 
-    async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> None:
-        """End a running or suspended instance as ``cancelled``.
+    async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> bool:
+        """End a running or suspended instance (and its children) as ``cancelled``.
 
         A task running it is cancelled through its cancel scope (its ``finally`` blocks
-        run; no further result is recorded). Cancelling a finished instance does nothing.
+        run; no further result is recorded). Returns whether this call cancelled it: a
+        cancel that loses a race with the instance's end (or finds it finished) returns
+        ``False`` and changes nothing, so what ``wait()`` reports and what storage holds
+        always agree. Cancelling a child counts as its failure for the parent's fan-out.
 
         Raises:
             InstanceNotFound: no instance has this id.
@@ -554,18 +519,20 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
+        if not isinstance(typing.cast(object, reason), str):
+            raise TypeError(f"a cancel reason is a str, not {type(reason).__name__}")
+        check_text(reason, f"the cancel reason for {instance_id!r}")
         record = await self._record(wf, instance_id)
-        before = await self._storage_call(
-            self._storage.cancel, instance_id, reason=reason, now=self._now()
-        )
+        before, to_run = await self._kernel.store.cancel(instance_id, reason, self._kernel.now())
         if before is None:
-            return  # already finished
-        run = self._runner.runs.get(instance_id)
-        if run is not None and run.started:
-            run.end = "cancelled"
-            run.outcome = Cancelled(reason=reason)
-            run.scope.cancel()
-        self._status.publish(record.instance_id, "cancelled", reason)
+            return False  # already finished
+        prefix = record.instance_id + "/"
+        for run_id in [i for i in self._runner.runs if i == instance_id or i.startswith(prefix)]:
+            self._runner.cancel_live(run_id, reason)
+        self._kernel.status.publish(record.instance_id, "cancelled", reason)
+        if to_run is not None:  # a parent waited for this child: it runs on
+            self._runner.claimed(to_run)
+        return True
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
@@ -585,13 +552,11 @@ class Engine:
         self._check_running()
         wf = self._registered(wf)
         check_instance_ref(instance_id)
-        return StatusStream(self, wf, instance_id)
+        return StatusStream(self._instances, wf, instance_id)
 
     def _live_message(self, record: InstanceRecord) -> str | None:
-        run = self._runner.runs.get(record.instance_id)
-        if run is not None and run.started:
-            return run.status_message
-        return record.status_message
+        run = self._runner.live(record.instance_id)
+        return record.status_message if run is None else run.status_message
 
     # -- retention --------------------------------------------------------------------------
 
@@ -611,9 +576,7 @@ class Engine:
         self._check_running()
         if not isinstance(typing.cast(object, older_than), timedelta) or older_than < timedelta(0):
             raise ValueError(f"older_than must be a non-negative timedelta, not {older_than!r}")
-        return await self._storage_call(
-            self._storage.purge, finished_before=self._now() - older_than.total_seconds()
-        )
+        return await self._kernel.store.purge(self._kernel.now() - older_than.total_seconds())
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -653,7 +616,7 @@ class Engine:
         self._check_running()
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, not {limit!r}")
-        records = await self._storage_call(
+        records = await self._kernel.store.call(
             self._storage.list_instances,
             workflow=None if wf is None else wf.name,
             status=status,
@@ -663,9 +626,9 @@ class Engine:
 
     async def _record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
         check_instance_ref(instance_id)
-        record = await self._storage_call(self._storage.get_instance, instance_id)
+        record = await self._kernel.store.get(instance_id)
         if record is None:
-            raise InstanceNotFound(f"no instance {instance_id!r} in {self._storage!r}")
+            raise InstanceNotFound(f"no instance {instance_id!r}")
         if record.workflow != wf.name and not (
             record.parent_id is not None and await self._root_is(instance_id, wf)
         ):
@@ -676,26 +639,11 @@ class Engine:
 
     async def _root_is(self, instance_id: str, wf: Workflow[Any, Any]) -> bool:
         """Whether the top-level ancestor of a child instance is an instance of *wf*."""
-        root = await self._storage_call(self._storage.get_instance, instance_id.split("/")[0])
+        root = await self._kernel.store.get(root_of(instance_id))
         return root is not None and root.workflow == wf.name
 
     def _outcome(self, wf: Workflow[Any, O], record: InstanceRecord) -> Outcome[O] | None:
-        match record.status:
-            case "completed":
-                assert record.output is not None
-                _, output_type = wf.types()
-                output = self._serde.decode(
-                    record.output, output_type, "output", f"the output of {record.instance_id!r}"
-                )
-                return Completed(output=output)
-            case "failed":
-                return Failed(error=ErrorInfo.from_json(record.error))
-            case "suspended":
-                return Suspended(waiting_on=record.waiting_on, status=record.status_message)
-            case "cancelled":
-                return Cancelled(reason=record.status_message or "")
-            case _:
-                return None
+        return outcome_of(record, self._kernel.serde, wf)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -706,12 +654,19 @@ class Engine:
                 if self._phase != "new"
                 else "the engine has not started; use it inside 'async with engine:'"
             )
-
-    async def _storage_call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        call = functools.partial(fn, *args, **kwargs) if kwargs else fn
-        return await anyio.to_thread.run_sync(
-            call, *(() if kwargs else args), limiter=self._limiter
-        )
-
-    def _now(self) -> float:
-        return self._clock.now().timestamp()
+        assert self._owner is not None
+        thread, token = self._owner
+        if threading.get_ident() != thread:
+            raise RuntimeError(
+                "this Engine runs in another thread; call it from the thread (and event loop)"
+                " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
+            )
+        try:
+            current = anyio.lowlevel.current_token()
+        except RuntimeError:
+            current = None
+        if current != token:
+            raise RuntimeError(
+                "this Engine runs on another event loop; call it from the event loop that"
+                " entered 'async with engine:'"
+            )

@@ -269,7 +269,9 @@ class SignalRejected(MemableError):
 
 
 class SignalSuperseded(MemableError):
-    """A payload for this suspend point was already delivered; this one is not used.
+    """A payload came first, or the suspend point's deadline passed: this one is not used.
+
+    The message says which came first and names the instance.
 
     Example:
         >>> import memable
@@ -277,8 +279,8 @@ class SignalSuperseded(MemableError):
         'approval:v1'
     """
 
-    def __init__(self, key: str) -> None:
-        super().__init__(f"suspend point {key!r} already has a payload")
+    def __init__(self, key: str, message: str = "") -> None:
+        super().__init__(message or f"suspend point {key!r} already has a payload")
         self.key = key
 
 
@@ -329,10 +331,30 @@ class WorkflowSuspended(MemableError):
         'approval:v1'
     """
 
-    def __init__(self, key: str, status: str | None) -> None:
-        super().__init__(f"instance is suspended at {key!r}" + (f": {status}" if status else ""))
+    def __init__(
+        self,
+        key: str,
+        status: str | None,
+        *,
+        instance_id: str | None = None,
+        children: int = 0,
+    ) -> None:
+        who = "instance" if instance_id is None else f"instance {instance_id!r}"
+        if key:
+            where = f"at {key!r}"
+        elif children:
+            where = f"waiting for {children} {'child' if children == 1 else 'children'}"
+        else:
+            where = "waiting"
+        detail = f": {status}" if status else ""
+        super().__init__(
+            f"{who} is suspended {where}{detail}; it runs on when a signal, its timer or"
+            " its children resume it"
+        )
         self.key = key
         self.status = status
+        self.instance_id = instance_id
+        self.children = children
 
 
 class WorkflowCancelled(MemableError):

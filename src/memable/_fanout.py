@@ -3,200 +3,249 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 
-from ._exceptions import (
-    ChildFailed,
-    InstanceConflict,
-    SuspendedStepConflict,
-    WorkflowCancelled,
-)
-from ._outcome import (
-    Cancelled,
-    Completed,
-    Err,
-    ErrorInfo,
-    Failed,
-    Ok,
-    Outcome,
-    Suspended,
-)
+from . import _ids
+from ._exceptions import ChildFailed, InstanceConflict, StorageError, WorkflowCancelled
+from ._failures import dead_letter_error, replayed_failure
+from ._outcome import Cancelled, Completed, Err, ErrorInfo, Failed, Ok, Outcome, outcome_of
 from ._workflow import Workflow
-from .storage._records import InstanceRecord, StepRecord
+from .storage._records import InstanceRecord, StepRecord, Write
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from ._journal import Journal
+    from ._kernel import Kernel
+    from ._run import Run
+    from ._runner import Runner
 
-__all__ = ["run_fan_out"]
+__all__ = ["FanOut"]
+
+R = TypeVar("R")
 
 _FINISHED = ("completed", "failed", "cancelled")
 
+Writer = Callable[[list[Write], str], Awaitable[None]]
+Waiter = Callable[[str], Coroutine[Any, Any, NoReturn]]
 
-async def run_fan_out(
-    ctx: Context,
-    key: str,
-    target: Workflow[Any, Any] | Callable[..., Awaitable[Any]],
-    items: Sequence[Any],
-    limit: int | None,
-    settle: bool,
-) -> list[Any]:
-    """Run one child instance per item under the parent *ctx*; return results in item order.
 
-    Children are real instances (``"{parent}/{key}-{i}"``) that run in this task, at most
-    *limit* at a time. Finished children are not run again; the collected result is
-    recorded under *key*, so a re-run parent starts no child at all.
+class FanOut:
+    """One fan-out of a parent run: its children, their outcomes, and the recorded result.
+
+    Children are real instances (``"{parent}/{key}-{i}"``) that run in the parent's task,
+    at most *limit* at a time. Finished children are not run again; the collected result
+    (or the failure raised) is recorded under *key*, so a re-run parent starts no child.
     """
-    engine = ctx._engine
-    run = ctx._run
-    parent_id = ctx.instance_id
-    child_wf = engine._child_workflow(run.workflow, key, target)
-    input_type, output_type = child_wf.types()
-    result_type: Any = list[Ok[output_type] | Err] if settle else list[output_type]  # type: ignore[valid-type]
-    what = f"fan-out {key!r} of instance {parent_id!r}"
 
-    recorded = ctx._records.get(key)
-    if recorded is not None and recorded.state == "completed":
-        assert recorded.value is not None
-        return list(engine._serde.decode(recorded.value, result_type, key, what))
-    if key in ctx._signals or key in ctx._timers:
-        raise SuspendedStepConflict(
-            f"key {key!r} of instance {parent_id!r} was recorded as a suspend point or timer"
-            " and is now used as a fan-out; give the fan-out a new key"
+    def __init__(
+        self,
+        kernel: Kernel,
+        runner: Runner,
+        run: Run,
+        journal: Journal,
+        key: str,
+        target: Workflow[Any, Any] | Callable[..., Awaitable[Any]],
+        items: Sequence[Any],
+        settle: bool,
+    ) -> None:
+        self._kernel = kernel
+        self._runner = runner
+        self._run = run
+        self._journal = journal
+        self._key = key
+        self._items = items
+        self._settle = settle
+        self._wf = kernel.registry.child(run.workflow, key, target)
+        input_type, output_type = self._wf.types()
+        self._input_type = input_type
+        self._result_type: Any = (
+            list[Ok[output_type] | Err] if settle else list[output_type]  # type: ignore[valid-type]
         )
+        self._what = f"fan-out {key!r} of instance {run.instance_id!r}"
 
-    children = await _children(ctx, key, child_wf, input_type, items)
-    outcomes: list[Outcome[Any] | None] = [
-        None if record.status not in _FINISHED else engine._outcome(child_wf, record)
-        for record in children
-    ]
-    if not settle:
-        _raise_first_failure(children, outcomes)
-    runnable = [i for i, record in enumerate(children) if record.status == "running"]
-    failed: list[int] = []
+    async def run(self, limit: int | None, write: Writer, wait: Waiter) -> list[Any]:
+        key = self._key
+        recorded = self._journal.steps.get(key)
+        if recorded is not None:
+            if recorded.state == "completed":
+                assert recorded.value is not None
+                value = self._kernel.serde.decode(recorded.value, self._result_type, key,
+                                                  self._what)  # fmt: skip
+                return list(value)
+            raise replayed_failure(key, recorded.attempts, recorded.error)
 
-    async def worker(queue: Iterator[int], scope: anyio.CancelScope) -> None:
-        for i in queue:  # the workers share one iterator
-            child_run = engine._runner.reserve(children[i].instance_id, child_wf)
-            child_run.started = True
-            await engine._runner.drive(child_run, children[i])
-            outcomes[i] = child_run.outcome
-            if not settle and isinstance(child_run.outcome, Failed | Cancelled):
-                failed.append(i)
-                scope.cancel()  # fail fast: cancel the siblings, start no new ones
+        self._run.enter()  # the parent does not suspend while its children run
+        try:
+            children = await self._children(write)
+            outcomes: list[Outcome[Any] | None] = [
+                None
+                if record.status not in _FINISHED
+                else outcome_of(record, self._kernel.serde, self._wf)
+                for record in children
+            ]
+            if not self._settle:
+                await self._fail_if_failed(children, outcomes, write)
+            runnable = [i for i, record in enumerate(children) if record.status == "running"]
+            if runnable:
+                await self._drive(children, outcomes, runnable, limit)
+            if not self._settle:
+                await self._fail_if_failed(children, outcomes, write)
+        finally:
+            self._run.leave()
 
-    run.in_flight += 1  # the parent does not suspend while its children run
-    try:
-        if runnable:
-            queue = iter(runnable)
-            async with anyio.create_task_group() as tg:
-                for _ in range(min(limit or len(runnable), len(runnable))):
-                    tg.start_soon(worker, queue, tg.cancel_scope)
-    finally:
-        run.in_flight -= 1
-        if not run.in_flight:
-            run.idle.set()
+        waiting = sum(1 for outcome in outcomes if not _finished(outcome))
+        if waiting:
+            self._run.set_status(f"waiting for {waiting} {'child' if waiting == 1 else 'children'}")
+            self._kernel.status.publish(self._run.instance_id, "running",
+                                        self._run.status_message)  # fmt: skip
+            await wait(_ids.children_waiting_key(key, waiting))
 
-    if failed:
-        unfinished = [
-            record.instance_id
+        results = [
+            _settled(record, outcome, self._settle)
             for record, outcome in zip(children, outcomes, strict=True)
-            if outcome is None or isinstance(outcome, Suspended)
         ]
-        first = min(failed)
-        for instance_id in unfinished:
-            await engine._storage_call(
-                engine._storage.cancel,
-                instance_id,
-                reason=f"a sibling failed: {children[first].instance_id}",
-                now=engine._now(),
-            )
-        _raise_first_failure(children, outcomes)
-
-    waiting = sum(1 for outcome in outcomes if outcome is None or isinstance(outcome, Suspended))
-    if waiting:
-        ctx.set_status(f"waiting for {waiting} {'child' if waiting == 1 else 'children'}")
-        await ctx._wait(f"_children:{key}")
-
-    results = [
-        _settled(record, outcome, settle)
-        for record, outcome in zip(children, outcomes, strict=True)
-    ]
-    envelope = engine._serde.encode(results, result_type, key, what)
-    now = engine._now()
-    step = StepRecord(
-        instance_id=parent_id,
-        key=key,
-        state="completed",
-        value=envelope,
-        attempts=1,
-        started_at=now,
-        finished_at=now,
-    )
-    await engine._committer.write(ctx._with_status(step))
-    ctx._records[key] = step
-    return results
-
-
-async def _children(
-    ctx: Context,
-    key: str,
-    child_wf: Workflow[Any, Any],
-    input_type: Any,
-    items: Sequence[Any],
-) -> list[InstanceRecord]:
-    """The child records of a fan-out, creating the missing ones in one transaction."""
-    engine = ctx._engine
-    parent_id = ctx.instance_id
-    stored = {
-        record.instance_id: record
-        for record in await engine._storage_call(
-            engine._storage.list_instances, parent_id=parent_id
+        envelope = self._kernel.serde.encode(results, self._result_type, key, self._what)
+        now = self._kernel.now()
+        step = StepRecord(
+            instance_id=self._run.instance_id,
+            key=key,
+            state="completed",
+            value=envelope,
+            attempts=1,
+            started_at=now,
+            finished_at=now,
         )
-    }
-    now = engine._now()
-    children: list[InstanceRecord] = []
-    new: list[InstanceRecord] = []
-    for i, item in enumerate(items):
-        child_id = f"{parent_id}/{key}-{i}"
-        envelope = engine._serde.encode(
-            item, input_type, key, f"item {i} of fan-out {key!r} of instance {parent_id!r}"
+        await write([step], "recording a fan-out")
+        self._journal.record_step(step)
+        return results
+
+    async def _drive(
+        self,
+        children: list[InstanceRecord],
+        outcomes: list[Outcome[Any] | None],
+        runnable: list[int],
+        limit: int | None,
+    ) -> None:
+        runner = self._runner
+
+        async def worker(queue: Iterator[int], scope: anyio.CancelScope) -> None:
+            for i in queue:  # the workers share one iterator
+                child_run = runner.reserve(children[i].instance_id, self._wf)
+                child_run.driven = True
+                await runner.drive(child_run, children[i])
+                outcomes[i] = child_run.outcome
+                if not self._settle and isinstance(child_run.outcome, Failed | Cancelled):
+                    scope.cancel()  # fail fast: cancel the siblings, start no new ones
+
+        queue = iter(runnable)
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(limit or len(runnable), len(runnable))):
+                tg.start_soon(worker, queue, tg.cancel_scope)
+
+    async def _fail_if_failed(
+        self,
+        children: Sequence[InstanceRecord],
+        outcomes: Sequence[Outcome[Any] | None],
+        write: Writer,
+    ) -> None:
+        """Fail fast: if a child failed or was cancelled, cancel the unfinished ones, record
+        the failure under the fan-out key (so a replay raises the same) and raise it."""
+        failure = _first_failure(children, outcomes)
+        if failure is None:
+            return
+        exc, error = failure
+        now = self._kernel.now()
+        reason = f"a sibling failed: {exc.instance_id}"
+        for record, outcome in zip(children, outcomes, strict=True):
+            if not _finished(outcome):
+                await self._storage(self._kernel.store.cancel(record.instance_id, reason, now))
+        dead = StepRecord(
+            instance_id=self._run.instance_id,
+            key=self._key,
+            state="dead",
+            error=dead_letter_error(error, exc),
+            attempts=1,
+            started_at=now,
+            finished_at=now,
         )
-        record = stored.get(child_id)
-        if record is None:
-            record = InstanceRecord(
-                instance_id=child_id,
-                workflow=child_wf.name,
-                status="running",
-                input=envelope,
-                parent_id=parent_id,
-                created_at=now,
-                updated_at=now,
+        await write([dead], "recording a failed fan-out")
+        self._journal.record_step(dead)
+        raise exc from exc.__cause__
+
+    async def _storage(self, call: Coroutine[Any, Any, R]) -> R:
+        """Await a storage call; if storage fails, the run ends and runs again later."""
+        try:
+            return await call
+        except StorageError:
+            self._runner.storage_failed(self._run, f"driving {self._what}")
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable: the run is cancelled") from None
+
+    async def _children(self, write: Writer) -> list[InstanceRecord]:
+        """The child records of the fan-out, creating the missing ones in one transaction."""
+        parent_id = self._run.instance_id
+        key = self._key
+        prefix = _ids.child_prefix(parent_id, key)
+        stored = {
+            record.instance_id: record
+            for record in await self._storage(self._kernel.store.children(parent_id))
+            if record.instance_id.startswith(prefix)
+        }
+        now = self._kernel.now()
+        children: list[InstanceRecord] = []
+        new: list[Write] = []
+        for i, item in enumerate(self._items):
+            child_id = _ids.child_id(parent_id, key, i)
+            envelope = self._kernel.serde.encode(
+                item, self._input_type, key, f"item {i} of {self._what}"
             )
-            new.append(record)
-        elif json.loads(record.input)["value"] != json.loads(envelope)["value"]:
-            raise InstanceConflict(
-                f"item {i} of fan-out {key!r} of instance {parent_id!r} differs from the one"
-                f" recorded for child {child_id!r}; bump the fan-out key if its items changed"
-            )
-        children.append(record)
-    if new:
-        await engine._committer.write(new)
-    return children
+            record = stored.get(child_id)
+            if record is None:
+                record = InstanceRecord(
+                    instance_id=child_id,
+                    workflow=self._wf.name,
+                    status="running",
+                    input=envelope,
+                    parent_id=parent_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+                new.append(record)
+            elif json.loads(record.input)["value"] != json.loads(envelope)["value"]:
+                raise InstanceConflict(
+                    f"item {i} of {self._what} differs from the one recorded for child"
+                    f" {child_id!r}; bump the fan-out key if its items changed"
+                )
+            children.append(record)
+        if new:
+            await write(new, "creating children")
+        return children
 
 
-def _raise_first_failure(
+def _finished(outcome: Outcome[Any] | None) -> bool:
+    return isinstance(outcome, Completed | Failed | Cancelled)
+
+
+def _first_failure(
     children: Sequence[InstanceRecord], outcomes: Sequence[Outcome[Any] | None]
-) -> None:
+) -> tuple[ChildFailed, BaseException | ErrorInfo] | None:
+    """The failure a fail-fast fan-out raises: the first failed child in item order, else
+    the first cancelled one — the same whether it is seen live or read from storage."""
     for record, outcome in zip(children, outcomes, strict=True):
         if isinstance(outcome, Failed):
             error: BaseException | ErrorInfo = outcome.exception or outcome.error
-            raise ChildFailed(record.instance_id, error) from outcome.exception
+            exc = ChildFailed(record.instance_id, error)
+            exc.__cause__ = outcome.exception
+            return exc, outcome.error
+    for record, outcome in zip(children, outcomes, strict=True):
         if isinstance(outcome, Cancelled):
             cancelled = WorkflowCancelled(outcome.reason)
-            raise ChildFailed(record.instance_id, cancelled) from cancelled
+            exc = ChildFailed(record.instance_id, cancelled)
+            exc.__cause__ = cancelled
+            return exc, cancelled
+    return None
 
 
 def _settled(record: InstanceRecord, outcome: Outcome[Any] | None, settle: bool) -> Any:

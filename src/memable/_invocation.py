@@ -13,6 +13,7 @@ from ._workflow import Workflow
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._status import Instances
 
 __all__ = ["Invocation"]
 
@@ -36,10 +37,17 @@ class Invocation(Generic[O]):
         ...             print("suspended or cancelled")
     """
 
-    __slots__ = ("_engine", "_failure", "instance_id", "workflow")
+    __slots__ = ("_engine", "_failure", "_instances", "instance_id", "workflow")
 
-    def __init__(self, engine: Engine, workflow: Workflow[Any, O], instance_id: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        instances: Instances,
+        workflow: Workflow[Any, O],
+        instance_id: str,
+    ) -> None:
         self._engine = engine
+        self._instances = instances
         self.workflow = workflow
         self.instance_id = instance_id
         self._failure: Failed | None = None  # seen live, with its exception
@@ -60,24 +68,24 @@ class Invocation(Generic[O]):
             >>> async def show(invocation: Invocation[int]) -> None:
             ...     print(await invocation.wait())
         """
-        engine = self._engine
+        instances = self._instances
         while True:
-            engine._check_running()
-            run = engine._runner.runs.get(self.instance_id)
+            instances.check_running()
+            run = instances.runs.get(self.instance_id)
             if run is not None:
                 await run.finished.wait()
                 if run.outcome is not None:
                     if isinstance(run.outcome, Failed):
                         self._failure = run.outcome
                     return run.outcome
-            record = await engine._record(self.workflow, self.instance_id)
-            outcome = engine._outcome(self.workflow, record)
+            record = await instances.record(self.workflow, self.instance_id)
+            outcome = instances.outcome(self.workflow, record)
             failure = self._failure
             if isinstance(outcome, Failed) and failure and outcome.error == failure.error:
                 return failure  # the failure seen live: with its exception
             if outcome is not None:
                 return outcome
-            if self.instance_id in engine._runner.runs:
+            if self.instance_id in instances.runs:
                 continue  # started again meanwhile
             raise NotStarted(
                 f"instance {self.instance_id!r} is recorded as running but this engine does"
@@ -113,8 +121,10 @@ class Invocation(Generic[O]):
                 return output
             case Failed(error=error, exception=exception):
                 raise WorkflowFailed(self.instance_id, error) from exception
-            case Suspended(waiting_on=keys, status=status):
-                raise WorkflowSuspended(keys[0] if keys else "", status)
+            case Suspended(waiting_on=keys, status=status, children=children):
+                raise WorkflowSuspended(
+                    keys[0] if keys else "", status, instance_id=self.instance_id, children=children
+                )
             case Cancelled(reason=reason):
                 raise WorkflowCancelled(reason)
         typing.assert_never(outcome)

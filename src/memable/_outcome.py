@@ -2,11 +2,16 @@
 
 import json
 from datetime import UTC, datetime
-from typing import Generic, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
 
 import attrs
 
+from ._ids import children_waited, public_keys
 from .storage._records import InstanceRecord, InstanceState
+
+if TYPE_CHECKING:
+    from ._serde import Serde
+    from ._workflow import Workflow
 
 __all__ = [
     "Cancelled",
@@ -19,6 +24,7 @@ __all__ = [
     "Outcome",
     "Settled",
     "Suspended",
+    "outcome_of",
 ]
 
 O_co = TypeVar("O_co", covariant=True)
@@ -119,6 +125,9 @@ class Failed:
 class Suspended:
     """The instance is suspended, waiting on the keys in ``waiting_on``.
 
+    ``children`` is how many child instances (of fan-outs) it waits for; waiting on them
+    is reported here, never as a key.
+
     Example:
         >>> from memable import Suspended
         >>> Suspended(waiting_on=("approval:v1",), status="waiting").waiting_on
@@ -127,6 +136,7 @@ class Suspended:
 
     waiting_on: tuple[str, ...]
     status: str | None = None
+    children: int = 0
 
 
 @final
@@ -186,7 +196,7 @@ class InstanceInfo:
             if record.finished_at is None
             else datetime.fromtimestamp(record.finished_at, UTC),
             error=None if record.error is None else ErrorInfo.from_json(record.error),
-            waiting_on=record.waiting_on,
+            waiting_on=public_keys(record.waiting_on) if record.status == "suspended" else (),
             parent_id=record.parent_id,
         )
 
@@ -225,3 +235,29 @@ class Err:
 
 #: The outcome of one child of ``fan_out(..., settle=True)``.
 Settled: TypeAlias = Ok[T_co] | Err
+
+
+def outcome_of(
+    record: InstanceRecord, serde: "Serde", wf: "Workflow[Any, Any]"
+) -> Outcome[Any] | None:
+    """The outcome a stored instance stands at (``None`` while it is running)."""
+    match record.status:
+        case "completed":
+            assert record.output is not None
+            _, output_type = wf.types()
+            output = serde.decode(
+                record.output, output_type, "output", f"the output of {record.instance_id!r}"
+            )
+            return Completed(output=output)
+        case "failed":
+            return Failed(error=ErrorInfo.from_json(record.error))
+        case "suspended":
+            return Suspended(
+                waiting_on=public_keys(record.waiting_on),
+                status=record.status_message,
+                children=children_waited(record.waiting_on),
+            )
+        case "cancelled":
+            return Cancelled(reason=record.status_message or "")
+        case _:
+            return None

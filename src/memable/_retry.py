@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Literal, final
+from typing import Literal, TypeVar, final
 
+import anyio
 import attrs
 
 from ._durations import seconds
 
-__all__ = ["RetryPolicy"]
+__all__ = ["AttemptsFailed", "RetryPolicy", "run_attempts"]
+
+T = TypeVar("T")
 
 _ExcTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -161,3 +165,52 @@ class RetryPolicy:
 
             delay *= random.uniform(0.5, 1.0)
         return delay
+
+
+class AttemptsFailed(Exception):
+    """Internal: every attempt the policy allowed failed (caught by the step, never shown).
+
+    ``error`` is what the last attempt raised (a :class:`TimeoutError` for a timeout).
+    """
+
+    def __init__(self, error: Exception, attempts: int, timeout: float | None, retried: bool):
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+        self.timeout = timeout  # set if the last attempt timed out
+        self.retried = retried  # whether the policy retries this kind of error
+
+
+async def run_attempts(
+    policy: RetryPolicy,
+    call: Callable[[], Awaitable[T]],
+    timeout: float | None,
+    on_retry: Callable[[int, Exception], None],
+) -> tuple[T, int]:
+    """Await *call* under *policy*, each attempt within *timeout* seconds.
+
+    Returns the result and how many attempts it took, or raises :class:`AttemptsFailed`.
+    :class:`~memable.Permanent` and exceptions outside ``policy.on`` are not retried; a
+    timeout counts as :class:`TimeoutError`. Cancellation is never caught.
+    """
+    from ._exceptions import Permanent
+
+    attempt = 0
+    while True:
+        attempt += 1
+        timed_out: float | None = None
+        try:
+            if timeout is None:
+                return await call(), attempt
+            with anyio.move_on_after(timeout) as scope:
+                result = await call()
+            if not scope.cancelled_caught:
+                return result, attempt
+            timed_out = timeout
+            raise TimeoutError(f"the step's attempt took longer than {timeout} s")
+        except Exception as exc:
+            retried = not isinstance(exc, Permanent) and policy.retries(exc)
+            if attempt >= policy.attempts or not retried:
+                raise AttemptsFailed(exc, attempt, timed_out, retried) from exc
+            on_retry(attempt, exc)
+            await anyio.sleep(policy.delay_before(attempt + 1))

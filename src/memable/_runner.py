@@ -1,101 +1,63 @@
-"""Running instances: at most one task per instance, from its start to its end or suspension."""
+"""Running instances: at most one task per instance, from its start to its end or suspension.
+
+A run that meets a storage error (loading its history, committing a step, suspending,
+finishing) is not failed and not left behind: it ends as if the process had died there
+and runs again from the top after a backoff, once storage answers, so a long-lived
+engine heals itself (recorded steps replay; nothing recorded runs twice).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
 
+from . import _ids
 from ._context import Context
-from ._outcome import Completed, ErrorInfo, Failed, Outcome, Suspended
+from ._exceptions import StorageError
+from ._journal import Journal
+from ._kernel import Kernel
+from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended, outcome_of
+from ._run import Run
 from ._workflow import Workflow
 from .storage._records import History, InstanceRecord, InstanceState, InstanceUpdate
 
-if TYPE_CHECKING:
-    from ._engine import Engine
-
-__all__ = ["Run", "Runner"]
+__all__ = ["Backoff", "Runner"]
 
 logger = logging.getLogger("memable")
 
 
-_End = Literal["suspended", "restart", "cancelled", "crashed"]
+class Backoff:
+    """Exponential backoff for retrying storage: 50 ms doubling up to 5 s."""
 
+    __slots__ = ("_delay",)
 
-class Run:
-    """An instance while a task of this engine runs it (or a reservation for one).
+    def __init__(self) -> None:
+        self._delay = 0.05
 
-    It lives from the moment the instance starts running here until it completes, fails,
-    is cancelled or suspends; a suspended instance has none. (A plain slotted class: it is
-    internal, mutable and made once per run.)
-    """
-
-    __slots__ = (
-        "end",
-        "finished",
-        "fresh",
-        "idle",
-        "in_flight",
-        "instance_id",
-        "outcome",
-        "pending",
-        "rerun",
-        "scope",
-        "started",
-        "status_dirty",
-        "status_message",
-        "suspending",
-        "waiting",
-        "workflow",
-    )
-
-    def __init__(self, instance_id: str, workflow: Workflow[Any, Any]) -> None:
-        self.instance_id = instance_id
-        self.workflow = workflow
-        self.finished = anyio.Event()
-        self.started = False
-        self.pending = 0  # invoke calls still deciding whether they start this run
-        self.status_message: str | None = None
-        self.status_dirty = False
-        self.fresh = False  # just created: there is no history to load
-        self.idle = anyio.Event()
-        self.reset()
-
-    def __repr__(self) -> str:
-        return f"<Run {self.instance_id!r} started={self.started} end={self.end}>"
-
-    def reset(self) -> None:
-        """Prepare for a (first or another) pass over the workflow function."""
-        self.scope = anyio.CancelScope()
-        self.outcome: Outcome[Any] | None = None
-        # Suspension: the keys waited on, whether a task is suspending the instance, and
-        # the steps in flight (the instance suspends once they have recorded their results).
-        self.waiting: set[str] = set()
-        self.suspending = False
-        self.in_flight = 0
-        self.end: _End | None = None  # why the scope was cancelled
-        self.rerun = False  # claimed again while ending: run once more
+    async def wait(self) -> None:
+        await anyio.sleep(self._delay)
+        self._delay = min(5.0, self._delay * 2)
 
 
 class Runner:
     """Starts and drives the runs of one engine's instances, one task per instance.
 
-    A run starts when an instance is created, recovered or claimed (by a signal, a timer or
-    ``resume``) and ends when the instance completes, fails, is cancelled or suspends;
-    the engine's task group holds its task meanwhile.
+    A run starts when an instance is created, recovered or claimed (by a signal, a timer,
+    a cancelled child or ``resume``) and ends when the instance completes, fails, is
+    cancelled or suspends; the engine's group of instances holds its task meanwhile.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
         self.runs: dict[str, Run] = {}
-        self.crash_points: set[tuple[str, str]] = set()  # (key, "before"/"after"), testing
+        self._troubled: set[str] = set()  # runs that ended because storage failed
 
     def claimed(self, record: InstanceRecord) -> None:
-        """Run an instance stored as ``running``: recovered, or just claimed by a signal,
-        a timer or resume."""
-        wf = self._engine._workflows.get(record.workflow)
+        """Run an instance stored as ``running``: recovered, or just claimed."""
+        wf = self._kernel.registry.get(record.workflow)
         if wf is None:
             logger.warning(
                 "instance %r of unregistered workflow %r is left running;"
@@ -106,10 +68,15 @@ class Runner:
             )
             return
         run = self.runs.get(record.instance_id)
-        if run is not None and run.started:
+        if run is not None and run.driven:
             run.rerun = True  # still ending its suspended pass: it goes again
             return
         self.start(self.reserve(record.instance_id, wf), record)
+
+    def live(self, instance_id: str) -> Run | None:
+        """The run of *instance_id* if a task of this engine runs it."""
+        run = self.runs.get(instance_id)
+        return run if run is not None and run.driven else None
 
     async def wait_idle(self) -> None:
         while self.runs:
@@ -122,87 +89,122 @@ class Runner:
         return run
 
     def release(self, run: Run) -> None:
-        if not run.started and run.pending == 0 and self.runs.get(run.instance_id) is run:
+        if not run.driven and run.pending == 0 and self.runs.get(run.instance_id) is run:
             del self.runs[run.instance_id]
+            run.release()
             run.finished.set()
 
     def start(self, run: Run, record: InstanceRecord) -> None:
-        if self._engine._cancelling or self._engine._task_group is None:
+        run.driven = True
+        if not self._kernel.spawn(self.drive, run, record, name=f"memable {run.instance_id}"):
+            run.driven = False
             self.release(run)  # shutting down: the next engine recovers it
-            return
-        run.started = True
-        self._engine._task_group.start_soon(
-            self.drive, run, record, name=f"memable {run.instance_id}"
-        )
+
+    def stop_all(self) -> None:
+        """Shutdown: end every pass (the instances stay ``running`` in storage)."""
+        for run in list(self.runs.values()):
+            if run.live:
+                run.end("shutdown")
+
+    def cancel_live(self, instance_id: str, reason: str) -> None:
+        """End the pass of a cancelled instance (its storage row says ``cancelled``)."""
+        run = self.live(instance_id)
+        if run is not None and run.live:
+            run.end("cancelled", Cancelled(reason=reason))
 
     async def drive(self, run: Run, record: InstanceRecord) -> None:
-        """Run one instance to its end, suspension or shutdown, recording how it ended."""
+        """Run one instance to its end, suspension or shutdown, healing after storage errors."""
+        backoff = Backoff()
         try:
             run.status_message = record.status_message
             while True:
-                self._engine._status.publish(run.instance_id, "running", run.status_message)
+                run.begin_pass()
+                self._kernel.status.publish(run.instance_id, "running", run.status_message)
                 await self._pass(run, record)
-                if run.end == "restart" or (run.end == "suspended" and run.rerun):
-                    # A signal or timer came while suspending: go again, unless the
-                    # instance was cancelled (or otherwise ended) meanwhile.
-                    current = await self._engine._storage_call(
-                        self._engine._storage.get_instance, run.instance_id
-                    )
-                    if current is not None and current.status == "running":
-                        run.reset()
-                        record = current
-                        continue
-                break
+                if not (run.reason == "restart" or (run.reason == "suspended" and run.rerun)):
+                    break
+                if run.instance_id in self._troubled:
+                    self._troubled.discard(run.instance_id)
+                    await backoff.wait()
+                current = await self._reread(run, backoff)
+                if current is None or current.status != "running":
+                    if current is not None and run.reason == "restart":
+                        run.outcome = outcome_of(current, self._kernel.serde, run.workflow)
+                    break
+                record = current
         finally:
             if self.runs.get(run.instance_id) is run:
                 del self.runs[run.instance_id]
             run.finished.set()
 
+    async def _reread(self, run: Run, backoff: Backoff) -> InstanceRecord | None:
+        while True:
+            try:
+                return await self._kernel.store.get(run.instance_id)
+            except StorageError:
+                self._log_trouble(run, "reading it")
+                await backoff.wait()
+
+    def _log_trouble(self, run: Run, doing: str) -> None:
+        logger.warning(
+            "storage failed while %s for instance %r; it runs again once storage answers",
+            doing,
+            run.instance_id,
+            exc_info=True,
+            extra={"instance_id": run.instance_id},
+        )
+        self._kernel.trouble()
+
+    def storage_failed(self, run: Run, doing: str) -> None:
+        """End the pass as if the process died here; it runs again after a backoff."""
+        self._log_trouble(run, doing)
+        self._troubled.add(run.instance_id)
+        run.end("restart")
+
     async def _pass(self, run: Run, record: InstanceRecord) -> None:
         """One pass over the workflow function, from the top."""
+        kernel = self._kernel
         wf = run.workflow
-        try:
-            with run.scope:
-                if run.fresh:
-                    run.fresh = False
-                    history = History(steps=[], signals=[], timers=[])
-                else:
-                    history = await self._engine._storage_call(
-                        self._engine._storage.load_history, run.instance_id
-                    )
-                context = Context(self._engine, run, history)
-                input_type, output_type = wf.types()
+        with run.scope:
+            if run.fresh:
+                run.fresh = False
+                history = History(steps=[], signals=[], timers=[])
+            else:
+                try:
+                    history = await kernel.store.history(run.instance_id)
+                except StorageError:
+                    self.storage_failed(run, "loading its history")
+                    return
+            context = Context(kernel, self, run, Journal(run.instance_id, history,
+                                                         record.waiting_on))  # fmt: skip
+            input_type, output_type = wf.types()
+            try:
                 try:
                     if wf.takes_input:
-                        value = self._engine._serde.decode(
+                        value = kernel.serde.decode(
                             record.input, input_type, "input", f"the input of {run.instance_id!r}"
                         )
                         output = await wf.fn(context, value)
                     else:
                         output = await wf.fn(context)
-                    envelope = self._engine._serde.encode(
+                    envelope = kernel.serde.encode(
                         output, output_type, "output", f"the output of {run.instance_id!r}"
                     )
-                except Exception as exc:
-                    if run.end is None:  # not while suspending, crashing or cancelled
-                        failed = Failed(error=ErrorInfo.from_exception(exc), exception=exc)
-                        await self._finish(run, failed)
-                else:
+                finally:
+                    context.close()
+            except Exception as exc:
+                if run.phase == "running":  # not while suspending, ending or cancelled
+                    failed = Failed(error=ErrorInfo.from_exception(exc), exception=exc)
+                    await self._finish(run, failed)
+            else:
+                if run.phase == "running":
                     await self._finish(run, Completed(output=output), output=envelope)
-        except Exception as exc:
-            # Storage failed while starting or finishing: the instance stays as stored
-            # (``running``), the next engine recovers it; waiters here learn what happened.
-            logger.exception(
-                "instance %r stopped: its state could not be read or written",
-                run.instance_id,
-                extra={"instance_id": run.instance_id},
-            )
-            run.outcome = Failed(error=ErrorInfo.from_exception(exc), exception=exc)
 
     async def _finish(
         self, run: Run, outcome: Completed[Any] | Failed, output: str | None = None
     ) -> None:
-        now = self._engine._now()
+        kernel = self._kernel
+        now = kernel.now()
         status: InstanceState = "completed" if isinstance(outcome, Completed) else "failed"
         error = None
         if isinstance(outcome, Failed):
@@ -222,42 +224,78 @@ class Runner:
             status_message=run.status_message,
             output=output,
             error=error,
+            waiting_on=(),
             finished_at=now,
         )
-        await self._engine._committer.write([update])
-        run.outcome = outcome
-        self._engine._status.publish(run.instance_id, status, run.status_message)
+        with anyio.CancelScope(shield=True):  # what storage decided must be known here
+            try:
+                (applied,) = await kernel.write([update])
+                current = None if applied else await kernel.store.get(run.instance_id)
+            except StorageError:
+                self.storage_failed(run, "recording its end")
+                return
+        if applied:
+            run.end("completed" if status == "completed" else "failed", outcome)
+            kernel.status.publish(run.instance_id, status, run.status_message)
+            return
+        # Lost a race: it was cancelled (or otherwise ended) meanwhile. Say what storage says.
+        if current is not None and current.status == "cancelled":
+            run.end("cancelled", Cancelled(reason=current.status_message or ""))
+        elif current is not None and current.status == "running":
+            run.end("restart")  # pragma: no cover - only a foreign writer could do this
+        else:
+            stored = None if current is None else outcome_of(current, kernel.serde, run.workflow)
+            run.end("cancelled", stored)
 
     async def suspend(self, run: Run) -> None:
-        """Record *run*'s instance as suspended and end the run (called by the context)."""
-        waiting_on = tuple(sorted(run.waiting))
+        """Record *run*'s instance as suspended on every key its tasks wait on, then end it.
+
+        Called by the first task that waits; others register their keys meanwhile. The
+        suspension is written once no durable operation is in flight, and written again
+        (extended) if a key was registered while it was being written.
+        """
+        kernel = self._kernel
+        written: set[str] | None = None
         with anyio.CancelScope(shield=True):  # what storage decided must be known here
-            suspended = await self._engine._storage_call(
-                self._engine._storage.suspend,
-                run.instance_id,
-                waiting_on=waiting_on,
-                status_message=run.status_message,
-                now=self._engine._now(),
-            )
-        run.status_dirty = False
-        if suspended:
-            run.end = "suspended"
-            run.outcome = Suspended(waiting_on=waiting_on, status=run.status_message)
-            self._engine._status.publish(
-                run.instance_id, "suspended", run.status_message, waiting_on
-            )
-        elif run.end is None:
-            run.end = "restart"  # what it waits for has come (or it was cancelled meanwhile)
-        run.scope.cancel()
+            while True:
+                await run.until_idle()
+                # One scheduling round: tasks just woken or spawned reach their waits.
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                if run.busy:
+                    continue
+                if written is not None and run.waiting <= written:
+                    break
+                keys = tuple(sorted(run.waiting))
+                try:
+                    suspended = await kernel.store.suspend(
+                        run.instance_id, keys, run.status_message, kernel.now(), written is not None
+                    )
+                except StorageError:
+                    run.suspend_failed()
+                    self.storage_failed(run, "suspending it")
+                    return
+                run.status_dirty = False
+                if not suspended:
+                    run.end("restart")  # what it waits for has come, or it was cancelled
+                    return
+                written = set(keys)
+        assert written is not None
+        waiting_on = _ids.public_keys(sorted(written))
+        children = _ids.children_waited(written)
+        if run.end(
+            "suspended",
+            Suspended(waiting_on=waiting_on, status=run.status_message, children=children),
+        ):
+            kernel.status.publish(run.instance_id, "suspended", run.status_message, waiting_on)
 
     async def maybe_crash(self, run: Run, key: str, when: Literal["before", "after"]) -> None:
         """Crash injection (memable.testing): end the run here as if the process died."""
-        if (key, when) in self.crash_points:
-            self.crash_points.discard((key, when))
+        points = self._kernel.crash_points
+        if (key, when) in points:
+            points.discard((key, when))
             parts = run.instance_id.split("/")
             for depth in range(len(parts), 0, -1):  # the instance and its ancestors
-                ancestor = self.runs.get("/".join(parts[:depth]))
-                if ancestor is not None and ancestor.started:
-                    ancestor.end = "crashed"
-                    ancestor.scope.cancel()
+                ancestor = self.live("/".join(parts[:depth]))
+                if ancestor is not None:
+                    ancestor.end("crashed")
             await anyio.lowlevel.checkpoint()

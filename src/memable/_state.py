@@ -9,13 +9,16 @@ from .storage._records import InstanceState
 
 __all__ = ["FINISHED", "TRANSITIONS", "IllegalTransition", "can_move", "check_move"]
 
-#: Which state may follow which. ``running -> running`` is recovery after a crash.
+#: Which state may follow which. ``running -> running`` is recovery after a crash (or
+#: ``resume`` of a stuck instance); ``failed -> running`` is ``resume``;
+#: ``cancelled -> running`` happens only to the children of a fan-out whose failed parent
+#: is resumed (a top-level cancelled instance is never resumed: the rules refuse it).
 TRANSITIONS: Final[Mapping[InstanceState, frozenset[InstanceState]]] = {
     "running": frozenset({"running", "suspended", "completed", "failed", "cancelled"}),
     "suspended": frozenset({"running", "cancelled"}),
     "failed": frozenset({"running"}),
     "completed": frozenset(),
-    "cancelled": frozenset(),
+    "cancelled": frozenset({"running"}),
 }
 
 #: States an instance never leaves on its own.
@@ -23,7 +26,10 @@ FINISHED: Final = frozenset[InstanceState]({"completed", "failed", "cancelled"})
 
 
 class IllegalTransition(AssertionError):
-    """A bug: the engine tried to move an instance between states that do not connect."""
+    """A bug: the engine tried to move an instance between states that do not connect.
+
+    (An ``AssertionError``: no user code should ever catch it.)
+    """
 
 
 def can_move(old: InstanceState, new: InstanceState) -> bool:
@@ -45,6 +51,6 @@ def sources(new: InstanceState) -> tuple[InstanceState, ...]:
     """Every state from which an instance may move to *new*, in a stable order.
 
     >>> sources("running")
-    ('failed', 'running', 'suspended')
+    ('cancelled', 'failed', 'running', 'suspended')
     """
     return tuple(sorted(old for old, targets in TRANSITIONS.items() if new in targets))

@@ -7,14 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._ids import public_keys
 from ._suspend import Status
 from .storage._records import InstanceState
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from ._workflow import Workflow
+    from collections.abc import Awaitable, Callable
 
-__all__ = ["StatusHub", "StatusStream"]
+    from ._outcome import Outcome
+    from ._run import Run
+    from ._workflow import Workflow
+    from .storage._records import InstanceRecord
+
+__all__ = ["Instances", "StatusHub", "StatusStream"]
 
 
 class _Subscriber:
@@ -93,6 +98,29 @@ class StatusHub:
                 subscriber.close()
 
 
+class Instances:
+    """What invocations and status streams need of their engine, and nothing more."""
+
+    __slots__ = ("check_running", "live_message", "outcome", "record", "runs", "status")
+
+    def __init__(
+        self,
+        *,
+        status: StatusHub,
+        runs: dict[str, Run],
+        check_running: Callable[[], None],
+        record: Callable[[Workflow[Any, Any], str], Awaitable[InstanceRecord]],
+        outcome: Callable[[Workflow[Any, Any], InstanceRecord], Outcome[Any] | None],
+        live_message: Callable[[InstanceRecord], str | None],
+    ) -> None:
+        self.status = status
+        self.runs = runs  # the runs (and reservations) of the engine, by instance id
+        self.check_running = check_running
+        self.record = record
+        self.outcome = outcome
+        self.live_message = live_message
+
+
 class StatusStream:
     """The iterator ``engine.subscribe()`` returns: the current status, then the changes.
 
@@ -101,8 +129,8 @@ class StatusStream:
     when the stream ends, or when the iterator is garbage collected.
     """
 
-    def __init__(self, engine: Engine, wf: Workflow[Any, Any], instance_id: str) -> None:
-        self._engine = engine
+    def __init__(self, instances: Instances, wf: Workflow[Any, Any], instance_id: str) -> None:
+        self._instances = instances
         self._wf = wf
         self._instance_id = instance_id
         self._subscriber: _Subscriber | None = None
@@ -115,20 +143,20 @@ class StatusStream:
     async def __anext__(self) -> Status:
         if self._done:
             raise StopAsyncIteration
-        engine = self._engine
+        instances = self._instances
         if self._last is None:
             # Follow before reading, so that no change between the read and now is missed.
-            self._subscriber = engine._status.follow(self._instance_id)
+            self._subscriber = instances.status.follow(self._instance_id)
             try:
-                record = await engine._record(self._wf, self._instance_id)
+                record = await instances.record(self._wf, self._instance_id)
             except BaseException:
                 self._close()
                 raise
             self._last = Status(
                 instance_id=self._instance_id,
                 status=record.status,
-                message=engine._live_message(record),
-                waiting_on=record.waiting_on,
+                message=instances.live_message(record),
+                waiting_on=public_keys(record.waiting_on) if record.status == "suspended" else (),
             )
             return self._last
         assert self._subscriber is not None
@@ -145,7 +173,7 @@ class StatusStream:
     def _close(self) -> None:
         self._done = True
         if self._subscriber is not None:
-            self._engine._status.drop(self._instance_id, self._subscriber)
+            self._instances.status.drop(self._instance_id, self._subscriber)
             self._subscriber = None
 
     def __del__(self) -> None:

@@ -13,7 +13,7 @@ from ._keys import check_key
 if TYPE_CHECKING:
     from ._context import Context
 
-__all__ = ["Workflow", "workflow"]
+__all__ = ["Workflow", "function_workflow", "workflow"]
 
 # Workflow[I, O] takes an I and gives an O: a Workflow[str, Receipt] is also a
 # Workflow[str, object] (covariant output) and a Workflow[Literal["a"], Receipt]
@@ -84,15 +84,6 @@ class Workflow(Generic[I_contra, O_co]):
         self.takes_input = _count_parameters(name, fn) == 2
         self._types: tuple[Any, Any] | None = None
 
-    @classmethod
-    def _child(cls, name: str, fn: Callable[..., Awaitable[Any]]) -> Workflow[Any, Any]:
-        """A workflow for the children of a fan-out over a plain function (reserved name)."""
-        wf: Workflow[Any, Any] = cls.__new__(cls)
-        wf._setup(name, fn, None)
-        if not wf.takes_input:
-            raise TypeError(f"a fan-out function must take (ctx, item), not just (ctx): {fn!r}")
-        return wf
-
     def __repr__(self) -> str:
         return f"<memable.Workflow {self.name!r} ({_qualname(self.fn)})>"
 
@@ -126,6 +117,15 @@ class Workflow(Generic[I_contra, O_co]):
                 input_type = hints[parameters[1]]
             self._types = (input_type, hints["return"])
         return self._types
+
+
+def function_workflow(name: str, fn: Callable[..., Awaitable[Any]]) -> Workflow[Any, Any]:
+    """A workflow for the children of a fan-out over a plain function (reserved name)."""
+    wf: Workflow[Any, Any] = Workflow.__new__(Workflow)
+    Workflow._setup(wf, name, fn, None)
+    if not wf.takes_input:
+        raise TypeError(f"a fan-out function must take (ctx, item), not just (ctx): {fn!r}")
+    return wf
 
 
 def _qualname(fn: object) -> str:

@@ -15,6 +15,7 @@ import anyio.lowlevel
 import pytest
 
 import memable
+import memable._run
 from memable import Context, Engine, SuspendPoint
 from memable.testing import ManualClock
 
@@ -98,5 +99,5 @@ async def test_ten_thousand_suspended_instances_hold_nothing(tmp_path: Path) -> 
                 tg.start_soon(park, n)
         assert len(await engine.instances(status="suspended", limit=None)) == 10_000
         gc.collect()
-        held = sum(isinstance(o, memable.Context | memable._runner.Run) for o in gc.get_objects())
-        assert (len(engine._runner.runs), len(engine._status), held) == (0, 0, 0)
+        held = sum(isinstance(o, memable.Context | memable._run.Run) for o in gc.get_objects())
+        assert (len(engine._runner.runs), len(engine._kernel.status), held) == (0, 0, 0)

@@ -104,7 +104,7 @@ async def context_checks(ctx: Context) -> None:
     await ctx.step("k4", fetch, 1, 2)  # type: ignore[arg-type]
     await ctx.step("k5", fetch)  # type: ignore[arg-type]
     await ctx.step("k6", blocking, "a")  # type: ignore[arg-type]
-    await ctx.sleep("k7", 5)  # type: ignore[arg-type]
+    await ctx.sleep("k7", 5)  # seconds, as anyio.sleep
     await ctx.fan_out("k8", order, [1, 2])  # type: ignore[arg-type]
 
 

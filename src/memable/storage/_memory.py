@@ -1,31 +1,26 @@
-"""In-memory storage, for tests and throwaway engines."""
+"""In-memory storage: the small reference backend, for tests and throwaway engines."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Collection, Sequence
-from typing import final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, final
 
 import attrs
 
 from .._exceptions import StorageError
-from ._records import (
-    History,
-    InstanceRecord,
-    InstanceState,
-    InstanceUpdate,
-    SignalOutcome,
-    SignalRecord,
-    StepRecord,
-    TimerRecord,
-    Write,
-)
+from ._base import RuleStorage, family_ids
+from ._records import History, InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
+from ._tx import COLUMNS, Guard
 
 __all__ = ["MemoryStorage"]
 
+_Rows = dict[str, dict[str, Any]]
+
 
 @final
-class MemoryStorage:
+class MemoryStorage(RuleStorage):
     """A :class:`~memable.storage.Storage` that keeps everything in dictionaries.
 
     Nothing survives the process, but the same ``MemoryStorage`` object may be handed to
@@ -37,12 +32,13 @@ class MemoryStorage:
         >>> engine = memable.Engine(MemoryStorage())
     """
 
+    threads = 1
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._instances: dict[str, InstanceRecord] = {}
-        self._steps: dict[str, dict[str, StepRecord]] = {}
-        self._signals: dict[str, dict[str, SignalRecord]] = {}
-        self._timers: dict[str, dict[str, TimerRecord]] = {}
+        self._tables: dict[str, _Rows] = {"steps": {}, "signals": {}, "timers": {}}
+        self._undo: list[Callable[[], None]] | None = None
         self._owned = False
 
     def __repr__(self) -> str:
@@ -58,13 +54,7 @@ class MemoryStorage:
         with self._lock:
             self._owned = False
 
-    def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
-        with self._lock:
-            existing = self._instances.get(record.instance_id)
-            if existing is not None:
-                return existing, False
-            self._instances[record.instance_id] = record
-            return record, True
+    # -- reads ------------------------------------------------------------------------------
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         with self._lock:
@@ -91,233 +81,136 @@ class MemoryStorage:
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:
         with self._lock:
-            return list(self._steps.get(instance_id, {}).values())
-
-    def commit(self, writes: Sequence[Write]) -> None:
-        with self._lock:
-            for write in writes:
-                if isinstance(write, StepRecord):
-                    steps = self._steps.setdefault(write.instance_id, {})
-                    old = steps.get(write.key)
-                    if old is None or old.state != "completed":
-                        steps[write.key] = write
-                elif isinstance(write, TimerRecord):
-                    self._timers.setdefault(write.instance_id, {}).setdefault(write.key, write)
-                elif isinstance(write, InstanceRecord):
-                    self._instances.setdefault(write.instance_id, write)
-                elif isinstance(write, InstanceUpdate):
-                    self._apply(write)
+            return list(self._tables["steps"].get(instance_id, {}).values())
 
     def load_history(self, instance_id: str) -> History:
         with self._lock:
-            return History(
-                steps=list(self._steps.get(instance_id, {}).values()),
-                signals=list(self._signals.get(instance_id, {}).values()),
-                timers=list(self._timers.get(instance_id, {}).values()),
-            )
-
-    def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
-        with self._lock:
-            record = self._instances.get(signal.instance_id)
-            if record is None:
-                return "not_found", None
-            if record.status in ("completed", "failed", "cancelled"):
-                return "finished", record
-            signals = self._signals.setdefault(signal.instance_id, {})
-            if signal.key in signals:
-                return "superseded", record
-            signals[signal.key] = signal
-            if record.status == "suspended" and signal.key in record.waiting_on:
-                return "claimed", self._claim(record, signal.created_at)
-            return "stored", record
-
-    def suspend(
-        self,
-        instance_id: str,
-        *,
-        waiting_on: Sequence[str],
-        status_message: str | None,
-        now: float,
-    ) -> bool:
-        with self._lock:
-            signals = self._signals.get(instance_id, {})
-            if any(key in signals for key in waiting_on) or any(
-                r.parent_id == instance_id and r.status == "running"
-                for r in self._instances.values()
-            ):
-                return False
-            timers = self._timers.get(instance_id, {})
-            due = [timers[k] for k in waiting_on if k in timers and timers[k].deadline <= now]
-            if due:
-                for timer in due:
-                    self._fire(timer, now)
-                return False
-            record = self._instances.get(instance_id)
-            if record is None or record.status != "running":
-                return False
-            self._instances[instance_id] = attrs.evolve(
-                record,
-                status="suspended",
-                waiting_on=tuple(waiting_on),
-                status_message=status_message,
-                updated_at=now,
-            )
-            return True
+            rows = {name: list(t.get(instance_id, {}).values()) for name, t in self._tables.items()}
+        return History(steps=rows["steps"], signals=rows["signals"], timers=rows["timers"])
 
     def next_deadline(self) -> float | None:
         with self._lock:
-            deadlines = [
-                timer.deadline
-                for timers in self._timers.values()
-                for timer in timers.values()
-                if not timer.fired
-            ]
-        return min(deadlines, default=None)
-
-    def fire_timers(self, now: float) -> list[InstanceRecord]:
-        claimed: list[InstanceRecord] = []
-        with self._lock:
-            due = sorted(
-                (
-                    timer
-                    for timers in self._timers.values()
-                    for timer in timers.values()
-                    if not timer.fired and timer.deadline <= now
-                ),
-                key=lambda timer: timer.deadline,
+            timers = self._tables["timers"].values()
+            return min(
+                (t.deadline for ts in timers for t in ts.values() if not t.fired), default=None
             )
-            for timer in due:
-                self._fire(timer, now)
-                record = self._instances.get(timer.instance_id)
-                if (
-                    record is not None
-                    and record.status == "suspended"
-                    and (timer.key in record.waiting_on)
-                ):
-                    claimed.append(self._claim(record, now))
-        return claimed
 
-    def cancel(self, instance_id: str, *, reason: str, now: float) -> InstanceRecord | None:
+    def purgeable(
+        self, *, finished_before: float, workflow: str | None, exclude: Sequence[str], limit: int
+    ) -> list[str]:
         with self._lock:
-            record = self._instances.get(instance_id)
-            if record is None or record.status not in ("running", "suspended"):
-                return None
-            for member in self._family(instance_id):
-                if member.status in ("running", "suspended"):
-                    self._instances[member.instance_id] = attrs.evolve(
-                        member,
-                        status="cancelled",
-                        status_message=reason,
-                        waiting_on=(),
-                        updated_at=now,
-                        finished_at=now,
-                    )
-                timers = self._timers.get(member.instance_id, {})
-                for timer in list(timers.values()):
-                    timers[timer.key] = attrs.evolve(timer, fired=True)
-            return record
+            return [
+                r.instance_id
+                for r in self._instances.values()
+                if r.parent_id is None
+                and r.finished_at is not None
+                and r.finished_at < finished_before
+                and r.status in ("completed", "failed", "cancelled")
+                and workflow in (None, r.workflow)
+                and r.workflow not in exclude
+            ][:limit]
 
-    def purge(
-        self,
-        *,
-        finished_before: float,
-        workflow: str | None = None,
-        exclude: Sequence[str] = (),
-    ) -> int:
-        purged = 0
+    # -- the transaction primitives ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[MemoryStorage]:
         with self._lock:
-            for record in list(self._instances.values()):
-                if (
-                    record.parent_id is None
-                    and record.status in ("completed", "failed", "cancelled")
-                    and record.finished_at is not None
-                    and record.finished_at < finished_before
-                    and (workflow is None or record.workflow == workflow)
-                    and record.workflow not in exclude
-                ):
-                    for member in self._family(record.instance_id):
-                        for table in (self._steps, self._signals, self._timers):
-                            table.pop(member.instance_id, None)
-                        del self._instances[member.instance_id]
-                    purged += 1
-        return purged
+            self._undo = []
+            try:
+                yield self
+            except BaseException:
+                for undo in reversed(self._undo):
+                    undo()
+                raise
+            finally:
+                self._undo = None
 
-    def _family(self, instance_id: str) -> list[InstanceRecord]:
-        """The instance and its descendants (child ids are ``{parent}/{key}-{i}``)."""
-        prefix = instance_id + "/"
+    def _set(self, table: dict[str, Any], key: str, value: Any) -> None:
+        """Change one entry, remembering how to undo it if the transaction fails."""
+        assert self._undo is not None, "written outside a transaction"
+        if key in table:
+            old = table[key]
+            self._undo.append(lambda: table.__setitem__(key, old))
+        else:
+            self._undo.append(lambda: table.pop(key, None))
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+
+    def _rows(self, name: str, instance_id: str) -> dict[str, Any]:
+        table = self._tables[name]
+        if instance_id not in table:
+            self._set(table, instance_id, {})
+        return table[instance_id]
+
+    def instance(self, instance_id: str) -> InstanceRecord | None:
+        return self._instances.get(instance_id)
+
+    def family(self, instance_id: str) -> list[InstanceRecord]:
+        return [self._instances[i] for i in family_ids(iter(self._instances), instance_id)]
+
+    def children(self, parent_id: str, prefix: str = "") -> list[InstanceRecord]:
         return [
-            record
-            for record in self._instances.values()
-            if record.instance_id == instance_id or record.instance_id.startswith(prefix)
+            r
+            for r in self._instances.values()
+            if r.parent_id == parent_id and r.instance_id.startswith(prefix)
         ]
 
-    def _claim(self, record: InstanceRecord, now: float) -> InstanceRecord:
-        """Claim *record* and its suspended ancestors; return the instance to run."""
-        while True:
-            record = attrs.evolve(record, status="running", waiting_on=(), updated_at=now)
-            self._instances[record.instance_id] = record
-            if record.parent_id is None:
-                return record
-            parent = self._instances[record.parent_id]
-            if parent.status != "suspended":
-                while parent.parent_id is not None:
-                    parent = self._instances[parent.parent_id]
-                return parent
-            record = parent
+    def signal(self, instance_id: str, key: str) -> SignalRecord | None:
+        return self._tables["signals"].get(instance_id, {}).get(key)
 
-    def _fire(self, timer: TimerRecord, now: float) -> None:
-        self._timers[timer.instance_id][timer.key] = attrs.evolve(timer, fired=True)
-        if timer.kind == "timeout":
-            self._signals.setdefault(timer.instance_id, {}).setdefault(
-                timer.key,
-                SignalRecord(instance_id=timer.instance_id, key=timer.key, payload=None,
-                             created_at=now),
-            )  # fmt: skip
+    def timers(self, instance_id: str) -> list[TimerRecord]:
+        return list(self._tables["timers"].get(instance_id, {}).values())
 
-    def _apply(self, update: InstanceUpdate) -> None:
-        record = self._instances.get(update.instance_id)
-        if record is None or (update.only_if and record.status not in update.only_if):
-            return
-        changes = {
-            name: value
-            for name in (
-                "status",
-                "status_message",
-                "output",
-                "error",
-                "waiting_on",
-                "finished_at",
-                "updated_at",
-            )
-            if (value := getattr(update, name)) is not None
-        }
-        self._instances[update.instance_id] = attrs.evolve(record, **changes)
+    def due_timers(self, now: float, limit: int) -> list[TimerRecord]:
+        timers = self._tables["timers"].values()
+        due = [t for ts in timers for t in ts.values() if not t.fired and t.deadline <= now]
+        return sorted(due, key=lambda t: t.deadline)[:limit]
 
-    def restart(
-        self, instance_id: str, *, only_if: Collection[InstanceState], updated_at: float
-    ) -> InstanceRecord | None:
-        with self._lock:
-            record = self._instances.get(instance_id)
-            if record is None or record.status not in only_if:
-                return None
-            restarted = record
-            for member in self._family(instance_id):
-                if member is record or member.status in ("failed", "cancelled"):
-                    member = attrs.evolve(
-                        member,
-                        status="running",
-                        error=None,
-                        finished_at=None,
-                        waiting_on=(),
-                        updated_at=updated_at,
-                    )
-                    self._instances[member.instance_id] = member
-                    if member.instance_id == instance_id:
-                        restarted = member
-                    steps = self._steps.get(member.instance_id, {})
-                    for key in [key for key, step in steps.items() if step.state == "dead"]:
-                        del steps[key]
-            return restarted
+    def insert(self, row: InstanceRecord | SignalRecord | TimerRecord) -> bool:
+        if isinstance(row, InstanceRecord):
+            table: dict[str, Any] = self._instances
+            key = row.instance_id
+        else:
+            table = self._rows("signals" if isinstance(row, SignalRecord) else "timers",
+                               row.instance_id)  # fmt: skip
+            key = row.key
+        if key in table:
+            return False
+        self._set(table, key, row)
+        return True
+
+    def put_step(self, step: StepRecord) -> bool:
+        steps = self._rows("steps", step.instance_id)
+        old = steps.get(step.key)
+        if old is not None and old.state == "completed":
+            return False
+        self._set(steps, step.key, step)
+        return True
+
+    def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
+        assert set(changes) <= COLUMNS, sorted(set(changes) - COLUMNS)
+        record = self._instances.get(instance_id)
+        if record is None or not guard.allows(record.status):
+            return False
+        self._set(self._instances, instance_id, attrs.evolve(record, **changes))  # type: ignore[arg-type]
+        return True
+
+    def fire(self, instance_id: str, key: str) -> None:
+        timers = self._rows("timers", instance_id)
+        self._set(timers, key, attrs.evolve(timers[key], fired=True))
+
+    def delete_dead_steps(self, instance_id: str) -> None:
+        steps = self._rows("steps", instance_id)
+        for key in [key for key, step in steps.items() if step.state == "dead"]:
+            self._set(steps, key, None)
+
+    def delete_family(self, instance_id: str) -> None:
+        for member in family_ids(iter(list(self._instances)), instance_id):
+            for table in self._tables.values():
+                self._set(table, member, None)
+            self._set(self._instances, member, None)
 
 
 MemoryStorage.__module__ = "memable.storage"

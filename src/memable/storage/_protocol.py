@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from ._records import (
@@ -24,8 +24,11 @@ class Storage(Protocol):
 
     Every method is synchronous and is one transaction; the engine calls them from worker
     threads through ``anyio.to_thread.run_sync`` with its own limiter, never on the event
-    loop. Implementations raise :class:`~memable.StorageError` (with the cause chained) for
-    any failure of the underlying store.
+    loop (as many threads at once as the storage's ``threads`` attribute says, 1 if it has
+    none). Implementations raise :class:`~memable.StorageError` (with the cause chained)
+    for any failure of the underlying store. The built-in backends inherit every
+    state-changing method from one place (``memable._rules`` over a handful of
+    transaction primitives), so they obey the same rules.
 
     Example:
         >>> from memable.storage import MemoryStorage, Storage
@@ -66,8 +69,8 @@ class Storage(Protocol):
         """Return the steps, signals and timers of an instance, in one read."""
         ...
 
-    def commit(self, writes: Sequence[Write]) -> None:
-        """Apply *writes* in order, in one transaction.
+    def commit(self, writes: Sequence[Write]) -> list[bool]:
+        """Apply *writes* in order, in one transaction; return which of them applied.
 
         A :class:`~memable.storage.StepRecord` is inserted or replaces a dead letter; a
         ``completed`` record is never overwritten. An
@@ -75,14 +78,16 @@ class Storage(Protocol):
         A :class:`~memable.storage.TimerRecord` is inserted unless its key has one already;
         so is an :class:`~memable.storage.InstanceRecord` (a child) unless its id exists.
         """
+        ...
 
     def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
         """Store a payload and, if the instance waits on its key, claim it; one transaction.
 
         Returns ``"not_found"`` (no instance), ``"finished"`` (completed, failed or
-        cancelled: nothing stored), ``"superseded"`` (the key already has a payload or
-        timed out: nothing stored), ``"claimed"`` (stored, and the instance was
-        ``suspended`` on this key and is now ``running``), or ``"stored"`` (kept for when
+        cancelled: nothing stored), ``"superseded"`` (the key already has a payload:
+        nothing stored), ``"timed_out"`` (its deadline passed first: nothing stored),
+        ``"claimed"`` (stored, and the instance was ``suspended`` on this key and is now
+        ``running``), or ``"stored"`` (kept for when
         the instance reaches the point). The record is the instance after the transaction
         (``None`` if not found), except for ``"claimed"``: then it is the instance the
         caller must run — the claimed one, or for a child its top-level ancestor, since
@@ -98,13 +103,17 @@ class Storage(Protocol):
         waiting_on: Sequence[str],
         status_message: str | None,
         now: float,
+        extend: bool = False,
     ) -> bool:
         """Record a ``running`` instance as ``suspended`` on *waiting_on*; one transaction.
 
+        With *extend*, the instance is ``suspended`` already (by the same run, a moment
+        ago) and *waiting_on* adds keys registered since; refused if it was claimed.
+
         Refused (``False``, nothing suspended) when any key in *waiting_on* already has a
-        signal, or a timer due at *now* (which this call fires: a due ``timeout`` timer
-        gets its timed-out marker), or a child of the instance is ``running``: then the
-        caller runs the instance again at once.
+        signal, or a timer that fired or is due at *now* (which this call fires: a due
+        ``timeout`` timer gets its timed-out marker), or a child of a fan-out it waits for
+        is ``running``: then the caller runs the instance again at once.
         """
         ...
 
@@ -112,8 +121,8 @@ class Storage(Protocol):
         """Return the earliest deadline of the timers not yet fired, or ``None``."""
         ...
 
-    def fire_timers(self, now: float) -> list[InstanceRecord]:
-        """Fire every timer due at *now* and claim the instances suspended on them.
+    def fire_timers(self, now: float, limit: int = 500) -> list[InstanceRecord]:
+        """Fire at most *limit* timers due at *now*; claim the instances suspended on them.
 
         One transaction: each due timer is marked fired (a ``timeout`` timer stores its
         timed-out marker unless a payload came first); every instance ``suspended`` on a
@@ -122,11 +131,14 @@ class Storage(Protocol):
         """
         ...
 
-    def cancel(self, instance_id: str, *, reason: str, now: float) -> InstanceRecord | None:
+    def cancel(
+        self, instance_id: str, *, reason: str, now: float
+    ) -> tuple[InstanceRecord | None, InstanceRecord | None]:
         """End a ``running`` or ``suspended`` instance and its descendants as ``cancelled``.
 
-        One transaction. Returns the record as it was before, or ``None`` if it was not
-        cancellable.
+        One transaction. Returns the record as it was before (``None`` if it was not
+        cancellable) and the instance to run because of it, if any: cancelling a child
+        claims a parent suspended on its fan-out (its top-level ancestor is returned).
         """
         ...
 
@@ -136,18 +148,19 @@ class Storage(Protocol):
         finished_before: float,
         workflow: str | None = None,
         exclude: Sequence[str] = (),
+        batch: int = 100,
     ) -> int:
         """Delete finished top-level instances with everything of theirs; return how many.
 
         Deletes instances ``completed``, ``failed`` or ``cancelled`` before
         *finished_before* (of *workflow* if given, none of *exclude*), with all their
-        steps, signals, timers and descendants: one transaction per instance. Running
-        and suspended instances are never deleted.
+        steps, signals, timers and descendants: one transaction per *batch* instances.
+        Running and suspended instances are never deleted.
         """
         ...
 
     def restart(
-        self, instance_id: str, *, only_if: Collection[InstanceState], updated_at: float
+        self, instance_id: str, *, only_if: Sequence[InstanceState], updated_at: float
     ) -> InstanceRecord | None:
         """Set the instance ``running`` again and delete its dead letters, in one transaction.
 

@@ -159,7 +159,9 @@ class History:
 
 
 #: What :meth:`~memable.storage.Storage.deliver_signal` did with a payload.
-SignalOutcome: TypeAlias = Literal["claimed", "stored", "superseded", "not_found", "finished"]
+SignalOutcome: TypeAlias = Literal[
+    "claimed", "stored", "superseded", "timed_out", "not_found", "finished"
+]
 
 #: What :meth:`~memable.storage.Storage.commit` applies in one transaction.
 Write: TypeAlias = StepRecord | InstanceUpdate | TimerRecord | InstanceRecord

@@ -12,23 +12,21 @@ import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, Final, Literal, final
 
-import attrs
-
 from .._exceptions import StorageError
+from .._ids import descendant_range
+from ._base import RuleStorage
 from ._records import (
     History,
     InstanceRecord,
     InstanceState,
-    InstanceUpdate,
-    SignalOutcome,
     SignalRecord,
     StepRecord,
     TimerRecord,
-    Write,
 )
+from ._tx import COLUMNS, Guard
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -124,15 +122,6 @@ _UPSERT_STEP: Final = """
         finished_at = excluded.finished_at
     WHERE steps.state != 'completed'
 """
-_UPDATE_FIELDS: Final = (
-    "status",
-    "status_message",
-    "output",
-    "error",
-    "waiting_on",
-    "finished_at",
-    "updated_at",
-)
 
 
 def _instance(row: Any) -> InstanceRecord:
@@ -154,7 +143,7 @@ def _instance(row: Any) -> InstanceRecord:
 
 
 @final
-class SQLiteStorage:
+class SQLiteStorage(RuleStorage):
     """A :class:`~memable.storage.Storage` in a SQLite file (the default).
 
     The file is created if missing, opened in WAL mode with ``synchronous=FULL`` unless
@@ -295,25 +284,11 @@ class SQLiteStorage:
                         db.execute("ROLLBACK")
                 raise
 
-    # -- the protocol -----------------------------------------------------------------------
-
-    def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
-        with self._transaction("creating an instance in") as db:
-            row = db.execute(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?",
-                (record.instance_id,),
-            ).fetchone()
-            if row is not None:
-                return _instance(row), False
-            _insert(db, record)
-            return record, True
+    # -- reads ----------------------------------------------------------------------------
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         with self._read("reading") as db:
-            row = db.execute(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
-            ).fetchone()
-        return None if row is None else _instance(row)
+            return _get(db, instance_id)
 
     def list_instances(
         self,
@@ -359,118 +334,19 @@ class SQLiteStorage:
                         (instance_id,),
                     )
                 ]
-                timers = [
-                    TimerRecord(
-                        instance_id=instance_id, key=k, deadline=d, kind=kind, fired=bool(f)
-                    )
-                    for k, d, kind, f in db.execute(
-                        "SELECT key, deadline, kind, fired FROM timers WHERE instance_id = ?",
-                        (instance_id,),
-                    )
-                ]
+                timers = _timers(db, "instance_id = ?", (instance_id,))
             finally:
                 db.execute("COMMIT")
         return History(steps=steps, signals=signals, timers=timers)
-
-    def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
-        with self._transaction("delivering a signal in") as db:
-            record = _get(db, signal.instance_id)
-            if record is None:
-                return "not_found", None
-            if record.status in ("completed", "failed", "cancelled"):
-                return "finished", record
-            inserted = db.execute(
-                "INSERT INTO signals (instance_id, key, payload, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (signal.instance_id, signal.key, signal.payload, signal.created_at),
-            ).rowcount
-            if not inserted:
-                return "superseded", record
-            if record.status == "suspended" and signal.key in record.waiting_on:
-                return "claimed", _claim(db, record, signal.created_at)
-            return "stored", record
-
-    def suspend(
-        self,
-        instance_id: str,
-        *,
-        waiting_on: Sequence[str],
-        status_message: str | None,
-        now: float,
-    ) -> bool:
-        keys = list(waiting_on)
-        marks = ", ".join("?" * len(keys))
-        with self._transaction("suspending an instance in") as db:
-            if (
-                db.execute(
-                    f"SELECT 1 FROM signals WHERE instance_id = ? AND key IN ({marks}) LIMIT 1",
-                    (instance_id, *keys),
-                ).fetchone()
-                or db.execute(
-                    "SELECT 1 FROM instances WHERE parent_id = ? AND status = 'running' LIMIT 1",
-                    (instance_id,),
-                ).fetchone()
-            ):
-                return False
-            due = db.execute(
-                f"SELECT key, kind FROM timers WHERE instance_id = ? AND key IN ({marks})"
-                " AND deadline <= ?",
-                (instance_id, *keys, now),
-            ).fetchall()
-            if due:
-                for key, kind in due:
-                    _fire(db, instance_id, key, kind, now)
-                return False
-            changed = db.execute(
-                "UPDATE instances SET status = 'suspended', waiting_on = ?, status_message = ?,"
-                " updated_at = ? WHERE instance_id = ? AND status = 'running'",
-                (json.dumps(keys), status_message, now, instance_id),
-            ).rowcount
-            return bool(changed)
 
     def next_deadline(self) -> float | None:
         with self._read("reading timers from") as db:
             row = db.execute("SELECT min(deadline) FROM timers WHERE fired = 0").fetchone()
         return None if row[0] is None else float(row[0])
 
-    def fire_timers(self, now: float) -> list[InstanceRecord]:
-        claimed: list[InstanceRecord] = []
-        with self._transaction("firing timers in") as db:
-            due = db.execute(
-                "SELECT instance_id, key, kind FROM timers WHERE fired = 0 AND deadline <= ?"
-                " ORDER BY deadline",
-                (now,),
-            ).fetchall()
-            for instance_id, key, kind in due:
-                _fire(db, instance_id, key, kind, now)
-                record = _get(db, instance_id)
-                if record is not None and record.status == "suspended" and key in record.waiting_on:
-                    claimed.append(_claim(db, record, now))
-        return claimed
-
-    def cancel(self, instance_id: str, *, reason: str, now: float) -> InstanceRecord | None:
-        with self._transaction("cancelling an instance in") as db:
-            record = _get(db, instance_id)
-            if record is None or record.status not in ("running", "suspended"):
-                return None
-            family = "(instance_id = ? OR (instance_id > ? AND instance_id < ?))"
-            ids = (instance_id, *_descendant_range(instance_id))
-            db.execute(
-                "UPDATE instances SET status = 'cancelled', status_message = ?, waiting_on = '[]',"
-                f" updated_at = ?, finished_at = ? WHERE {family}"
-                " AND status IN ('running', 'suspended')",
-                (reason, now, now, *ids),
-            )
-            db.execute(f"UPDATE timers SET fired = 1 WHERE {family}", ids)
-            return record
-
-    def purge(
-        self,
-        *,
-        finished_before: float,
-        workflow: str | None = None,
-        exclude: Sequence[str] = (),
-    ) -> int:
+    def purgeable(
+        self, *, finished_before: float, workflow: str | None, exclude: Sequence[str], limit: int
+    ) -> list[str]:
         sql = (
             "SELECT instance_id FROM instances WHERE parent_id IS NULL AND finished_at < ?"
             " AND status IN ('completed', 'failed', 'cancelled')"
@@ -482,85 +358,116 @@ class SQLiteStorage:
         if exclude:
             sql += f" AND workflow NOT IN ({', '.join('?' * len(exclude))})"
             params.extend(exclude)
+        sql += " LIMIT ?"
+        params.append(limit)
         with self._read("finding instances to purge in") as db:
-            ids = [row[0] for row in db.execute(sql, params)]
-        purged = 0
-        for instance_id in ids:
-            with self._transaction("purging an instance from") as db:
-                # Checked again inside the transaction: it may have been resumed meanwhile.
-                row = db.execute(
-                    "SELECT status FROM instances WHERE instance_id = ?", (instance_id,)
-                ).fetchone()
-                if row is None or row[0] not in ("completed", "failed", "cancelled"):
-                    continue
-                family = (instance_id, *_descendant_range(instance_id))
-                for table in ("steps", "signals", "timers", "instances"):
-                    db.execute(
-                        f"DELETE FROM {table} WHERE instance_id = ?"
-                        " OR (instance_id > ? AND instance_id < ?)",
-                        family,
-                    )
-                purged += 1
-        return purged
+            return [row[0] for row in db.execute(sql, params)]
 
-    def commit(self, writes: Sequence[Write]) -> None:
+    # -- the transaction primitives ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[_SQLiteTx]:
         with self._transaction("writing to") as db:
-            for write in writes:
-                if isinstance(write, StepRecord):
-                    db.execute(
-                        _UPSERT_STEP,
-                        (
-                            write.instance_id,
-                            write.key,
-                            write.state,
-                            write.value,
-                            write.error,
-                            write.attempts,
-                            write.started_at,
-                            write.finished_at,
-                        ),
-                    )
-                elif isinstance(write, InstanceRecord):
-                    _insert(db, write)
-                elif isinstance(write, TimerRecord):
-                    db.execute(
-                        "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        (write.instance_id, write.key, write.deadline, write.kind, write.fired),
-                    )
-                else:
-                    _update_instance(db, write)
+            yield _SQLiteTx(db)
 
-    def restart(
-        self, instance_id: str, *, only_if: Collection[InstanceState], updated_at: float
-    ) -> InstanceRecord | None:
-        allowed = tuple(only_if)
-        marks = ", ".join("?" * len(allowed))
-        with self._transaction("restarting an instance in") as db:
-            changed = db.execute(
-                "UPDATE instances SET status = 'running', error = NULL, finished_at = NULL,"
-                f" waiting_on = '[]', updated_at = ? WHERE instance_id = ? AND status IN ({marks})",
-                (updated_at, instance_id, *allowed),
-            ).rowcount
-            if not changed:
-                return None
-            low, high = _descendant_range(instance_id)
-            db.execute(
-                "DELETE FROM steps WHERE state = 'dead' AND instance_id IN"
-                " (SELECT instance_id FROM instances WHERE instance_id = ? OR"
-                " (instance_id > ? AND instance_id < ? AND status IN ('failed', 'cancelled')))",
-                (instance_id, low, high),
+
+@final
+class _SQLiteTx:
+    """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def instance(self, instance_id: str) -> InstanceRecord | None:
+        return _get(self._db, instance_id)
+
+    def family(self, instance_id: str) -> list[InstanceRecord]:
+        rows = self._db.execute(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"
+            " OR (instance_id > ? AND instance_id < ?) ORDER BY instance_id",
+            (instance_id, *descendant_range(instance_id)),
+        ).fetchall()
+        return [_instance(row) for row in rows]
+
+    def children(self, parent_id: str, prefix: str = "") -> list[InstanceRecord]:
+        rows = self._db.execute(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE parent_id = ?"
+            " AND substr(instance_id, 1, ?) = ?",
+            (parent_id, len(prefix), prefix),
+        ).fetchall()
+        return [_instance(row) for row in rows]
+
+    def signal(self, instance_id: str, key: str) -> SignalRecord | None:
+        row = self._db.execute(
+            "SELECT payload, created_at FROM signals WHERE instance_id = ? AND key = ?",
+            (instance_id, key),
+        ).fetchone()
+        if row is None:
+            return None
+        return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
+
+    def timers(self, instance_id: str) -> list[TimerRecord]:
+        return _timers(self._db, "instance_id = ?", (instance_id,))
+
+    def due_timers(self, now: float, limit: int) -> list[TimerRecord]:
+        return _timers(
+            self._db, "fired = 0 AND deadline <= ? ORDER BY deadline LIMIT ?", (now, limit)
+        )
+
+    def insert(self, row: InstanceRecord | SignalRecord | TimerRecord) -> bool:
+        if isinstance(row, InstanceRecord):
+            return _insert(self._db, row)
+        if isinstance(row, SignalRecord):
+            sql = "INSERT INTO signals (instance_id, key, payload, created_at) VALUES (?, ?, ?, ?)"
+            params: tuple[object, ...] = (row.instance_id, row.key, row.payload, row.created_at)
+        else:
+            sql = (
+                "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
+                " VALUES (?, ?, ?, ?, ?)"
             )
-            db.execute(
-                "UPDATE instances SET status = 'running', error = NULL, finished_at = NULL,"
-                " waiting_on = '[]', updated_at = ? WHERE instance_id > ? AND instance_id < ?"
-                " AND status IN ('failed', 'cancelled')",
-                (updated_at, low, high),
+            params = (row.instance_id, row.key, row.deadline, row.kind, row.fired)
+        return bool(self._db.execute(sql + " ON CONFLICT DO NOTHING", params).rowcount)
+
+    def put_step(self, step: StepRecord) -> bool:
+        params = (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
+                  step.started_at, step.finished_at)  # fmt: skip
+        return bool(self._db.execute(_UPSERT_STEP, params).rowcount)
+
+    def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
+        columns: list[str] = []
+        params: list[object] = []
+        for name, value in changes.items():
+            if name not in COLUMNS:
+                raise ValueError(f"not an instance column: {name!r}")
+            columns.append(f"{name} = ?")
+            params.append(json.dumps(value) if name == "waiting_on" else value)
+        sql = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = ?"
+        params.append(instance_id)
+        if guard.status:
+            sql += f" AND status IN ({', '.join('?' * len(guard.status))})"
+            params.extend(sorted(guard.status))
+        return bool(self._db.execute(sql, params).rowcount)
+
+    def fire(self, instance_id: str, key: str) -> None:
+        self._db.execute(
+            "UPDATE timers SET fired = 1 WHERE instance_id = ? AND key = ?", (instance_id, key)
+        )
+
+    def delete_dead_steps(self, instance_id: str) -> None:
+        self._db.execute(
+            "DELETE FROM steps WHERE instance_id = ? AND state = 'dead'", (instance_id,)
+        )
+
+    def delete_family(self, instance_id: str) -> None:
+        family = (instance_id, *descendant_range(instance_id))
+        for table in ("steps", "signals", "timers", "instances"):
+            self._db.execute(
+                f"DELETE FROM {table} WHERE instance_id = ?"
+                " OR (instance_id > ? AND instance_id < ?)",
+                family,
             )
-            row = db.execute(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
-            ).fetchone()
-        return _instance(row)
 
 
 def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
@@ -591,82 +498,37 @@ def _steps(db: sqlite3.Connection, instance_id: str) -> list[StepRecord]:
     ]
 
 
-def _claim(db: sqlite3.Connection, record: InstanceRecord, now: float) -> InstanceRecord:
-    """Move a suspended instance back to running (inside the caller's transaction).
+def _timers(db: sqlite3.Connection, where: str, params: tuple[object, ...]) -> list[TimerRecord]:
+    rows = db.execute(
+        f"SELECT instance_id, key, deadline, kind, fired FROM timers WHERE {where}", params
+    ).fetchall()
+    return [
+        TimerRecord(instance_id=i, key=k, deadline=d, kind=kind, fired=bool(f))
+        for i, k, d, kind, f in rows
+    ]
 
-    A child runs inside its parent, so its suspended ancestors are claimed with it.
-    Returns the instance to run: the top-level ancestor of a child.
-    """
-    while True:
+
+def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
+    return bool(
         db.execute(
-            "UPDATE instances SET status = 'running', waiting_on = '[]', updated_at = ?"
-            " WHERE instance_id = ?",
-            (now, record.instance_id),
-        )
-        record = attrs.evolve(record, status="running", waiting_on=(), updated_at=now)
-        if record.parent_id is None:
-            return record
-        parent = _get(db, record.parent_id)
-        if parent is None:  # pragma: no cover - a child is never stored without its parent
-            return record
-        if parent.status != "suspended":
-            while parent.parent_id is not None and (grand := _get(db, parent.parent_id)):
-                parent = grand
-            return parent
-        record = parent
-
-
-def _descendant_range(instance_id: str) -> tuple[str, str]:
-    """Ids of descendants sort between these (child ids are ``{parent}/{key}-{i}``)."""
-    return instance_id + "/", instance_id + "0"  # "0" sorts right after "/"
-
-
-def _insert(db: sqlite3.Connection, record: InstanceRecord) -> None:
-    db.execute(
-        f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (
-            record.instance_id,
-            record.workflow,
-            record.status,
-            record.parent_id,
-            record.input,
-            record.output,
-            record.error,
-            record.status_message,
-            json.dumps(record.waiting_on),
-            record.created_at,
-            record.updated_at,
-            record.finished_at,
-        ),
+            f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                record.instance_id,
+                record.workflow,
+                record.status,
+                record.parent_id,
+                record.input,
+                record.output,
+                record.error,
+                record.status_message,
+                json.dumps(record.waiting_on),
+                record.created_at,
+                record.updated_at,
+                record.finished_at,
+            ),
+        ).rowcount
     )
-
-
-def _fire(db: sqlite3.Connection, instance_id: str, key: str, kind: str, now: float) -> None:
-    """Mark a timer fired; a suspend point's deadline leaves its timed-out marker."""
-    db.execute("UPDATE timers SET fired = 1 WHERE instance_id = ? AND key = ?", (instance_id, key))
-    if kind == "timeout":
-        db.execute(
-            "INSERT INTO signals (instance_id, key, payload, created_at) VALUES (?, ?, NULL, ?)"
-            " ON CONFLICT DO NOTHING",
-            (instance_id, key, now),
-        )
-
-
-def _update_instance(db: sqlite3.Connection, update: InstanceUpdate) -> None:
-    columns: list[str] = []
-    params: list[object] = []
-    for name in _UPDATE_FIELDS:
-        value = getattr(update, name)
-        if value is not None:
-            columns.append(f"{name} = ?")
-            params.append(json.dumps(value) if name == "waiting_on" else value)
-    sql = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = ?"
-    params.append(update.instance_id)
-    if update.only_if:
-        sql += f" AND status IN ({', '.join('?' * len(update.only_if))})"
-        params.extend(update.only_if)
-    db.execute(sql, params)
 
 
 def _take_lock(path: str) -> IO[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NoReturn, final
 
@@ -73,7 +73,7 @@ class ManualClock:
             raise ValueError(f"ManualClock needs a timezone-aware start, not {start!r}")
         self._now = start.astimezone(UTC)
         self._sleepers: set[_Sleeper] = set()
-        self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+        self._engines: list[weakref.WeakMethod[Callable[[], bool]]] = []
 
     def __repr__(self) -> str:
         return f"ManualClock({self._now.isoformat()})"
@@ -113,14 +113,19 @@ class ManualClock:
             sleeper.event.set()
         await self._settle()
 
-    def _attach(self, engine: Engine) -> None:
-        """Called by an engine using this clock, so :meth:`advance` can wait for it."""
-        self._engines.add(engine)
+    def attach(self, settled: Callable[[], bool]) -> None:
+        """Called by each engine using this clock with a method that says whether it has
+        fired every due timer, so that :meth:`advance` can wait for it (held weakly)."""
+        self._engines = [ref for ref in self._engines if ref() is not None]
+        self._engines.append(weakref.WeakMethod(settled))
+
+    def _settled(self) -> bool:
+        return all(check() for ref in self._engines if (check := ref()) is not None)
 
     async def _settle(self) -> None:
         """Wait until every engine on this clock has fired the timers that are due."""
         with anyio.move_on_after(_SETTLE_LIMIT):
-            while not all(engine._timers_settled() for engine in list(self._engines)):
+            while not self._settled():
                 await anyio.sleep(0.0005)
         # One more round, so the instances just claimed get to start.
         await anyio.lowlevel.checkpoint()
@@ -148,11 +153,12 @@ def crash_at(
         ...         await (await engine.invoke(wf, "o-1")).wait()
     """
     point = (key, when)
-    engine._runner.crash_points.add(point)
+    points = engine._kernel.crash_points  # memable.testing is the engine's one friend
+    points.add(point)
     try:
         yield
     finally:
-        engine._runner.crash_points.discard(point)
+        points.discard(point)
 
 
 @final
@@ -181,7 +187,7 @@ class FaultyStorage:
         {
             "open", "close", "create_instance", "get_instance", "list_instances",
             "load_steps", "load_history", "commit", "deliver_signal", "suspend",
-            "next_deadline", "fire_timers", "cancel", "purge", "restart",
+            "next_deadline", "fire_timers", "cancel", "purge", "purgeable", "restart",
         }
     )  # fmt: skip
 

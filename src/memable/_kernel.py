@@ -1,0 +1,279 @@
+"""The kernel: the services a run needs, in one small object — never the Engine.
+
+Runners, contexts, fan-outs and the engine's background tasks are handed a
+:class:`Kernel` (as svcs hands a container its registry, not the application): the
+storage façade, the group committer, serde, the clock, the registry of workflows, the
+default retry policy, the status hub, the timer wake-up, spawning, the healer's alarm and
+the test hooks. The engine builds it and owns its life cycle.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
+
+import anyio
+
+from ._exceptions import WorkflowNotFound
+from ._workflow import Workflow, function_workflow
+
+if TYPE_CHECKING:
+    import anyio.abc
+
+    from ._clock import Clock
+    from ._commit import GroupCommitter
+    from ._retry import RetryPolicy
+    from ._serde import Serde
+    from ._status import StatusHub
+    from .storage._protocol import Storage
+    from .storage._records import (
+        History,
+        InstanceRecord,
+        InstanceState,
+        SignalOutcome,
+        SignalRecord,
+        StepRecord,
+        Write,
+    )
+
+__all__ = ["Kernel", "Registry", "Store"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("memable")
+
+
+@final
+class Registry:
+    """The workflows an engine runs, by name, and the workflows of fan-outs over functions."""
+
+    __slots__ = ("_children", "_workflows")
+
+    def __init__(self) -> None:
+        self._workflows: dict[str, Workflow[Any, Any]] = {}
+        self._children: dict[tuple[str, str], Workflow[Any, Any]] = {}
+
+    def __iter__(self) -> Any:
+        return iter(self._workflows.values())
+
+    def add(self, wf: Workflow[Any, Any]) -> None:
+        if not isinstance(wf, Workflow):
+            raise TypeError(f"register() takes a memable.Workflow, not {wf!r}")
+        known = self._workflows.get(wf.name)
+        if known is not None:
+            if known.fn is wf.fn:
+                return
+            raise ValueError(
+                f"workflow name {wf.name!r} is already registered to {known.fn!r};"
+                f" cannot register {wf.fn!r} under it too"
+            )
+        wf.types()
+        self._workflows[wf.name] = wf
+
+    def get(self, name: str) -> Workflow[Any, Any] | None:
+        """The workflow registered under *name* (or a fan-out's function workflow)."""
+        wf = self._workflows.get(name)
+        if wf is None and name.startswith("_"):
+            for child in self._children.values():
+                if child.name == name:
+                    return child
+        return wf
+
+    def known(self, wf: object) -> Workflow[Any, Any]:
+        """The registered workflow *wf*, or :class:`WorkflowNotFound`."""
+        known = self._workflows.get(wf.name) if isinstance(wf, Workflow) else None
+        if known is None or known.fn is not getattr(wf, "fn", None):
+            raise WorkflowNotFound(
+                f"workflow {getattr(wf, 'name', wf)!r} is not registered with this engine;"
+                " pass it to Engine(workflows=[...]) or call engine.register()"
+            )
+        return known
+
+    def child(self, parent: Workflow[Any, Any], key: str, target: object) -> Workflow[Any, Any]:
+        """The workflow the children of a fan-out run: a registered one, or a function's."""
+        if isinstance(target, Workflow):
+            return self.known(target)
+        cache_key = (parent.name, key)
+        wf = self._children.get(cache_key)
+        if wf is None or wf.fn is not target:
+            wf = function_workflow(f"_{parent.name}.{key}", target)  # type: ignore[arg-type]
+            wf.types()
+            self._children[cache_key] = wf
+        return wf
+
+
+@final
+class Store:
+    """Typed async calls of the storage, each in a worker thread under the engine's limiter."""
+
+    __slots__ = ("_limiter", "storage")
+
+    def __init__(self, storage: Storage, limiter: anyio.CapacityLimiter) -> None:
+        self.storage = storage
+        self._limiter = limiter
+
+    async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        call = functools.partial(fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    async def get(self, instance_id: str) -> InstanceRecord | None:
+        return await self.call(self.storage.get_instance, instance_id)
+
+    async def create(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        return await self.call(self.storage.create_instance, record)
+
+    async def children(self, parent_id: str) -> list[InstanceRecord]:
+        return await self.call(self.storage.list_instances, parent_id=parent_id)
+
+    async def running(self) -> list[InstanceRecord]:
+        return await self.call(self.storage.list_instances, status="running")
+
+    async def history(self, instance_id: str) -> History:
+        return await self.call(self.storage.load_history, instance_id)
+
+    async def signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
+        return await self.call(self.storage.deliver_signal, signal)
+
+    async def suspend(
+        self,
+        instance_id: str,
+        waiting_on: Sequence[str],
+        message: str | None,
+        now: float,
+        extend: bool,
+    ) -> bool:
+        if extend:
+            return await self.call(
+                self.storage.suspend,
+                instance_id,
+                waiting_on=waiting_on,
+                status_message=message,
+                now=now,
+                extend=True,
+            )
+        return await self.call(
+            self.storage.suspend,
+            instance_id,
+            waiting_on=waiting_on,
+            status_message=message,
+            now=now,
+        )
+
+    async def cancel(
+        self, instance_id: str, reason: str, now: float
+    ) -> tuple[InstanceRecord | None, InstanceRecord | None]:
+        result: Any = await self.call(self.storage.cancel, instance_id, reason=reason, now=now)
+        if not isinstance(result, tuple):  # a storage written for the older protocol
+            return result, None
+        return result
+
+    async def restart(
+        self, instance_id: str, only_if: Sequence[InstanceState], now: float
+    ) -> InstanceRecord | None:
+        return await self.call(self.storage.restart, instance_id, only_if=only_if, updated_at=now)
+
+    async def next_deadline(self) -> float | None:
+        return await self.call(self.storage.next_deadline)
+
+    async def fire_timers(self, now: float) -> list[InstanceRecord]:
+        return await self.call(self.storage.fire_timers, now)
+
+    async def purge(self, finished_before: float, **filters: Any) -> int:
+        return await self.call(self.storage.purge, finished_before=finished_before, **filters)
+
+
+@final
+class Kernel:
+    """The services of one engine that runs, contexts and background tasks use."""
+
+    __slots__ = (
+        "_alarm",
+        "_spawner",
+        "clock",
+        "committer",
+        "crash_points",
+        "registry",
+        "retry",
+        "serde",
+        "status",
+        "store",
+        "wake_timers",
+    )
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        serde: Serde,
+        clock: Clock,
+        retry: RetryPolicy | None,
+        status: StatusHub,
+    ) -> None:
+        self.registry = registry
+        self.serde = serde
+        self.clock = clock
+        self.retry = retry
+        self.status = status
+        self.crash_points: set[tuple[str, Literal["before", "after"]]] = set()
+        self.wake_timers: Callable[[float], None] = lambda deadline: None
+        self._alarm = anyio.Event()
+        self._spawner: anyio.abc.TaskGroup | None = None
+        # Made when the engine starts (on its event loop):
+        self.store: Store
+        self.committer: GroupCommitter
+
+    def now(self) -> float:
+        """The engine clock's time, as seconds since the epoch."""
+        return self.clock.now().timestamp()
+
+    async def write(self, writes: Sequence[Write]) -> list[bool]:
+        """Commit *writes* through the group committer; which of them applied."""
+        return await self.committer.write(writes)
+
+    async def write_step(self, record: StepRecord, status: str | None, at: float) -> None:
+        from .storage._records import InstanceUpdate
+
+        writes: list[Write] = [record]
+        if status is not None:
+            writes.append(
+                InstanceUpdate(
+                    instance_id=record.instance_id,
+                    updated_at=at,
+                    status_message=status,
+                    only_if=("running",),
+                )
+            )
+        await self.committer.write(writes)
+
+    # -- spawning ---------------------------------------------------------------------------
+
+    def open_spawning(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._spawner = task_group
+
+    def close_spawning(self) -> None:
+        self._spawner = None
+
+    @property
+    def spawning(self) -> bool:
+        """Whether new runs may start (the engine runs and is not shutting down)."""
+        return self._spawner is not None
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str) -> bool:
+        """Start a task in the engine's group of instances; False when shutting down."""
+        if self._spawner is None:
+            return False
+        self._spawner.start_soon(fn, *args, name=name)
+        return True
+
+    # -- healing ----------------------------------------------------------------------------
+
+    def trouble(self) -> None:
+        """Storage failed somewhere: ask the healer to re-scan once storage works again."""
+        self._alarm.set()
+
+    async def wait_trouble(self) -> None:
+        await self._alarm.wait()
+        self._alarm = anyio.Event()

@@ -1,0 +1,289 @@
+"""The rules of state, written once, over a backend's transaction primitives.
+
+Each function here is one transaction's worth of decisions: what a signal, a due timer,
+a suspension, a cancel, a resume, a purge and a child's end do to an instance and its
+family. They read and write only through :class:`~memable.storage._tx.Tx` (rows read for
+update, insert-if-absent, compare-and-set, delete a family), so every backend — the
+in-memory reference, SQLite, and any shared database — obeys the same rules. Every status
+change goes through :func:`move`, which checks :mod:`memable._state`'s table: an illegal
+transition is an internal error naming the instance, never a silent write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+
+from . import _ids
+from ._state import FINISHED, check_move
+from .storage._records import (
+    InstanceRecord,
+    InstanceState,
+    InstanceUpdate,
+    SignalOutcome,
+    SignalRecord,
+    StepRecord,
+    TimerRecord,
+    Write,
+)
+from .storage._tx import Guard, Tx
+
+__all__ = [
+    "cancel",
+    "commit",
+    "create",
+    "deliver_signal",
+    "fire_timers",
+    "move",
+    "purge",
+    "restart",
+    "suspend",
+]
+
+_LIVE: Final = frozenset[InstanceState]({"running", "suspended"})
+
+
+def move(
+    tx: Tx, record: InstanceRecord, new: InstanceState, now: float, **changes: object
+) -> InstanceRecord | None:
+    """Move *record* to *new* (checked against the state table) by compare-and-set.
+
+    Returns the new row, or ``None`` if the row changed since it was read.
+    """
+    check_move(record.instance_id, record.status, new)
+    fields = {"status": new, "updated_at": now, **changes}
+    if not tx.update(record.instance_id, Guard(frozenset({record.status})), fields):
+        return None
+    return attrs.evolve(record, **fields)  # type: ignore[arg-type]
+
+
+def create(tx: Tx, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    """Insert a new instance unless its id exists: the stored one, and whether it is new."""
+    existing = tx.instance(record.instance_id)
+    if existing is not None:
+        return existing, False
+    tx.insert(record)
+    return record, True
+
+
+def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
+    """Apply the writes of running instances in order; return which of them applied.
+
+    A step record never overwrites a completed result; timers, signals and child instances
+    are inserted unless they exist; an update applies only while its ``only_if`` holds,
+    and one that changes the status is checked against the state table. An instance that
+    finishes takes its unfinished descendants with it (cancelled: nothing drives them).
+    """
+    applied: list[bool] = []
+    for write in writes:
+        if isinstance(write, StepRecord):
+            applied.append(tx.put_step(write))
+        elif isinstance(write, InstanceUpdate):
+            applied.append(_update(tx, write))
+        else:
+            applied.append(tx.insert(write))
+    return applied
+
+
+def _update(tx: Tx, update: InstanceUpdate) -> bool:
+    changes: dict[str, object] = {
+        name: value
+        for name in ("status_message", "output", "error", "waiting_on", "finished_at")
+        if (value := getattr(update, name)) is not None
+    }
+    changes["updated_at"] = update.updated_at
+    guard = Guard(frozenset(update.only_if))
+    if update.status is None:
+        return tx.update(update.instance_id, guard, changes)
+    record = tx.instance(update.instance_id)
+    if record is None or not guard.allows(record.status):
+        return False
+    moved = move(tx, record, update.status, update.updated_at, **changes)
+    if moved is not None and update.status in FINISHED:
+        _end_orphans(tx, moved, update.updated_at)
+    return moved is not None
+
+
+def _end_orphans(tx: Tx, record: InstanceRecord, now: float) -> None:
+    """Cancel the unfinished descendants of an instance that has just finished."""
+    for member in tx.family(record.instance_id):
+        if member.instance_id != record.instance_id and member.status in _LIVE:
+            _cancel_one(tx, member, f"its parent {record.status}", now)
+
+
+def deliver_signal(tx: Tx, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
+    """Store a payload and claim the instance if it waits on the point.
+
+    ``"superseded"`` or ``"timed_out"`` (a payload, or the deadline, came first) store
+    nothing. ``"claimed"`` returns the instance to run: the claimed one, or for a child its
+    top-level ancestor (children run inside their parent).
+    """
+    record = tx.instance(signal.instance_id)
+    if record is None:
+        return "not_found", None
+    if record.status in FINISHED:
+        return "finished", record
+    existing = tx.signal(signal.instance_id, signal.key)
+    if existing is not None:
+        return ("timed_out" if existing.timed_out else "superseded"), record
+    tx.insert(signal)
+    if record.status == "suspended" and signal.key in record.waiting_on:
+        return "claimed", _claim(tx, record, signal.created_at)
+    return "stored", record
+
+
+def suspend(
+    tx: Tx,
+    instance_id: str,
+    *,
+    waiting_on: Sequence[str],
+    status_message: str | None,
+    now: float,
+    extend: bool = False,
+) -> bool:
+    """Record a running instance as suspended on *waiting_on*, unless one has come.
+
+    Refused (nothing suspended; the run goes again) when a waited point has a payload, a
+    waited timer has fired or is due at *now* (firing it here), or a child the instance
+    waits for is running. With *extend*, the instance was just suspended by the same run
+    and *waiting_on* adds keys registered meanwhile (refused if it was claimed since).
+    """
+    record = tx.instance(instance_id)
+    if record is None or record.status != ("suspended" if extend else "running"):
+        return False
+    timers = {timer.key: timer for timer in tx.timers(instance_id)}
+    ready = False
+    for key in waiting_on:
+        if _ids.is_children_key(key):
+            prefix = _ids.child_prefix(instance_id, _ids.fan_out_of(key))
+            if any(child.status == "running" for child in tx.children(instance_id, prefix)):
+                ready = True
+            continue
+        if tx.signal(instance_id, key) is not None:
+            ready = True
+        timer = timers.get(key)
+        if timer is not None and (timer.fired or timer.deadline <= now):
+            if not timer.fired:
+                _fire(tx, timer, now)
+            ready = True
+    if ready:
+        if extend:  # it was suspended a moment ago: take it back to run it again
+            move(tx, record, "running", now)
+        return False
+    changes: dict[str, object] = {"waiting_on": tuple(waiting_on), "status_message": status_message}
+    if extend:
+        changes["updated_at"] = now
+        return tx.update(instance_id, Guard(frozenset({"suspended"})), changes)
+    return move(tx, record, "suspended", now, **changes) is not None
+
+
+def fire_timers(tx: Tx, now: float, limit: int = 500) -> list[InstanceRecord]:
+    """Fire at most *limit* due timers; return the instances to run (top-level, once each)."""
+    claimed: dict[str, InstanceRecord] = {}
+    for timer in tx.due_timers(now, limit):
+        _fire(tx, timer, now)
+        record = tx.instance(timer.instance_id)
+        if record is not None and record.status == "suspended" and timer.key in record.waiting_on:
+            root = _claim(tx, record, now)
+            claimed[root.instance_id] = root
+    return list(claimed.values())
+
+
+def cancel(
+    tx: Tx, instance_id: str, *, reason: str, now: float
+) -> tuple[InstanceRecord | None, InstanceRecord | None]:
+    """End a running or suspended instance and its unfinished descendants as cancelled.
+
+    Returns the row as it was before (``None`` if it was not cancellable), and the
+    instance to run because of it, if any: a cancelled child counts as a finished child,
+    so a parent suspended on its fan-out is claimed (its top-level ancestor returned).
+    """
+    record = tx.instance(instance_id)
+    if record is None or record.status not in _LIVE:
+        return None, None
+    for member in tx.family(instance_id):
+        if member.status in _LIVE:
+            _cancel_one(tx, member, reason, now)
+    return record, _child_ended(tx, record, now)
+
+
+def restart(
+    tx: Tx, instance_id: str, *, only_if: Sequence[InstanceState], now: float
+) -> InstanceRecord | None:
+    """Set an instance running again and delete its dead letters (``resume``).
+
+    Only from a state in *only_if*. Its failed and cancelled descendants run again too
+    (their dead letters deleted), so a fan-out that failed runs those children again.
+    """
+    record = tx.instance(instance_id)
+    if record is None or record.status not in only_if:
+        return None
+    restarted: InstanceRecord | None = None
+    for member in tx.family(instance_id):
+        is_self = member.instance_id == instance_id
+        if is_self or member.status in ("failed", "cancelled"):
+            moved = move(tx, member, "running", now, error=None, finished_at=None)
+            tx.delete_dead_steps(member.instance_id)
+            if is_self:
+                restarted = moved
+    return restarted
+
+
+def purge(tx: Tx, instance_ids: Sequence[str]) -> int:
+    """Delete those of *instance_ids* that are finished, with their families."""
+    purged = 0
+    for instance_id in instance_ids:
+        record = tx.instance(instance_id)  # checked again: it may have been resumed
+        if record is not None and record.status in FINISHED:
+            tx.delete_family(instance_id)
+            purged += 1
+    return purged
+
+
+def _cancel_one(tx: Tx, record: InstanceRecord, reason: str, now: float) -> None:
+    move(tx, record, "cancelled", now, status_message=reason, waiting_on=(), finished_at=now)
+    for timer in tx.timers(record.instance_id):
+        if not timer.fired:
+            tx.fire(timer.instance_id, timer.key)
+
+
+def _child_ended(tx: Tx, child: InstanceRecord, now: float) -> InstanceRecord | None:
+    """A child finished outside its parent's run: claim the parent if it waits for it."""
+    if child.parent_id is None:
+        return None
+    parent = tx.instance(child.parent_id)
+    if parent is None or parent.status != "suspended":
+        return None
+    if not any(_ids.is_children_key(key) for key in parent.waiting_on):
+        return None
+    return _claim(tx, parent, now)
+
+
+def _claim(tx: Tx, record: InstanceRecord, now: float) -> InstanceRecord:
+    """Claim a suspended instance and its suspended ancestors; return the one to run.
+
+    A child runs inside its parent, so the top-level ancestor is what runs.
+    """
+    while True:
+        # waiting_on stays: the run reads which keys were points (shown only while suspended).
+        moved = move(tx, record, "running", now)
+        record = moved if moved is not None else record
+        if record.parent_id is None:
+            return record
+        parent = tx.instance(record.parent_id)
+        if parent is None:  # pragma: no cover - a child is never stored without its parent
+            return record
+        if parent.status != "suspended":
+            root = tx.instance(_ids.root_of(record.instance_id))
+            return root if root is not None else parent
+        record = parent
+
+
+def _fire(tx: Tx, timer: TimerRecord, now: float) -> None:
+    """Mark a timer fired; a suspend point's deadline leaves its timed-out marker."""
+    tx.fire(timer.instance_id, timer.key)
+    if timer.kind == "timeout":
+        tx.insert(SignalRecord(instance_id=timer.instance_id, key=timer.key, payload=None,
+                               created_at=now))  # fmt: skip

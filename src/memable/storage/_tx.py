@@ -1,0 +1,94 @@
+"""The transaction primitives every storage backend implements, and nothing more.
+
+A backend holds SQL or dict operations, never rules: what a signal, a due timer, a
+suspend, a cancel, a resume, a purge or a child's end does is decided once, in
+:mod:`memable._rules`, over these few calls made inside one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, Protocol, final
+
+import attrs
+
+from ._records import InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
+
+__all__ = ["COLUMNS", "Guard", "Tx"]
+
+#: The instance fields a compare-and-set may change.
+COLUMNS: Final = frozenset(
+    {"status", "status_message", "output", "error", "waiting_on", "finished_at", "updated_at"}
+)
+
+
+@final
+@attrs.frozen
+class Guard:
+    """What must still hold of an instance's row for a compare-and-set to apply.
+
+    ``status`` is the set of states the row may be in (empty: any). A shared database
+    adds the owner and epoch of the engine that claimed the instance here.
+
+    Example:
+        >>> Guard(frozenset({"running"})).allows("suspended")
+        False
+    """
+
+    status: frozenset[InstanceState] = frozenset()
+
+    def allows(self, status: InstanceState) -> bool:
+        """Whether a row in *status* passes this guard."""
+        return not self.status or status in self.status
+
+
+class Tx(Protocol):
+    """One open transaction of a backend: reads see its own writes; all or nothing."""
+
+    def instance(self, instance_id: str) -> InstanceRecord | None:
+        """The instance's row, read for update (``None`` if there is none)."""
+        ...
+
+    def family(self, instance_id: str) -> list[InstanceRecord]:
+        """The instance and all its descendants (ids ``{instance_id}/...``), read for update."""
+        ...
+
+    def children(self, parent_id: str, prefix: str = "") -> list[InstanceRecord]:
+        """The direct children of *parent_id* whose ids start with *prefix* (if given)."""
+        ...
+
+    def signal(self, instance_id: str, key: str) -> SignalRecord | None:
+        """The payload (or timed-out marker) stored for a suspend point, if any."""
+        ...
+
+    def timers(self, instance_id: str) -> list[TimerRecord]:
+        """Every timer of an instance."""
+        ...
+
+    def due_timers(self, now: float, limit: int) -> list[TimerRecord]:
+        """At most *limit* unfired timers due at *now*, earliest first."""
+        ...
+
+    def insert(self, row: InstanceRecord | SignalRecord | TimerRecord) -> bool:
+        """Insert *row* unless its key exists; return whether it was inserted."""
+        ...
+
+    def put_step(self, step: StepRecord) -> bool:
+        """Insert a step record, or replace a dead letter; never a completed result."""
+        ...
+
+    def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
+        """Compare-and-set: apply *changes* (fields of :data:`COLUMNS`) if *guard* holds."""
+        ...
+
+    def fire(self, instance_id: str, key: str) -> None:
+        """Mark a timer fired."""
+        ...
+
+    def delete_dead_steps(self, instance_id: str) -> None:
+        """Delete the dead letters of an instance (its completed results stay)."""
+        ...
+
+    def delete_family(self, instance_id: str) -> None:
+        """Delete an instance and its descendants with their steps, signals and timers."""
+        ...
