@@ -16,7 +16,8 @@ EXPORTED = [
     "RetriesExhausted", "RetryPolicy", "SerializationError", "Settled", "SignalRejected",
     "SignalSuperseded", "Status", "StepFailed", "StepTimeout", "StorageError", "SuspendPoint",
     "SuspendTimeout", "Suspended", "SuspendedStepConflict", "TypeMismatch", "Workflow",
-    "WorkflowCancelled", "WorkflowFailed", "WorkflowNotFound", "WorkflowSuspended", "workflow",
+    "WorkflowCancelled", "WorkflowFailed", "WorkflowNotFound", "WorkflowSuspended",
+    "configure_converter", "workflow",
 ]  # fmt: skip
 
 

@@ -55,6 +55,7 @@ from ._outcome import Outcome as Outcome
 from ._outcome import Settled as Settled
 from ._outcome import Suspended as Suspended
 from ._retry import RetryPolicy as RetryPolicy
+from ._serde import configure_converter as configure_converter
 from ._suspend import Status as Status
 from ._suspend import SuspendPoint as SuspendPoint
 from ._workflow import Workflow as Workflow
@@ -101,6 +102,7 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowNotFound",
     "WorkflowSuspended",
+    "configure_converter",
     "workflow",
 ]
 

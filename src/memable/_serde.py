@@ -9,14 +9,20 @@ evaluated, and nothing is ever pickled.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import datetime
 import functools
 import json
+import math
+import operator
 import types
 import typing
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal, Union, get_args, get_origin
+from collections.abc import Callable, Iterable
+from itertools import chain, cycle
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Union, get_args, get_origin
+
+import attrs
 
 if TYPE_CHECKING:
     import decimal
@@ -25,33 +31,63 @@ if TYPE_CHECKING:
 
 from ._exceptions import SerializationError, TypeMismatch
 
-__all__ = ["Serde", "conforms", "make_converter", "type_name"]
+__all__ = ["Serde", "configure_converter", "conforms", "make_converter", "type_name"]
 
 _NONE_TYPE: Final = type(None)
+_dumps: Final = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps makes one per call
 
 
 def make_converter() -> cattrs.Converter:
-    """Return a new cattrs Converter with memable's hooks for JSON envelopes.
+    """Return a new cattrs Converter for JSON envelopes, with memable's hooks.
 
     It is cattrs' JSON-preconfigured converter (``datetime`` as ISO 8601, ``bytes`` as
-    base85, unions of primitives passed through) plus ``Decimal`` stored as a string, so
-    no precision is lost, and ``UUID`` as its canonical string. An aware ``datetime``
-    whose UTC offset would not survive the round trip through ISO 8601 (an offset of a
-    fraction of a second, which some Python versions read back as UTC) is refused rather
-    than stored changed. (cattrs is imported here, when the first engine is made, not
-    with memable.)
+    base85, unions of primitives passed through) prepared by ``configure_converter``.
+    (cattrs is imported here, when the first engine is made, not with memable.)
+    """
+    from cattrs.preconf.json import make_converter as make_json_converter
+
+    return configure_converter(make_json_converter())
+
+
+def configure_converter(converter: cattrs.Converter) -> cattrs.Converter:
+    """Install memable's hooks on *converter* and return it.
+
+    Values read back must be equal to, and of the same type as, the values first seen, so:
+
+    - ``Decimal`` is stored as its string, every digit kept; ``UUID`` as its canonical
+      string;
+    - an aware ``datetime`` keeps its instant and UTC offset (ISO 8601); one whose offset
+      would not survive ISO 8601 (a fraction of a second, which some Python versions read
+      back as UTC) is refused rather than stored changed;
+    - an ``int`` where ``float`` is declared is read back as that ``int``, not as a
+      ``float`` (JSON keeps ``3`` and ``3.0`` apart);
+    - a value declared ``object`` is read back as its JSON data, as under ``Any``.
+
+    Pass your own converter through this before registering your hooks on it, so that
+    ``Engine(converter=...)`` keeps these; hooks registered afterwards take precedence.
+
+    Example:
+        >>> import decimal, cattrs, memable
+        >>> converter = memable.configure_converter(cattrs.Converter())
+        >>> converter.unstructure(decimal.Decimal("0.10"))
+        '0.10'
+        >>> converter.structure(3, float)
+        3
+        >>> engine = memable.Engine(converter=converter)
     """
     import decimal
     import uuid
 
-    from cattrs.preconf.json import make_converter as make_json_converter
-
-    converter = make_json_converter()
     converter.register_unstructure_hook(decimal.Decimal, str)
     converter.register_structure_hook(decimal.Decimal, _structure_decimal)
     converter.register_unstructure_hook(uuid.UUID, str)
     converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(value))
     converter.register_unstructure_hook(datetime.datetime, _unstructure_datetime)
+    converter.register_structure_hook(
+        datetime.datetime, lambda value, _: datetime.datetime.fromisoformat(value)
+    )
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook_func(lambda tp: tp is object, lambda value, _: value)
     return converter
 
 
@@ -72,6 +108,14 @@ def _structure_decimal(value: object, _: object) -> decimal.Decimal:
     if isinstance(value, str | int):
         return decimal.Decimal(value)
     raise TypeError(f"a Decimal is stored as a string, not {type(value).__name__}")
+
+
+def _structure_float(value: Any, _: object) -> float:
+    # The first run saw the int itself (an int is a float to the type system), so an int
+    # stored where float is declared reads back as that int.
+    if type(value) is int:
+        return value
+    return float(value)
 
 
 def type_name(tp: object) -> str:
@@ -138,6 +182,8 @@ def conforms(value: object, tp: object) -> bool:
             return conforms(value, tp.__supertype__)
         if not isinstance(tp, type):
             return True
+        if typing.is_typeddict(tp):
+            return isinstance(value, dict) and _conforms_typeddict(value, tp)
         if tp is float:
             return isinstance(value, float | int) and not isinstance(value, bool)
         if tp is int and isinstance(value, bool):
@@ -173,6 +219,17 @@ def conforms(value: object, tp: object) -> bool:
     return True
 
 
+def _conforms_typeddict(value: dict[Any, Any], tp: type) -> bool:
+    required: frozenset[str] = getattr(tp, "__required_keys__", frozenset())
+    if not required <= value.keys():
+        return False
+    try:
+        hints = typing.get_type_hints(tp)
+    except Exception:
+        return True  # forms this cannot check are accepted
+    return all(conforms(item, hints[name]) for name, item in value.items() if name in hints)
+
+
 def _describe(value: object) -> str:
     """Name the type of *value*, with element types for a short container."""
     name = type_name(type(value))
@@ -182,16 +239,265 @@ def _describe(value: object) -> str:
     return name
 
 
+# Replay fidelity: a value is stored only if it reads back equal and of the same type,
+# recursively. For type expressions built of JSON's own kinds (None, bool, int, float, str,
+# bytes; lists, tuples and dicts of them; Any) an exact-type check over whole columns of
+# values decides that at C speed: it is compiled once per type, and trusted only after
+# sample values of that type have made the round trip through the engine's converter. Any
+# other value is read back after it is encoded, and compared.
+
+_Check = Callable[[Iterable[Any]], bool]  # consumes its argument once
+
+
+class _Exact(NamedTuple):
+    """An exact-type check over a column of values, and samples to probe it with."""
+
+    check: _Check
+    samples: tuple[object, ...]
+    scalars: frozenset[type] | None  # the types accepted, when they are all scalars
+
+
+_SCALAR_SAMPLES: Final[dict[object, tuple[object, ...]]] = {
+    _NONE_TYPE: (None,),
+    bool: (False, True),
+    int: (0, -(2**70)),
+    float: (1.5, -0.0, math.inf, math.nan),
+    str: ("", "\u00e9\ud800"),
+    bytes: (b"", b"\x00\xff"),
+}
+_JSON_KINDS: Final = frozenset({_NONE_TYPE, bool, int, float, str, list, dict})
+_JSON_SAMPLES: Final[tuple[object, ...]] = (
+    None,
+    False,
+    0,
+    1.5,
+    "",
+    [],
+    {},
+    [1, "a", None],
+    {"k": [True, 2.5]},
+)
+_JSON_DEPTH: Final = 64  # deeper data is read back and compared instead
+_PLAIN: Final = frozenset({_NONE_TYPE, bool, int, str, bytes})  # equal if ==
+_STR: Final = frozenset({str})
+_LIST: Final = frozenset({list})
+_TUPLE: Final = frozenset({tuple})
+_DICT: Final = frozenset({dict})
+
+
+def _compile(tp: object, int_as_float: bool) -> _Exact | None:
+    """The exact check of *tp*, or None if a value of *tp* must be read back to be sure.
+
+    *int_as_float*: whether an int is accepted where float is declared (it reads back as
+    an int with memable's hooks).
+    """
+    if tp is None:
+        tp = _NONE_TYPE
+    if tp is Any or tp is object:
+        return _Exact(_json_native, _JSON_SAMPLES, None)
+    if isinstance(tp, typing.NewType):
+        return _compile(tp.__supertype__, int_as_float)
+    if tp in _SCALAR_SAMPLES:
+        if tp is float and int_as_float:
+            return _scalars(frozenset({float, int}), (*_SCALAR_SAMPLES[float], 3))
+        return _scalars(frozenset({typing.cast(type, tp)}), _SCALAR_SAMPLES[tp])
+    origin, args = (
+        (tp, ()) if tp is list or tp is dict or tp is tuple else (get_origin(tp), get_args(tp))
+    )
+    if origin is typing.Annotated:
+        return _compile(args[0], int_as_float)
+    if origin is Union or origin is types.UnionType:
+        return _union([_compile(arg, int_as_float) for arg in args])
+    if origin is list:
+        item = _compile(args[0] if args else Any, int_as_float)
+        return None if item is None else _sequence(list, _LIST, item)
+    if origin is tuple:
+        if tp is tuple or (len(args) == 2 and args[1] is Ellipsis):
+            item = _compile(args[0] if args else Any, int_as_float)
+            return None if item is None else _sequence(tuple, _TUPLE, item)
+        items = [_compile(arg, int_as_float) for arg in args]
+        if not items or None in items:
+            return None
+        return _fixed_tuple(typing.cast(list[_Exact], items))
+    if origin is dict:
+        key_tp, value_tp = args if len(args) == 2 else (str, Any)
+        key, value = _compile(key_tp, int_as_float), _compile(value_tp, int_as_float)
+        return None if key is None or value is None else _mapping(key, value)
+    return None
+
+
+def _scalars(kinds: frozenset[type], samples: tuple[object, ...]) -> _Exact:
+    def check(values: Iterable[Any]) -> bool:
+        return {*map(type, values)} <= kinds
+
+    return _Exact(check, samples, kinds)
+
+
+def _union(members: list[_Exact | None]) -> _Exact | None:
+    if None in members:
+        return None
+    known = typing.cast(list[_Exact], members)
+    samples = tuple(chain.from_iterable(member.samples for member in known))
+    scalars = frozenset(chain.from_iterable(m.scalars for m in known if m.scalars is not None))
+    others = [member.check for member in known if member.scalars is None]
+    if not others:
+        return _scalars(scalars, samples)
+    if len(others) > 1:
+        return None  # which one a value is would be decided by the converter
+    inner = others[0]
+
+    def check(values: Iterable[Any]) -> bool:
+        return inner(value for value in values if type(value) not in scalars)
+
+    return _Exact(check, samples, None)
+
+
+def _sequence(kind: type, kinds: frozenset[type], item: _Exact) -> _Exact:
+    inner = item.check
+
+    def check(values: Iterable[Any]) -> bool:
+        values = [*values]
+        return {*map(type, values)} <= kinds and inner(chain.from_iterable(values))
+
+    return _Exact(check, (kind(), kind(item.samples)), None)
+
+
+def _fixed_tuple(items: list[_Exact]) -> _Exact:
+    columns = [(item.check, operator.itemgetter(i)) for i, item in enumerate(items)]
+    lengths = frozenset({len(items)})
+
+    def check(values: Iterable[Any]) -> bool:
+        values = [*values]
+        return (
+            {*map(type, values)} <= _TUPLE
+            and {*map(len, values)} <= lengths
+            and all(inner(map(get, values)) for inner, get in columns)
+        )
+
+    width = max(len(item.samples) for item in items)
+    samples = tuple(
+        tuple(item.samples[i % len(item.samples)] for item in items) for i in range(width)
+    )
+    return _Exact(check, samples, None)
+
+
+def _mapping(key: _Exact, value: _Exact) -> _Exact | None:
+    if key.scalars is None:
+        return None
+    keys, values_of = key.check, value.check
+
+    def check(values: Iterable[Any]) -> bool:
+        values = [*values]
+        return (
+            {*map(type, values)} <= _DICT
+            and keys(chain.from_iterable(values))
+            and values_of(chain.from_iterable(map(dict.values, values)))
+        )
+
+    if len(key.samples) >= len(value.samples):
+        pairs = zip(key.samples, cycle(value.samples))
+    else:
+        pairs = zip(cycle(key.samples), value.samples)
+    return _Exact(check, ({}, *({k: v} for k, v in pairs)), None)
+
+
+def _json_native(column: Iterable[Any]) -> bool:
+    """Whether every value is JSON's own: None, bool, int, float, str, list, str-keyed dict."""
+    values = [*column]
+    for _ in range(_JSON_DEPTH):
+        if not values:
+            return True
+        kinds = {*map(type, values)}
+        if not kinds <= _JSON_KINDS:
+            return False
+        nested: list[Any] = []
+        if list in kinds:
+            nested.extend(chain.from_iterable(v for v in values if type(v) is list))
+        if dict in kinds:
+            mappings = [v for v in values if type(v) is dict]
+            if not {*map(type, chain.from_iterable(mappings))} <= _STR:
+                return False
+            nested.extend(chain.from_iterable(map(dict.values, mappings)))
+        values = nested
+    return False
+
+
+def _difference(first: object, read_back: object) -> str | None:
+    """How *read_back* differs from *first*; None if they are equal, of the same types."""
+    kind = type(first)
+    if type(read_back) is not kind:
+        return f"{type_name(kind)} would be read back as {type_name(type(read_back))}"
+    again: Any = read_back
+    if kind in _PLAIN:
+        return None if first == again else f"{_short(first)} would be read back as {_short(again)}"
+    if attrs.has(kind):
+        return _fields_difference(first, again, attrs.fields(typing.cast(Any, kind)))
+    if isinstance(first, list | tuple):
+        if len(first) != len(again):
+            return f"{len(first)} items would be read back as {len(again)}"
+        for i, (item, item_again) in enumerate(zip(first, again, strict=True)):
+            if (found := _difference(item, item_again)) is not None:
+                return f"[{i}]: {found}"
+        return None
+    if isinstance(first, dict):
+        # In order: a replay iterates over the dict as the first run did.
+        if len(first) != len(again):
+            return f"{len(first)} keys would be read back as {len(again)}"
+        for (key, item), (key_again, item_again) in zip(first.items(), again.items(), strict=True):
+            if (found := _difference(key, key_again)) is not None:
+                return f"key {key!r}: {found}"
+            if (found := _difference(item, item_again)) is not None:
+                return f"[{key!r}]: {found}"
+        return None
+    if isinstance(first, set | frozenset):
+        if first != again:
+            return f"{_short(first)} would be read back as {_short(again)}"
+        items_again = {item: item for item in again}
+        for item in first:
+            if (found := _difference(item, items_again[item])) is not None:
+                return f"item {item!r}: {found}"
+        return None
+    if dataclasses.is_dataclass(kind):
+        return _fields_difference(first, again, dataclasses.fields(kind))
+    if isinstance(first, datetime.datetime | datetime.time):
+        if first == again and first.utcoffset() == again.utcoffset():
+            return None
+    else:
+        try:
+            if first == again:
+                return None
+            unequal_to_itself = first != first and again != again  # NaN
+        except Exception:  # a signalling NaN is not even compared
+            unequal_to_itself = True
+        if unequal_to_itself and repr(first) == repr(again):
+            return None
+    return f"{_short(first)} would be read back as {_short(again)}"
+
+
+def _fields_difference(first: object, again: object, fields: Iterable[Any]) -> str | None:
+    for field in fields:
+        found = _difference(getattr(first, field.name), getattr(again, field.name))
+        if found is not None:
+            return f".{field.name}: {found}"
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 class Serde:
     """Encodes and decodes envelopes with one cattrs Converter (the engine's own)."""
 
-    __slots__ = ("_result_types", "converter")
+    __slots__ = ("_plans", "_result_types", "converter")
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         self.converter = converter if converter is not None else make_converter()
         self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
             weakref.WeakKeyDictionary()
         )
+        self._plans: dict[object, _Check | None] = {}
 
     def result_type(self, key: str, fn: Callable[..., Any], returns: object) -> Any:
         """The type step *key* stores: *returns*, else *fn*'s return annotation (cached)."""
@@ -212,24 +518,48 @@ class Serde:
     def encode(self, value: object, tp: object, key: str, what: str = "") -> str:
         """Return the envelope of *value* as type *tp*; *what* names it in errors.
 
+        The value must read back equal and of the same type (replay fidelity): values of
+        JSON's own kinds pass an exact-type check, any other value is read back and
+        compared before its envelope is returned.
+
         Raises:
             TypeMismatch: *value* is not of type *tp*.
-            SerializationError: *value* cannot be turned into JSON.
+            SerializationError: *value* cannot be turned into JSON, or would not read back
+                equal and of the same type.
         """
         name = type_name(tp)
-        if not conforms(value, tp):
+        check = self._plan(tp)
+        exact = check is not None and check([value])
+        if not exact and not conforms(value, tp):
             found = _describe(value)
             raise TypeMismatch(
                 key, name, found, f"{what or repr(key)} is declared {name} but got {found}"
             )
         try:
             data = self.converter.unstructure(value, unstructure_as=tp)
-            return json.dumps({"type": name, "value": data}, separators=(",", ":"))
+            envelope = _dumps({"type": name, "value": data})
         except Exception as exc:
             raise SerializationError(
                 key,
                 f"cannot store {what or 'the value'} ({_describe(value)}) as {name}: {exc}",
             ) from exc
+        if exact:
+            return envelope
+        cause: Exception | None = None
+        try:
+            again = self._structure(json.loads(envelope)["value"], tp, name)
+            difference = _difference(value, again)
+            reason = f"a replay would see a different value: {difference}"
+        except Exception as exc:
+            difference = reason = f"it would not read back: {str(exc).rstrip('.')}"
+            cause = exc
+        if difference is None:
+            return envelope
+        raise SerializationError(
+            key,
+            f"cannot store {what or 'the value'} ({_describe(value)}) as {name}: {reason};"
+            " declare a type that reads back exactly, or register hooks for it on the converter",
+        ) from cause
 
     def decode(self, envelope: str, tp: object, key: str, what: str = "") -> Any:
         """Return the value stored in *envelope*, which must have been stored as *tp*.
@@ -248,14 +578,45 @@ class Serde:
                 f"{what or repr(key)} was recorded as {found} but the code expects {expected};"
                 " bump the key if the type of what it stores changed",
             )
-        if expected == "None" and data is None:  # cattrs has no hook for NoneType itself
-            return None
         try:
-            return self.converter.structure(data, typing.cast(Any, tp))
+            return self._structure(data, tp, expected)
         except Exception as exc:
             raise SerializationError(
                 key, f"{what or 'the stored value'} does not decode as {expected}: {exc}"
             ) from exc
+
+    def _structure(self, data: object, tp: object, name: str) -> Any:
+        if name == "None" and data is None:  # cattrs has no hook for NoneType itself
+            return None
+        return self.converter.structure(data, typing.cast(Any, tp))
+
+    def _plan(self, tp: object) -> _Check | None:
+        """The exact-type check of *tp* that this converter was seen to honour, or None."""
+        try:
+            return self._plans[tp]
+        except KeyError:
+            pass
+        except TypeError:
+            return None  # an unhashable type expression: read its values back
+        plan = None
+        for int_as_float in (True, False):
+            exact = _compile(tp, int_as_float)
+            if exact is None:
+                break
+            if all(self._reads_back(sample, tp) for sample in exact.samples):
+                plan = exact.check
+                break
+        if len(self._plans) >= 1024:
+            self._plans.clear()
+        self._plans[tp] = plan
+        return plan
+
+    def _reads_back(self, value: object, tp: object) -> bool:
+        try:
+            data = json.loads(_dumps(self.converter.unstructure(value, unstructure_as=tp)))
+            return _difference(value, self._structure(data, tp, type_name(tp))) is None
+        except Exception:
+            return False
 
     @staticmethod
     def open(envelope: str, key: str, what: str = "") -> tuple[str, Any]:
