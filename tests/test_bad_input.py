@@ -10,13 +10,20 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import memable
 from memable import Context, Engine, SuspendPoint
+from memable._keys import check_key, check_text
 from memable.storage import SQLiteStorage
+
+from .helpers import StorageFactory
 
 POINT = SuspendPoint("point:v1", int)
 
@@ -50,6 +57,8 @@ BAD_KEYS: list[object] = [
     "tab\there",
     "nul\x00",
     "del\x7f",
+    "\ud800",
+    "lone\udfffsurrogate",
     7,
 ]
 
@@ -107,6 +116,84 @@ async def test_bad_calls_change_nothing(tmp_path: Path, case: str) -> None:
         with pytest.raises(error, match=words.replace("(", r"\(")):
             await action(engine)
     assert dump(path) == before
+
+
+LONE = "k\ud800"  # a lone surrogate: a str that UTF-8 (so SQLite and JSON) cannot encode
+
+
+async def test_unencodable_keys_are_refused_on_every_storage(make_storage: StorageFactory) -> None:
+    """Keys, names and ids with a lone surrogate are InvalidKey at the call, on SQLite and
+    in memory alike, and nothing is stored."""
+    with pytest.raises(memable.InvalidKey, match=r"workflow name .* lone surrogate"):
+        memable.workflow(LONE)
+    with pytest.raises(memable.InvalidKey, match=r"suspend point key .* lone surrogate"):
+        SuspendPoint(LONE, int)
+
+    async def one() -> int:
+        return 1
+
+    @memable.workflow("keys")
+    async def keys(ctx: Context) -> list[str]:
+        refused: list[str] = []
+        for attempt in (
+            lambda: ctx.step(LONE, one),
+            lambda: ctx.step_sync("s\udfff", int),
+            lambda: ctx.sleep("t\udc00", timedelta(seconds=1)),
+        ):
+            try:
+                await attempt()
+            except memable.InvalidKey as exc:
+                refused.append(str(exc))
+        return refused
+
+    async with Engine(make_storage(), workflows=[keys, target]) as engine:
+        for bad in (LONE, "\udc80", "ok/k\ud800-0"):
+            with pytest.raises(memable.InvalidKey, match="instance id"):
+                await engine.invoke(target, 1, instance_id=bad)
+            with pytest.raises(memable.InvalidKey, match="instance id"):
+                await engine.state(target, bad)
+            with pytest.raises(memable.InvalidKey, match="instance id"):
+                await engine.signal(target, bad, POINT, 1)
+        assert await engine.instances() == []
+        refused = await engine.run(keys, instance_id="k")
+        assert len(refused) == 3, refused
+        assert all("lone surrogate" in message for message in refused), refused
+
+
+def test_check_text_refuses_what_utf8_cannot_encode() -> None:
+    """check_text (for status messages and reasons) passes any encodable str through."""
+    assert check_text("waiting for ünïcode ✓ \x00\n", "status message") == (
+        "waiting for ünïcode ✓ \x00\n"
+    )
+    with pytest.raises(ValueError, match=r"status message 'abc\\ud800' .*\(character 3"):
+        check_text("abc\ud800", "status message")
+    with pytest.raises(TypeError, match="cancel reason must be a str, not int"):
+        check_text(5, "cancel reason")
+
+
+@given(st.text(alphabet=st.characters(codec=None), max_size=20))
+def test_keys_and_text_are_valid_exactly_when_utf8_encodes_them(text: str) -> None:
+    """For any str: check_text accepts it iff UTF-8 encodes it; so does check_key, for
+    keys that pass its other rules."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        encodable = False
+    else:
+        encodable = True
+    if encodable:
+        assert check_text(text, "text") == text
+    else:
+        with pytest.raises(ValueError, match="lone surrogate"):
+            check_text(text, "text")
+    key = "k" + text.replace("/", "").replace("_", "")
+    key = "".join(c for c in key if c.isprintable() or not c.isascii())[:255]
+    try:
+        check_key(key)
+    except memable.InvalidKey as exc:
+        assert not encodable or "control characters" in str(exc), exc
+    else:
+        assert encodable
 
 
 async def test_unusable_results_and_payload_types(tmp_path: Path) -> None:
@@ -258,6 +345,31 @@ anyio.run(main, backend=sys.argv[2])
 """
 
 
+def unprivileged() -> list[str]:
+    """A command prefix that makes file modes apply to the child process.
+
+    As root, ``setpriv`` strips every capability, so the modes bind root as any user.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:  # pragma: no cover - util-linux is part of every Debian
+        pytest.skip("running as root without setpriv: permissions cannot be enforced")
+    return [setpriv, "--inh-caps=-all", "--bounding-set=-all"]
+
+
+def run_probe(tmp_path: Path, code: str, *args: str) -> str:
+    """Run *code* unprivileged in a child process importing memable from this tree."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(code)
+    src = str(Path(memable.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [*unprivileged(), sys.executable, str(probe), *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_read_only_database_directory(tmp_path: Path, backend: str) -> None:
     """A new or an existing database in a directory nobody may write to: a clear StorageError.
@@ -265,22 +377,9 @@ def test_a_read_only_database_directory(tmp_path: Path, backend: str) -> None:
     The probe runs in a subprocess: as root, stripped of every capability by ``setpriv`` so the
     directory's mode applies to it as to any user.
     """
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:  # pragma: no cover - util-linux is part of every Debian
-            pytest.skip("running as root without setpriv: permissions cannot be enforced")
-        prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-all"]
-    probe = tmp_path / "probe.py"
-    probe.write_text(READ_ONLY_PROBE)
-    src = str(Path(memable.__file__).parent.parent)
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def attempt(db: Path) -> str:
-        command = [*prefix, sys.executable, str(probe), str(db), backend]
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return run_probe(tmp_path, READ_ONLY_PROBE, str(db), backend)
 
     existing, fresh = tmp_path / "existing", tmp_path / "fresh"
     existing.mkdir()
@@ -303,3 +402,77 @@ def test_a_read_only_database_directory(tmp_path: Path, backend: str) -> None:
     assert "readonly database" in out_existing, out_existing
     assert not (fresh / "x.db").exists()
     assert dump(existing / "x.db") == before
+
+
+RECOVERY_PROBE = """
+import sys
+import anyio
+import memable
+from memable import Context, Engine, SuspendPoint
+
+@memable.workflow("target")
+async def target(ctx: Context, n: int) -> int:
+    async def double(n: int) -> int:
+        print("step body ran", flush=True)
+        return 2 * n
+    value = await ctx.step("double:v1", double, n)
+    return value + await ctx.suspend(SuspendPoint("point:v1", int))
+
+async def main() -> None:
+    try:
+        async with Engine(sys.argv[1], workflows=[target]):
+            print("started", flush=True)
+    except memable.StorageError as exc:
+        print("StorageError:", exc)
+
+anyio.run(main)
+"""
+
+CRASH_AFTER_A_WRITE = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("UPDATE instances SET updated_at = updated_at")
+os._exit(0)  # as a killed engine: its -wal and -shm files stay behind
+"""
+
+
+@pytest.mark.parametrize("what", ["file", "directory", "wal and shm"])
+def test_a_read_only_database_is_refused_before_recovery_runs_a_step(
+    tmp_path: Path, what: str
+) -> None:
+    """A database memable cannot write — the file, its directory, or the -wal and -shm files
+    a crashed engine left — is a StorageError on entering the engine, before recovery runs
+    the body of a step whose result it could not record; the file is left as it was."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "x.db"
+    anyio.run(prepared, path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("DELETE FROM steps")  # crashed before recording its step
+        db.execute("UPDATE instances SET status = 'running'")
+    before = dump(path)
+    control = tmp_path / "control.db"  # a writable copy: there, recovery runs the step
+    shutil.copyfile(path, control)
+    ran = run_probe(tmp_path, RECOVERY_PROBE, str(control))
+    assert sorted(ran.splitlines()) == ["started", "step body ran"], ran
+    if what == "wal and shm":
+        crash = subprocess.run(
+            [sys.executable, "-c", CRASH_AFTER_A_WRITE, str(path)], check=True, timeout=60
+        )
+        assert crash.returncode == 0
+        locked = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+        assert all(p.exists() for p in locked)
+    else:
+        locked = [folder if what == "directory" else path]
+    modes = {p: p.stat().st_mode for p in locked}
+    for p in locked:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        out = run_probe(tmp_path, RECOVERY_PROBE, str(path))
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    assert out.startswith("StorageError:"), out
+    assert "x.db" in out, out  # the engine's owner learns which file
+    assert "step body ran" not in out
+    assert dump(path) == before

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -542,12 +543,12 @@ def test_a_path_in_a_missing_directory_is_a_storage_error(tmp_path: Path) -> Non
 
 
 def test_a_directory_as_the_path_is_a_storage_error(tmp_path: Path) -> None:
-    """A path that is a directory is a StorageError chaining the sqlite3 error."""
+    """A path that is a directory is a StorageError chaining the error that said so."""
     folder = tmp_path / "folder"
     folder.mkdir()
-    with pytest.raises(memable.StorageError) as caught:
+    with pytest.raises(memable.StorageError, match="Is a directory") as caught:
         SQLiteStorage(folder).open()
-    assert isinstance(caught.value.__cause__, sqlite3.Error)
+    assert isinstance(caught.value.__cause__, OSError | sqlite3.Error)
     again = SQLiteStorage(folder)  # the failed open kept no lock
     with pytest.raises(memable.StorageError, match="cannot open"):
         again.open()
@@ -567,6 +568,9 @@ def test_sqlite_errors_never_escape(tmp_path: Path) -> None:
         with pytest.raises(memable.StorageError) as caught:
             storage.load_steps("x")
         assert isinstance(caught.value.__cause__, sqlite3.Error)
+        # It may reach an application's users: it names no file (opening errors do).
+        assert "the database" in str(caught.value)
+        assert str(tmp_path) not in str(caught.value)
         with pytest.raises(memable.StorageError) as caught:
             storage.commit([step("x", "k")])
         assert isinstance(caught.value.__cause__, sqlite3.Error)
@@ -666,27 +670,120 @@ def test_one_storage_owns_a_file_in_this_process(tmp_path: Path) -> None:
         again.close()
 
 
+def other_names(real: Path) -> list[Path]:
+    """Other names of the existing file *real*: a symlink, '..', a linked folder, a hard link."""
+    folder = real.parent
+    (folder / "sub").mkdir()
+    (folder / "link.db").symlink_to(real)
+    (folder / "folder-link").symlink_to(folder, target_is_directory=True)
+    os.link(real, folder / "hard.db")
+    return [
+        real,
+        folder / "link.db",
+        folder / "sub" / ".." / real.name,
+        folder / "folder-link" / real.name,
+        folder / "hard.db",
+    ]
+
+
+IN_USE_HERE = f"is in use by another engine \\(process {os.getpid()}\\)"
+
+
 def test_a_file_in_use_is_refused_under_any_of_its_names(tmp_path: Path) -> None:
-    """Another spelling of an open file's path (a symlink, '..', a linked folder) is refused."""
+    """Every name of an open file is refused (the same path, a symlink, '..', a linked
+    folder, a hard link); the owner goes on working; once it closes, any name opens."""
     real = tmp_path / "real.db"
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "link.db").symlink_to(real)
-    (tmp_path / "folder-link").symlink_to(tmp_path, target_is_directory=True)
     first = SQLiteStorage(real)
     first.open()
     try:
-        for other in [
-            tmp_path / "link.db",
-            tmp_path / "sub" / ".." / "real.db",
-            tmp_path / "folder-link" / "real.db",
-        ]:
-            with pytest.raises(memable.StorageError, match="in use"):
+        names = other_names(real)
+        for n, other in enumerate(names):
+            with pytest.raises(memable.StorageError, match=IN_USE_HERE):
                 SQLiteStorage(other).open()
+            first.create_instance(instance(f"i{n}"))
     finally:
         first.close()
-    via_link = SQLiteStorage(tmp_path / "link.db")  # free again, under any name
-    via_link.open()
-    via_link.close()
+    for other in names:
+        again = SQLiteStorage(other)
+        again.open()
+        try:
+            assert len(again.list_instances()) == len(names)
+        finally:
+            again.close()
+
+
+def test_there_is_no_lock_file_to_delete(tmp_path: Path) -> None:
+    """The owner's lock is on the database file itself: deleting the lock file older
+    memables kept beside it frees nothing, and none is made."""
+    path = tmp_path / "s.db"
+    stale = tmp_path / "s.db.lock"
+    stale.write_text("1")
+    first = SQLiteStorage(path)
+    first.open()
+    try:
+        stale.unlink()
+        with pytest.raises(memable.StorageError, match=IN_USE_HERE):
+            SQLiteStorage(path).open()
+        assert not [name for name in os.listdir(tmp_path) if name.endswith(".lock")]
+    finally:
+        first.close()
+
+
+def posix_locks(path: Path) -> list[str]:
+    """This process's fcntl (POSIX) locks on *path*'s inode, from /proc/locks: SQLite's."""
+    info = os.stat(path)
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    return [
+        line
+        for line in Path("/proc/locks").read_text().splitlines()
+        if {"POSIX", str(os.getpid()), inode} <= set(line.split())
+    ]
+
+
+def descriptors_of(path: Path) -> int:
+    """How many of this process's file descriptors refer to *path*."""
+    target = os.path.realpath(path)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == target
+    return count
+
+
+def missing(*args: object, **kwargs: object) -> os.stat_result:
+    raise FileNotFoundError(args[0] if args else "")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/locks (Linux)")
+@pytest.mark.parametrize("raced", [False, True], ids=["seen", "raced"])
+def test_a_refused_open_keeps_the_owners_sqlite_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raced: bool
+) -> None:
+    """A refused second open in the owner's process closes no descriptor of the file while
+    the owner runs: that would drop SQLite's fcntl locks, which belong to the process.
+
+    *raced*: the file is owned by the time it is opened, not yet when it is looked at
+    (os.stat is made to miss it): the refused descriptor is left to the owner's close.
+    """
+    path = tmp_path / "s.db"
+    first = SQLiteStorage(path)
+    first.open()
+    try:
+        first.create_instance(instance("i"))
+        held = posix_locks(path)
+        assert held, "an open WAL connection keeps a shared lock on the file"
+        os.link(path, tmp_path / "hard.db")
+        with monkeypatch.context() as patch:
+            if raced:
+                patch.setattr(os, "stat", missing)
+            with pytest.raises(memable.StorageError, match=IN_USE_HERE):
+                SQLiteStorage(tmp_path / "hard.db").open()
+        assert posix_locks(path) == held
+        first.create_instance(instance("j"))
+    finally:
+        first.close()
+    assert descriptors_of(path) == 0
+    assert posix_locks(path) == []
 
 
 def python(code: str, *args: str) -> list[str]:
@@ -699,45 +796,95 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=SRC)
 
 
-def test_another_process_cannot_open_a_file_in_use(tmp_path: Path) -> None:
-    """A second process opening a file this process holds gets StorageError naming us."""
-    path = tmp_path / "s.db"
-    code = (
-        "import sys\n"
-        "from memable.storage import SQLiteStorage\n"
-        "try:\n"
-        "    SQLiteStorage(sys.argv[1]).open()\n"
-        "except Exception as e:\n"
-        "    print(type(e).__name__, e)\n"
-        "    sys.exit(3)\n"
-        "print('opened')\n"
-    )
-    first = SQLiteStorage(path)
-    first.open()
-    try:
-        child = subprocess.run(
-            python(code, str(path)),
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            check=False,
-            timeout=60,
-        )
-        assert child.returncode == 3, child.stdout + child.stderr
-        assert "StorageError" in child.stdout
-        assert "in use by another engine" in child.stdout
-        assert f"process {os.getpid()}" in child.stdout
-    finally:
-        first.close()
-    after = subprocess.run(
-        python(code, str(path)),
+OPEN_EACH = (
+    "import sys\n"
+    "from memable.storage import SQLiteStorage\n"
+    "for path in sys.argv[1:]:\n"
+    "    storage = SQLiteStorage(path)\n"
+    "    try:\n"
+    "        storage.open()\n"
+    "    except Exception as e:\n"
+    "        print(type(e).__name__, e)\n"
+    "    else:\n"
+    "        print('opened')\n"
+    "        storage.close()\n"
+)
+
+
+def open_each(*paths: Path, prefix: Sequence[str] = ()) -> list[str]:
+    """Open (and close) a SQLiteStorage on each path in a child process; what each printed."""
+    child = subprocess.run(
+        [*prefix, *python(OPEN_EACH, *map(str, paths))],
         capture_output=True,
         text=True,
         env=child_env(),
         check=False,
         timeout=60,
     )
-    assert (after.returncode, after.stdout.strip()) == (0, "opened"), after.stderr
+    assert child.returncode == 0, child.stdout + child.stderr
+    return child.stdout.splitlines()
+
+
+def test_another_process_cannot_open_a_file_in_use(tmp_path: Path) -> None:
+    """A second process gets StorageError naming us, under any name of the file, even
+    after this process closed other descriptors of it (which drops fcntl locks)."""
+    path = tmp_path / "s.db"
+    first = SQLiteStorage(path)
+    first.open()
+    try:
+        names = other_names(path)
+        with raw(path) as db:  # SQLite opens and closes a descriptor of its own
+            assert db.execute("SELECT count(*) FROM instances").fetchone() == (0,)
+        os.close(os.open(path, os.O_RDONLY))
+        attempts = open_each(*names)
+        assert len(attempts) == len(names)
+        for line in attempts:
+            assert line.startswith("StorageError "), line
+            assert f"is in use by another engine (process {os.getpid()})" in line, line
+        first.create_instance(instance("still-works"))
+    finally:
+        first.close()
+    assert open_each(tmp_path / "hard.db", path) == ["opened", "opened"]
+
+
+def test_a_bind_mount_reaches_the_same_owner(tmp_path: Path) -> None:
+    """A process that sees the file bind-mounted under another name (in its own mount
+    namespace, where no lock file beside the real path can be seen) is refused.
+
+    Needs root with CAP_SYS_ADMIN for ``unshare``/``mount``: skipped otherwise.
+    """
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None or sys.platform != "linux":
+        pytest.skip("bind mounts need root and unshare(1)")
+    real, mirror = tmp_path / "data" / "s.db", tmp_path / "mirror" / "other.db"
+    real.parent.mkdir()
+    mirror.parent.mkdir()
+    first = SQLiteStorage(real)
+    first.open()
+    mirror.touch()  # the mount point
+    # The mount exists only in the child's private namespace: nothing to clean up here.
+    prefix = [
+        unshare,
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind "$0" "$1" || exit 77; shift; exec "$@"',
+        str(real),
+        str(mirror),
+    ]
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, check=False, timeout=60)
+        if probe.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {probe.stderr.decode(errors='replace')}")
+        [line] = open_each(mirror, prefix=prefix)
+        assert line.startswith("StorageError "), line
+        assert f"is in use by another engine (process {os.getpid()})" in line, line
+        first.create_instance(instance("still-works"))
+    finally:
+        first.close()
+    assert open_each(mirror, prefix=prefix) == ["opened"]
 
 
 def test_a_killed_process_does_not_keep_the_file(tmp_path: Path) -> None:

@@ -61,6 +61,13 @@ ALLOWED_TYPING_CYCLES: frozenset[tuple[str, ...]] = frozenset(
         ("memable._exceptions", "memable._outcome", "memable._workflow", "memable._keys"),
         ("memable._exceptions", "memable._outcome", "memable.storage", "memable.storage._memory"),
         ("memable._exceptions", "memable._outcome", "memable.storage", "memable.storage._sqlite"),
+        (
+            "memable._exceptions",
+            "memable._outcome",
+            "memable.storage",
+            "memable.storage._sqlite",
+            "memable._keys",
+        ),
     }
 )
 ALLOWED_PRIVATE_ACCESS: frozenset[str] = frozenset(

@@ -9,15 +9,20 @@ from ._exceptions import InvalidKey
 
 MAX_KEY_LENGTH = 255
 
+_NOT_UTF8 = "it holds a lone surrogate, which UTF-8 cannot encode"
+
 # Control characters: C0, DEL and C1.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Lone surrogates: the only str characters that UTF-8 (so SQLite, Postgres, JSON) cannot hold.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def check_key(key: object, what: str = "step key", *, reserved_ok: bool = False) -> str:
     """Return *key* if it is a valid key, else raise :class:`InvalidKey` naming *what*.
 
-    Valid keys are non-empty ``str`` of at most 255 characters, without ``/`` or control
-    characters, not starting with ``_`` (reserved for the engine) unless *reserved_ok*.
+    Valid keys are non-empty ``str`` of at most 255 characters, without ``/``, control
+    characters or lone surrogates (which UTF-8 cannot encode), not starting with ``_``
+    (reserved for the engine) unless *reserved_ok*.
     """
     if not isinstance(key, str):
         raise InvalidKey(f"{what} must be a str, not {type(key).__name__} ({key!r})")
@@ -31,9 +36,16 @@ def check_key(key: object, what: str = "step key", *, reserved_ok: bool = False)
         raise InvalidKey(f"{what} {key!r} must not contain '/' (it separates child ids)")
     if _CONTROL.search(key):
         raise InvalidKey(f"{what} {key!r} must not contain control characters")
+    if not is_utf8(key):
+        raise InvalidKey(f"{what} {key!r} is not valid text: {_NOT_UTF8}")
     if key[0] == "_" and not reserved_ok:
         raise InvalidKey(f"{what} {key!r} must not start with '_' (reserved for memable)")
     return key
+
+
+def is_utf8(text: str) -> bool:
+    """Whether UTF-8 can encode *text* (it holds no lone surrogate)."""
+    return text.isascii() or _SURROGATE.search(text) is None
 
 
 def check_instance_ref(instance_id: object) -> str:
@@ -49,9 +61,30 @@ def check_instance_ref(instance_id: object) -> str:
     first, *rest = instance_id.split("/")
     check_key(first, "instance id", reserved_ok=True)
     for part in rest:
-        if not part or _CONTROL.search(part):
+        if not part or _CONTROL.search(part) or not is_utf8(part):
             raise InvalidKey(f"instance id {instance_id!r} is not a valid (child) instance id")
     return instance_id
+
+
+def check_text(value: object, what: str) -> str:
+    """Return *value* if it is text memable can store, else raise naming *what*.
+
+    For free text such as status messages and cancel reasons: any ``str`` that UTF-8 can
+    encode, so neither backend can fail on it later.
+
+    Raises:
+        TypeError: *value* is not a ``str``.
+        ValueError: *value* holds a lone surrogate (such as ``"\\ud800"``).
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__} ({value!r:.80})")
+    found = _SURROGATE.search(value)
+    if found is not None:
+        raise ValueError(
+            f"{what} {value!r:.80} is not valid text: {_NOT_UTF8}"
+            f" (character {found.start()} is {found.group()!r})"
+        )
+    return value
 
 
 def new_instance_id(now_ns: int, after: int = 0) -> tuple[str, int]:

@@ -172,7 +172,17 @@ class Runner:
             else:
                 try:
                     history = await kernel.store.history(run.instance_id)
-                except StorageError:
+                except StorageError as exc:
+                    if getattr(exc, "permanent", False):  # a corrupt row: retrying won't help
+                        logger.error(
+                            "instance %r stopped: %s",
+                            run.instance_id,
+                            exc,
+                            extra={"instance_id": run.instance_id},
+                        )
+                        run.end("crashed", Failed(error=ErrorInfo.from_exception(exc),
+                                                  exception=exc))  # fmt: skip
+                        return
                     self.storage_failed(run, "loading its history")
                     return
             context = Context(kernel, self, run, Journal(run.instance_id, history,

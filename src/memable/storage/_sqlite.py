@@ -7,16 +7,19 @@ leaves it: every one becomes a :class:`~memable.StorageError` with the cause cha
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any, Final, Literal, final
+from typing import IO, Final, Literal, cast, final
 
 from .._exceptions import StorageError
 from .._ids import descendant_range
+from .._keys import is_utf8
 from ._base import RuleStorage
 from ._records import (
     History,
@@ -124,22 +127,87 @@ _UPSERT_STEP: Final = """
 """
 
 
-def _instance(row: Any) -> InstanceRecord:
+logger = logging.getLogger("memable")
+
+_STATES: Final = frozenset(("running", "suspended", "completed", "failed", "cancelled"))
+# Times memable can turn into a datetime (years 1 to 9999, UTC).
+_EARLIEST: Final = -62135596800.0
+_LATEST: Final = 253402300799.0
+
+
+class _Corrupt(Exception):
+    """A stored value that does not decode (turned into StorageError naming the instance)."""
+
+
+def _text(value: object, column: str) -> str:
+    if type(value) is str and is_utf8(value):
+        return value
+    raise _Corrupt(f"{column} is {_shown(value)}, not text")
+
+
+def _text_or_none(value: object, column: str) -> str | None:
+    return None if value is None else _text(value, column)
+
+
+def _time(value: object, column: str) -> float:
+    if type(value) is float and _EARLIEST <= value <= _LATEST:  # also false for NaN
+        return value
+    if type(value) is int and _EARLIEST <= value <= _LATEST:
+        return float(value)
+    raise _Corrupt(f"{column} is {_shown(value)}, not a time")
+
+
+def _time_or_none(value: object, column: str) -> float | None:
+    return None if value is None else _time(value, column)
+
+
+def _shown(value: object) -> str:
+    """A stored value for a message: its repr, cut short (it may be large or garbage)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _keys(value: object) -> tuple[str, ...]:
+    """Decode ``waiting_on``: a JSON list of strings."""
+    try:
+        keys = json.loads(_text(value, "waiting_on"))
+    except (ValueError, RecursionError) as exc:
+        raise _Corrupt(f"waiting_on is {_shown(value)}, not JSON") from exc
+    if type(keys) is not list or not all(type(k) is str for k in keys):
+        raise _Corrupt(f"waiting_on is {_shown(value)}, not a JSON list of strings")
+    return tuple(keys)
+
+
+def _instance(row: Sequence[object]) -> InstanceRecord:
+    """Decode an instance row, or raise StorageError naming the instance."""
     (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f) = row
-    return InstanceRecord(
-        instance_id=iid,
-        workflow=workflow,
-        status=status,
-        parent_id=parent,
-        input=input_,
-        output=output,
-        error=error,
-        status_message=message,
-        waiting_on=tuple(json.loads(waiting)),
-        created_at=c,
-        updated_at=u,
-        finished_at=f,
+    try:
+        if status not in _STATES:
+            raise _Corrupt(f"status is {_shown(status)}, not one of {', '.join(sorted(_STATES))}")
+        return InstanceRecord(
+            instance_id=_text(iid, "instance_id"),
+            workflow=_text(workflow, "workflow"),
+            status=cast(InstanceState, status),
+            parent_id=_text_or_none(parent, "parent_id"),
+            input=_text(input_, "input"),
+            output=_text_or_none(output, "output"),
+            error=_text_or_none(error, "error"),
+            status_message=_text_or_none(message, "status_message"),
+            waiting_on=_keys(waiting),
+            created_at=_time(c, "created_at"),
+            updated_at=_time(u, "updated_at"),
+            finished_at=_time_or_none(f, "finished_at"),
+        )
+    except _Corrupt as exc:
+        raise _corrupt(iid, str(exc)) from exc.__cause__
+
+
+def _corrupt(instance_id: object, problem: str) -> StorageError:
+    error = StorageError(
+        f"instance {_shown(instance_id)} has a corrupt row: {problem} (fix or delete the row)"
     )
+    error.permanent = True  # type: ignore[attr-defined]  # retrying cannot help
+    return error
 
 
 @final
@@ -170,7 +238,7 @@ class SQLiteStorage(RuleStorage):
         self.path = os.fspath(path)
         self.synchronous = synchronous
         self._db: sqlite3.Connection | None = None
-        self._lock_file: IO[str] | None = None
+        self._release_file: Callable[[], None] | None = None  # gives up the ownership
         self._mutex = threading.Lock()
 
     def __repr__(self) -> str:
@@ -183,11 +251,11 @@ class SQLiteStorage(RuleStorage):
             if self._db is not None:
                 raise StorageError(f"{self!r} is already open")
             if self.path != ":memory:":
-                self._lock_file = _take_lock(self.path)
+                self._release_file = _own_file(self.path)
             try:
                 self._db = self._connect()
             except BaseException:
-                self._release_lock()
+                self._release_ownership()
                 raise
 
     def _connect(self) -> sqlite3.Connection:
@@ -198,7 +266,7 @@ class SQLiteStorage(RuleStorage):
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         try:
-            with self._errors("opening"):
+            with self._errors("opening", name_file=True):
                 if self.path != ":memory:":
                     mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                     if str(mode).lower() != "wal":
@@ -207,6 +275,10 @@ class SQLiteStorage(RuleStorage):
                         )
                 db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
                 self._migrate(db)
+                # Prove now that the file can be written (a read-only file, directory, -wal
+                # or -shm fails here), not when recovery has already run step bodies.
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("COMMIT")
         except BaseException:
             db.close()
             raise
@@ -233,41 +305,59 @@ class SQLiteStorage(RuleStorage):
 
     def close(self) -> None:
         with self._mutex:
-            if self._db is not None:
-                db, self._db = self._db, None
-                with self._errors("closing"):
-                    db.close()
-            self._release_lock()
+            try:
+                if self._db is not None:
+                    db, self._db = self._db, None
+                    with self._errors("closing", name_file=True):
+                        db.close()
+            finally:
+                self._release_ownership()  # after the connection: see _own_file
 
-    def _release_lock(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()  # closing the file releases the lock
-            self._lock_file = None
+    def _release_ownership(self) -> None:
+        if self._release_file is not None:
+            release, self._release_file = self._release_file, None
+            release()
 
     # -- plumbing ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
+    def _errors(self, doing: str, *, name_file: bool = False) -> Iterator[None]:
+        """Turn sqlite3 errors into StorageError.
+
+        Only errors of opening and closing, which reach whoever set the engine up, name
+        the file; others may reach the users of an application, so they do not.
+        """
         try:
             yield
         except sqlite3.Error as exc:
+            where = repr(self.path) if name_file else "the database"
             if "file is not a database" in str(exc):
-                message = f"{self.path!r} is not a SQLite database"
-            elif "readonly database" in str(exc):
-                message = (
-                    f"SQLite error while {doing} {self.path!r}: {exc} (memable needs to write "
-                    "the file and to create its -wal and -shm files in the same directory)"
-                )
+                message = f"{where} is not a SQLite database"
             else:
-                message = f"SQLite error while {doing} {self.path!r}: {exc}"
+                message = f"SQLite error while {doing} {where}: {exc}"
+            if "readonly database" in str(exc):
+                message += (
+                    " (memable needs to write the file and to create its -wal and -shm files"
+                    " in the same directory)"
+                )
             raise StorageError(message) from exc
 
     @contextlib.contextmanager
     def _read(self, doing: str) -> Iterator[sqlite3.Connection]:
         with self._mutex, self._errors(doing):
             if self._db is None:
-                raise StorageError(f"{self!r} is not open")
+                raise StorageError("this SQLiteStorage is not open")
             yield self._db
+
+    @contextlib.contextmanager
+    def _lenient(self, db: sqlite3.Connection) -> Iterator[None]:
+        """Read TEXT that is not UTF-8 as lone surrogates, so that one bad row is reported
+        as corrupt (by _instance) instead of failing the whole query."""
+        db.text_factory = _surrogate_escaped
+        try:
+            yield
+        finally:
+            db.text_factory = str
 
     @contextlib.contextmanager
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -287,8 +377,11 @@ class SQLiteStorage(RuleStorage):
     # -- reads ----------------------------------------------------------------------------
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        with self._read("reading") as db:
-            return _get(db, instance_id)
+        with self._read("reading") as db, self._lenient(db):
+            row = db.execute(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+        return None if row is None else _instance(row)
 
     def list_instances(
         self,
@@ -314,35 +407,44 @@ class SQLiteStorage(RuleStorage):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at, instance_id LIMIT ?"
         params.append(-1 if limit is None else limit)
-        with self._read("listing instances in") as db:
+        with self._read("listing instances in") as db, self._lenient(db):
             rows = db.execute(sql, params).fetchall()
-        return [_instance(row) for row in rows]
+        records: list[InstanceRecord] = []
+        for row in rows:
+            try:
+                records.append(_instance(row))
+            except StorageError as exc:
+                if parent_id is not None:
+                    raise  # a family must be read whole: its parent fails instead
+                # One bad row must not hide the others (nor stop an engine's recovery).
+                logger.error(
+                    "%s; it is left out of the listing", exc, extra={"instance_id": row[0]}
+                )
+        return records
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:
         with self._read("loading steps from") as db:
             return _steps(db, instance_id)
 
     def load_history(self, instance_id: str) -> History:
-        with self._read("loading the history of an instance from") as db:
+        with self._read(f"loading the history of instance {instance_id!r} from") as db:
             db.execute("BEGIN")  # one consistent snapshot of the three tables
             try:
                 steps = _steps(db, instance_id)
-                signals = [
-                    SignalRecord(instance_id=instance_id, key=k, payload=p, created_at=c)
-                    for k, p, c in db.execute(
-                        "SELECT key, payload, created_at FROM signals WHERE instance_id = ?",
-                        (instance_id,),
-                    )
-                ]
-                timers = _timers(db, "instance_id = ?", (instance_id,))
+                signals = _signals(db, instance_id)
+                timers = _timers(db, instance_id)
             finally:
                 db.execute("COMMIT")
         return History(steps=steps, signals=signals, timers=timers)
 
     def next_deadline(self) -> float | None:
         with self._read("reading timers from") as db:
-            row = db.execute("SELECT min(deadline) FROM timers WHERE fired = 0").fetchone()
-        return None if row[0] is None else float(row[0])
+            # A deadline stored as text, or too late for a datetime, never comes; one too
+            # early is due now.
+            row = db.execute(
+                "SELECT min(deadline) FROM timers WHERE fired = 0 AND deadline <= ?", (_LATEST,)
+            ).fetchone()
+        return None if row[0] is None else max(float(row[0]), _EARLIEST)
 
     def purgeable(
         self, *, finished_before: float, workflow: str | None, exclude: Sequence[str], limit: int
@@ -409,12 +511,10 @@ class _SQLiteTx:
         return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
-        return _timers(self._db, "instance_id = ?", (instance_id,))
+        return _timers(self._db, instance_id)
 
     def due_timers(self, now: float, limit: int) -> list[TimerRecord]:
-        return _timers(
-            self._db, "fired = 0 AND deadline <= ? ORDER BY deadline LIMIT ?", (now, limit)
-        )
+        return _due_timers(self._db, now, limit)
 
     def insert(self, row: InstanceRecord | SignalRecord | TimerRecord) -> bool:
         if isinstance(row, InstanceRecord):
@@ -477,10 +577,21 @@ def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
     return None if row is None else _instance(row)
 
 
+# Whether a step row is sound, tested by SQLite (in C) as it reads the row: replay's hot
+# path then pays one boolean per step; _checked_step says what is wrong with the others.
+_STEP_IS_SOUND: Final = (
+    "typeof(key) = 'text' AND typeof(attempts) = 'integer' AND CASE state"
+    " WHEN 'completed' THEN typeof(value) = 'text' WHEN 'dead' THEN typeof(error) = 'text'"
+    " ELSE 0 END"
+    f" AND typeof(started_at) = 'real' AND started_at BETWEEN {_EARLIEST} AND {_LATEST}"
+    f" AND typeof(finished_at) = 'real' AND finished_at BETWEEN {_EARLIEST} AND {_LATEST}"
+)
+
+
 def _steps(db: sqlite3.Connection, instance_id: str) -> list[StepRecord]:
     rows = db.execute(
-        "SELECT key, state, value, error, attempts, started_at, finished_at"
-        " FROM steps WHERE instance_id = ?",
+        "SELECT key, state, value, error, attempts, started_at, finished_at,"
+        f" {_STEP_IS_SOUND} FROM steps WHERE instance_id = ?",
         (instance_id,),
     ).fetchall()
     return [
@@ -494,18 +605,106 @@ def _steps(db: sqlite3.Connection, instance_id: str) -> list[StepRecord]:
             started_at=started_at,
             finished_at=finished_at,
         )
-        for key, state, value, error, attempts, started_at, finished_at in rows
+        if sound
+        else _checked_step(instance_id, key, state, value, error, attempts, started_at, finished_at)
+        for key, state, value, error, attempts, started_at, finished_at, sound in rows
     ]
 
 
-def _timers(db: sqlite3.Connection, where: str, params: tuple[object, ...]) -> list[TimerRecord]:
+def _checked_step(instance_id: str, key: object, state: object, *rest: object) -> StepRecord:
+    """A step row that failed the quick test: decoded, or StorageError saying what is wrong."""
+    value, error, attempts, started_at, finished_at = rest
+    try:
+        if state not in ("completed", "dead"):
+            raise _Corrupt(f"state is {_shown(state)}, not 'completed' or 'dead'")
+        if type(attempts) is not int:
+            raise _Corrupt(f"attempts is {_shown(attempts)}, not a number")
+        return StepRecord(
+            instance_id=instance_id,
+            key=_text(key, "key"),
+            state=state,
+            value=(_text if state == "completed" else _text_or_none)(value, "value"),
+            error=(_text if state == "dead" else _text_or_none)(error, "error"),
+            attempts=attempts,
+            started_at=_time(started_at, "started_at"),
+            finished_at=_time(finished_at, "finished_at"),
+        )
+    except _Corrupt as exc:
+        raise _corrupt(instance_id, f"step {_shown(key)}: {exc}") from None
+
+
+def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
+    records: list[SignalRecord] = []
+    for key, payload, created_at in db.execute(
+        "SELECT key, payload, created_at FROM signals WHERE instance_id = ?", (instance_id,)
+    ):
+        try:
+            record = SignalRecord(
+                instance_id=instance_id,
+                key=_text(key, "key"),
+                payload=_text_or_none(payload, "payload"),
+                created_at=_time(created_at, "created_at"),
+            )
+        except _Corrupt as exc:
+            raise _corrupt(instance_id, f"signal {_shown(key)}: {exc}") from None
+        records.append(record)
+    return records
+
+
+def _timers(db: sqlite3.Connection, instance_id: str) -> list[TimerRecord]:
+    records: list[TimerRecord] = []
+    for key, deadline, kind, fired in db.execute(
+        "SELECT key, deadline, kind, fired FROM timers WHERE instance_id = ?", (instance_id,)
+    ):
+        try:
+            if kind not in ("sleep", "timeout"):
+                raise _Corrupt(f"kind is {_shown(kind)}, not 'sleep' or 'timeout'")
+            if fired not in (0, 1):
+                raise _Corrupt(f"fired is {_shown(fired)}, not 0 or 1")
+            record = TimerRecord(
+                instance_id=instance_id,
+                key=_text(key, "key"),
+                deadline=_time(deadline, "deadline"),
+                kind=kind,
+                fired=bool(fired),
+            )
+        except _Corrupt as exc:
+            raise _corrupt(instance_id, f"timer {_shown(key)}: {exc}") from None
+        records.append(record)
+    return records
+
+
+def _due_timers(db: sqlite3.Connection, now: float, limit: int) -> list[TimerRecord]:
+    """Unfired timers due at *now*, earliest first. A corrupt one is marked fired (and
+    logged, naming its instance) so that it cannot hold back every other timer."""
+    records: list[TimerRecord] = []
     rows = db.execute(
-        f"SELECT instance_id, key, deadline, kind, fired FROM timers WHERE {where}", params
+        "SELECT instance_id, key, deadline, kind, fired FROM timers"
+        " WHERE fired = 0 AND deadline <= ? ORDER BY deadline LIMIT ?",
+        (now, limit),
     ).fetchall()
-    return [
-        TimerRecord(instance_id=i, key=k, deadline=d, kind=kind, fired=bool(f))
-        for i, k, d, kind, f in rows
-    ]
+    for instance_id, key, deadline, kind, fired in rows:
+        try:
+            if kind not in ("sleep", "timeout"):
+                raise _Corrupt(f"kind is {_shown(kind)}, not 'sleep' or 'timeout'")
+            records.append(
+                TimerRecord(
+                    instance_id=_text(instance_id, "instance_id"),
+                    key=_text(key, "key"),
+                    deadline=_time(deadline, "deadline"),
+                    kind=kind,
+                    fired=bool(fired),
+                )
+            )
+        except _Corrupt as exc:
+            logger.error(
+                "%s; the timer is set aside (marked fired)",
+                _corrupt(str(instance_id), f"timer {_shown(key)}: {exc}"),
+            )
+            db.execute(
+                "UPDATE timers SET fired = 1 WHERE instance_id = ? AND key = ?", (instance_id, key)
+            )
+    return records
 
 
 def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
@@ -531,44 +730,131 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
     )
 
 
-def _take_lock(path: str) -> IO[str]:
-    """Lock ``{path}.lock`` for this process, or raise StorageError naming the holder."""
-    # Next to the real file: every name of the file (symlinks, "..") meets the same lock.
-    lock_path = os.path.realpath(path) + ".lock"
-    try:
-        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held while open
-    except OSError as exc:
-        raise StorageError(f"cannot create the lock file {lock_path!r}: {exc}") from exc
-    try:
-        _lock_exclusive(handle)
-    except OSError as exc:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StorageError(
-            f"SQLite database {path!r} is in use by another engine (process {holder});"
-            " one engine owns a SQLite file at a time (use Postgres to share one database)"
-        ) from exc
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+def _surrogate_escaped(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
-if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-    import msvcrt
+def _in_use(path: str, holder: str) -> StorageError:
+    return StorageError(
+        f"SQLite database {path!r} is in use by another engine (process {holder});"
+        " one engine owns a SQLite file at a time (use Postgres to share one database)"
+    )
 
-    def _lock_exclusive(handle: IO[str]) -> None:
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
 
-else:
+if sys.platform == "linux":
     import fcntl
+    import struct
 
-    def _lock_exclusive(handle: IO[str]) -> None:
-        # flock, not lockf: a second open file in the same process conflicts too.
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # The owner's lock is one byte of the database file itself, far beyond any byte SQLite
+    # reads, writes or locks (its locks sit at 1 GiB; a database ends before 2**48 bytes).
+    # Whatever name reaches the file (symlink, hard link, bind mount) reaches that byte,
+    # and there is no lock file to delete. It is an open-file-description lock: unlike
+    # flock (emulated by byte-range locks on NFS and SMB, and one with them on the BSDs)
+    # it cannot meet SQLite's own locks, and unlike those it stays held when another
+    # descriptor of the file is closed (SQLite closes its descriptors as it likes).
+    # Beside it the owner locks byte _OWNER_AT + 1 + its pid, for the error message.
+    _OWNER_AT: Final = 1 << 62
+    _FLOCK: Final = "@hhqqi"  # struct flock (flock64): l_type l_whence l_start l_len l_pid
+
+    # fcntl byte-range locks belong to the process: closing *any* descriptor of a file drops
+    # every one of them, SQLite's included. So a descriptor opened here is closed only when
+    # no connection of this process uses the file: one refused because the file is owned
+    # in this process is left to its owner, which closes it after its own connection.
+    _OWNED: dict[tuple[int, int], list[int]] = {}  # (st_dev, st_ino) -> refused descriptors
+    _OWNED_MUTEX = threading.Lock()
+
+    def _range_lock(fd: int, command: int, kind: int, start: int, length: int) -> tuple[int, int]:
+        """fcntl *command* (F_OFD_SETLK or F_OFD_GETLK); returns l_type and l_start."""
+        arg = struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0).ljust(64, b"\0")
+        kind, _, start, _, _ = struct.unpack_from(_FLOCK, fcntl.fcntl(fd, command, arg))
+        return kind, start
+
+    def _holder(fd: int) -> str:
+        try:
+            kind, start = _range_lock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, _OWNER_AT + 1, 1 << 32)
+        except OSError:
+            return "unknown"
+        return "unknown" if kind == fcntl.F_UNLCK else str(start - _OWNER_AT - 1)
+
+    def _own_file(path: str) -> Callable[[], None]:
+        """Own the database file *path* names, or raise StorageError; returns the release."""
+        try:
+            seen = os.stat(path)
+        except OSError:
+            pass  # not there yet (or not usable: os.open says why)
+        else:
+            with _OWNED_MUTEX:
+                if (seen.st_dev, seen.st_ino) in _OWNED:
+                    raise _in_use(path, str(os.getpid()))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot open SQLite database {path!r}: {exc.strerror}") from exc
+        info = os.fstat(fd)
+        inode = (info.st_dev, info.st_ino)
+        with _OWNED_MUTEX:
+            refused = _OWNED.get(inode)
+            if refused is not None:  # owned here since the stat above
+                refused.append(fd)
+                raise _in_use(path, str(os.getpid()))
+            try:
+                _range_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, _OWNER_AT, 1)
+            except OSError as exc:
+                holder = _holder(fd)
+                os.close(fd)  # no connection of this process uses the file
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise _in_use(path, holder) from exc
+                raise StorageError(f"cannot lock SQLite database {path!r}: {exc.strerror}") from exc
+            with contextlib.suppress(OSError):  # only ever used for the message
+                _range_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, _OWNER_AT + 1 + os.getpid(), 1)
+            _OWNED[inode] = []
+
+        def release() -> None:
+            with _OWNED_MUTEX:
+                for other in _OWNED.pop(inode):
+                    os.close(other)
+                os.close(fd)  # releases both locks
+
+        return release
+
+else:  # pragma: no cover - exercised on macOS, the BSDs and Windows only
+    # No open-file-description locks here: a lock file beside the file's real path. Every
+    # spelling of the path and every symlink meets it; hard links and a deleted lock file
+    # do not (see docs/storage.md).
+
+    def _own_file(path: str) -> Callable[[], None]:
+        """Lock ``{realpath}.lock`` for this process, or raise StorageError naming the holder."""
+        lock_path = os.path.realpath(path) + ".lock"
+        try:
+            handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held while open
+        except OSError as exc:
+            raise StorageError(f"cannot create the lock file {lock_path!r}: {exc}") from exc
+        try:
+            _lock_exclusive(handle)
+        except OSError as exc:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise _in_use(path, holder) from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle.close  # closing the file releases the lock
+
+    if sys.platform == "win32":
+        import msvcrt
+
+        def _lock_exclusive(handle: IO[str]) -> None:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+
+    else:
+        import fcntl
+
+        def _lock_exclusive(handle: IO[str]) -> None:
+            # flock, not lockf: a second open file in the same process conflicts too.
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 SQLiteStorage.__module__ = "memable.storage"
