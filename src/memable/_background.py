@@ -15,8 +15,8 @@ import anyio
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
+    from ._records import InstanceRecord
     from ._runner import Runner
-    from .storage._records import InstanceRecord
 
 __all__ = ["TimerScheduler", "heal", "retain"]
 

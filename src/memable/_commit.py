@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 
 from ._exceptions import StorageError
-from .storage._records import Write
+from ._records import Write
 
 __all__ = ["GroupCommitter"]
 

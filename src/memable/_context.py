@@ -22,16 +22,15 @@ from ._exceptions import SerializationError, StepFailed, SuspendTimeout, TypeMis
 from ._failures import dead_letter_error, replayed_failure, step_failure
 from ._fanout import FanOut
 from ._outcome import Settled
+from ._records import StepRecord, TimerRecord, Write
 from ._retry import AttemptsFailed, RetryPolicy, run_attempts
 from ._suspend import Readable
 from ._workflow import Workflow
-from .storage._records import StepRecord, TimerRecord, Write
 
 if TYPE_CHECKING:
     from ._journal import Journal
     from ._kernel import Kernel
-    from ._run import Run
-    from ._runner import Runner
+    from ._run import Driver, Run
 
 __all__ = ["Context"]
 
@@ -69,7 +68,7 @@ class Context:
 
     __slots__ = ("_closed", "_journal", "_kernel", "_run", "_runner")
 
-    def __init__(self, kernel: Kernel, runner: Runner, run: Run, journal: Journal) -> None:
+    def __init__(self, kernel: Kernel, runner: Driver, run: Run, journal: Journal) -> None:
         self._kernel = kernel
         self._runner = runner
         self._run = run
@@ -290,7 +289,7 @@ class Context:
         """Commit the run's writes (and its changed status); on a storage error the run
         ends as if the process died here, and runs again once storage answers."""
         from ._exceptions import StorageError
-        from .storage._records import InstanceUpdate
+        from ._records import InstanceUpdate
 
         message = self._run.take_status()
         if message is not None:

@@ -31,9 +31,14 @@ from ._exceptions import (
 )
 from ._ids import root_of
 from ._invocation import Invocation
-from ._kernel import Kernel, Registry, Store
+from ._kernel import Kernel, Registry, Store, outcome_of
 from ._keys import check_instance_ref, check_key, new_instance_id
-from ._outcome import InstanceInfo, Outcome, outcome_of
+from ._outcome import InstanceInfo, Outcome
+from ._records import (
+    InstanceRecord,
+    InstanceState,
+    SignalRecord,
+)
 from ._retry import RetryPolicy
 from ._runner import Runner
 from ._serde import Serde
@@ -41,11 +46,6 @@ from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
 from .storage._protocol import Storage
-from .storage._records import (
-    InstanceRecord,
-    InstanceState,
-    SignalRecord,
-)
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -370,7 +370,7 @@ class Engine:
         return self._invocation(wf, instance_id)
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
-        return Invocation(self, self._instances, wf, instance_id)
+        return Invocation(self._instances, wf, instance_id)
 
     @overload
     async def run(self, wf: Workflow[None, O], /, *, instance_id: str | None = None) -> O: ...

@@ -11,15 +11,15 @@ import anyio
 from . import _ids
 from ._exceptions import ChildFailed, InstanceConflict, StorageError, WorkflowCancelled
 from ._failures import dead_letter_error, replayed_failure
-from ._outcome import Cancelled, Completed, Err, ErrorInfo, Failed, Ok, Outcome, outcome_of
+from ._kernel import outcome_of
+from ._outcome import Cancelled, Completed, Err, ErrorInfo, Failed, Ok, Outcome
+from ._records import InstanceRecord, StepRecord, Write
 from ._workflow import Workflow
-from .storage._records import InstanceRecord, StepRecord, Write
 
 if TYPE_CHECKING:
     from ._journal import Journal
     from ._kernel import Kernel
-    from ._run import Run
-    from ._runner import Runner
+    from ._run import Driver, Run
 
 __all__ = ["FanOut"]
 
@@ -42,7 +42,7 @@ class FanOut:
     def __init__(
         self,
         kernel: Kernel,
-        runner: Runner,
+        runner: Driver,
         run: Run,
         journal: Journal,
         key: str,

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 from ._exceptions import NotStarted, WorkflowCancelled, WorkflowFailed, WorkflowSuspended
 from ._outcome import Cancelled, Completed, Failed, Outcome, Suspended
+from ._status import StatusStream
 from ._suspend import Status
 from ._workflow import Workflow
 
 if TYPE_CHECKING:
-    from ._engine import Engine
     from ._status import Instances
 
 __all__ = ["Invocation"]
@@ -37,16 +37,9 @@ class Invocation(Generic[O]):
         ...             print("suspended or cancelled")
     """
 
-    __slots__ = ("_engine", "_failure", "_instances", "instance_id", "workflow")
+    __slots__ = ("_failure", "_instances", "instance_id", "workflow")
 
-    def __init__(
-        self,
-        engine: Engine,
-        instances: Instances,
-        workflow: Workflow[Any, O],
-        instance_id: str,
-    ) -> None:
-        self._engine = engine
+    def __init__(self, instances: Instances, workflow: Workflow[Any, O], instance_id: str) -> None:
         self._instances = instances
         self.workflow = workflow
         self.instance_id = instance_id
@@ -101,7 +94,8 @@ class Invocation(Generic[O]):
             ...     async for status in invocation.status():
             ...         print(status.status)
         """
-        return self._engine.subscribe(self.workflow, self.instance_id)
+        self._instances.check_running()
+        return StatusStream(self._instances, self.workflow, self.instance_id)
 
     async def result(self) -> O:
         """Wait for the instance and return its output.

@@ -13,7 +13,7 @@ from typing import Literal
 from . import _ids
 from ._exceptions import DuplicateStepKey, SuspendedStepConflict
 from ._keys import check_key
-from .storage._records import History, SignalRecord, StepRecord, TimerRecord
+from ._records import History, SignalRecord, StepRecord, TimerRecord
 
 __all__ = ["Journal"]
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
 import anyio
 
 from ._exceptions import WorkflowNotFound
+from ._ids import children_waited, public_keys
+from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Outcome, Suspended
 from ._workflow import Workflow, function_workflow
 
 if TYPE_CHECKING:
@@ -24,11 +26,7 @@ if TYPE_CHECKING:
 
     from ._clock import Clock
     from ._commit import GroupCommitter
-    from ._retry import RetryPolicy
-    from ._serde import Serde
-    from ._status import StatusHub
-    from .storage._protocol import Storage
-    from .storage._records import (
+    from ._records import (
         History,
         InstanceRecord,
         InstanceState,
@@ -37,8 +35,12 @@ if TYPE_CHECKING:
         StepRecord,
         Write,
     )
+    from ._retry import RetryPolicy
+    from ._serde import Serde
+    from ._status import StatusHub
+    from .storage._protocol import Storage
 
-__all__ = ["Kernel", "Registry", "Store"]
+__all__ = ["Kernel", "Registry", "Store", "outcome_of"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -234,7 +236,7 @@ class Kernel:
         return await self.committer.write(writes)
 
     async def write_step(self, record: StepRecord, status: str | None, at: float) -> None:
-        from .storage._records import InstanceUpdate
+        from ._records import InstanceUpdate
 
         writes: list[Write] = [record]
         if status is not None:
@@ -277,3 +279,27 @@ class Kernel:
     async def wait_trouble(self) -> None:
         await self._alarm.wait()
         self._alarm = anyio.Event()
+
+
+def outcome_of(record: InstanceRecord, serde: Serde, wf: Workflow[Any, Any]) -> Outcome[Any] | None:
+    """The outcome a stored instance stands at (``None`` while it is running)."""
+    match record.status:
+        case "completed":
+            assert record.output is not None
+            _, output_type = wf.types()
+            output = serde.decode(
+                record.output, output_type, "output", f"the output of {record.instance_id!r}"
+            )
+            return Completed(output=output)
+        case "failed":
+            return Failed(error=ErrorInfo.from_json(record.error))
+        case "suspended":
+            return Suspended(
+                waiting_on=public_keys(record.waiting_on),
+                status=record.status_message,
+                children=children_waited(record.waiting_on),
+            )
+        case "cancelled":
+            return Cancelled(reason=record.status_message or "")
+        case _:
+            return None

@@ -2,16 +2,12 @@
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
+from typing import Generic, TypeAlias, TypeVar, final
 
 import attrs
 
-from ._ids import children_waited, public_keys
-from .storage._records import InstanceRecord, InstanceState
-
-if TYPE_CHECKING:
-    from ._serde import Serde
-    from ._workflow import Workflow
+from ._ids import public_keys
+from ._records import InstanceRecord, InstanceState
 
 __all__ = [
     "Cancelled",
@@ -24,7 +20,6 @@ __all__ = [
     "Outcome",
     "Settled",
     "Suspended",
-    "outcome_of",
 ]
 
 O_co = TypeVar("O_co", covariant=True)
@@ -235,29 +230,3 @@ class Err:
 
 #: The outcome of one child of ``fan_out(..., settle=True)``.
 Settled: TypeAlias = Ok[T_co] | Err
-
-
-def outcome_of(
-    record: InstanceRecord, serde: "Serde", wf: "Workflow[Any, Any]"
-) -> Outcome[Any] | None:
-    """The outcome a stored instance stands at (``None`` while it is running)."""
-    match record.status:
-        case "completed":
-            assert record.output is not None
-            _, output_type = wf.types()
-            output = serde.decode(
-                record.output, output_type, "output", f"the output of {record.instance_id!r}"
-            )
-            return Completed(output=output)
-        case "failed":
-            return Failed(error=ErrorInfo.from_json(record.error))
-        case "suspended":
-            return Suspended(
-                waiting_on=public_keys(record.waiting_on),
-                status=record.status_message,
-                children=children_waited(record.waiting_on),
-            )
-        case "cancelled":
-            return Cancelled(reason=record.status_message or "")
-        case _:
-            return None

@@ -17,8 +17,7 @@ from typing import Final
 import attrs
 
 from . import _ids
-from ._state import FINISHED, check_move
-from .storage._records import (
+from ._records import (
     InstanceRecord,
     InstanceState,
     InstanceUpdate,
@@ -28,7 +27,8 @@ from .storage._records import (
     TimerRecord,
     Write,
 )
-from .storage._tx import Guard, Tx
+from ._state import FINISHED, check_move
+from ._tx import Guard, Tx
 
 __all__ = [
     "cancel",

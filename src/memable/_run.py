@@ -14,16 +14,17 @@ was registered while it was being written.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import anyio
 
 from ._outcome import Outcome
 
 if TYPE_CHECKING:
+    from ._records import InstanceRecord
     from ._workflow import Workflow
 
-__all__ = ["EndReason", "Phase", "Run", "RunStateError"]
+__all__ = ["Driver", "EndReason", "Phase", "Run", "RunStateError"]
 
 Phase = Literal["reserved", "running", "suspending", "ended"]
 
@@ -188,3 +189,17 @@ class Run:
             return None
         self.status_dirty = False
         return self.status_message
+
+
+class Driver(Protocol):
+    """What contexts and fan-outs need of the runner that drives their run."""
+
+    def reserve(self, instance_id: str, wf: Workflow[Any, Any]) -> Run: ...
+
+    async def drive(self, run: Run, record: InstanceRecord) -> None: ...
+
+    async def suspend(self, run: Run) -> None: ...
+
+    def storage_failed(self, run: Run, doing: str) -> None: ...
+
+    async def maybe_crash(self, run: Run, key: str, when: Literal["before", "after"]) -> None: ...

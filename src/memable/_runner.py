@@ -18,11 +18,11 @@ from . import _ids
 from ._context import Context
 from ._exceptions import StorageError
 from ._journal import Journal
-from ._kernel import Kernel
-from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended, outcome_of
+from ._kernel import Kernel, outcome_of
+from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended
+from ._records import History, InstanceRecord, InstanceState, InstanceUpdate
 from ._run import Run
 from ._workflow import Workflow
-from .storage._records import History, InstanceRecord, InstanceState, InstanceUpdate
 
 __all__ = ["Backoff", "Runner"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from .storage._records import InstanceState
+from ._records import InstanceState
 
 __all__ = ["FINISHED", "TRANSITIONS", "IllegalTransition", "can_move", "check_move"]
 

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._ids import public_keys
+from ._records import InstanceState
 from ._suspend import Status
-from .storage._records import InstanceState
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from ._outcome import Outcome
+    from ._records import InstanceRecord
     from ._run import Run
     from ._workflow import Workflow
-    from .storage._records import InstanceRecord
 
 __all__ = ["Instances", "StatusHub", "StatusStream"]
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overlo
 import attrs
 
 from ._keys import check_key
+from ._records import InstanceState
 from ._serde import type_name
-from .storage._records import InstanceState
 
 __all__ = ["Readable", "Status", "SuspendPoint"]
 

@@ -14,16 +14,16 @@ Example:
 
 from typing import TYPE_CHECKING
 
+from .._records import History as History
+from .._records import InstanceRecord as InstanceRecord
+from .._records import InstanceState as InstanceState
+from .._records import InstanceUpdate as InstanceUpdate
+from .._records import SignalOutcome as SignalOutcome
+from .._records import SignalRecord as SignalRecord
+from .._records import StepRecord as StepRecord
+from .._records import TimerRecord as TimerRecord
+from .._records import Write as Write
 from ._protocol import Storage as Storage
-from ._records import History as History
-from ._records import InstanceRecord as InstanceRecord
-from ._records import InstanceState as InstanceState
-from ._records import InstanceUpdate as InstanceUpdate
-from ._records import SignalOutcome as SignalOutcome
-from ._records import SignalRecord as SignalRecord
-from ._records import StepRecord as StepRecord
-from ._records import TimerRecord as TimerRecord
-from ._records import Write as Write
 
 if TYPE_CHECKING:
     from ._memory import MemoryStorage as MemoryStorage

@@ -12,14 +12,14 @@ from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 from .. import _rules
-from ._records import (
+from .._records import (
     InstanceRecord,
     InstanceState,
     SignalOutcome,
     SignalRecord,
     Write,
 )
-from ._tx import Tx
+from .._tx import Tx
 
 __all__ = ["RuleStorage"]
 

@@ -10,9 +10,9 @@ from typing import Any, final
 import attrs
 
 from .._exceptions import StorageError
+from .._records import History, InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
+from .._tx import COLUMNS, Guard
 from ._base import RuleStorage, family_ids
-from ._records import History, InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
-from ._tx import COLUMNS, Guard
 
 __all__ = ["MemoryStorage"]
 

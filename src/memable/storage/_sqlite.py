@@ -20,8 +20,7 @@ from typing import IO, Final, Literal, cast, final
 from .._exceptions import StorageError
 from .._ids import descendant_range
 from .._keys import is_utf8
-from ._base import RuleStorage
-from ._records import (
+from .._records import (
     History,
     InstanceRecord,
     InstanceState,
@@ -29,7 +28,8 @@ from ._records import (
     StepRecord,
     TimerRecord,
 )
-from ._tx import COLUMNS, Guard
+from .._tx import COLUMNS, Guard
+from ._base import RuleStorage
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
