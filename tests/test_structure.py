@@ -28,7 +28,8 @@ import attrs
 # Allowed exceptions. The refactor of the core emptied these lists; keep them empty. A new
 # violation fails the test, and so does an entry that no longer occurs, so the lists can
 # only get shorter. The one entry left is deliberate: memable.testing sits above the
-# engine (it imports it) and is its one friend, reaching the engine's test hooks. Cycles are written starting at their alphabetically first module;
+# engine (it imports it) and is its one friend, reaching the engine's test hooks.
+# Cycles are written starting at their alphabetically first module;
 # private accesses as "module: expression" (no line numbers, so that edits elsewhere in a
 # file do not move them).
 ALLOWED_RUNTIME_CYCLES: frozenset[tuple[str, ...]] = frozenset()
