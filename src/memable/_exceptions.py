@@ -383,7 +383,14 @@ class ChildFailed(MemableError):
     """
 
     def __init__(self, instance_id: str, error: BaseException | ErrorInfo) -> None:
-        super().__init__(f"child instance {instance_id!r} failed: {error}")
+        # Described as stored ("type: message"), so a replay says exactly the same.
+        if isinstance(error, BaseException):
+            from ._outcome import ErrorInfo
+
+            detail = str(ErrorInfo.from_exception(error))
+        else:
+            detail = str(error)
+        super().__init__(f"child instance {instance_id!r} failed: {detail}")
         self.instance_id = instance_id
         self.error = error
 

@@ -12,7 +12,7 @@ import builtins
 import json
 from typing import Any
 
-from ._exceptions import ChildFailed, RetriesExhausted, StepFailed, StepTimeout
+from ._exceptions import ChildFailed, Permanent, RetriesExhausted, StepFailed, StepTimeout
 from ._outcome import ErrorInfo
 from ._retry import AttemptsFailed
 
@@ -78,7 +78,9 @@ def _describe(error: ErrorInfo) -> Exception:
     """An exception standing for a recorded error: the builtin class where it was one."""
     tp = getattr(builtins, error.type, None)
     cause: Exception
-    if isinstance(tp, type) and issubclass(tp, Exception):
+    if error.type == "memable.Permanent":
+        cause = Permanent(error.message)
+    elif isinstance(tp, type) and issubclass(tp, Exception):
         try:
             cause = tp(error.message)
         except Exception:
