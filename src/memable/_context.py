@@ -18,12 +18,20 @@ import anyio
 import anyio.lowlevel
 
 from ._durations import check_deadline, deadline, seconds
-from ._exceptions import SerializationError, StepFailed, SuspendTimeout, TypeMismatch
+from ._exceptions import (
+    SerializationError,
+    StepFailed,
+    StorageError,
+    SuspendTimeout,
+    TypeMismatch,
+)
 from ._failures import dead_letter_error, replayed_failure, step_failure
 from ._fanout import FanOut
+from ._keys import check_text
 from ._outcome import Settled
-from ._records import StepRecord, TimerRecord, Write
+from ._records import InstanceUpdate, StepRecord, TimerRecord, Write
 from ._retry import AttemptsFailed, RetryPolicy, run_attempts
+from ._run import unwind
 from ._suspend import Readable
 from ._workflow import Workflow
 
@@ -111,8 +119,6 @@ class Context:
             ...     ctx.set_status("waiting for the warehouse")
         """
         self._check_open()
-        if not isinstance(message, str):
-            raise TypeError(f"a status message is a str, not {type(message).__name__}")
         check_text(message, f"the status message of {self.instance_id!r}")
         self._run.set_status(message)
         self._kernel.status.publish(self.instance_id, "running", message)
@@ -288,9 +294,6 @@ class Context:
     async def _write(self, writes: list[Write], doing: str) -> None:
         """Commit the run's writes (and its changed status); on a storage error the run
         ends as if the process died here, and runs again once storage answers."""
-        from ._exceptions import StorageError
-        from ._records import InstanceUpdate
-
         message = self._run.take_status()
         if message is not None:
             writes = [*writes, InstanceUpdate(instance_id=self.instance_id,
@@ -301,7 +304,7 @@ class Context:
             await self._kernel.write(writes)
         except StorageError:
             self._runner.storage_failed(self._run, doing)
-            await _unwind()
+            await unwind()
 
     # -- children -----------------------------------------------------------------------------
 
@@ -506,19 +509,4 @@ class Context:
         """Wait on *key* until the instance suspends (and this run is cancelled)."""
         if self._run.wait_on(key):  # the first waiter writes the suspension
             await self._runner.suspend(self._run)
-        await _unwind()
-
-
-async def _unwind() -> NoReturn:
-    """Wait for the run's (already cancelled) scope to unwind this task."""
-    await anyio.sleep_forever()
-    raise AssertionError("unreachable: the run's scope is cancelled")  # pragma: no cover
-
-
-def check_text(text: str, what: str) -> str:
-    """*text* if it can be stored (UTF-8), else :class:`ValueError` naming *what*."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} cannot be stored: {exc.reason} at {exc.start}") from None
-    return text
+        await unwind()

@@ -20,7 +20,6 @@ import attrs
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
-from ._context import check_text
 from ._durations import seconds
 from ._exceptions import (
     InstanceConflict,
@@ -32,7 +31,7 @@ from ._exceptions import (
 from ._ids import root_of
 from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store, outcome_of
-from ._keys import check_instance_ref, check_key, new_instance_id
+from ._keys import check_instance_ref, check_key, check_text, new_instance_id
 from ._outcome import InstanceInfo, Outcome
 from ._records import (
     InstanceRecord,
@@ -519,8 +518,6 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        if not isinstance(typing.cast(object, reason), str):
-            raise TypeError(f"a cancel reason is a str, not {type(reason).__name__}")
         check_text(reason, f"the cancel reason for {instance_id!r}")
         record = await self._record(wf, instance_id)
         before, to_run = await self._kernel.store.cancel(instance_id, reason, self._kernel.now())
@@ -670,3 +667,8 @@ class Engine:
                 "this Engine runs on another event loop; call it from the event loop that"
                 " entered 'async with engine:'"
             )
+
+
+def kernel_of(engine: Engine) -> Kernel:
+    """The kernel of *engine*, for :mod:`memable.testing` (its test hooks) only."""
+    return engine._kernel

@@ -14,6 +14,7 @@ from ._failures import dead_letter_error, replayed_failure
 from ._kernel import outcome_of
 from ._outcome import Cancelled, Completed, Err, ErrorInfo, Failed, Ok, Outcome
 from ._records import InstanceRecord, StepRecord, Write
+from ._run import unwind
 from ._workflow import Workflow
 
 if TYPE_CHECKING:
@@ -180,8 +181,7 @@ class FanOut:
             return await call
         except StorageError:
             self._runner.storage_failed(self._run, f"driving {self._what}")
-            await anyio.sleep_forever()
-            raise AssertionError("unreachable: the run is cancelled") from None
+            await unwind()
 
     async def _children(self, write: Writer) -> list[InstanceRecord]:
         """The child records of the fan-out, creating the missing ones in one transaction."""

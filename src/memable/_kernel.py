@@ -32,7 +32,6 @@ if TYPE_CHECKING:
         InstanceState,
         SignalOutcome,
         SignalRecord,
-        StepRecord,
         Write,
     )
     from ._retry import RetryPolicy
@@ -147,21 +146,15 @@ class Store:
         now: float,
         extend: bool,
     ) -> bool:
-        if extend:
-            return await self.call(
-                self.storage.suspend,
-                instance_id,
-                waiting_on=waiting_on,
-                status_message=message,
-                now=now,
-                extend=True,
-            )
+        # Only passed when set, so storages written before it existed keep working.
+        more: dict[str, Any] = {"extend": True} if extend else {}
         return await self.call(
             self.storage.suspend,
             instance_id,
             waiting_on=waiting_on,
             status_message=message,
             now=now,
+            **more,
         )
 
     async def cancel(
@@ -235,21 +228,6 @@ class Kernel:
         """Commit *writes* through the group committer; which of them applied."""
         return await self.committer.write(writes)
 
-    async def write_step(self, record: StepRecord, status: str | None, at: float) -> None:
-        from ._records import InstanceUpdate
-
-        writes: list[Write] = [record]
-        if status is not None:
-            writes.append(
-                InstanceUpdate(
-                    instance_id=record.instance_id,
-                    updated_at=at,
-                    status_message=status,
-                    only_if=("running",),
-                )
-            )
-        await self.committer.write(writes)
-
     # -- spawning ---------------------------------------------------------------------------
 
     def open_spawning(self, task_group: anyio.abc.TaskGroup) -> None:
@@ -257,11 +235,6 @@ class Kernel:
 
     def close_spawning(self) -> None:
         self._spawner = None
-
-    @property
-    def spawning(self) -> bool:
-        """Whether new runs may start (the engine runs and is not shutting down)."""
-        return self._spawner is not None
 
     def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str) -> bool:
         """Start a task in the engine's group of instances; False when shutting down."""

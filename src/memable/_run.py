@@ -14,7 +14,7 @@ was registered while it was being written.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, Protocol
 
 import anyio
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ._records import InstanceRecord
     from ._workflow import Workflow
 
-__all__ = ["Driver", "EndReason", "Phase", "Run", "RunStateError"]
+__all__ = ["Driver", "EndReason", "Phase", "Run", "RunStateError", "unwind"]
 
 Phase = Literal["reserved", "running", "suspending", "ended"]
 
@@ -203,3 +203,9 @@ class Driver(Protocol):
     def storage_failed(self, run: Run, doing: str) -> None: ...
 
     async def maybe_crash(self, run: Run, key: str, when: Literal["before", "after"]) -> None: ...
+
+
+async def unwind() -> NoReturn:
+    """Wait for the run's (already cancelled) scope to unwind this task."""
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable: the run's scope is cancelled")  # pragma: no cover

@@ -30,7 +30,7 @@ from typing import Any, Literal, NoReturn, final
 import anyio
 import anyio.lowlevel
 
-from .._engine import Engine
+from .._engine import Engine, kernel_of
 from .._exceptions import StorageError
 from ..storage import MemoryStorage, Storage
 
@@ -153,7 +153,7 @@ def crash_at(
         ...         await (await engine.invoke(wf, "o-1")).wait()
     """
     point = (key, when)
-    points = engine._kernel.crash_points  # memable.testing is the engine's one friend
+    points = kernel_of(engine).crash_points
     points.add(point)
     try:
         yield
