@@ -265,3 +265,34 @@ async def test_an_engine_starts_with_a_corrupt_history(
             assert (await engine.state(double_wf, "bad")).status == "running"
     assert "instance 'bad' has a corrupt row: step 'k:v1': state is 'weird'" in caplog.text
     assert str(path.parent) not in caplog.text
+
+
+async def test_a_corrupt_due_timer_is_set_aside(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A due timer whose row is corrupt is logged under its instance and set aside (marked
+    fired), so it holds back neither the other instances nor the engine's next start."""
+    with raw(path) as db:
+        db.execute("UPDATE timers SET kind = 'weird'")
+        db.execute(
+            "UPDATE instances SET status = 'suspended', waiting_on = '[\"t:v1\"]'"
+            " WHERE instance_id = 'bad'"
+        )
+    for start in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="memable"):
+            async with Engine(path, workflows=[double_wf]) as engine:
+                assert await engine.handle(double_wf, "good").result() == 2
+                with anyio.fail_after(10):
+                    while start == 0 and "set aside" not in caplog.text:
+                        await anyio.sleep(0.01)
+                state = await engine.state(double_wf, "bad")
+                assert state.status == "suspended"
+                assert state.waiting_on == ("t:v1",)
+        if start == 0:
+            assert "instance 'bad' has a corrupt row: timer 't:v1': kind is 'weird'" in caplog.text
+        else:
+            assert "corrupt" not in caplog.text  # set aside once, for good
+        assert str(path.parent) not in caplog.text
+    with raw(path) as db:
+        assert db.execute("SELECT fired FROM timers WHERE instance_id = 'bad'").fetchall() == [(1,)]

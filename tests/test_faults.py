@@ -20,6 +20,8 @@ from memable import Context, Engine, SuspendPoint
 from memable.storage import SQLiteStorage
 from memable.testing import FaultyStorage
 
+from .helpers import StorageFactory
+
 GO = SuspendPoint("go:v1", int)
 
 
@@ -191,3 +193,63 @@ async def test_the_timer_scheduler_survives_storage_errors(
     assert woke == ["woke"]
     assert len(faulty.failures) == 2
     assert "storage failed while" in caplog.text
+
+
+def make_napping_workflow(runs: list[str]) -> memable.Workflow[int, int]:
+    """Steps, a durable sleep, steps, a suspension, a step: every kind of write."""
+
+    async def body(name: str) -> int:
+        runs.append(name)
+        return len(name)
+
+    async def wf(ctx: Context, n: int) -> int:
+        total = await ctx.step("a", body, "a")
+        await ctx.sleep("nap:v1", 0.05)
+        total += await ctx.step("b", body, "bb")
+        total += await ctx.suspend(GO)
+        return total + n + await ctx.step("c", body, "ccc")
+
+    return memable.Workflow("healing", wf)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize(
+    ("method", "fail_on"),
+    [
+        *itertools.product(["load_history", "commit", "suspend", "next_deadline"], [1, 2]),
+        ("fire_timers", 1),
+        ("deliver_signal", 1),
+    ],
+)
+async def test_a_transient_error_heals_in_the_same_engine(
+    make_storage: StorageFactory,
+    method: str,
+    when: Literal["before", "after"],
+    fail_on: int,
+) -> None:
+    """One storage call fails once (before it ran, or after it committed); the same engine
+    retries with backoff and the instance finishes — never left ``running`` without a
+    task, never stuck, and an error while suspending leaves the run able to suspend."""
+    runs: list[str] = []
+    wf = make_napping_workflow(runs)
+    faulty = FaultyStorage(make_storage(), fail_on={fail_on}, methods={method}, when=when)
+    async with Engine(faulty, workflows=[wf]) as engine:
+        with anyio.fail_after(20):
+            invocation = await engine.invoke(wf, 100, instance_id="h")
+            while (await engine.state(wf, "h")).waiting_on != ("go:v1",):
+                await anyio.sleep(0.01)  # through the nap, to the suspension
+            failed_once = False
+            while True:
+                try:
+                    await engine.signal(wf, "h", GO, 4)
+                    break
+                except memable.StorageError:  # the caller is told; it may try again
+                    failed_once = True
+                except memable.SignalSuperseded:
+                    assert failed_once
+                    assert when == "after"
+                    break
+            assert await invocation.result() == 1 + 2 + 4 + 100 + 3
+    counts = {name: runs.count(name) for name in ("a", "bb", "ccc")}
+    assert all(1 <= count <= 2 for count in counts.values()), counts
+    assert faulty.failures, "the fault was injected"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import traceback
 from datetime import UTC, datetime, timedelta
@@ -374,6 +375,64 @@ async def test_signal_superseded_messages(make_storage: StorageFactory) -> None:
         await (await engine.invoke(waiter, instance_id="waiting-1")).wait()
         with pytest.raises(memable.WorkflowSuspended, match="waiting-1"):
             await engine.handle(waiter, "waiting-1").result()
+
+
+COUNT = SuspendPoint("count:v1", int)
+COUNT_AS_TEXT = SuspendPoint("count:v1", str)  # the same key, another type
+
+
+@memable.workflow("counting")
+async def counting(ctx: Context) -> int:
+    return 2 * await ctx.suspend(COUNT)
+
+
+async def test_a_signal_of_another_type_is_refused_when_the_point_is_known(
+    make_storage: StorageFactory,
+) -> None:
+    """Once the workflow was seen waiting at the key for an int, a signal whose point has
+    the same key but carries a str is a TypeMismatch naming both, and stores nothing."""
+    async with Engine(make_storage(), workflows=[counting]) as engine:
+        invocation = await engine.invoke(counting, instance_id="c")
+        await invocation.wait()
+        with pytest.raises(memable.TypeMismatch) as caught:
+            await engine.signal(counting, "c", COUNT_AS_TEXT, "three")
+        assert (caught.value.key, caught.value.expected, caught.value.found) == (
+            "count:v1",
+            "int",
+            "str",
+        )
+        assert "'counting'" in str(caught.value)
+        assert PRIVATE not in str(caught.value)
+        await engine.signal(counting, "c", COUNT, 3)  # not superseded: nothing was stored
+        assert await invocation.result() == 6
+
+
+async def test_a_stored_payload_of_another_type_is_set_aside(
+    make_storage: StorageFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An engine that has not seen the point yet (a restart) stores the wrong payload; the
+    run that reads it logs why, sets it aside and waits again — the instance is never
+    stuck: a right signal resumes it, on this engine and after another restart."""
+    async with Engine(make_storage(), workflows=[counting]) as engine:
+        await (await engine.invoke(counting, instance_id="c")).wait()
+    caplog.set_level(logging.ERROR, logger="memable")
+    async with Engine(make_storage(), workflows=[counting]) as engine:
+        await engine.signal(counting, "c", COUNT_AS_TEXT, "three")  # unknown here: stored
+        with anyio.fail_after(10):
+            while "set aside" not in caplog.text:
+                await anyio.sleep(0.01)
+            while (await engine.state(counting, "c")).status != "suspended":
+                await anyio.sleep(0.01)
+        assert (await engine.state(counting, "c")).waiting_on == ("count:v1",)
+        assert "instance 'c'" in caplog.text
+        assert "count:v1" in caplog.text
+        assert PRIVATE not in caplog.text
+        with pytest.raises(memable.TypeMismatch):  # now the point is known here
+            await engine.signal(counting, "c", COUNT_AS_TEXT, "four")
+    async with Engine(make_storage(), workflows=[counting]) as engine:
+        await engine.signal(counting, "c", COUNT, 4)
+        with anyio.fail_after(10):
+            assert await engine.handle(counting, "c").result() == 8
 
 
 async def test_instance_not_found_hides_the_file_path(tmp_path: Path) -> None:

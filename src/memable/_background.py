@@ -100,23 +100,27 @@ def _as_datetime(deadline: float) -> datetime:
 async def heal(kernel: Kernel, runner: Runner) -> None:
     """After storage trouble, re-scan: every ``running`` top-level instance without a
     task here gets one (a signal or claim whose answer was lost, a run that gave up)."""
-    while True:
-        await kernel.wait_trouble()
-        delay = 0.05
+    try:
         while True:
-            await anyio.sleep(delay)
-            try:
-                records = await kernel.store.running()
-            except Exception:
-                logger.warning("storage still failing; re-scanning in %.2f s", delay)
-                delay = min(5.0, delay * 2)
-                continue
-            break
-        kernel.wake_timers(float("-inf"))  # the scheduler reads its deadline again
-        for record in records:
-            # Top-level, and neither run nor being created here right now.
-            if record.parent_id is None and record.instance_id not in runner.runs:
-                runner.claimed(record)
+            await kernel.wait_trouble()
+            delay = 0.05
+            while True:
+                await anyio.sleep(delay)
+                try:
+                    records = await kernel.store.running()
+                except Exception:
+                    logger.warning("storage still failing; re-scanning in %.2f s", delay)
+                    delay = min(5.0, delay * 2)
+                    continue
+                break
+            kernel.wake_timers(float("-inf"))  # the scheduler reads its deadline again
+            for record in records:
+                # Top-level, and neither run nor being created here right now.
+                if record.parent_id is None and record.instance_id not in runner.runs:
+                    runner.claimed(record)
+            kernel.rescanned()
+    finally:  # the engine is closing: nobody waits for a re-scan that will not come
+        kernel.rescanned(final=True)
 
 
 async def retain(kernel: Kernel, default: timedelta | None) -> None:

@@ -29,9 +29,10 @@ from ._failures import dead_letter_error, replayed_failure, step_failure
 from ._fanout import FanOut
 from ._keys import check_text
 from ._outcome import Settled
-from ._records import InstanceUpdate, StepRecord, TimerRecord, Write
+from ._records import InstanceUpdate, SignalDrop, StepRecord, TimerRecord, Write
 from ._retry import AttemptsFailed, RetryPolicy, run_attempts
 from ._run import unwind
+from ._serde import type_name
 from ._suspend import Readable
 from ._workflow import Workflow
 
@@ -438,15 +439,32 @@ class Context:
                 raise SuspendTimeout(key)
             assert signal.payload is not None
             what = f"the signal {key!r} of instance {self.instance_id!r}"
-            return typing.cast(
-                T, self._kernel.serde.decode(signal.payload, point.payload_type, key, what)
-            )
+            try:
+                return typing.cast(
+                    T, self._kernel.serde.decode(signal.payload, point.payload_type, key, what)
+                )
+            except (TypeMismatch, SerializationError) as exc:
+                await self._drop_signal(key, exc)
+        self._kernel.points[(self.workflow_name, key)] = type_name(point.payload_type)
         if status is not None:
             self.set_status(status)
         if timeout is not None and key not in self._journal.timers:
             when = deadline(self._kernel.clock.now(), timeout, f"timeout of suspend point {key!r}")
             await self._add_timer(key, when, "timeout")
         await self._wait(key)
+
+    async def _drop_signal(self, key: str, error: Exception) -> None:
+        """A payload of another type was delivered for *key* (by code that did not know
+        this point's type): set it aside, log why, and wait for one that reads."""
+        logger.error(
+            "instance %r: %s; the payload is set aside and the instance waits at %r for"
+            " another signal",
+            self.instance_id,
+            error,
+            key,
+        )
+        await self._kernel.write([SignalDrop(instance_id=self.instance_id, key=key)])
+        del self._journal.signals[key]
 
     async def sleep(self, key: str, delay: float | timedelta, /) -> None:
         """Sleep durably for *delay*: a timer that survives restarts.

@@ -155,6 +155,7 @@ class Engine:
             record=self._record,
             outcome=self._outcome,
             live_message=self._live_message,
+            settle=self._kernel.settle,
         )
         for wf in workflows:
             self.register(wf)
@@ -172,7 +173,7 @@ class Engine:
         kernel = self._kernel
         # anyio objects are made here, on the event loop that runs the engine.
         limiter = anyio.CapacityLimiter(max(1, int(getattr(self._storage, "threads", 1))))
-        kernel.store = Store(self._storage, limiter)
+        kernel.store = Store(self._storage, limiter, kernel.trouble)
         stack = self._stack
         try:
             # The life cycle, innermost last: storage ⊃ writer ⊃ system tasks ⊃ instances.
@@ -452,7 +453,7 @@ class Engine:
         not reached the point yet, the payload is kept for when it does.
 
         Raises:
-            TypeMismatch: *payload* is not of the point's type (nothing is stored).
+            TypeMismatch: *payload* is not of the point's type, or of the one the wf waits for.
             InstanceNotFound: no instance has this id.
             SignalRejected: the instance has finished.
             SignalSuperseded: the point already has a payload, or its deadline passed.
@@ -466,8 +467,7 @@ class Engine:
         self._check_running()
         wf = self._registered(wf)
         check_instance_ref(instance_id)
-        if not isinstance(typing.cast(object, point), SuspendPoint):
-            raise TypeError(f"signal() takes a memable.SuspendPoint, not {point!r}")
+        self._kernel.check_point(wf, point)
         envelope = self._kernel.serde.encode(
             payload, point.payload_type, point.key, f"the payload of signal {point.key!r}"
         )

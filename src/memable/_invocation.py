@@ -80,6 +80,8 @@ class Invocation(Generic[O]):
                 return outcome
             if self.instance_id in instances.runs:
                 continue  # started again meanwhile
+            if await instances.settle():
+                continue  # storage failed somewhere: the healer may start it
             raise NotStarted(
                 f"instance {self.instance_id!r} is recorded as running but this engine does"
                 " not run it (resume_on_start=False, or the engine is shutting down);"

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import typing
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
 
 import anyio
 
-from ._exceptions import WorkflowNotFound
+from ._exceptions import StorageError, TypeMismatch, WorkflowNotFound
 from ._ids import children_waited, public_keys
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Outcome, Suspended
+from ._serde import type_name
+from ._suspend import SuspendPoint
 from ._workflow import Workflow, function_workflow
 
 if TYPE_CHECKING:
@@ -110,15 +113,28 @@ class Registry:
 class Store:
     """Typed async calls of the storage, each in a worker thread under the engine's limiter."""
 
-    __slots__ = ("_limiter", "storage")
+    __slots__ = ("_limiter", "_trouble", "storage")
 
-    def __init__(self, storage: Storage, limiter: anyio.CapacityLimiter) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        limiter: anyio.CapacityLimiter,
+        trouble: Callable[[], None] = lambda: None,
+    ) -> None:
         self.storage = storage
         self._limiter = limiter
+        self._trouble = trouble
 
     async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run *fn* in a worker thread. A storage error raises the engine's alarm: a write
+        may have committed although its answer was lost (a signal that claimed an
+        instance, a restart), so the healer re-scans for runs that have no task."""
         call = functools.partial(fn, *args, **kwargs)
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        try:
+            return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        except StorageError:
+            self._trouble()
+            raise
 
     async def get(self, instance_id: str) -> InstanceRecord | None:
         return await self.call(self.storage.get_instance, instance_id)
@@ -186,10 +202,12 @@ class Kernel:
 
     __slots__ = (
         "_alarm",
+        "_healed",
         "_spawner",
         "clock",
         "committer",
         "crash_points",
+        "points",
         "registry",
         "retry",
         "serde",
@@ -213,12 +231,34 @@ class Kernel:
         self.retry = retry
         self.status = status
         self.crash_points: set[tuple[str, Literal["before", "after"]]] = set()
+        # The payload type (canonical name) each workflow was seen waiting for at a key.
+        self.points: dict[tuple[str, str], str] = {}
         self.wake_timers: Callable[[float], None] = lambda deadline: None
         self._alarm = anyio.Event()
+        self._healed = anyio.Event()  # unset from trouble() to the end of the next re-scan
+        self._healed.set()
         self._spawner: anyio.abc.TaskGroup | None = None
         # Made when the engine starts (on its event loop):
         self.store: Store
         self.committer: GroupCommitter
+
+    def check_point(self, wf: Workflow[Any, Any], point: SuspendPoint[Any]) -> None:
+        """Refuse a signal for a point whose type is not the one *wf* was seen waiting for
+        at its key (the payload itself is checked against the point when encoded)."""
+        if not isinstance(typing.cast(object, point), SuspendPoint):
+            raise TypeError(f"signal() takes a memable.SuspendPoint, not {point!r}")
+        key = point.key
+        waits_for = self.points.get((wf.name, key))
+        sent = type_name(point.payload_type)
+        if waits_for is not None and waits_for != sent:
+            raise TypeMismatch(
+                key,
+                waits_for,
+                sent,
+                f"workflow {wf.name!r} waits at {key!r} for a {waits_for}, but this signal's"
+                f" point carries a {sent} (nothing is stored); use the workflow's own"
+                " SuspendPoint",
+            )
 
     def now(self) -> float:
         """The engine clock's time, as seconds since the epoch."""
@@ -248,10 +288,25 @@ class Kernel:
     def trouble(self) -> None:
         """Storage failed somewhere: ask the healer to re-scan once storage works again."""
         self._alarm.set()
+        if self._healed.is_set():
+            self._healed = anyio.Event()
 
     async def wait_trouble(self) -> None:
         await self._alarm.wait()
         self._alarm = anyio.Event()
+
+    def rescanned(self, *, final: bool = False) -> None:
+        """The healer finished a re-scan (or stopped, *final*): waiters of :meth:`settle`
+        go on, unless new trouble came during the re-scan."""
+        if final or not self._alarm.is_set():
+            self._healed.set()
+
+    async def settle(self) -> bool:
+        """Wait for a pending re-scan after storage trouble; whether there was one."""
+        if self._healed.is_set():
+            return False
+        await self._healed.wait()
+        return True
 
 
 def outcome_of(record: InstanceRecord, serde: Serde, wf: Workflow[Any, Any]) -> Outcome[Any] | None:

@@ -163,5 +163,24 @@ SignalOutcome: TypeAlias = Literal[
     "claimed", "stored", "superseded", "timed_out", "not_found", "finished"
 ]
 
+
+@final
+@attrs.frozen(kw_only=True)
+class SignalDrop:
+    """A write that sets aside a stored payload its workflow cannot read.
+
+    The payload was delivered for a point of the same key but another type (sent by code
+    that did not know the waiter's type); dropping it lets a right one be delivered.
+
+    Example:
+        >>> from memable.storage import SignalDrop
+        >>> SignalDrop(instance_id="o-1", key="approval:v1").key
+        'approval:v1'
+    """
+
+    instance_id: str
+    key: str
+
+
 #: What :meth:`~memable.storage.Storage.commit` applies in one transaction.
-Write: TypeAlias = StepRecord | InstanceUpdate | TimerRecord | InstanceRecord
+Write: TypeAlias = StepRecord | InstanceUpdate | TimerRecord | InstanceRecord | SignalDrop

@@ -21,6 +21,7 @@ from ._records import (
     InstanceRecord,
     InstanceState,
     InstanceUpdate,
+    SignalDrop,
     SignalOutcome,
     SignalRecord,
     StepRecord,
@@ -72,8 +73,9 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
     """Apply the writes of running instances in order; return which of them applied.
 
     A step record never overwrites a completed result; timers, signals and child instances
-    are inserted unless they exist; an update applies only while its ``only_if`` holds,
-    and one that changes the status is checked against the state table. An instance that
+    are inserted unless they exist; a signal drop deletes a payload nobody can read; an
+    update applies only while its ``only_if`` holds, and one that changes the status is
+    checked against the state table. An instance that
     finishes takes its unfinished descendants with it (cancelled: nothing drives them).
     """
     applied: list[bool] = []
@@ -82,6 +84,8 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
             applied.append(tx.put_step(write))
         elif isinstance(write, InstanceUpdate):
             applied.append(_update(tx, write))
+        elif isinstance(write, SignalDrop):
+            applied.append(tx.delete_signal(write.instance_id, write.key))
         else:
             applied.append(tx.insert(write))
     return applied

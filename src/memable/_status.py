@@ -101,7 +101,7 @@ class StatusHub:
 class Instances:
     """What invocations and status streams need of their engine, and nothing more."""
 
-    __slots__ = ("check_running", "live_message", "outcome", "record", "runs", "status")
+    __slots__ = ("check_running", "live_message", "outcome", "record", "runs", "settle", "status")
 
     def __init__(
         self,
@@ -112,6 +112,7 @@ class Instances:
         record: Callable[[Workflow[Any, Any], str], Awaitable[InstanceRecord]],
         outcome: Callable[[Workflow[Any, Any], InstanceRecord], Outcome[Any] | None],
         live_message: Callable[[InstanceRecord], str | None],
+        settle: Callable[[], Awaitable[bool]],
     ) -> None:
         self.status = status
         self.runs = runs  # the runs (and reservations) of the engine, by instance id
@@ -119,6 +120,7 @@ class Instances:
         self.record = record
         self.outcome = outcome
         self.live_message = live_message
+        self.settle = settle  # waits out a re-scan after storage trouble; whether there was one
 
 
 class StatusStream:

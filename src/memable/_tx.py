@@ -85,6 +85,10 @@ class Tx(Protocol):
         """Mark a timer fired."""
         ...
 
+    def delete_signal(self, instance_id: str, key: str) -> bool:
+        """Delete the payload stored for a suspend point; return whether there was one."""
+        ...
+
     def delete_dead_steps(self, instance_id: str) -> None:
         """Delete the dead letters of an instance (its completed results stay)."""
         ...

@@ -18,6 +18,7 @@ from .._records import History as History
 from .._records import InstanceRecord as InstanceRecord
 from .._records import InstanceState as InstanceState
 from .._records import InstanceUpdate as InstanceUpdate
+from .._records import SignalDrop as SignalDrop
 from .._records import SignalOutcome as SignalOutcome
 from .._records import SignalRecord as SignalRecord
 from .._records import StepRecord as StepRecord
@@ -36,6 +37,7 @@ __all__ = [
     "InstanceUpdate",
     "MemoryStorage",
     "SQLiteStorage",
+    "SignalDrop",
     "SignalOutcome",
     "SignalRecord",
     "StepRecord",
@@ -48,6 +50,7 @@ for _name in (
     "History",
     "InstanceRecord",
     "InstanceUpdate",
+    "SignalDrop",
     "SignalRecord",
     "StepRecord",
     "Storage",

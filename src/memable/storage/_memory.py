@@ -201,6 +201,13 @@ class MemoryStorage(RuleStorage):
         timers = self._rows("timers", instance_id)
         self._set(timers, key, attrs.evolve(timers[key], fired=True))
 
+    def delete_signal(self, instance_id: str, key: str) -> bool:
+        signals = self._tables["signals"].get(instance_id, {})
+        if key not in signals:
+            return False
+        self._set(signals, key, None)
+        return True
+
     def delete_dead_steps(self, instance_id: str) -> None:
         steps = self._rows("steps", instance_id)
         for key in [key for key, step in steps.items() if step.state == "dead"]:

@@ -555,6 +555,12 @@ class _SQLiteTx:
             "UPDATE timers SET fired = 1 WHERE instance_id = ? AND key = ?", (instance_id, key)
         )
 
+    def delete_signal(self, instance_id: str, key: str) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM signals WHERE instance_id = ? AND key = ?", (instance_id, key)
+        )
+        return cursor.rowcount > 0
+
     def delete_dead_steps(self, instance_id: str) -> None:
         self._db.execute(
             "DELETE FROM steps WHERE instance_id = ? AND state = 'dead'", (instance_id,)
