@@ -10,13 +10,14 @@ import threading
 import types
 import typing
 from collections.abc import AsyncIterator, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
 import attrs
 
+from . import _inspect
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -29,6 +30,7 @@ from ._exceptions import (
     SignalSuperseded,
 )
 from ._ids import root_of
+from ._inspect import History, Page
 from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store, outcome_of
 from ._keys import check_instance_ref, check_key, check_text, new_instance_id
@@ -565,7 +567,7 @@ class Engine:
         suspended instances are never purged.
 
         Example:
-            >>> from datetime import timedelta
+            >>> from datetime import datetime, timedelta
             >>> import memable
             >>> async def clean(engine: memable.Engine) -> int:
             ...     return await engine.purge(older_than=timedelta(days=30))
@@ -578,7 +580,7 @@ class Engine:
     # -- reading ----------------------------------------------------------------------------
 
     async def state(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceInfo:
-        """Return what storage knows about an instance.
+        """Return what storage knows about an instance (input and output decoded).
 
         Raises:
             InstanceNotFound: no instance has this id.
@@ -591,7 +593,7 @@ class Engine:
         """
         self._check_running()
         record = await self._record(wf, instance_id)
-        info = InstanceInfo.from_record(record)
+        info = self._describe(record)
         message = self._live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
@@ -600,10 +602,22 @@ class Engine:
     async def instances(
         self,
         wf: Workflow[Any, Any] | None = None,
+        *,
         status: InstanceState | None = None,
+        waiting_on: str | None = None,
+        parent_id: str | None = None,
+        created_after: datetime | None = None,
         limit: int | None = 100,
-    ) -> list[InstanceInfo]:
-        """List instances, oldest first, optionally of one workflow and in one status.
+        after: str | None = None,
+    ) -> Page[InstanceInfo]:
+        """List instances, newest first, a page at a time (``page.next`` is the cursor).
+
+        Filters: the workflow, the status, suspended on a key (*waiting_on*), children of
+        *parent_id*, created after a time. Each page is one index range scan, so its cost
+        does not grow with how many instances are stored. ``limit=None`` lists them all.
+
+        Raises:
+            ValueError: a negative limit, a naive datetime, or a cursor not from ``next``.
 
         Example:
             >>> import memable
@@ -611,33 +625,40 @@ class Engine:
             ...     return [i.instance_id for i in await engine.instances(status="failed")]
         """
         self._check_running()
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, not {limit!r}")
-        records = await self._kernel.store.call(
-            self._storage.list_instances,
-            workflow=None if wf is None else wf.name,
-            status=status,
-            limit=limit,
+        query = _inspect.query(wf, status, waiting_on, parent_id, created_after, limit, after)
+        records, cursor = await self._kernel.store.call(_inspect.load_page, self._storage, **query)
+        return Page(tuple(self._describe(record) for record in records), cursor)
+
+    async def history(self, wf: Workflow[Any, Any], instance_id: str) -> History:
+        """Return what an instance did: steps, signals, timers and children, from storage.
+
+        Works for finished instances too and changes nothing (``resume`` keeps a dead
+        letter it retries, as an earlier attempt of its step).
+
+        Raises:
+            InstanceNotFound: no instance has this id.
+            InstanceConflict: the instance belongs to another workflow.
+
+        Example:
+            >>> import memable
+            >>> async def show(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
+            ...     for step in (await engine.history(wf, "order-o-17")).steps:
+            ...         print(step.key, step.state, step.duration)
+        """
+        self._check_running()
+        record = await self._record(wf, instance_id)
+        types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
+        build = await self._kernel.store.call(
+            _inspect.load_history, self._storage, record, payload_types=types
         )
-        return [InstanceInfo.from_record(record) for record in records]
+        return build(self._describe)
+
+    def _describe(self, record: InstanceRecord) -> InstanceInfo:
+        wf = self._registry.get(record.workflow)
+        return _inspect.describe(record, self._kernel.serde, wf)
 
     async def _record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
-        check_instance_ref(instance_id)
-        record = await self._kernel.store.get(instance_id)
-        if record is None:
-            raise InstanceNotFound(f"no instance {instance_id!r}")
-        if record.workflow != wf.name and not (
-            record.parent_id is not None and await self._root_is(instance_id, wf)
-        ):
-            raise InstanceConflict(
-                f"instance {instance_id!r} belongs to workflow {record.workflow!r}, not {wf.name!r}"
-            )
-        return record
-
-    async def _root_is(self, instance_id: str, wf: Workflow[Any, Any]) -> bool:
-        """Whether the top-level ancestor of a child instance is an instance of *wf*."""
-        root = await self._kernel.store.get(root_of(instance_id))
-        return root is not None and root.workflow == wf.name
+        return await self._kernel.store.find(wf.name, instance_id)
 
     def _outcome(self, wf: Workflow[Any, O], record: InstanceRecord) -> Outcome[O] | None:
         return outcome_of(record, self._kernel.serde, wf)
@@ -645,30 +666,35 @@ class Engine:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _check_running(self) -> None:
-        if self._phase != "running":
-            raise NotStarted(
-                f"the engine is {self._phase}; use it inside 'async with engine:'"
-                if self._phase != "new"
-                else "the engine has not started; use it inside 'async with engine:'"
-            )
-        assert self._owner is not None
-        thread, token = self._owner
-        if threading.get_ident() != thread:
-            raise RuntimeError(
-                "this Engine runs in another thread; call it from the thread (and event loop)"
-                " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
-            )
-        try:
-            current = anyio.lowlevel.current_token()
-        except RuntimeError:
-            current = None
-        if current != token:
-            raise RuntimeError(
-                "this Engine runs on another event loop; call it from the event loop that"
-                " entered 'async with engine:'"
-            )
+        _check_owner(self._phase, self._owner)
 
 
 def kernel_of(engine: Engine) -> Kernel:
     """The kernel of *engine*, for :mod:`memable.testing` (its test hooks) only."""
     return engine._kernel
+
+
+def _check_owner(phase: _Phase, owner: tuple[int, object] | None) -> None:
+    """Refuse calls to an engine that does not run, or from another thread or loop."""
+    if phase != "running":
+        raise NotStarted(
+            f"the engine is {phase}; use it inside 'async with engine:'"
+            if phase != "new"
+            else "the engine has not started; use it inside 'async with engine:'"
+        )
+    assert owner is not None
+    thread, token = owner
+    if threading.get_ident() != thread:
+        raise RuntimeError(
+            "this Engine runs in another thread; call it from the thread (and event loop)"
+            " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
+        )
+    try:
+        current = anyio.lowlevel.current_token()
+    except RuntimeError:
+        current = None
+    if current != token:
+        raise RuntimeError(
+            "this Engine runs on another event loop; call it from the event loop that"
+            " entered 'async with engine:'"
+        )
