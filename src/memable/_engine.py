@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from . import _inspect
+from . import _control, _inbox, _inspect
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -29,7 +29,6 @@ from ._exceptions import (
     SignalRejected,
     SignalSuperseded,
 )
-from ._ids import root_of
 from ._inspect import History, Page
 from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store, outcome_of
@@ -65,9 +64,6 @@ _NOTHING: Final = object()
 
 
 _Phase = Literal["new", "running", "closing", "closed"]
-
-#: What ``resume`` restarts: a failed instance, and one stuck running or suspended.
-_RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
 
 
 @final
@@ -192,6 +188,9 @@ class Engine:
             stack.callback(kernel.status.close)
             system.start_soon(self._timers.run, name="memable timers")
             system.start_soon(heal, kernel, self._runner, name="memable healer")
+            if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
+                inbox = typing.cast(_inbox.InboxStorage, self._storage)
+                system.start_soon(_inbox.serve, kernel, self._runner, inbox, name="memable inbox")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -426,21 +425,8 @@ class Engine:
         wf = self._registered(wf)
         check_instance_ref(instance_id)
         invocation = self._invocation(wf, instance_id)
-        if self._runner.live(instance_id) is not None:
-            return invocation
-        record = await self._record(wf, instance_id)
-        if record.parent_id is not None:
-            # A child runs inside its parent: resuming it resumes its top-level instance.
-            root = await self._kernel.store.get(root_of(instance_id))
-            root_wf = None if root is None else self._registry.get(root.workflow)
-            if root is not None and root_wf is not None:
-                await self.resume(root_wf, root.instance_id)
-            return invocation
-        if record.status not in _RESUMABLE:
-            return invocation
-        restarted = await self._kernel.store.restart(instance_id, _RESUMABLE, self._kernel.now())
-        if restarted is not None:
-            self._runner.claimed(restarted)
+        if self._runner.live(instance_id) is None:
+            await _control.resume(self._kernel, self._runner, await self._record(wf, instance_id))
         return invocation
 
     # -- signals, cancellation, status -------------------------------------------------------
@@ -477,7 +463,7 @@ class Engine:
             instance_id=instance_id, key=point.key, payload=envelope, created_at=self._kernel.now()
         )
         await self._record(wf, instance_id)  # unknown id or another workflow: nothing stored
-        outcome, record = await self._kernel.store.signal(signal)
+        outcome, record = await _control.deliver(self._kernel, self._runner, signal)
         match outcome:
             case "not_found":
                 raise InstanceNotFound(f"no instance {instance_id!r}")
@@ -496,9 +482,6 @@ class Engine:
                     f"the deadline of suspend point {point.key!r} of instance {instance_id!r}"
                     " passed before this signal; it is not used",
                 )
-            case "claimed":
-                assert record is not None
-                self._runner.claimed(record)
         return self._invocation(wf, instance_id)
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> bool:
@@ -522,16 +505,7 @@ class Engine:
         wf = self._registered(wf)
         check_text(reason, f"the cancel reason for {instance_id!r}")
         record = await self._record(wf, instance_id)
-        before, to_run = await self._kernel.store.cancel(instance_id, reason, self._kernel.now())
-        if before is None:
-            return False  # already finished
-        prefix = record.instance_id + "/"
-        for run_id in [i for i in self._runner.runs if i == instance_id or i.startswith(prefix)]:
-            self._runner.cancel_live(run_id, reason)
-        self._kernel.status.publish(record.instance_id, "cancelled", reason)
-        if to_run is not None:  # a parent waited for this child: it runs on
-            self._runner.claimed(to_run)
-        return True
+        return await _control.cancel(self._kernel, self._runner, record, reason)
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
