@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from . import _log, _telemetry
 from ._ids import root_of
 from ._kernel import Kernel
 from ._records import InstanceRecord, InstanceState, SignalOutcome, SignalRecord
@@ -50,6 +51,9 @@ async def cancel(kernel: Kernel, runner: Runner, record: InstanceRecord, reason:
     for run_id in [i for i in runner.runs if i == record.instance_id or i.startswith(prefix)]:
         runner.cancel_live(run_id, reason)
     kernel.status.publish(record.instance_id, "cancelled", reason)
+    _log.event(_log.INFO, "instance %r of %r cancelled: %s", record.instance_id,
+               record.workflow, reason or "(no reason)", instance_id=record.instance_id,
+               workflow=record.workflow)  # fmt: skip
     if to_run is not None:  # a parent waited for this child: it runs on
         runner.claimed(to_run)
     return True
@@ -58,9 +62,13 @@ async def cancel(kernel: Kernel, runner: Runner, record: InstanceRecord, reason:
 async def deliver(
     kernel: Kernel, runner: Runner, signal: SignalRecord
 ) -> tuple[SignalOutcome, InstanceRecord | None]:
-    """Store a payload; run the instance if it waited on the point."""
-    outcome, record = await kernel.store.signal(signal)
-    if outcome == "claimed":
-        assert record is not None
-        runner.claimed(record)
+    """Store a payload; run the instance if it waited on the point (in a span)."""
+    attributes = {"memable.instance_id": signal.instance_id, "memable.signal.key": signal.key}
+    with _telemetry.span(f"memable.signal {signal.key}", attributes, kind="PRODUCER") as span:
+        outcome, record = await kernel.store.signal(signal)
+        if span is not None:
+            span.set_attribute("memable.signal.outcome", outcome)
+        if outcome == "claimed":
+            assert record is not None
+            runner.claimed(record, _telemetry.current_context())
     return outcome, record

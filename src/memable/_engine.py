@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from . import _control, _inbox, _inspect
+from . import _control, _inbox, _inspect, _log, _telemetry
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -246,12 +246,12 @@ class Engine:
             await self._kernel.store.call(self._storage.close)
 
     async def _recover(self) -> None:
-        records = await self._kernel.store.running()
-        for record in records:
+        for record in await self._kernel.store.running():
             if record.parent_id is None:  # children are driven by their parent
+                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
+                           record.workflow, instance_id=record.instance_id,
+                           workflow=record.workflow)  # fmt: skip
                 self._runner.claimed(record)
-        if records:
-            logger.info("recovering %d running instances", len(records))
 
     # -- registration -----------------------------------------------------------------------
 
@@ -329,14 +329,20 @@ class Engine:
             input, input_type, "input", f"the input of workflow {wf.name!r}"
         )
         now = self._kernel.now()
-        record = InstanceRecord(
-            instance_id=instance_id,
-            workflow=wf.name,
-            status="running",
-            input=envelope,
-            created_at=now,
-            updated_at=now,
-        )
+        attributes = {"memable.workflow": wf.name, "memable.instance_id": instance_id}
+        with _telemetry.span(f"memable.invoke {wf.name}", attributes, kind="PRODUCER"):
+            record = InstanceRecord(instance_id=instance_id, workflow=wf.name, status="running",
+                                    input=envelope, created_at=now, updated_at=now,
+                                    trace=_telemetry.current_traceparent())  # fmt: skip
+            await self._create(wf, record, generated)
+        return self._invocation(wf, instance_id)
+
+    async def _create(
+        self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool
+    ) -> None:
+        """Create *record* and start it, or check that the instance of its id is the same."""
+        instance_id, envelope = record.instance_id, record.input
+
         run = self._runner.reserve(instance_id, wf)
         run.pending += 1
         try:
@@ -368,7 +374,6 @@ class Engine:
                     f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
                     " use another instance_id, or the same input to attach to it"
                 )
-        return self._invocation(wf, instance_id)
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         return Invocation(self._instances, wf, instance_id)
