@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import anyio
+import httpx
 import pytest
 
+from memable.testing import ManualClock
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
+SRC = Path(__file__).parent.parent / "src"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend a subprocess runs on."""
+    name: str = request.param
+    return name
 
 
 def load(name: str) -> ModuleType:
@@ -44,3 +62,117 @@ async def test_reminder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "first engine: Suspended(waiting_on=('wait:v1',)" in out
     assert out.endswith("second engine: completed\nsecond engine: sent: water the plants\n")
+
+
+async def test_approval_service(tmp_path: Path) -> None:
+    """POST invokes, GET shows the state, a day later a reminder is sent, POST approve
+    signals and the order is charged; a second approval is refused; an unanswered order
+    expires after two days."""
+    example = load("approval_service")
+    example.SENT.clear()
+    clock = ManualClock()
+    app = example.create_app(str(tmp_path / "orders.db"), clock=clock)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://shop") as client,
+    ):
+        new = {"order_id": "o-17", "item": "lamp", "cents": 1250}
+        assert (await client.post("/orders", json=new)).status_code == 202
+        assert (await client.post("/orders", json=new)).status_code == 202  # idempotent
+        conflict = {**new, "cents": 1}
+        assert (await client.post("/orders", json=conflict)).status_code == 409
+        state = await settled(client, "o-17")
+        assert state["status"] == "suspended"
+        assert state["message"] == "approve lamp for 1250?"
+        assert sorted(state["waiting_on"]) == ["approval:v1", "remind-after:v1"]
+
+        await clock.advance(timedelta(days=1))
+        state = await settled(client, "o-17")
+        assert state["waiting_on"] == ["approval:v1"]
+        assert example.SENT == ["reminder:o-17"]
+
+        decision = {"approver": "ada", "approved": True}
+        assert (await client.post("/orders/o-17/approve", json=decision)).status_code == 202
+        state = await settled(client, "o-17")
+        assert state["status"] == "completed"
+        assert state["receipt"] == {
+            "order_id": "o-17",
+            "status": "charged",
+            "charge_id": "ch-o-17-1250",
+            "approver": "ada",
+        }
+        again = await client.post("/orders/o-17/approve", json=decision)
+        assert again.status_code == 409
+        assert "completed" in again.json()["error"]
+        assert (await client.post("/orders/o-99/approve", json=decision)).status_code == 404
+        assert (await client.get("/orders/o-99")).status_code == 404
+
+        late = {"order_id": "o-18", "item": "chair", "cents": 900}
+        assert (await client.post("/orders", json=late)).status_code == 202
+        await settled(client, "o-18")
+        await clock.advance(timedelta(days=1))  # the reminder
+        await settled(client, "o-18")
+        await clock.advance(timedelta(days=1))  # the deadline
+        state = await settled(client, "o-18")
+        assert state["receipt"]["status"] == "expired"
+    assert example.SENT == ["reminder:o-17", "charge:o-17", "reminder:o-18"]
+
+
+async def settled(client: httpx.AsyncClient, order_id: str) -> dict[str, Any]:
+    """The order's state once it is not running (it suspends or finishes promptly)."""
+    with anyio.fail_after(10):
+        while True:
+            response = await client.get(f"/orders/{order_id}")
+            assert response.status_code == 200
+            state: dict[str, Any] = response.json()
+            if state["status"] != "running":
+                return state
+            await anyio.sleep(0.005)
+
+
+def run_example(
+    name: str, *args: str, backend: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/{name}.py`` in a fresh interpreter (memable from this checkout)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), *args, "--backend", backend],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+AGENT_CALLS = [
+    "plan",
+    *(f"{kind}:{topic}" for topic in ["durable", "workflows", "idempotency", "determinism"]
+      for kind in ["search", "summarise"]),
+    "report",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kill_at", ["search:durable", "summarise:idempotency", "report"])
+def test_research_agent_survives_sigkill(
+    kill_at: str, backend: str, tmp_path: Path
+) -> None:
+    """Killed with SIGKILL as it is about to make a paid call, the agent recovers in a new
+    process and makes each paid call exactly once, with the same idempotency keys."""
+    db, log = str(tmp_path / "agent.db"), tmp_path / "calls.log"
+    killed = run_example("research_agent", db, str(log), "--kill-at", kill_at, backend=backend)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = log.read_text().splitlines()
+    assert [line.split()[0] for line in before] == AGENT_CALLS[: AGENT_CALLS.index(kill_at)]
+    done = run_example("research_agent", db, str(log), backend=backend)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert [line.split()[0] for line in calls] == AGENT_CALLS  # each once, none repeated
+    assert calls[-1] == "report research-1:report:v1"
+    assert done.stdout.splitlines()[0].startswith("Q: Why do durable workflows")
+    assert "idempotency: 3 sources agree" in done.stdout
+    again = run_example("research_agent", db, str(log), backend=backend)
+    assert again.stdout == done.stdout
+    assert log.read_text().splitlines() == calls  # a finished instance calls nothing
