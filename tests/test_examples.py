@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
@@ -16,6 +17,7 @@ import anyio
 import httpx
 import pytest
 
+import memable
 from memable.testing import ManualClock
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -176,3 +178,40 @@ def test_research_agent_survives_sigkill(
     again = run_example("research_agent", db, str(log), backend=backend)
     assert again.stdout == done.stdout
     assert log.read_text().splitlines() == calls  # a finished instance calls nothing
+
+
+async def finished_children(db: str, example: ModuleType, parent: str) -> set[str]:
+    """The ids of *parent*'s completed children, read without running anything."""
+    workflows = example.etl_workflows(example.Pipeline("unused.db"))
+    async with memable.Engine(db, workflows=workflows, resume_on_start=False) as engine:
+        infos = await engine.instances(limit=None)
+    return {i.instance_id for i in infos if i.parent_id == parent and i.status == "completed"}
+
+
+@pytest.mark.parametrize("kill_at", ["extract:invoices", "load:refunds"])
+async def test_etl_survives_sigkill_mid_fan_out(
+    kill_at: str, anyio_backend: str, tmp_path: Path
+) -> None:
+    """Killed in the middle of the fan-out, the nightly ETL recovers: children that had
+    finished are not run again, every source is loaded once, the total is right."""
+    example = load("etl")
+    db, warehouse = str(tmp_path / "etl.db"), str(tmp_path / "warehouse.db")
+    killed = await anyio.to_thread.run_sync(
+        lambda: run_example("etl", db, warehouse, "--kill-at", kill_at, backend=anyio_backend)
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    parent = "nightly-2026-12-04"
+    finished = await finished_children(db, example, parent)
+    assert finished  # the kill came mid-fan-out: some children were done ...
+    assert len(finished) < len(example.SOURCES)  # ... and some were not
+    done_sources = {example.SOURCES[int(i.rsplit("-", 1)[1])] for i in finished}
+    done = await anyio.to_thread.run_sync(lambda: run_example("etl", db, warehouse, backend=anyio_backend))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{sum(map(len, example.SOURCES))} rows from 5 sources\n"
+    with sqlite3.connect(warehouse) as conn:
+        extracts = [row[0] for row in conn.execute("SELECT source FROM extracts")]
+        loaded = dict(conn.execute("SELECT source, n FROM loaded").fetchall())
+    assert loaded == {source: len(source) for source in example.SOURCES}
+    for source in done_sources:
+        assert extracts.count(source) == 1, (source, extracts)  # not run again
+    assert set(extracts) == set(example.SOURCES)
