@@ -82,9 +82,10 @@ async def order(ctx: Context, order: Order) -> Receipt:
         tg.start_soon(remind)
         try:
             decision = await ctx.suspend(
-                approval, status=f"approve {order.item} for {order.cents}?",
+                approval,
+                status=f"approve {order.item} for {order.cents}?",
                 timeout=timedelta(days=2),
-            )  # fmt: skip
+            )
         except memable.SuspendTimeout:
             return Receipt(order.order_id, "expired")
         finally:

@@ -81,14 +81,22 @@ def research_agent(model: StubModel) -> memable.Workflow[str, Report]:
         for topic in topics:  # one paid call in flight at a time (see the module's doc)
             ctx.set_status(f"researching {topic}")
             hits = await ctx.step(
-                f"search:{topic}:v1", model.search, key(f"search:{topic}:v1"), topic,
-                timeout=30, retry=retry,
-            )  # fmt: skip
+                f"search:{topic}:v1",
+                model.search,
+                key(f"search:{topic}:v1"),
+                topic,
+                timeout=30,
+                retry=retry,
+            )
             notes.append(
                 await ctx.step(
-                    f"summarise:{topic}:v1", model.summarise, key(f"summarise:{topic}:v1"),
-                    topic, hits, retry=retry,
-                )  # fmt: skip
+                    f"summarise:{topic}:v1",
+                    model.summarise,
+                    key(f"summarise:{topic}:v1"),
+                    topic,
+                    hits,
+                    retry=retry,
+                )
             )
         sections = await ctx.step("report:v1", model.write, key("report:v1"), question, notes)
         return Report(question, sections)

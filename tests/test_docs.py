@@ -53,7 +53,9 @@ def blocks(path: Path) -> Iterator[tuple[str, dict[str, str], str, int]]:
 
 
 def scripts(path: Path) -> list[tuple[str, int]]:
-    return [(code, line) for lang, opts, code, line in blocks(path) if lang == "python" and not opts]
+    return [
+        (code, line) for lang, opts, code, line in blocks(path) if lang == "python" and not opts
+    ]
 
 
 def documented_test_modules(path: Path) -> list[tuple[str, str]]:
@@ -123,5 +125,5 @@ def test_documented_test_module(page: str, name: str, pytester: pytest.Pytester)
     assert result.ret == 0, result.stdout.str()
     kinds = 3 if os.environ.get("MEMABLE_TEST_POSTGRES") else 2
     tests = code.count("\nasync def test_") + code.count("\ndef test_")
-    assert outcomes.get("passed", 0) == tests * kinds * 2  # storages × backends
+    assert outcomes.get("passed", 0) == tests * kinds * 2  # storages x backends
     assert set(outcomes) <= {"passed", "warnings"}

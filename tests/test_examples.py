@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import trio
 
 import memable
 from memable.testing import ManualClock
@@ -158,9 +159,7 @@ AGENT_CALLS = [
 
 
 @pytest.mark.parametrize("kill_at", ["search:durable", "summarise:idempotency", "report"])
-def test_research_agent_survives_sigkill(
-    kill_at: str, backend: str, tmp_path: Path
-) -> None:
+def test_research_agent_survives_sigkill(kill_at: str, backend: str, tmp_path: Path) -> None:
     """Killed with SIGKILL as it is about to make a paid call, the agent recovers in a new
     process and makes each paid call exactly once, with the same idempotency keys."""
     db, log = str(tmp_path / "agent.db"), tmp_path / "calls.log"
@@ -205,7 +204,9 @@ async def test_etl_survives_sigkill_mid_fan_out(
     assert finished  # the kill came mid-fan-out: some children were done ...
     assert len(finished) < len(example.SOURCES)  # ... and some were not
     done_sources = {example.SOURCES[int(i.rsplit("-", 1)[1])] for i in finished}
-    done = await anyio.to_thread.run_sync(lambda: run_example("etl", db, warehouse, backend=anyio_backend))
+    done = await anyio.to_thread.run_sync(
+        lambda: run_example("etl", db, warehouse, backend=anyio_backend)
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{sum(map(len, example.SOURCES))} rows from 5 sources\n"
     with sqlite3.connect(warehouse) as conn:
@@ -215,3 +216,58 @@ async def test_etl_survives_sigkill_mid_fan_out(
     for source in done_sources:
         assert extracts.count(source) == 1, (source, extracts)  # not run again
     assert set(extracts) == set(example.SOURCES)
+
+
+def test_trio_service(tmp_path: Path) -> None:
+    """The engine runs as a task of a trio nursery: retried downloads, a timed-out resize
+    with a fallback, live status lines; a second service start finds the jobs done."""
+    example = load("trio_service")
+    db = str(tmp_path / "thumbs.db")
+    lines = trio.run(example.main, db)
+    results = [line for line in lines if line.endswith(("128px", "placeholder"))]
+    assert sorted(results) == [
+        "thumb-cat.jpg: cat.jpg: 70 bytes -> 128px",
+        "thumb-dog.jpg: dog.jpg: 70 bytes -> 128px",
+        "thumb-huge.tiff: huge.tiff: placeholder",
+    ]
+    assert "thumb-huge.tiff: running resize timed out" in lines
+    assert example.attempts == {"cat.jpg": 3, "dog.jpg": 3, "huge.tiff": 3}
+    assert trio.run(example.main, db)[-1].endswith(("128px", "placeholder"))
+    assert example.attempts == {"cat.jpg": 3, "dog.jpg": 3, "huge.tiff": 3}  # nothing re-ran
+
+
+def readme_example() -> str:
+    text = (EXAMPLES.parent / "README.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    return text[start : text.index("```\n", start)]
+
+
+@pytest.mark.parametrize("lines_before_kill", [0, 1, 2, 3])
+def test_readme_example_survives_a_kill(
+    lines_before_kill: int, backend: str, tmp_path: Path
+) -> None:
+    """The README's example, killed with SIGKILL at several points (starting up, after
+    the approval, in its cool-off sleep, after it), finishes when run again, and a third
+    run prints the stored result."""
+    script = tmp_path / "readme_example.py"
+    code = readme_example()
+    assert code.count("anyio.run(main)") == 1
+    script.write_text(code.replace("anyio.run(main)", f"anyio.run(main, backend={backend!r})"))
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-u", str(script)]
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        seen = [proc.stdout.readline() for _ in range(lines_before_kill)]
+        if lines_before_kill == 0:
+            proc.stdout.read(0)  # straight away: while it imports or opens the engine
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert all(seen), seen
+    for _ in range(2):
+        rerun = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert rerun.stdout.splitlines()[-2:] == ["completed ()", "ch-o-17"]

@@ -78,7 +78,7 @@ def _postgres(tmp_path: Path) -> StorageFactory:
     storage_class: Any = getattr(memable.storage, "PostgresStorage", None)
     if storage_class is None:
         pytest.fail("this memable has no PostgresStorage", pytrace=False)
-    return lambda: storage_class(url)  # type: ignore[no-any-return]
+    return lambda: storage_class(url)
 
 
 #: Storage kinds: name → a function of the test's ``tmp_path`` giving a storage factory.
@@ -99,8 +99,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "memable_storages",
-        "storage kinds for the memable_storage fixtures (postgres only with "
-        f"{POSTGRES_ENV} set)",
+        f"storage kinds for the memable_storage fixtures (postgres only with {POSTGRES_ENV} set)",
         type="args",
         default=["memory", "sqlite", "postgres"],
     )
