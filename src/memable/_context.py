@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar, TypeVarTuple, fina
 import anyio
 import anyio.lowlevel
 
+from . import _log, _telemetry
 from ._durations import check_deadline, deadline, seconds
 from ._exceptions import (
     SerializationError,
@@ -218,6 +219,17 @@ class Context:
     ) -> T:
         record = self._journal.steps.get(key)
         if record is not None:
+            self._run.replayed += 1
+            if _log.logger.isEnabledFor(_log.DEBUG):
+                _log.event(
+                    _log.DEBUG,
+                    "step %r of %r replayed",
+                    key,
+                    self.instance_id,
+                    instance_id=self.instance_id,
+                    workflow=self.workflow_name,
+                    step=key,
+                )
             if record.state == "completed":
                 assert record.value is not None
                 value = self._kernel.serde.decode(record.value, tp, key, self._what(key))
@@ -241,28 +253,44 @@ class Context:
         await self._runner.maybe_crash(self._run, key, "before")
         policy = retry or kernel.retry or _NO_RETRY
         started = kernel.now()
+        with _telemetry.span(f"memable.step {key}", {"memable.step.key": key,
+                             **self._attributes()}) as span:  # fmt: skip
 
-        def retrying(attempt: int, exc: Exception) -> None:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
+            def retrying(attempt: int, exc: Exception) -> None:
+                _log.event(
+                    _log.WARNING,
                     "step %r of %r failed (attempt %d of %d), retrying: %r",
-                    key, self.instance_id, attempt, policy.attempts, exc,
-                    extra={"instance_id": self.instance_id, "step": key},
-                )  # fmt: skip
+                    key,
+                    self.instance_id,
+                    attempt,
+                    policy.attempts,
+                    exc,
+                    instance_id=self.instance_id,
+                    workflow=self.workflow_name,
+                    step=key,
+                )
+                if span is not None:
+                    span.add_event("memable.step.retry", {"memable.step.attempt": attempt,
+                                   "memable.error.type": type(exc).__name__})  # fmt: skip
 
-        try:
-            result, attempts = await run_attempts(policy, call, timeout, retrying)
-        except AttemptsFailed as failed:
-            failure = step_failure(key, failed)
-            await self._dead_letter(key, failed.attempts, started, failed.error, failure)
-            raise failure from failed.error
-        try:
-            envelope = kernel.serde.encode(result, tp, key, self._what(key))
-        except (TypeMismatch, SerializationError) as exc:
-            # The body returned what cannot be recorded faithfully: a permanent failure.
-            failure = StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
-            await self._dead_letter(key, attempts, started, exc, failure)
-            raise failure from exc
+            try:
+                result, attempts = await run_attempts(policy, call, timeout, retrying)
+            except AttemptsFailed as failed:
+                failure = step_failure(key, failed)
+                _telemetry.failed(span, failure)
+                await self._dead_letter(key, failed.attempts, started, failed.error, failure)
+                raise failure from failed.error
+            try:
+                envelope = kernel.serde.encode(result, tp, key, self._what(key))
+            except (TypeMismatch, SerializationError) as exc:
+                # The body returned what cannot be recorded faithfully: a permanent failure.
+                failure = StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
+                _telemetry.failed(span, failure)
+                await self._dead_letter(key, attempts, started, exc, failure)
+                raise failure from exc
+            if span is not None:
+                span.set_attributes({"memable.step.attempts": attempts,
+                                     "memable.step.outcome": "completed"})  # fmt: skip
         await self._runner.maybe_crash(self._run, key, "after")
         record = StepRecord(
             instance_id=self.instance_id,
@@ -280,6 +308,9 @@ class Context:
     async def _dead_letter(
         self, key: str, attempts: int, started: float, error: BaseException, failure: Exception
     ) -> None:
+        _log.event(_log.ERROR, "step %r of %r dead-lettered after %d attempts: %s", key,
+                   self.instance_id, attempts, failure, instance_id=self.instance_id,
+                   workflow=self.workflow_name, step=key)  # fmt: skip
         record = StepRecord(
             instance_id=self.instance_id,
             key=key,
@@ -392,10 +423,17 @@ class Context:
             not isinstance(typing.cast(object, limit), int) or isinstance(limit, bool) or limit < 1
         ):
             raise ValueError(f"fan_out limit must be an int of at least 1, not {limit!r}")
+        children = list(items)
         fan_out = FanOut(
-            self._kernel, self._runner, self._run, self._journal, key, fn, list(items), settle
+            self._kernel, self._runner, self._run, self._journal, key, fn, children, settle
         )
-        return await fan_out.run(limit, self._write, self._wait)
+        attributes = {"memable.fan_out.key": key, "memable.fan_out.children": len(children),
+                      **self._attributes()}  # fmt: skip
+        with _telemetry.span(f"memable.fan_out {key}", attributes):
+            return await fan_out.run(limit, self._write, self._wait)
+
+    def _attributes(self) -> dict[str, str]:
+        return {"memable.instance_id": self.instance_id, "memable.workflow": self.workflow_name}
 
     # -- suspension ---------------------------------------------------------------------------
 
@@ -514,6 +552,12 @@ class Context:
         timer = TimerRecord(
             instance_id=self.instance_id, key=key, deadline=when.timestamp(), kind=kind
         )
+        attributes = {"memable.timer.key": key, "memable.timer.kind": kind,
+                      "memable.timer.deadline": when.isoformat(), **self._attributes()}  # fmt: skip
+        with _telemetry.span(f"memable.timer {key}", attributes):
+            return await self._write_timer(timer)
+
+    async def _write_timer(self, timer: TimerRecord) -> TimerRecord:
         self._run.enter()  # registered before the run may suspend
         try:
             await self._write([timer], "recording a timer")

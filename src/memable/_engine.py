@@ -9,13 +9,14 @@ import threading
 import types
 import typing
 from collections.abc import AsyncIterator, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
 import attrs
 
+from . import _inbox, _inspect, _log
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -24,11 +25,13 @@ from ._durations import seconds
 from ._exceptions import (
     NotStarted,
 )
+from ._inspect import History, Page
 from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store
 from ._keys import check_instance_ref
 from ._outcome import InstanceInfo
 from ._records import (
+    InstanceRecord,
     InstanceState,
 )
 from ._retry import RetryPolicy
@@ -177,6 +180,9 @@ class Engine:
             stack.callback(kernel.status.close)
             system.start_soon(self._timers.run, name="memable timers")
             system.start_soon(heal, kernel, self._runner, name="memable healer")
+            if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
+                inbox = typing.cast(_inbox.InboxStorage, self._storage)
+                system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -232,12 +238,12 @@ class Engine:
             await self._kernel.store.call(self._storage.close)
 
     async def _recover(self) -> None:
-        records = await self._kernel.store.running()
-        for record in records:
+        for record in await self._kernel.store.running():
             if record.parent_id is None:  # children are driven by their parent
+                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
+                           record.workflow, instance_id=record.instance_id,
+                           workflow=record.workflow)  # fmt: skip
                 self._runner.claimed(record)
-        if records:
-            logger.info("recovering %d running instances", len(records))
 
     # -- registration -----------------------------------------------------------------------
 
@@ -435,7 +441,7 @@ class Engine:
         suspended instances are never purged.
 
         Example:
-            >>> from datetime import timedelta
+            >>> from datetime import datetime, timedelta
             >>> import memable
             >>> async def clean(engine: memable.Engine) -> int:
             ...     return await engine.purge(older_than=timedelta(days=30))
@@ -448,7 +454,7 @@ class Engine:
     # -- reading ----------------------------------------------------------------------------
 
     async def state(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceInfo:
-        """Return what storage knows about an instance.
+        """Return what storage knows about an instance (input and output decoded).
 
         Raises:
             InstanceNotFound: no instance has this id.
@@ -461,7 +467,7 @@ class Engine:
         """
         self._check_running()
         record = await self._control.record(wf, instance_id)
-        info = InstanceInfo.from_record(record)
+        info = self._describe(record)
         message = self._control.live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
@@ -470,10 +476,22 @@ class Engine:
     async def instances(
         self,
         wf: Workflow[Any, Any] | None = None,
+        *,
         status: InstanceState | None = None,
+        waiting_on: str | None = None,
+        parent_id: str | None = None,
+        created_after: datetime | None = None,
         limit: int | None = 100,
-    ) -> list[InstanceInfo]:
-        """List instances, oldest first, optionally of one workflow and in one status.
+        after: str | None = None,
+    ) -> Page[InstanceInfo]:
+        """List instances, newest first, a page at a time (``page.next`` is the cursor).
+
+        Filters: the workflow, the status, suspended on a key (*waiting_on*), children of
+        *parent_id*, created after a time. Each page is one index range scan, so its cost
+        does not grow with how many instances are stored. ``limit=None`` lists them all.
+
+        Raises:
+            ValueError: a negative limit, a naive datetime, or a cursor not from ``next``.
 
         Example:
             >>> import memable
@@ -481,43 +499,70 @@ class Engine:
             ...     return [i.instance_id for i in await engine.instances(status="failed")]
         """
         self._check_running()
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, not {limit!r}")
-        records = await self._kernel.store.call(
-            self._storage.list_instances,
-            workflow=None if wf is None else wf.name,
-            status=status,
-            limit=limit,
+        query = _inspect.query(wf, status, waiting_on, parent_id, created_after, limit, after)
+        records, cursor = await self._kernel.store.call(_inspect.load_page, self._storage, **query)
+        return Page(tuple(self._describe(record) for record in records), cursor)
+
+    async def history(self, wf: Workflow[Any, Any], instance_id: str) -> History:
+        """Return what an instance did: steps, signals, timers and children, from storage.
+
+        Works for finished instances too and changes nothing (``resume`` keeps a dead
+        letter it retries, as an earlier attempt of its step).
+
+        Raises:
+            InstanceNotFound: no instance has this id.
+            InstanceConflict: the instance belongs to another workflow.
+
+        Example:
+            >>> import memable
+            >>> async def show(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
+            ...     for step in (await engine.history(wf, "order-o-17")).steps:
+            ...         print(step.key, step.state, step.duration)
+        """
+        self._check_running()
+        record = await self._control.record(wf, instance_id)
+        types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
+        build = await self._kernel.store.call(
+            _inspect.load_history, self._storage, record, payload_types=types
         )
-        return [InstanceInfo.from_record(record) for record in records]
+        return build(self._describe)
+
+    def _describe(self, record: InstanceRecord) -> InstanceInfo:
+        wf = self._registry.get(record.workflow)
+        return _inspect.describe(record, self._kernel.serde, wf)
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _check_running(self) -> None:
-        if self._phase != "running":
-            raise NotStarted(
-                f"the engine is {self._phase}; use it inside 'async with engine:'"
-                if self._phase != "new"
-                else "the engine has not started; use it inside 'async with engine:'"
-            )
-        assert self._owner is not None
-        thread, token = self._owner
-        if threading.get_ident() != thread:
-            raise RuntimeError(
-                "this Engine runs in another thread; call it from the thread (and event loop)"
-                " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
-            )
-        try:
-            current = anyio.lowlevel.current_token()
-        except RuntimeError:
-            current = None
-        if current != token:
-            raise RuntimeError(
-                "this Engine runs on another event loop; call it from the event loop that"
-                " entered 'async with engine:'"
-            )
+        _check_owner(self._phase, self._owner)
 
 
 def kernel_of(engine: Engine) -> Kernel:
     """The kernel of *engine*, for :mod:`memable.testing` (its test hooks) only."""
     return engine._kernel
+
+
+def _check_owner(phase: _Phase, owner: tuple[int, object] | None) -> None:
+    """Refuse calls to an engine that does not run, or from another thread or loop."""
+    if phase != "running":
+        raise NotStarted(
+            f"the engine is {phase}; use it inside 'async with engine:'"
+            if phase != "new"
+            else "the engine has not started; use it inside 'async with engine:'"
+        )
+    assert owner is not None
+    thread, token = owner
+    if threading.get_ident() != thread:
+        raise RuntimeError(
+            "this Engine runs in another thread; call it from the thread (and event loop)"
+            " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
+        )
+    try:
+        current = anyio.lowlevel.current_token()
+    except RuntimeError:
+        current = None
+    if current != token:
+        raise RuntimeError(
+            "this Engine runs on another event loop; call it from the event loop that"
+            " entered 'async with engine:'"
+        )

@@ -48,8 +48,11 @@ class Invocation(Generic[O]):
     def __repr__(self) -> str:
         return f"<memable.Invocation {self.workflow.name}/{self.instance_id}>"
 
-    async def wait(self) -> Outcome[O]:
+    async def wait(self, *, finished: bool = False) -> Outcome[O]:
         """Wait until the instance completes, fails, is cancelled or suspends.
+
+        With *finished*, wait through suspensions (a durable sleep, a signal to come)
+        until it completes, fails or is cancelled.
 
         Raises:
             InstanceNotFound: no instance has this id.
@@ -60,7 +63,18 @@ class Invocation(Generic[O]):
         Example:
             >>> async def show(invocation: Invocation[int]) -> None:
             ...     print(await invocation.wait())
+            ...     print(await invocation.wait(finished=True))  # through suspensions
         """
+        while True:
+            outcome = await self._wait()
+            if not finished or not isinstance(outcome, Suspended):
+                return outcome
+            # Suspended: wait for it to run again (a signal, a timer, resume), then go on.
+            async for status in StatusStream(self._instances, self.workflow, self.instance_id):
+                if status.status != "suspended":
+                    break
+
+    async def _wait(self) -> Outcome[O]:
         instances = self._instances
         while True:
             instances.check_running()
@@ -99,19 +113,21 @@ class Invocation(Generic[O]):
         self._instances.check_running()
         return StatusStream(self._instances, self.workflow, self.instance_id)
 
-    async def result(self) -> O:
+    async def result(self, *, finished: bool = False) -> O:
         """Wait for the instance and return its output.
+
+        With *finished*, wait through suspensions (see :meth:`wait`).
 
         Raises:
             WorkflowFailed: it failed (the exception chained where it ran in this process).
-            WorkflowSuspended: it is suspended.
+            WorkflowSuspended: it is suspended (never with *finished*).
             WorkflowCancelled: it was cancelled.
 
         Example:
             >>> async def total(invocation: Invocation[int]) -> int:
             ...     return await invocation.result()
         """
-        outcome = await self.wait()
+        outcome = await self.wait(finished=finished)
         match outcome:
             case Completed(output=output):
                 return output

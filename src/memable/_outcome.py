@@ -2,7 +2,7 @@
 
 import json
 from datetime import UTC, datetime
-from typing import Generic, TypeAlias, TypeVar, final
+from typing import Any, Generic, TypeAlias, TypeVar, final
 
 import attrs
 
@@ -157,7 +157,9 @@ Outcome: TypeAlias = Completed[O_co] | Suspended | Failed | Cancelled
 class InstanceInfo:
     """What storage knows about an instance (``Engine.state``, ``Engine.instances``).
 
-    Times are timezone-aware UTC datetimes.
+    Times are timezone-aware UTC datetimes. ``input`` and ``output`` (``None`` until it
+    completes) are decoded where the engine has the workflow registered; otherwise (and
+    in the ``memable`` command line) they are the stored JSON values.
 
     Example:
         >>> import memable
@@ -176,10 +178,12 @@ class InstanceInfo:
     error: ErrorInfo | None
     waiting_on: tuple[str, ...]
     parent_id: str | None
+    input: Any = None
+    output: Any = None
 
     @classmethod
     def from_record(cls, record: InstanceRecord) -> "InstanceInfo":
-        """Describe a stored instance (times as UTC datetimes)."""
+        """Describe a stored instance (times as UTC datetimes; input and output as JSON)."""
         return cls(
             instance_id=record.instance_id,
             workflow=record.workflow,
@@ -193,7 +197,19 @@ class InstanceInfo:
             error=None if record.error is None else ErrorInfo.from_json(record.error),
             waiting_on=public_keys(record.waiting_on) if record.status == "suspended" else (),
             parent_id=record.parent_id,
+            input=_json_value(record.input),
+            output=_json_value(record.output),
         )
+
+
+def _json_value(envelope: str | None) -> Any:
+    """The JSON value inside a stored envelope (``None`` if absent or unreadable)."""
+    if envelope is None:
+        return None
+    try:
+        return json.loads(envelope)["value"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
 
 
 @final
