@@ -1,74 +1,226 @@
-"""Steering instances: what resume, cancel and a signal do to an engine's runs.
+"""What the engine's verbs do: start, signal, cancel, resume and read instances.
 
-Shared by the engine's methods (after they checked their arguments) and by the inbox
-through which other processes (the ``memable`` command line) steer a SQLite engine.
+:class:`~memable.Engine` keeps the public signatures, their documentation and the check
+that it is running; the work behind each verb lives here, over the kernel and the runner.
+The inbox, through which other processes (the ``memable`` command line) steer a SQLite
+engine, uses the same steering calls (:meth:`Control.deliver`, :meth:`Control.cancel_record`,
+:meth:`Control.resume_record`).
 """
 
 from __future__ import annotations
 
-from typing import Final
+import json
+from typing import Any, Final, TypeVar
+
+import anyio
 
 from . import _log, _telemetry
+from ._exceptions import InstanceConflict, InstanceNotFound, SignalRejected, SignalSuperseded
 from ._ids import root_of
-from ._kernel import Kernel
+from ._kernel import Kernel, outcome_of
+from ._keys import check_instance_ref, check_key, check_text, new_instance_id
+from ._outcome import Outcome
 from ._records import InstanceRecord, InstanceState, SignalOutcome, SignalRecord
 from ._runner import Runner
+from ._suspend import SuspendPoint
+from ._workflow import Workflow
 
-__all__ = ["RESUMABLE", "cancel", "deliver", "resume"]
+__all__ = ["NOTHING", "RESUMABLE", "Control"]
+
+O = TypeVar("O")  # noqa: E741
+T = TypeVar("T")
+
+#: The default of an omitted workflow input.
+NOTHING: Final = object()
 
 #: What ``resume`` restarts: a failed instance, and one stuck running or suspended.
 RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
 
 
-async def resume(kernel: Kernel, runner: Runner, record: InstanceRecord) -> bool:
-    """Run a failed or stuck instance again (a child: its top-level instance).
+class Control:
+    """The engine's verbs, over its kernel and runner."""
 
-    Returns whether it was restarted: not if a task of this engine runs it already, or
-    it completed or was cancelled.
-    """
-    if runner.live(record.instance_id) is not None:
-        return False
-    if record.parent_id is not None:
-        # A child runs inside its parent: resuming it resumes its top-level instance.
-        root = await kernel.store.get(root_of(record.instance_id))
-        if root is None or kernel.registry.get(root.workflow) is None:
+    def __init__(self, kernel: Kernel, runner: Runner) -> None:
+        self._kernel = kernel
+        self._runner = runner
+        self._last_id = 0  # the timestamp of the last generated instance id
+
+    # -- starting ---------------------------------------------------------------------------
+
+    async def start(self, wf: Workflow[Any, Any], input: Any, instance_id: str | None) -> str:
+        """Create an instance of *wf* (or find the same one) and run it; return its id."""
+        kernel = self._kernel
+        if wf.takes_input and input is NOTHING:
+            raise TypeError(f"workflow {wf.name!r} takes an input; pass it to invoke()")
+        if not wf.takes_input:
+            if input is not NOTHING and input is not None:
+                raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
+            input = None
+        generated = instance_id is None
+        if instance_id is None:
+            now_ns = int(kernel.now() * 1_000_000) * 1000
+            instance_id, self._last_id = new_instance_id(now_ns, self._last_id)
+        else:
+            check_key(instance_id, "instance id")
+        input_type, _ = wf.types()
+        envelope = kernel.serde.encode(
+            input, input_type, "input", f"the input of workflow {wf.name!r}"
+        )
+        now = kernel.now()
+        attributes = {"memable.workflow": wf.name, "memable.instance_id": instance_id}
+        with _telemetry.span(f"memable.invoke {wf.name}", attributes, kind="PRODUCER"):
+            record = InstanceRecord(instance_id=instance_id, workflow=wf.name, status="running",
+                                    input=envelope, created_at=now, updated_at=now,
+                                    trace=_telemetry.current_traceparent())  # fmt: skip
+            await self.create(wf, record, generated)
+        return instance_id
+
+    async def create(self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool) -> None:
+        """Create *record* and start it, or check that the instance of its id is the same."""
+        kernel, instance_id, envelope = self._kernel, record.instance_id, record.input
+        run = self._runner.reserve(instance_id, wf)
+        run.pending += 1
+        try:
+            with anyio.CancelScope(shield=True):  # what storage answers must be acted on
+                if generated:
+                    # A generated id is new (a timestamp and 48 random bits), so its row joins
+                    # the group commit instead of taking a transaction of its own.
+                    await kernel.write([record])
+                    stored, created = record, True
+                else:
+                    stored, created = await kernel.store.create(record)
+        except BaseException:
+            run.pending -= 1
+            self._runner.release(run)  # nothing was created: drop the reservation
+            raise
+        run.pending -= 1
+        if created:
+            run.fresh = True
+            self._runner.start(run, stored)
+            return
+        self._runner.release(run)
+        if stored.workflow != wf.name:
+            raise InstanceConflict(
+                f"instance id {instance_id!r} belongs to workflow {stored.workflow!r},"
+                f" not {wf.name!r}"
+            )
+        if json.loads(stored.input)["value"] != json.loads(envelope)["value"]:
+            raise InstanceConflict(
+                f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
+                " use another instance_id, or the same input to attach to it"
+            )
+
+    # -- resuming ---------------------------------------------------------------------------
+
+    async def resume(self, wf: Workflow[Any, Any], instance_id: str) -> None:
+        """Run a failed or stuck instance of *wf* again, unless this engine runs it."""
+        check_instance_ref(instance_id)
+        if self._runner.live(instance_id) is None:
+            await self.resume_record(await self.record(wf, instance_id))
+
+    async def resume_record(self, record: InstanceRecord) -> bool:
+        """Run a failed or stuck instance again (a child: its top-level instance).
+
+        Returns whether it was restarted: not if a task of this engine runs it already, or
+        it completed or was cancelled.
+        """
+        kernel, runner = self._kernel, self._runner
+        if runner.live(record.instance_id) is not None:
             return False
-        return await resume(kernel, runner, root)
-    if record.status not in RESUMABLE:
-        return False
-    restarted = await kernel.store.restart(record.instance_id, RESUMABLE, kernel.now())
-    if restarted is not None:
-        runner.claimed(restarted)
-    return restarted is not None
+        if record.parent_id is not None:
+            # A child runs inside its parent: resuming it resumes its top-level instance.
+            root = await kernel.store.get(root_of(record.instance_id))
+            if root is None or kernel.registry.get(root.workflow) is None:
+                return False
+            return await self.resume_record(root)
+        if record.status not in RESUMABLE:
+            return False
+        restarted = await kernel.store.restart(record.instance_id, RESUMABLE, kernel.now())
+        if restarted is not None:
+            runner.claimed(restarted)
+        return restarted is not None
 
+    # -- signals and cancellation -----------------------------------------------------------
 
-async def cancel(kernel: Kernel, runner: Runner, record: InstanceRecord, reason: str) -> bool:
-    """End a running or suspended instance and its children; whether this call did."""
-    before, to_run = await kernel.store.cancel(record.instance_id, reason, kernel.now())
-    if before is None:
-        return False  # already finished
-    prefix = record.instance_id + "/"
-    for run_id in [i for i in runner.runs if i == record.instance_id or i.startswith(prefix)]:
-        runner.cancel_live(run_id, reason)
-    kernel.status.publish(record.instance_id, "cancelled", reason)
-    _log.event(_log.INFO, "instance %r of %r cancelled: %s", record.instance_id,
-               record.workflow, reason or "(no reason)", instance_id=record.instance_id,
-               workflow=record.workflow)  # fmt: skip
-    if to_run is not None:  # a parent waited for this child: it runs on
-        runner.claimed(to_run)
-    return True
+    async def signal(
+        self, wf: Workflow[Any, Any], instance_id: str, point: SuspendPoint[T], payload: T
+    ) -> None:
+        """Deliver *payload* to *point* of an instance, running it if it waited there."""
+        kernel = self._kernel
+        check_instance_ref(instance_id)
+        kernel.check_point(wf, point)
+        envelope = kernel.serde.encode(
+            payload, point.payload_type, point.key, f"the payload of signal {point.key!r}"
+        )
+        signal = SignalRecord(
+            instance_id=instance_id, key=point.key, payload=envelope, created_at=kernel.now()
+        )
+        await self.record(wf, instance_id)  # unknown id or another workflow: nothing stored
+        outcome, record = await self.deliver(signal)
+        match outcome:
+            case "not_found":
+                raise InstanceNotFound(f"no instance {instance_id!r}")
+            case "finished":
+                assert record is not None
+                raise SignalRejected(point.key, f"instance {instance_id!r} is {record.status}")
+            case "superseded":
+                raise SignalSuperseded(
+                    point.key,
+                    f"suspend point {point.key!r} of instance {instance_id!r} already has a"
+                    " payload (another signal came first); this one is not used",
+                )
+            case "timed_out":
+                raise SignalSuperseded(
+                    point.key,
+                    f"the deadline of suspend point {point.key!r} of instance {instance_id!r}"
+                    " passed before this signal; it is not used",
+                )
 
+    async def deliver(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
+        """Store a payload; run the instance if it waited on the point (in a span)."""
+        attributes = {"memable.instance_id": signal.instance_id, "memable.signal.key": signal.key}
+        with _telemetry.span(f"memable.signal {signal.key}", attributes, kind="PRODUCER") as span:
+            outcome, record = await self._kernel.store.signal(signal)
+            if span is not None:
+                span.set_attribute("memable.signal.outcome", outcome)
+            if outcome == "claimed":
+                assert record is not None
+                self._runner.claimed(record, _telemetry.current_context())
+        return outcome, record
 
-async def deliver(
-    kernel: Kernel, runner: Runner, signal: SignalRecord
-) -> tuple[SignalOutcome, InstanceRecord | None]:
-    """Store a payload; run the instance if it waited on the point (in a span)."""
-    attributes = {"memable.instance_id": signal.instance_id, "memable.signal.key": signal.key}
-    with _telemetry.span(f"memable.signal {signal.key}", attributes, kind="PRODUCER") as span:
-        outcome, record = await kernel.store.signal(signal)
-        if span is not None:
-            span.set_attribute("memable.signal.outcome", outcome)
-        if outcome == "claimed":
-            assert record is not None
-            runner.claimed(record, _telemetry.current_context())
-    return outcome, record
+    async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str) -> bool:
+        """End an instance of *wf* and its children as ``cancelled``; whether this call did."""
+        check_text(reason, f"the cancel reason for {instance_id!r}")
+        return await self.cancel_record(await self.record(wf, instance_id), reason)
+
+    async def cancel_record(self, record: InstanceRecord, reason: str) -> bool:
+        """End a running or suspended instance and its children; whether this call did."""
+        kernel, runner = self._kernel, self._runner
+        before, to_run = await kernel.store.cancel(record.instance_id, reason, kernel.now())
+        if before is None:
+            return False  # already finished
+        prefix = record.instance_id + "/"
+        for run_id in [i for i in runner.runs if i == record.instance_id or i.startswith(prefix)]:
+            runner.cancel_live(run_id, reason)
+        kernel.status.publish(record.instance_id, "cancelled", reason)
+        _log.event(_log.INFO, "instance %r of %r cancelled: %s", record.instance_id,
+                   record.workflow, reason or "(no reason)", instance_id=record.instance_id,
+                   workflow=record.workflow)  # fmt: skip
+        if to_run is not None:  # a parent waited for this child: it runs on
+            runner.claimed(to_run)
+        return True
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
+        """The stored instance, which must be one of *wf* (or a child of one)."""
+        return await self._kernel.store.find(wf.name, instance_id)
+
+    def outcome(self, wf: Workflow[Any, O], record: InstanceRecord) -> Outcome[O] | None:
+        """What a finished or suspended instance ended with (``None`` while it runs)."""
+        return outcome_of(record, self._kernel.serde, wf)
+
+    def live_message(self, record: InstanceRecord) -> str | None:
+        """The status message: the live one while a task of this engine runs the instance."""
+        run = self._runner.live(record.instance_id)
+        return record.status_message if run is None else run.status_message

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -11,33 +10,29 @@ import types
 import typing
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
 import attrs
 
-from . import _control, _inbox, _inspect, _log, _telemetry
+from . import _inbox, _inspect, _log
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
+from ._control import NOTHING, Control
 from ._durations import seconds
 from ._exceptions import (
-    InstanceConflict,
-    InstanceNotFound,
     NotStarted,
-    SignalRejected,
-    SignalSuperseded,
 )
 from ._inspect import History, Page
 from ._invocation import Invocation
-from ._kernel import Kernel, Registry, Store, outcome_of
-from ._keys import check_instance_ref, check_key, check_text, new_instance_id
-from ._outcome import InstanceInfo, Outcome
+from ._kernel import Kernel, Registry, Store
+from ._keys import check_instance_ref
+from ._outcome import InstanceInfo
 from ._records import (
     InstanceRecord,
     InstanceState,
-    SignalRecord,
 )
 from ._retry import RetryPolicy
 from ._runner import Runner
@@ -59,9 +54,6 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 logger = logging.getLogger("memable")
-
-_NOTHING: Final = object()
-
 
 _Phase = Literal["new", "running", "closing", "closed"]
 
@@ -129,7 +121,6 @@ class Engine:
         if retention is not None and seconds(retention, "retention") <= 0:
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
         self._retention = retention
-        self._last_id = 0  # the timestamp of the last generated instance id
         self._storage = storage
         self._resume_on_start = resume_on_start
         self._registry = Registry()
@@ -141,6 +132,7 @@ class Engine:
             status=StatusHub(),
         )
         self._runner = Runner(self._kernel)
+        self._control = Control(self._kernel, self._runner)
         self._timers = TimerScheduler(self._kernel, self._runner.claimed)
         self._phase: _Phase = "new"
         self._stack = contextlib.AsyncExitStack()
@@ -150,9 +142,9 @@ class Engine:
             status=self._kernel.status,
             runs=self._runner.runs,
             check_running=self._check_running,
-            record=self._record,
-            outcome=self._outcome,
-            live_message=self._live_message,
+            record=self._control.record,
+            outcome=self._control.outcome,
+            live_message=self._control.live_message,
             settle=self._kernel.settle,
         )
         for wf in workflows:
@@ -190,7 +182,7 @@ class Engine:
             system.start_soon(heal, kernel, self._runner, name="memable healer")
             if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
                 inbox = typing.cast(_inbox.InboxStorage, self._storage)
-                system.start_soon(_inbox.serve, kernel, self._runner, inbox, name="memable inbox")
+                system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -289,7 +281,7 @@ class Engine:
     ) -> Invocation[O]: ...
 
     async def invoke(
-        self, wf: Workflow[Any, O], input: Any = _NOTHING, /, *, instance_id: str | None = None
+        self, wf: Workflow[Any, O], input: Any = NOTHING, /, *, instance_id: str | None = None
     ) -> Invocation[O]:
         """Start an instance of *wf* with *input*; return its :class:`Invocation`.
 
@@ -312,68 +304,8 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        if wf.takes_input and input is _NOTHING:
-            raise TypeError(f"workflow {wf.name!r} takes an input; pass it to invoke()")
-        if not wf.takes_input:
-            if input is not _NOTHING and input is not None:
-                raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
-            input = None
-        generated = instance_id is None
-        if instance_id is None:
-            now_ns = int(self._kernel.now() * 1_000_000) * 1000
-            instance_id, self._last_id = new_instance_id(now_ns, self._last_id)
-        else:
-            check_key(instance_id, "instance id")
-        input_type, _ = wf.types()
-        envelope = self._kernel.serde.encode(
-            input, input_type, "input", f"the input of workflow {wf.name!r}"
-        )
-        now = self._kernel.now()
-        attributes = {"memable.workflow": wf.name, "memable.instance_id": instance_id}
-        with _telemetry.span(f"memable.invoke {wf.name}", attributes, kind="PRODUCER"):
-            record = InstanceRecord(instance_id=instance_id, workflow=wf.name, status="running",
-                                    input=envelope, created_at=now, updated_at=now,
-                                    trace=_telemetry.current_traceparent())  # fmt: skip
-            await self._create(wf, record, generated)
+        instance_id = await self._control.start(wf, input, instance_id)
         return self._invocation(wf, instance_id)
-
-    async def _create(
-        self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool
-    ) -> None:
-        """Create *record* and start it, or check that the instance of its id is the same."""
-        instance_id, envelope = record.instance_id, record.input
-
-        run = self._runner.reserve(instance_id, wf)
-        run.pending += 1
-        try:
-            with anyio.CancelScope(shield=True):  # what storage answers must be acted on
-                if generated:
-                    # A generated id is new (a timestamp and 48 random bits), so its row joins
-                    # the group commit instead of taking a transaction of its own.
-                    await self._kernel.write([record])
-                    stored, created = record, True
-                else:
-                    stored, created = await self._kernel.store.create(record)
-        except BaseException:
-            run.pending -= 1
-            self._runner.release(run)  # nothing was created: drop the reservation
-            raise
-        run.pending -= 1
-        if created:
-            run.fresh = True
-            self._runner.start(run, stored)
-        else:
-            self._runner.release(run)
-            if stored.workflow != wf.name:
-                raise InstanceConflict(
-                    f"instance id {instance_id!r} belongs to workflow {stored.workflow!r},"
-                    f" not {wf.name!r}"
-                )
-            if json.loads(stored.input)["value"] != json.loads(envelope)["value"]:
-                raise InstanceConflict(
-                    f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
-                    " use another instance_id, or the same input to attach to it"
-                )
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         return Invocation(self._instances, wf, instance_id)
@@ -387,7 +319,7 @@ class Engine:
     ) -> O: ...
 
     async def run(
-        self, wf: Workflow[Any, O], input: Any = _NOTHING, /, *, instance_id: str | None = None
+        self, wf: Workflow[Any, O], input: Any = NOTHING, /, *, instance_id: str | None = None
     ) -> O:
         """:meth:`invoke`, then :meth:`Invocation.result`.
 
@@ -428,11 +360,8 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        check_instance_ref(instance_id)
-        invocation = self._invocation(wf, instance_id)
-        if self._runner.live(instance_id) is None:
-            await _control.resume(self._kernel, self._runner, await self._record(wf, instance_id))
-        return invocation
+        await self._control.resume(wf, instance_id)
+        return self._invocation(wf, instance_id)
 
     # -- signals, cancellation, status -------------------------------------------------------
 
@@ -459,34 +388,7 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        check_instance_ref(instance_id)
-        self._kernel.check_point(wf, point)
-        envelope = self._kernel.serde.encode(
-            payload, point.payload_type, point.key, f"the payload of signal {point.key!r}"
-        )
-        signal = SignalRecord(
-            instance_id=instance_id, key=point.key, payload=envelope, created_at=self._kernel.now()
-        )
-        await self._record(wf, instance_id)  # unknown id or another workflow: nothing stored
-        outcome, record = await _control.deliver(self._kernel, self._runner, signal)
-        match outcome:
-            case "not_found":
-                raise InstanceNotFound(f"no instance {instance_id!r}")
-            case "finished":
-                assert record is not None
-                raise SignalRejected(point.key, f"instance {instance_id!r} is {record.status}")
-            case "superseded":
-                raise SignalSuperseded(
-                    point.key,
-                    f"suspend point {point.key!r} of instance {instance_id!r} already has a"
-                    " payload (another signal came first); this one is not used",
-                )
-            case "timed_out":
-                raise SignalSuperseded(
-                    point.key,
-                    f"the deadline of suspend point {point.key!r} of instance {instance_id!r}"
-                    " passed before this signal; it is not used",
-                )
+        await self._control.signal(wf, instance_id, point, payload)
         return self._invocation(wf, instance_id)
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> bool:
@@ -507,10 +409,7 @@ class Engine:
             ...     await engine.cancel(wf, "order-o-17", reason="customer left")
         """
         self._check_running()
-        wf = self._registered(wf)
-        check_text(reason, f"the cancel reason for {instance_id!r}")
-        record = await self._record(wf, instance_id)
-        return await _control.cancel(self._kernel, self._runner, record, reason)
+        return await self._control.cancel(self._registered(wf), instance_id, reason)
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
@@ -531,10 +430,6 @@ class Engine:
         wf = self._registered(wf)
         check_instance_ref(instance_id)
         return StatusStream(self._instances, wf, instance_id)
-
-    def _live_message(self, record: InstanceRecord) -> str | None:
-        run = self._runner.live(record.instance_id)
-        return record.status_message if run is None else run.status_message
 
     # -- retention --------------------------------------------------------------------------
 
@@ -571,9 +466,9 @@ class Engine:
             ...     return (await engine.state(wf, "order-o-17")).status
         """
         self._check_running()
-        record = await self._record(wf, instance_id)
+        record = await self._control.record(wf, instance_id)
         info = self._describe(record)
-        message = self._live_message(record)
+        message = self._control.live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
         )
@@ -625,7 +520,7 @@ class Engine:
             ...         print(step.key, step.state, step.duration)
         """
         self._check_running()
-        record = await self._record(wf, instance_id)
+        record = await self._control.record(wf, instance_id)
         types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
         build = await self._kernel.store.call(
             _inspect.load_history, self._storage, record, payload_types=types
@@ -635,12 +530,6 @@ class Engine:
     def _describe(self, record: InstanceRecord) -> InstanceInfo:
         wf = self._registry.get(record.workflow)
         return _inspect.describe(record, self._kernel.serde, wf)
-
-    async def _record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
-        return await self._kernel.store.find(wf.name, instance_id)
-
-    def _outcome(self, wf: Workflow[Any, O], record: InstanceRecord) -> Outcome[O] | None:
-        return outcome_of(record, self._kernel.serde, wf)
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -14,12 +14,11 @@ from typing import Final, Protocol
 
 import anyio
 
-from . import _control
+from ._control import Control
 from ._exceptions import MemableError, StorageError
 from ._kernel import Kernel
 from ._keys import check_key, check_text
 from ._records import InboxItem, SignalRecord
-from ._runner import Runner
 from ._serde import UNTYPED
 
 __all__ = ["POLL", "InboxStorage", "answer", "apply", "serve", "signal_answer"]
@@ -38,13 +37,13 @@ class InboxStorage(Protocol):
     def answer_inbox(self, item_id: int, result: str, now: float) -> None: ...
 
 
-async def serve(kernel: Kernel, runner: Runner, storage: InboxStorage) -> None:
+async def serve(kernel: Kernel, control: Control, storage: InboxStorage) -> None:
     """Apply the requests left in the inbox, forever (a system task of the engine)."""
     while True:
         try:
             items = await kernel.store.call(storage.take_inbox, 100)
             for item in items:
-                answer = await apply(kernel, runner, item)
+                answer = await apply(kernel, control, item)
                 await kernel.store.call(storage.answer_inbox, item.id, answer, kernel.now())
         except StorageError:
             logger.warning("storage failed while reading the inbox", exc_info=True)
@@ -58,7 +57,7 @@ def answer(ok: bool, outcome: str, message: str) -> str:
     return json.dumps({"ok": ok, "outcome": outcome, "message": message})
 
 
-async def apply(kernel: Kernel, runner: Runner, item: InboxItem) -> str:
+async def apply(kernel: Kernel, control: Control, item: InboxItem) -> str:
     """Apply one request; return the answer (JSON text: ok, outcome, message)."""
     instance_id = item.instance_id
     try:
@@ -75,19 +74,19 @@ async def apply(kernel: Kernel, runner: Runner, item: InboxItem) -> str:
         if item.verb == "cancel":
             reason = item.reason or ""
             check_text(reason, f"the cancel reason for {instance_id!r}")
-            if await _control.cancel(kernel, runner, record, reason):
+            if await control.cancel_record(record, reason):
                 return answer(True, "cancelled", f"instance {instance_id!r} is cancelled")
             return answer(False, record.status, f"instance {instance_id!r} is {record.status}")
         if item.verb == "resume":
-            restarted = await _control.resume(kernel, runner, record)
+            restarted = await control.resume_record(record)
             state = "running" if restarted else record.status
             return answer(True, state, f"instance {instance_id!r} is {state}")
-        return await _signal(kernel, runner, item, record.workflow)
+        return await _signal(kernel, control, item, record.workflow)
     except (MemableError, ValueError) as exc:
         return answer(False, "error", str(exc))
 
 
-async def _signal(kernel: Kernel, runner: Runner, item: InboxItem, workflow: str) -> str:
+async def _signal(kernel: Kernel, control: Control, item: InboxItem, workflow: str) -> str:
     key, instance_id = item.key or "", item.instance_id
     check_key(key, "suspend point key")
     try:
@@ -100,7 +99,7 @@ async def _signal(kernel: Kernel, runner: Runner, item: InboxItem, workflow: str
     envelope = json.dumps({"type": tp, "value": value})
     signal = SignalRecord(instance_id=instance_id, key=key, payload=envelope,
                           created_at=kernel.now())  # fmt: skip
-    outcome, record = await _control.deliver(kernel, runner, signal)
+    outcome, record = await control.deliver(signal)
     status = "" if record is None else record.status
     return signal_answer(outcome, instance_id, key, status, "runs again")
 
