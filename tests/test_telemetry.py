@@ -4,7 +4,12 @@ replay never multiplies (asserted with the SDK's in-memory exporter)."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,6 +26,7 @@ from memable.storage import MemoryStorage
 from .helpers import StorageFactory
 
 APPROVAL = SuspendPoint("approval:v1", bool)
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="session")
@@ -260,3 +266,40 @@ async def test_no_log_work_when_the_level_is_off(caplog: pytest.LogCaptureFixtur
         await engine.signal(order, "o1", APPROVAL, True)
         await invocation.result()
     assert [r for r in caplog.records if r.name == "memable"] == []
+
+
+def test_without_opentelemetry_nothing_is_imported(tmp_path: Path) -> None:
+    """With OpenTelemetry absent (blocked), a workflow runs and nothing of it is loaded."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            sys.modules["opentelemetry"] = None  # as if it were not installed
+            import anyio, memable
+
+            async def one() -> int:
+                return 1
+
+            @memable.workflow("w")
+            async def w(ctx: memable.Context) -> int:
+                return await ctx.step("one:v1", one)
+
+            async def main() -> int:
+                async with memable.Engine(workflows=[w]) as engine:
+                    return await engine.run(w)
+
+            assert anyio.run(main) == 1
+            loaded = [m for m in sys.modules if m.startswith("opentelemetry.")]
+            print("loaded:", loaded)
+            """
+        )
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "loaded: []"

@@ -253,8 +253,12 @@ class Context:
         await self._runner.maybe_crash(self._run, key, "before")
         policy = retry or kernel.retry or _NO_RETRY
         started = kernel.now()
-        with _telemetry.span(f"memable.step {key}", {"memable.step.key": key,
-                             **self._attributes()}) as span:  # fmt: skip
+        scope = (
+            _telemetry.span(f"memable.step {key}", {"memable.step.key": key, **self._attributes()})
+            if _telemetry.installed()
+            else _telemetry.NULL
+        )
+        with scope as span:
 
             def retrying(attempt: int, exc: Exception) -> None:
                 _log.event(

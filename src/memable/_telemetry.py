@@ -16,27 +16,43 @@ import contextlib
 import functools
 import importlib.util
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["current_context", "current_traceparent", "failed", "link_of", "span", "tracer"]
+__all__ = [
+    "NULL",
+    "installed",
+    "current_context",
+    "current_traceparent",
+    "failed",
+    "link_of",
+    "span",
+    "tracer",
+]
 
 
 @functools.cache
-def _installed() -> bool:
-    return importlib.util.find_spec("opentelemetry") is not None
+def installed() -> bool:
+    """Whether OpenTelemetry is installed (looked up once, without importing it)."""
+    try:
+        return importlib.util.find_spec("opentelemetry") is not None
+    except (ImportError, ValueError):  # blocked (None in sys.modules) or broken
+        return False
+
+
+#: What :func:`span` gives without OpenTelemetry: a reusable context that yields None.
+NULL: Final = contextlib.nullcontext(None)
 
 
 def tracer() -> Any:
     """memable's tracer from the current tracer provider, or ``None`` when OpenTelemetry
     is not installed (found out once, without importing it)."""
-    if not _installed():
+    if not installed():
         return None
     from opentelemetry import trace
 
     return trace.get_tracer("memable")
 
 
-@contextlib.contextmanager
 def span(
     name: str,
     attributes: Mapping[str, Any],
@@ -45,7 +61,7 @@ def span(
     links: tuple[Any, ...] = (),
     root: bool = False,
     kind: str = "INTERNAL",
-) -> Iterator[Any]:
+) -> contextlib.AbstractContextManager[Any]:
     """A span made current for the block (``None`` without OpenTelemetry).
 
     *parent* is a stored ``traceparent`` to start under; *root* starts a trace of its
@@ -53,11 +69,24 @@ def span(
     block are not recorded here (a suspension unwinds by cancellation): see
     :func:`failed`.
     """
-    otel = tracer()
-    if otel is None:
-        yield None
-        return
+    if not installed():
+        return NULL
+    return _span(name, attributes, parent=parent, links=links, root=root, kind=kind)
+
+
+@contextlib.contextmanager
+def _span(
+    name: str,
+    attributes: Mapping[str, Any],
+    *,
+    parent: str | None,
+    links: tuple[Any, ...],
+    root: bool,
+    kind: str,
+) -> Iterator[Any]:
     from opentelemetry import context, trace
+
+    otel = tracer()
 
     ctx: Any = None
     if parent is not None:
