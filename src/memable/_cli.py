@@ -15,9 +15,12 @@ import os
 import re
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from ._records import InstanceState
 
 if TYPE_CHECKING:
     from ._inspect import History
@@ -337,7 +340,7 @@ def _args_list(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--status",
         "-s",
-        choices=["running", "suspended", "completed", "failed", "cancelled"],
+        choices=typing.get_args(InstanceState),
         help="only instances in this status",
     )
     p.add_argument("--waiting-on", metavar="KEY", help="only instances suspended on KEY")
