@@ -304,10 +304,20 @@ class Engine:
             InstanceConflict: *instance_id* exists with another input or workflow.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.invoke(wf, "o-17", instance_id="order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         print(await invocation.wait())
+            ...         again = await engine.invoke(order, "o-17", instance_id="order-o-17")  # idempotent
+            ...         print(again.instance_id)
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
+            order-o-17
         """
         self._check_running()
         wf = self._registered(wf)
@@ -386,9 +396,19 @@ class Engine:
         """:meth:`invoke`, then :meth:`Invocation.result`.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.run(wf, "o-17")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         try:
+            ...             await engine.run(order, "o-17")
+            ...         except memable.WorkflowSuspended as exc:
+            ...             print("suspended on", exc.key)
+            >>> anyio.run(main)
+            suspended on approval:v1
         """
         invocation = await self.invoke(wf, input, instance_id=instance_id)
         return await invocation.result()
@@ -397,9 +417,18 @@ class Engine:
         """Return an :class:`Invocation` for an existing instance (checked when used).
 
         Example:
-            >>> import memable
-            >>> async def receipt(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.handle(wf, "order-o-17").result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await engine.handle(order, "order-o-17").result())
+            >>> anyio.run(main)
+            1250
         """
         check_instance_ref(instance_id)
         return self._invocation(self._registered(wf), instance_id)
@@ -415,10 +444,18 @@ class Engine:
             InstanceNotFound: no instance has this id (none is created).
 
         Example:
-            >>> import memable
-            >>> async def retry(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.resume(wf, "order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.resume(order, "order-o-17")  # replays, suspends again
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
         """
         self._check_running()
         wf = self._registered(wf)
@@ -459,10 +496,18 @@ class Engine:
             SignalSuperseded: the point already has a payload, or its deadline passed.
 
         Example:
-            >>> import memable
+            >>> import anyio, memable
             >>> approval = memable.SuspendPoint("approval:v1", bool)
-            >>> async def approve(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.signal(wf, "order-o-17", approval, True)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            1250
         """
         self._check_running()
         wf = self._registered(wf)
@@ -512,9 +557,19 @@ class Engine:
             InstanceNotFound: no instance has this id.
 
         Example:
-            >>> import memable
-            >>> async def stop(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.cancel(wf, "order-o-17", reason="customer left")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await invocation.wait()
+            ...         await engine.cancel(order, "order-o-17", reason="customer left")
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Cancelled(reason='customer left')
         """
         self._check_running()
         wf = self._registered(wf)
@@ -541,10 +596,20 @@ class Engine:
         status once.
 
         Example:
-            >>> import memable
-            >>> async def watch(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     async for status in engine.subscribe(wf, "order-o-17"):
-            ...         print(status.status, status.message)
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         await engine.signal(order, "order-o-17", approval, False)
+            ...         async for status in engine.subscribe(order, "order-o-17"):
+            ...             last = status
+            ...         print(last.status)
+            >>> anyio.run(main)
+            completed
         """
         self._check_running()
         wf = self._registered(wf)
@@ -565,10 +630,17 @@ class Engine:
         suspended instances are never purged.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> import memable
-            >>> async def clean(engine: memable.Engine) -> int:
-            ...     return await engine.purge(older_than=timedelta(days=30))
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         print(await engine.purge(older_than=timedelta(days=30)))
+            >>> anyio.run(main)
+            0
         """
         self._check_running()
         if not isinstance(typing.cast(object, older_than), timedelta) or older_than < timedelta(0):
@@ -585,9 +657,18 @@ class Engine:
             InstanceConflict: the instance belongs to another workflow.
 
         Example:
-            >>> import memable
-            >>> async def status(engine: memable.Engine, wf: memable.Workflow[str, int]) -> str:
-            ...     return (await engine.state(wf, "order-o-17")).status
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         info = await engine.state(order, "order-o-17")
+            ...         print(info.status, info.status_message, info.waiting_on)
+            >>> anyio.run(main)
+            suspended approve? ('approval:v1',)
         """
         self._check_running()
         record = await self._record(wf, instance_id)
@@ -606,9 +687,17 @@ class Engine:
         """List instances, oldest first, optionally of one workflow and in one status.
 
         Example:
-            >>> import memable
-            >>> async def failures(engine: memable.Engine) -> list[str]:
-            ...     return [i.instance_id for i in await engine.instances(status="failed")]
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         print([i.instance_id for i in await engine.instances(status="suspended")])
+            >>> anyio.run(main)
+            ['order-o-17']
         """
         self._check_running()
         if limit is not None and limit < 0:
