@@ -313,7 +313,7 @@ class Engine:
             ...     async with memable.Engine(workflows=[order]) as engine:
             ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
             ...         print(await invocation.wait())
-            ...         again = await engine.invoke(order, "o-17", instance_id="order-o-17")  # idempotent
+            ...         again = await engine.invoke(order, "o-17", instance_id="order-o-17")
             ...         print(again.instance_id)
             >>> anyio.run(main)
             Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
@@ -452,7 +452,7 @@ class Engine:
             >>> async def main() -> None:
             ...     async with memable.Engine(workflows=[order]) as engine:
             ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
-            ...         invocation = await engine.resume(order, "order-o-17")  # replays, suspends again
+            ...         invocation = await engine.resume(order, "order-o-17")  # replays
             ...         print(await invocation.wait())
             >>> anyio.run(main)
             Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
