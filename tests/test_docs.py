@@ -119,7 +119,16 @@ def test_documented_test_module(page: str, name: str, pytester: pytest.Pytester)
     code = dict(documented_test_modules(DOCS / page))[name]
     pytester.makepyfile(**{name.removesuffix(".py"): code})
     result = pytester.runpytest(
-        "-p", "no:memable", "-p", "memable.testing.pytest_plugin", "-W", "error", "-q"
+        "-p",
+        "no:memable",
+        "-p",
+        "memable.testing.pytest_plugin",
+        "-W",
+        "error",
+        # The plugin may have been imported already (by tests that import every module).
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        "-q",
     )
     outcomes = result.parseoutcomes()
     assert result.ret == 0, result.stdout.str()
