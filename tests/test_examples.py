@@ -57,6 +57,10 @@ async def test_fan_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert await example.main(db) == sum(3 + n for n in range(20))
     assert await example.main(db) == 250
     assert capsys.readouterr().out == "250 words in 20 child instances\n" * 2
+    assert "``album/pages:v1-0``" in (example.__doc__ or "")  # the ids it promises ...
+    async with memable.Engine(db, workflows=[example.album, example.page]) as engine:
+        ids = {info.instance_id for info in await engine.instances(limit=None)}
+    assert ids == {"album"} | {f"album/pages:v1-{n}" for n in range(20)}  # ... are the ids
 
 
 async def test_reminder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
