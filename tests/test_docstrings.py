@@ -6,6 +6,7 @@ import doctest
 import importlib
 import inspect
 import pkgutil
+import re
 import tempfile
 import types
 
@@ -55,6 +56,26 @@ def test_docstring_examples(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for test in method_tests(module):
         runner.run(test)
     assert runner.failures == 0, f"{runner.failures} failing method examples in {name}"
+
+
+def all_tests() -> list[doctest.DocTest]:
+    found = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        found += doctest.DocTestFinder().find(module) + method_tests(module)
+    return [test for test in found if test.examples]
+
+
+def test_examples_run_what_they_define() -> None:
+    """No example defines a coroutine function at top level and leaves it unused: an
+    example that never runs its ``async def`` shows nothing and proves nothing."""
+    unrun = []
+    for test in all_tests():
+        source = "".join(example.source for example in test.examples)
+        for name in re.findall(r"^async def (\w+)", source, flags=re.MULTILINE):
+            if not re.search(rf"\b{name}\b", source.split(f"async def {name}", 1)[1]):
+                unrun.append(f"{test.name}: {name}")
+    assert unrun == []
 
 
 def test_public_objects_have_examples() -> None:
