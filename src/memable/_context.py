@@ -608,7 +608,13 @@ class Context:
         return timer
 
     async def _wait(self, key: str) -> NoReturn:
-        """Wait on *key* until the instance suspends (and this run is cancelled)."""
+        """Wait on *key* until the instance suspends (and this run is cancelled).
+
+        A task whose own scope is already cancelled (a sibling that the workflow cancelled
+        because it no longer needs what it waits for) is cancelled here instead: it must
+        not suspend the instance.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if self._run.wait_on(key):  # the first waiter writes the suspension
             await self._runner.suspend(self._run)
         await unwind()
