@@ -117,8 +117,17 @@ class Context:
         write of this instance (its next step result, or its end).
 
         Example:
-            >>> async def body(ctx: Context) -> None:
+            >>> import anyio, memable
+            >>> @memable.workflow("pack")
+            ... async def pack(ctx: memable.Context) -> None:
             ...     ctx.set_status("waiting for the warehouse")
+            ...     await ctx.sleep("wait:v1", 3600)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[pack]) as engine:
+            ...         await (await engine.invoke(pack, instance_id="p-1")).wait()
+            ...         print((await engine.state(pack, "p-1")).status_message)
+            >>> anyio.run(main)
+            waiting for the warehouse
         """
         self._check_open()
         check_text(message, f"the status message of {self.instance_id!r}")
@@ -161,10 +170,23 @@ class Context:
             TypeMismatch: the recorded result has another type than *fn* returns.
 
         Example:
+            >>> import anyio, memable
+            >>> calls = []
             >>> async def charge(order_id: str, cents: int) -> str:
-            ...     return "receipt-1"
-            >>> async def body(ctx: Context) -> str:
-            ...     return await ctx.step("charge:v1", charge, "o-17", 1250, timeout=5)
+            ...     calls.append(order_id)
+            ...     return f"ch-{order_id}-{cents}"
+            >>> @memable.workflow("pay")
+            ... async def pay(ctx: memable.Context, order_id: str) -> str:
+            ...     return await ctx.step("charge:v1", charge, order_id, 1250, timeout=5)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[pay]) as engine:
+            ...         print(await engine.run(pay, "o-17", instance_id="pay-1"))
+            ...         print(await engine.run(pay, "o-17", instance_id="pay-1"))  # recorded
+            >>> anyio.run(main)
+            ch-o-17-1250
+            ch-o-17-1250
+            >>> calls
+            ['o-17']
         """
         self._check_open()
         self._journal.claim(key, "step")
@@ -188,11 +210,18 @@ class Context:
         it and moves on (retrying or failing the step), but the thread runs to its end.
 
         Example:
+            >>> import anyio, memable
             >>> import hashlib
             >>> def digest(data: bytes) -> str:
-            ...     return hashlib.sha256(data).hexdigest()
-            >>> async def body(ctx: Context) -> str:
+            ...     return hashlib.sha256(data).hexdigest()[:12]
+            >>> @memable.workflow("digest")
+            ... async def body(ctx: memable.Context) -> str:
             ...     return await ctx.step_sync("digest:v1", digest, b"report")
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[body]) as engine:
+            ...         print(await engine.run(body))
+            >>> anyio.run(main)
+            845e91831319
         """
         self._check_open()
         self._journal.claim(key, "step")
@@ -350,9 +379,20 @@ class Context:
             ChildFailed: the child failed or was cancelled (its error chained).
 
         Example:
-            >>> import memable
-            >>> async def parent(ctx: Context, wf: memable.Workflow[str, int]) -> int:
-            ...     return await ctx.child("invoice:v1", wf, "o-17")
+            >>> import anyio, memable
+            >>> @memable.workflow("invoice")
+            ... async def invoice(ctx: memable.Context, order_id: str) -> str:
+            ...     return f"INV-{order_id}"
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> str:
+            ...     return await ctx.child("invoice:v1", invoice, order_id)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order, invoice]) as engine:
+            ...         print(await engine.run(order, "o-17", instance_id="o-17"))
+            ...         print((await engine.state(invoice, "o-17/invoice:v1-0")).parent_id)
+            >>> anyio.run(main)
+            INV-o-17
+            o-17
         """
         results = await self.fan_out(key, wf, [input])
         return results[0]
@@ -412,10 +452,17 @@ class Context:
             ChildFailed: a child failed or was cancelled (unless ``settle=True``).
 
         Example:
-            >>> async def label(ctx: Context, sku: str) -> str:
+            >>> import anyio, memable
+            >>> async def label(ctx: memable.Context, sku: str) -> str:
             ...     return f"label for {sku}"
-            >>> async def body(ctx: Context) -> list[str]:
+            >>> @memable.workflow("labels")
+            ... async def labels(ctx: memable.Context) -> list[str]:
             ...     return await ctx.fan_out("label:v1", label, ["a", "b", "c"], limit=2)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[labels]) as engine:
+            ...         print(await engine.run(labels, instance_id="l"))  # ids l/label:v1-0 ...
+            >>> anyio.run(main)
+            ['label for a', 'label for b', 'label for c']
         """
         self._check_open()
         self._journal.claim(key, "fan-out")
@@ -461,12 +508,22 @@ class Context:
         Suspending is not an exception: ``except Exception`` cannot catch it.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> from memable import SuspendPoint
-            >>> approval = SuspendPoint("approval:v1", bool)
-            >>> async def body(ctx: Context) -> bool:
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context) -> bool:
             ...     return await ctx.suspend(approval, status="waiting for a manager",
             ...                              timeout=timedelta(days=2))
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, instance_id="o-1")
+            ...         print(await invocation.wait())
+            ...         await engine.signal(order, "o-1", approval, True)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='waiting for a manager', children=0)
+            True
         """
         self._check_open()
         key = point.key
@@ -512,9 +569,23 @@ class Context:
         task. Later runs see the deadline has passed and return at once.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> async def body(ctx: Context) -> None:
+            >>> from memable.testing import ManualClock
+            >>> @memable.workflow("cool")
+            ... async def cool(ctx: memable.Context) -> str:
             ...     await ctx.sleep("cool-off:v1", timedelta(hours=1))
+            ...     return "cooled"
+            >>> async def main() -> None:
+            ...     clock = ManualClock()
+            ...     async with memable.Engine(workflows=[cool], clock=clock) as engine:
+            ...         invocation = await engine.invoke(cool)
+            ...         print(await invocation.wait())
+            ...         await clock.advance(timedelta(hours=1))
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('cool-off:v1',), status=None, children=0)
+            cooled
         """
         self._check_open()
         self._journal.claim(key, "timer")
@@ -528,9 +599,22 @@ class Context:
         """Sleep durably until *when* (a timezone-aware datetime).
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import UTC, datetime
-            >>> async def body(ctx: Context) -> None:
+            >>> from memable.testing import ManualClock
+            >>> @memable.workflow("party")
+            ... async def party(ctx: memable.Context) -> str:
             ...     await ctx.sleep_until("new-year:v1", datetime(2027, 1, 1, tzinfo=UTC))
+            ...     return "happy new year"
+            >>> async def main() -> None:
+            ...     clock = ManualClock(datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+            ...     async with memable.Engine(workflows=[party], clock=clock) as engine:
+            ...         invocation = await engine.invoke(party)
+            ...         await invocation.wait()
+            ...         await clock.set(datetime(2027, 1, 1, tzinfo=UTC))
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            happy new year
         """
         self._check_open()
         check_deadline(when, f"deadline of timer {key!r}")
@@ -568,7 +652,13 @@ class Context:
         return timer
 
     async def _wait(self, key: str) -> NoReturn:
-        """Wait on *key* until the instance suspends (and this run is cancelled)."""
+        """Wait on *key* until the instance suspends (and this run is cancelled).
+
+        A task whose own scope is already cancelled (a sibling that the workflow cancelled
+        because it no longer needs what it waits for) is cancelled here instead: it must
+        not suspend the instance.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if self._run.wait_on(key):  # the first waiter writes the suspension
             await self._runner.suspend(self._run)
         await unwind()
