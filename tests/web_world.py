@@ -83,6 +83,7 @@ WORKFLOWS = (order, refund, reminder)
 
 async def populate(engine: Engine) -> None:
     """Start the world's instances and wait until each has completed, failed or suspended."""
+    _tries.clear()
     for i in (1, 2):
         await (await engine.invoke(order, f"o-{i}", instance_id=f"order-o-{i}")).wait()
     await engine.signal(order, "order-o-2", approval, True)

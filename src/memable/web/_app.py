@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import urllib.parse
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
@@ -314,7 +315,9 @@ class Dashboard:
         host = request.headers.get("host")
         if origin is not None and host is not None and origin.split("://", 1)[-1] != host:
             return _answer("cross-site request refused", 403, wants_json)
-        form = await request.form()
+        # URL-encoded forms only (what browsers and htmx send): no multipart parser needed.
+        body = (await request.body()).decode("utf-8", "replace")
+        form = {k: v[-1] for k, v in urllib.parse.parse_qs(body, keep_blank_values=True).items()}
         token = form.get("csrf") or request.headers.get("x-csrf-token") or ""
         if not isinstance(token, str) or not secrets.compare_digest(token, self.csrf):
             return _answer("missing or wrong CSRF token; reload the page", 403, wants_json)
@@ -445,6 +448,13 @@ def _checked_payload(payload: str | None, key: str, tp: Any) -> str:
     if tp is not None:
         from .._serde import Serde, type_name
 
+        serde = Serde()
+        what = f"the payload of signal {key!r}"
         envelope = json.dumps({"type": type_name(tp), "value": value})
-        Serde().decode(envelope, tp, key, f"the payload of signal {key!r}")
+        typed = serde.decode(envelope, tp, key, what)
+        # Strict: the JSON must be what the typed value encodes to ("yes" is no bool).
+        if json.loads(serde.encode(typed, tp, key, what))["value"] != value:
+            raise ValueError(
+                f"{what} must be a {type_name(tp)} as JSON; {text} is not (nothing was sent)"
+            )
     return text

@@ -46,7 +46,7 @@ class Page:
         return self.base + path + ("?" + urlencode(query) if query else "")
 
     def instance_url(self, instance_id: str) -> str:
-        return self.url("/instances/" + quote(instance_id, safe="/"))
+        return self.url("/instances/" + quote(instance_id, safe="/:@"))
 
     def layout(self, title: str, body: str, *, active: str = "/") -> str:
         nav = [("/", "Instances"), *self.sections.items()]
