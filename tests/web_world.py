@@ -139,7 +139,7 @@ def serving(path: str, *, allow_actions: bool, backend: str = "asyncio") -> Iter
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     ready = threading.Event()
     failed: list[BaseException] = []
     servers: list[uvicorn.Server] = []
@@ -147,8 +147,12 @@ def serving(path: str, *, allow_actions: bool, backend: str = "asyncio") -> Iter
     async def main() -> None:
         async with Engine(path, workflows=WORKFLOWS) as engine, anyio.create_task_group() as tg:
             await populate(engine)
-            app = memable.web.app(path, allow_actions=allow_actions, points=[approval, note], poll=0.2)
-            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+            app = memable.web.app(
+                path, allow_actions=allow_actions, points=[approval, note], poll=0.2
+            )
+            server = uvicorn.Server(
+                uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+            )
             servers.append(server)
             tg.start_soon(apply_inbox, engine, path)
             ready.set()

@@ -193,7 +193,9 @@ class Dashboard:
     async def section_page(self, request: Request) -> Response:
         path = "/" + request.path_params["name"]
         if path not in self.sections:
-            return HTMLResponse(self.page(request).layout("Not found", _problem("no such page")), 404)
+            return HTMLResponse(
+                self.page(request).layout("Not found", _problem("no such page")), 404
+            )
         title, method = self.sections[path]
         items = await anyio.to_thread.run_sync(getattr(self.source.storage, method))
         rows = [_section_json(item) for item in items]
@@ -282,7 +284,11 @@ class Dashboard:
                 got = await render()
                 if got is not None and got[0] != last:
                     last, html = got
-                    yield f"event: update\nid: {last}\ndata: " + html.replace("\n", "\ndata: ") + "\n\n"
+                    yield (
+                        f"event: update\nid: {last}\ndata: "
+                        + html.replace("\n", "\ndata: ")
+                        + "\n\n"
+                    )
                     sent += 1
                     idle = 0
                     if most and sent >= most:
@@ -319,7 +325,7 @@ class Dashboard:
         body = (await request.body()).decode("utf-8", "replace")
         form = {k: v[-1] for k, v in urllib.parse.parse_qs(body, keep_blank_values=True).items()}
         token = form.get("csrf") or request.headers.get("x-csrf-token") or ""
-        if not isinstance(token, str) or not secrets.compare_digest(token, self.csrf):
+        if not secrets.compare_digest(token.encode(), self.csrf.encode()):
             return _answer("missing or wrong CSRF token; reload the page", 403, wants_json)
 
         def field(name: str) -> str | None:
@@ -424,9 +430,7 @@ def _problem(text: str) -> str:
     return f'<p class="problem">{escape(text)}</p>'
 
 
-def _answer(
-    text: str, status: int, wants_json: bool, **extra: object
-) -> Response:
+def _answer(text: str, status: int, wants_json: bool, **extra: object) -> Response:
     if wants_json:
         return JSONResponse({"message" if status < 400 else "error": text, **extra}, status)
     from html import escape

@@ -75,7 +75,8 @@ def timeline(detail: Detail) -> str:
         f' aria-label="step timeline" xmlns="http://www.w3.org/2000/svg"'
         f' data-steps="{sum(1 for r in rows if r.kind == "step")}">',
         '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse"'
-        ' patternTransform="rotate(45)"><rect width="3" height="6" class="hatch"/></pattern></defs>',
+        ' patternTransform="rotate(45)"><rect width="3" height="6" class="hatch"/>'
+        "</pattern></defs>",
     ]
     for i in range(5):
         tx = LABEL + WIDTH * i / 4
@@ -85,13 +86,15 @@ def timeline(detail: Detail) -> str:
             f"+{escape(duration(span * i / 4))}</text>"
         )
     if not rows:
-        parts.append(
-            f'<text class="empty" x="{LABEL}" y="{TOP + 16}">no step has run yet</text>'
-        )
+        parts.append(f'<text class="empty" x="{LABEL}" y="{TOP + 16}">no step has run yet</text>')
     for i, row in enumerate(rows):
         y = TOP + i * ROW
         indent = 10 + 14 * row.depth
-        label = row.label if len(row.label) <= 26 - 2 * row.depth else row.label[: 24 - 2 * row.depth] + "…"
+        label = (
+            row.label
+            if len(row.label) <= 26 - 2 * row.depth
+            else row.label[: 24 - 2 * row.depth] + "…"
+        )
         parts.append(
             f'<g class="row {row.kind}" transform="translate(0 {y})">'
             f'<rect class="band" x="0" y="0" width="{LABEL + WIDTH + 40}" height="{ROW}"/>'
@@ -118,11 +121,9 @@ def _bar(step: Step, x0: float, x1: float, instance_id: str) -> str:
     )
     end = x0 + width
     if step.state != "completed":
-        svg += (
-            f'<path class="fail-mark" d="M{end + 3:.1f} 8 l7 7 m0 -7 l-7 7"/>'
-        )
+        svg += f'<path class="fail-mark" d="M{end + 3:.1f} 8 l7 7 m0 -7 l-7 7"/>'
         end += 12
-    note = took + (f" · ×{step.attempts}" if step.attempts > 1 else "")
+    note = took + (f" · \u00d7{step.attempts}" if step.attempts > 1 else "")
     if step.attempts > 1 and step.state == "completed":
         svg += f'<circle class="retry-mark" cx="{x0:.1f}" cy="{ROW / 2}" r="3"/>'
     svg += f'<text class="note" x="{end + 4:.1f}" y="{ROW / 2 + 4}">{escape(note)}</text>'

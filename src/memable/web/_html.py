@@ -99,7 +99,9 @@ def code(text: str | None, tp: str | None = None) -> str:
 
 def _table(headers: Iterable[str], rows: Iterable[str], *, cls: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return (
+        f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 # -- the instance list ------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def list_page(page: Page, listing: ListPage, filters: Filters) -> str:
     live = page.url("/events", {"view": "list", **filters.query()})
     return page.layout(
         "Instances",
-        '<h1>Instances</h1>'
+        "<h1>Instances</h1>"
         + form
         + f'<section id="live" data-live="{escape(live)}">{list_live(page, listing, filters)}</section>',
     )
@@ -149,7 +151,11 @@ def list_live(page: Page, listing: ListPage, filters: Filters) -> str:
         )
     rows = []
     for r in listing.items:
-        waiting = ", ".join(k for k in r.waiting_on if not k.startswith("_")) if r.status == "suspended" else ""
+        waiting = (
+            ", ".join(k for k in r.waiting_on if not k.startswith("_"))
+            if r.status == "suspended"
+            else ""
+        )
         message = escape(r.status_message or "")
         if waiting:
             message += f' <span class="waits">waits on <code>{escape(waiting)}</code></span>'
@@ -163,7 +169,9 @@ def list_live(page: Page, listing: ListPage, filters: Filters) -> str:
             f'<td>{when(r.updated_at)}</td><td class="num">{took}</td></tr>'
         )
     if not rows:
-        rows.append('<tr><td colspan="7" class="empty">No instance matches these filters.</td></tr>')
+        rows.append(
+            '<tr><td colspan="7" class="empty">No instance matches these filters.</td></tr>'
+        )
     pager = []
     if filters.after is not None:
         pager.append(f'<a href="{escape(page.url("/", filters.query(after=None)))}">← newest</a>')
@@ -211,22 +219,37 @@ def instance_live(page: Page, detail: Detail) -> str:
         ("Created", when(record.created_at)),
         ("Updated", when(record.updated_at)),
         ("Finished", when(record.finished_at)),
-        ("Took", took or f'<span class="since" data-since="{record.created_at:.3f}">running</span>'
-         if record.status == "running" else took or '<span class="muted">—</span>'),
+        (
+            "Took",
+            took or f'<span class="since" data-since="{record.created_at:.3f}">running</span>'
+            if record.status == "running"
+            else took or '<span class="muted">—</span>',
+        ),
     ]
     if record.parent_id is not None:
-        meta.append(("Parent", f'<a href="{page.instance_url(record.parent_id)}">{escape(record.parent_id)}</a>'))
+        meta.append(
+            (
+                "Parent",
+                f'<a href="{page.instance_url(record.parent_id)}">{escape(record.parent_id)}</a>',
+            )
+        )
     header = (
         f'<header class="instance-head"><h1><span class="id">{escape(record.instance_id)}</span>'
         f" {badge(record.status)}</h1>"
-        + (f'<p class="message">{escape(record.status_message)}</p>' if record.status_message else "")
+        + (
+            f'<p class="message">{escape(record.status_message)}</p>'
+            if record.status_message
+            else ""
+        )
         + '<dl class="meta">'
         + "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in meta)
         + "</dl></header>"
     )
     cards = [header]
     if record.error is not None and record.status in ("failed", "cancelled"):
-        cards.append(_card("Error", _error(ErrorInfo.from_json(record.error), open_=True), cls="error"))
+        cards.append(
+            _card("Error", _error(ErrorInfo.from_json(record.error), open_=True), cls="error")
+        )
     cards.append(_waiting(page, detail))
     in_tp, in_value = preview(record.input)
     out_tp, out_value = preview(record.output)
@@ -273,8 +296,8 @@ def _waiting(page: Page, detail: Detail) -> str:
     for key in detail.waiting_on:
         tp = page.payload_types.get(key)
         rows.append(
-            f'<tr><td><code>{escape(key)}</code></td><td>signal</td>'
-            f'<td>{f"<span class=type>{escape(tp)}</span>" if tp else "<span class=muted>unknown here</span>"}</td>'
+            f"<tr><td><code>{escape(key)}</code></td><td>signal</td>"
+            f"<td>{f'<span class=type>{escape(tp)}</span>' if tp else '<span class=muted>unknown here</span>'}</td>"
             "<td></td></tr>"
         )
     for timer in detail.timers:
@@ -287,10 +310,12 @@ def _waiting(page: Page, detail: Detail) -> str:
             )
         rows.append(
             f'<tr class="timer {"fired" if timer.fired else "pending"}"><td><code>{escape(timer.key)}</code></td>'
-            f'<td>{"timer" if timer.kind == "sleep" else "deadline"}</td>'
+            f"<td>{'timer' if timer.kind == 'sleep' else 'deadline'}</td>"
             f"<td>{when(timer.deadline)}</td><td>{state}</td></tr>"
         )
-    waits_children = any(k.startswith("_") for k in record.waiting_on) and record.status == "suspended"
+    waits_children = (
+        any(k.startswith("_") for k in record.waiting_on) and record.status == "suspended"
+    )
     if not rows and not waits_children:
         return ""
     note = '<p class="muted">waiting for its children to finish</p>' if waits_children else ""
@@ -303,8 +328,12 @@ def _waiting(page: Page, detail: Detail) -> str:
 def _steps(detail: Detail) -> str:
     rows = []
     for step in detail.steps:
-        value = code(step.value, step.value_type) if step.state == "completed" else (
-            _error(step.error, ident=f"step-{step.key}-{step.started_at}") if step.error else ""
+        value = (
+            code(step.value, step.value_type)
+            if step.state == "completed"
+            else (
+                _error(step.error, ident=f"step-{step.key}-{step.started_at}") if step.error else ""
+            )
         )
         rows.append(
             f'<tr class="step {step.state}"><td><code>{escape(step.key)}</code></td>'
@@ -317,7 +346,9 @@ def _steps(detail: Detail) -> str:
         return ""
     return _card(
         "Steps",
-        _table(["Key", "State", "Attempts", "Started", "Took", "Result / error"], rows, cls="steps"),
+        _table(
+            ["Key", "State", "Attempts", "Started", "Took", "Result / error"], rows, cls="steps"
+        ),
         cls="wide",
     )
 
@@ -344,7 +375,9 @@ def _children(page: Page, detail: Detail) -> str:
         for c in detail.children
     ]
     more = '<p class="muted">more children are not shown</p>' if detail.more_children else ""
-    return _card("Children", _table(["Instance", "Status", "Message", "Steps"], rows) + more, cls="wide")
+    return _card(
+        "Children", _table(["Instance", "Status", "Message", "Steps"], rows) + more, cls="wide"
+    )
 
 
 def _actions(page: Page, detail: Detail) -> str:
@@ -376,6 +409,6 @@ def _actions(page: Page, detail: Detail) -> str:
 def not_found(page: Page, instance_id: str) -> str:
     return page.layout(
         "Not found",
-        f'<h1>No instance <code>{escape(instance_id)}</code></h1>'
+        f"<h1>No instance <code>{escape(instance_id)}</code></h1>"
         f'<p><a href="{page.url("/")}">Back to the instances</a></p>',
     )

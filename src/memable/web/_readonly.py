@@ -90,9 +90,7 @@ class ReadOnlySQLite:
 
     def count_instances(self, *, limit: int, **filters: Any) -> int:
         """How many instances a listing with *filters* has, counting at most *limit*."""
-        sql, params = _sqlite._listing(
-            before=None, newest_first=False, parent_id=None, **filters
-        )
+        sql, params = _sqlite._listing(before=None, newest_first=False, parent_id=None, **filters)
         params.append(limit)
         select = sql.split(" FROM instances", 1)
         inner = "SELECT 1 FROM instances" + select[1]

@@ -40,11 +40,14 @@ def serve(
             config = Config()
             config.bind = [f"{host}:{port}"]
             config.accesslog = None
+            config.graceful_timeout = 2
             trio.run(hypercorn_serve, application, config)  # type: ignore[arg-type]
         else:
             import uvicorn
 
-            uvicorn.run(application, host=host, port=port, log_level="warning")
+            uvicorn.run(
+                application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2
+            )
     except ImportError as exc:
         print(f"memable web: {exc}; install memable[web]", file=sys.stderr)
         return 2

@@ -15,8 +15,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Literal, Protocol, TypeVar, cast, get_args
 
 import anyio
@@ -122,7 +121,7 @@ class Filters:
             value = params.get(name)
             return value.strip() or None if isinstance(value, str) else None
 
-        status = text("status")
+        status: Any = text("status")
         if status is not None and status not in STATES:
             raise ValueError(f"status must be one of {', '.join(STATES)}, not {status!r}")
         age = text("age")
@@ -136,7 +135,7 @@ class Filters:
             raise ValueError(f"limit must be a number from 1 to 500, not {limit_text!r}")
         return cls(
             workflow=text("workflow"),
-            status=cast(InstanceState | None, status),
+            status=status,
             waiting_on=text("waiting_on"),
             age=age,
             after=after,
@@ -270,8 +269,8 @@ class Source:
         if len(records) > filters.limit:
             records = records[: filters.limit]
             cursor = encode_cursor(records[-1])
-        counts = {state: self._count(state, common) for state in STATES}
-        return ListPage(items=records, next=cursor, counts=counts, now=now)
+        counts: dict[str, int] = {state: self._count(state, common) for state in STATES}
+        return ListPage(items=list(records), next=cursor, counts=dict(counts), now=now)
 
     def _count(self, state: InstanceState, common: dict[str, Any]) -> int:
         if common["waiting_on"] is not None and state != "suspended":
@@ -323,7 +322,9 @@ class Source:
         reason: str | None = None,
     ) -> int:
         """Hand an action to the owning engine through the inbox; return the inbox row id."""
-        return await self._call(post_to_inbox, self.storage, verb, instance_id, key, payload, reason)
+        return await self._call(
+            post_to_inbox, self.storage, verb, instance_id, key, payload, reason
+        )
 
     async def outcome(self, row: int) -> str | None:
         """What the engine made of an inbox row (``None`` while it has not applied it)."""
