@@ -1006,3 +1006,13 @@ else:  # pragma: no cover - exercised on macOS, the BSDs and Windows only
 
 
 SQLiteStorage.__module__ = "memable.storage"
+
+# The row decoding, for readers of a file that do not own it (the dashboard's read-only
+# view): the same checks, never a second copy.
+read_instance = _get
+read_listing = _listing
+decode_instance = _instance
+read_steps = _steps
+read_signals = _signals
+read_timers = _timers
+checked_step = _checked_step

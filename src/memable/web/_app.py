@@ -199,10 +199,10 @@ class Dashboard:
         title, method = self.sections[path]
         items = await anyio.to_thread.run_sync(getattr(self.source.storage, method))
         rows = [_section_json(item) for item in items]
-        from ._html import _table  # the generic table of the extra pages
+        from ._html import table  # the generic table of the extra pages
 
         columns = list(rows[0]) if rows else []
-        body = _table(
+        body = table(
             columns,
             [
                 "<tr>" + "".join(f"<td>{_escape(row.get(c))}</td>" for c in columns) + "</tr>"

@@ -97,7 +97,7 @@ def code(text: str | None, tp: str | None = None) -> str:
     return f"{kind}<code>{escape(text)}</code>"
 
 
-def _table(headers: Iterable[str], rows: Iterable[str], *, cls: str = "") -> str:
+def table(headers: Iterable[str], rows: Iterable[str], *, cls: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     return (
         f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -181,7 +181,7 @@ def list_live(page: Page, listing: ListPage, filters: Filters) -> str:
         )
     return (
         f'<div class="counts">{"".join(chips)}</div>'
-        + _table(
+        + table(
             ["Instance", "Workflow", "Status", "Message", "Created", "Updated", "Took"],
             rows,
             cls="instances",
@@ -321,7 +321,7 @@ def _waiting(page: Page, detail: Detail) -> str:
     note = '<p class="muted">waiting for its children to finish</p>' if waits_children else ""
     return _card(
         "Waiting on" if record.status == "suspended" else "Timers",
-        note + _table(["Key", "Kind", "Payload type / deadline", "Left"], rows, cls="waits"),
+        note + table(["Key", "Kind", "Payload type / deadline", "Left"], rows, cls="waits"),
     )
 
 
@@ -346,9 +346,7 @@ def _steps(detail: Detail) -> str:
         return ""
     return _card(
         "Steps",
-        _table(
-            ["Key", "State", "Attempts", "Started", "Took", "Result / error"], rows, cls="steps"
-        ),
+        table(["Key", "State", "Attempts", "Started", "Took", "Result / error"], rows, cls="steps"),
         cls="wide",
     )
 
@@ -363,7 +361,7 @@ def _signals(detail: Detail) -> str:
             f'<td><span class="tag {state.replace(" ", "-")}">{state}</span></td>'
             f"<td>{when(signal.created_at)}</td><td>{code(value, tp)}</td></tr>"
         )
-    return _card("Signals", _table(["Key", "State", "Received", "Payload"], rows))
+    return _card("Signals", table(["Key", "State", "Received", "Payload"], rows))
 
 
 def _children(page: Page, detail: Detail) -> str:
@@ -376,7 +374,7 @@ def _children(page: Page, detail: Detail) -> str:
     ]
     more = '<p class="muted">more children are not shown</p>' if detail.more_children else ""
     return _card(
-        "Children", _table(["Instance", "Status", "Message", "Steps"], rows) + more, cls="wide"
+        "Children", table(["Instance", "Status", "Message", "Steps"], rows) + more, cls="wide"
     )
 
 

@@ -13,7 +13,16 @@ from typing import Any
 
 from .._exceptions import StorageError
 from .._records import History, InstanceRecord, InstanceState, StepRecord
-from ..storage import _sqlite
+from ..storage._sqlite import (
+    SCHEMA_VERSION,
+    checked_step,
+    decode_instance,
+    read_instance,
+    read_listing,
+    read_signals,
+    read_steps,
+    read_timers,
+)
 
 __all__ = ["ReadOnlySQLite"]
 
@@ -38,11 +47,11 @@ class ReadOnlySQLite:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read SQLite database {self.path!r}: {exc}") from exc
-        if version != _sqlite.SCHEMA_VERSION:
+        if version != SCHEMA_VERSION:
             db.close()
             raise StorageError(
                 f"SQLite database {self.path!r} has schema version {version}, this memable"
-                f" reads version {_sqlite.SCHEMA_VERSION}; open it once with an engine of"
+                f" reads version {SCHEMA_VERSION}; open it once with an engine of"
                 " this version first"
             )
         self._db = db
@@ -65,7 +74,7 @@ class ReadOnlySQLite:
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         with self._read() as db:
-            return _sqlite._get(db, instance_id)
+            return read_instance(db, instance_id)
 
     def list_instances(
         self,
@@ -79,18 +88,18 @@ class ReadOnlySQLite:
         before: tuple[float, str] | None = None,
         newest_first: bool = False,
     ) -> list[InstanceRecord]:
-        sql, params = _sqlite._listing(
+        sql, params = read_listing(
             workflow=workflow, status=status, parent_id=parent_id, waiting_on=waiting_on,
             created_after=created_after, before=before, newest_first=newest_first,
         )  # fmt: skip
         params.append(-1 if limit is None else limit)
         with self._read() as db:
             rows = db.execute(sql, params).fetchall()
-        return [_sqlite._instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def count_instances(self, *, limit: int, **filters: Any) -> int:
         """How many instances a listing with *filters* has, counting at most *limit*."""
-        sql, params = _sqlite._listing(before=None, newest_first=False, parent_id=None, **filters)
+        sql, params = read_listing(before=None, newest_first=False, parent_id=None, **filters)
         params.append(limit)
         select = sql.split(" FROM instances", 1)
         inner = "SELECT 1 FROM instances" + select[1]
@@ -102,9 +111,9 @@ class ReadOnlySQLite:
             db.execute("BEGIN")  # one snapshot of the three tables
             try:
                 return History(
-                    steps=_sqlite._steps(db, instance_id),
-                    signals=_sqlite._signals(db, instance_id),
-                    timers=_sqlite._timers(db, instance_id),
+                    steps=read_steps(db, instance_id),
+                    signals=read_signals(db, instance_id),
+                    timers=read_timers(db, instance_id),
                 )
             finally:
                 db.execute("COMMIT")
@@ -117,6 +126,6 @@ class ReadOnlySQLite:
                 (instance_id,),
             ).fetchall()
         return [
-            _sqlite._checked_step(instance_id, key, "dead", None, error, attempts, start, end)
+            checked_step(instance_id, key, "dead", None, error, attempts, start, end)
             for key, error, attempts, start, end in rows
         ]
