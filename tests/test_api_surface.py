@@ -11,11 +11,12 @@ import memable.testing
 
 EXPORTED = [
     "Cancelled", "ChildFailed", "Clock", "Completed", "Context", "DuplicateStepKey", "Engine",
-    "Err", "ErrorInfo", "Failed", "InstanceConflict", "InstanceInfo", "InstanceNotFound",
-    "InvalidKey", "Invocation", "MemableError", "NotStarted", "Ok", "Outcome", "Permanent",
-    "RetriesExhausted", "RetryPolicy", "SerializationError", "Settled", "SignalRejected",
-    "SignalSuperseded", "Status", "StepFailed", "StepTimeout", "StorageError", "SuspendPoint",
-    "SuspendTimeout", "Suspended", "SuspendedStepConflict", "TypeMismatch", "Workflow",
+    "Err", "ErrorInfo", "Failed", "History", "InstanceConflict", "InstanceInfo",
+    "InstanceNotFound", "InvalidKey", "Invocation", "MemableError", "NotStarted", "Ok",
+    "Outcome", "Page", "Permanent", "RetriesExhausted", "RetryPolicy", "SerializationError",
+    "Settled", "SignalInfo", "SignalRejected", "SignalSuperseded", "Status", "StepFailed",
+    "StepInfo", "StepTimeout", "StorageError", "SuspendPoint", "SuspendTimeout", "Suspended",
+    "SuspendedStepConflict", "TimerInfo", "TypeMismatch", "Workflow",
     "WorkflowCancelled", "WorkflowFailed", "WorkflowNotFound", "WorkflowSuspended",
     "configure_converter", "workflow",
 ]  # fmt: skip
@@ -42,6 +43,7 @@ def test_every_export_is_importable_and_says_memable() -> None:
         "ManualClock",
         "MemoryStorage",
         "crash_at",
+        "run_until_suspended",
     }
 
 

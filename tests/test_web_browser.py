@@ -67,10 +67,7 @@ def test_dashboard_in_a_browser(browser: Any, tmp_path: Path) -> None:
     shots = os.environ.get("MEMABLE_SCREENSHOTS")
     path = str(tmp_path / "world.db")
     with serving(path, allow_actions=True) as url:
-        storage = SQLiteStorage(path)  # a second view of the file, to know what to expect
-        from memable.web._readonly import ReadOnlySQLite
-
-        reader = ReadOnlySQLite(storage.path)
+        reader = SQLiteStorage(path, read_only=True)  # what the page should show
         reader.open()
         try:
             expected = [r.instance_id for r in reader.list_instances(newest_first=True)]
@@ -108,7 +105,7 @@ def test_dashboard_in_a_browser(browser: Any, tmp_path: Path) -> None:
         browser.execute_script("window.notReloaded = true")
         browser.find_element(By.CSS_SELECTOR, "form.signal button").click()
         wait_for(
-            lambda: "applied" in browser.find_element(By.ID, "action-result").text,
+            lambda: "delivered" in browser.find_element(By.ID, "action-result").text,
             "the engine applies the signal",
         )
         wait_for(

@@ -5,7 +5,6 @@ durable sleep, early signals."""
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time
@@ -92,46 +91,11 @@ async def populate(engine: Engine) -> None:
     await (await engine.invoke(reminder, "ada", instance_id="reminder-ada")).wait()
 
 
-async def apply_inbox(engine: Engine, path: str) -> None:
-    """Apply the dashboard's inbox to *engine* (a stand-in for the engine's own inbox
-    reader): every pending row becomes ``signal``/``cancel``/``resume``."""
-    import sqlite3
-
-    while True:
-        db = sqlite3.connect(path, isolation_level=None)
-        try:
-            rows = db.execute(
-                "SELECT id, verb, instance_id, key, payload, reason FROM inbox"
-                " WHERE done_at IS NULL ORDER BY id"
-            ).fetchall()
-        finally:
-            db.close()
-        for row_id, verb, instance_id, key, payload, reason in rows:
-            try:
-                if verb == "signal":
-                    point = {p.key: p for p in (approval, note)}[key]
-                    await engine.signal(order, instance_id, point, json.loads(payload))
-                elif verb == "cancel":
-                    await engine.cancel(order, instance_id, reason or "")
-                else:
-                    await engine.resume(order, instance_id)
-                result = "applied"
-            except memable.MemableError as exc:
-                result = f"refused: {exc}"
-            db = sqlite3.connect(path, isolation_level=None)
-            try:
-                db.execute(
-                    "UPDATE inbox SET done_at = 1, result = ? WHERE id = ?", (result, row_id)
-                )
-            finally:
-                db.close()
-        await anyio.sleep(0.05)
-
-
 @contextlib.contextmanager
 def serving(path: str, *, allow_actions: bool, backend: str = "asyncio") -> Iterator[str]:
     """Run an engine on *path* with the world in it, and the dashboard over the same file
-    served by uvicorn on 127.0.0.1 (a free port), in a thread; yield the dashboard's URL."""
+    (read-only; actions through the engine's inbox) served by uvicorn on 127.0.0.1 (a free
+    port), in a thread; yield the dashboard's URL."""
     import uvicorn
 
     import memable.web
@@ -145,7 +109,7 @@ def serving(path: str, *, allow_actions: bool, backend: str = "asyncio") -> Iter
     servers: list[uvicorn.Server] = []
 
     async def main() -> None:
-        async with Engine(path, workflows=WORKFLOWS) as engine, anyio.create_task_group() as tg:
+        async with Engine(path, workflows=WORKFLOWS) as engine:
             await populate(engine)
             app = memable.web.app(
                 path, allow_actions=allow_actions, points=[approval, note], poll=0.2
@@ -154,10 +118,8 @@ def serving(path: str, *, allow_actions: bool, backend: str = "asyncio") -> Iter
                 uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
             )
             servers.append(server)
-            tg.start_soon(apply_inbox, engine, path)
             ready.set()
             await server.serve(sockets=[sock])
-            tg.cancel_scope.cancel()
 
     def run() -> None:
         try:

@@ -9,13 +9,14 @@ import threading
 import types
 import typing
 from collections.abc import AsyncIterator, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
 import attrs
 
+from . import _inbox, _inspect, _log
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -24,11 +25,13 @@ from ._durations import seconds
 from ._exceptions import (
     NotStarted,
 )
+from ._inspect import History, Page
 from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store
 from ._keys import check_instance_ref
 from ._outcome import InstanceInfo
 from ._records import (
+    InstanceRecord,
     InstanceState,
 )
 from ._retry import RetryPolicy
@@ -177,6 +180,9 @@ class Engine:
             stack.callback(kernel.status.close)
             system.start_soon(self._timers.run, name="memable timers")
             system.start_soon(heal, kernel, self._runner, name="memable healer")
+            if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
+                inbox = typing.cast(_inbox.InboxStorage, self._storage)
+                system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -232,12 +238,12 @@ class Engine:
             await self._kernel.store.call(self._storage.close)
 
     async def _recover(self) -> None:
-        records = await self._kernel.store.running()
-        for record in records:
+        for record in await self._kernel.store.running():
             if record.parent_id is None:  # children are driven by their parent
+                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
+                           record.workflow, instance_id=record.instance_id,
+                           workflow=record.workflow)  # fmt: skip
                 self._runner.claimed(record)
-        if records:
-            logger.info("recovering %d running instances", len(records))
 
     # -- registration -----------------------------------------------------------------------
 
@@ -291,10 +297,20 @@ class Engine:
             InstanceConflict: *instance_id* exists with another input or workflow.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.invoke(wf, "o-17", instance_id="order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         print(await invocation.wait())
+            ...         again = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         print(again.instance_id)
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
+            order-o-17
         """
         self._check_running()
         wf = self._registered(wf)
@@ -318,9 +334,19 @@ class Engine:
         """:meth:`invoke`, then :meth:`Invocation.result`.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.run(wf, "o-17")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         try:
+            ...             await engine.run(order, "o-17")
+            ...         except memable.WorkflowSuspended as exc:
+            ...             print("suspended on", exc.key)
+            >>> anyio.run(main)
+            suspended on approval:v1
         """
         invocation = await self.invoke(wf, input, instance_id=instance_id)
         return await invocation.result()
@@ -329,9 +355,18 @@ class Engine:
         """Return an :class:`Invocation` for an existing instance (checked when used).
 
         Example:
-            >>> import memable
-            >>> async def receipt(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.handle(wf, "order-o-17").result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await engine.handle(order, "order-o-17").result())
+            >>> anyio.run(main)
+            1250
         """
         check_instance_ref(instance_id)
         return self._invocation(self._registered(wf), instance_id)
@@ -347,10 +382,18 @@ class Engine:
             InstanceNotFound: no instance has this id (none is created).
 
         Example:
-            >>> import memable
-            >>> async def retry(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.resume(wf, "order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.resume(order, "order-o-17")  # replays
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
         """
         self._check_running()
         wf = self._registered(wf)
@@ -375,10 +418,18 @@ class Engine:
             SignalSuperseded: the point already has a payload, or its deadline passed.
 
         Example:
-            >>> import memable
+            >>> import anyio, memable
             >>> approval = memable.SuspendPoint("approval:v1", bool)
-            >>> async def approve(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.signal(wf, "order-o-17", approval, True)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            1250
         """
         self._check_running()
         wf = self._registered(wf)
@@ -398,9 +449,19 @@ class Engine:
             InstanceNotFound: no instance has this id.
 
         Example:
-            >>> import memable
-            >>> async def stop(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.cancel(wf, "order-o-17", reason="customer left")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await invocation.wait()
+            ...         await engine.cancel(order, "order-o-17", reason="customer left")
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Cancelled(reason='customer left')
         """
         self._check_running()
         return await self._control.cancel(self._registered(wf), instance_id, reason)
@@ -415,10 +476,20 @@ class Engine:
         status once.
 
         Example:
-            >>> import memable
-            >>> async def watch(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     async for status in engine.subscribe(wf, "order-o-17"):
-            ...         print(status.status, status.message)
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         await engine.signal(order, "order-o-17", approval, False)
+            ...         async for status in engine.subscribe(order, "order-o-17"):
+            ...             last = status
+            ...         print(last.status)
+            >>> anyio.run(main)
+            completed
         """
         self._check_running()
         wf = self._registered(wf)
@@ -435,10 +506,17 @@ class Engine:
         suspended instances are never purged.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> import memable
-            >>> async def clean(engine: memable.Engine) -> int:
-            ...     return await engine.purge(older_than=timedelta(days=30))
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         print(await engine.purge(older_than=timedelta(days=30)))
+            >>> anyio.run(main)
+            0
         """
         self._check_running()
         if not isinstance(typing.cast(object, older_than), timedelta) or older_than < timedelta(0):
@@ -448,20 +526,29 @@ class Engine:
     # -- reading ----------------------------------------------------------------------------
 
     async def state(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceInfo:
-        """Return what storage knows about an instance.
+        """Return what storage knows about an instance (input and output decoded).
 
         Raises:
             InstanceNotFound: no instance has this id.
             InstanceConflict: the instance belongs to another workflow.
 
         Example:
-            >>> import memable
-            >>> async def status(engine: memable.Engine, wf: memable.Workflow[str, int]) -> str:
-            ...     return (await engine.state(wf, "order-o-17")).status
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         info = await engine.state(order, "order-o-17")
+            ...         print(info.status, info.status_message, info.waiting_on)
+            >>> anyio.run(main)
+            suspended approve? ('approval:v1',)
         """
         self._check_running()
         record = await self._control.record(wf, instance_id)
-        info = InstanceInfo.from_record(record)
+        info = self._describe(record)
         message = self._control.live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
@@ -470,54 +557,110 @@ class Engine:
     async def instances(
         self,
         wf: Workflow[Any, Any] | None = None,
+        *,
         status: InstanceState | None = None,
+        waiting_on: str | None = None,
+        parent_id: str | None = None,
+        created_after: datetime | None = None,
         limit: int | None = 100,
-    ) -> list[InstanceInfo]:
-        """List instances, oldest first, optionally of one workflow and in one status.
+        after: str | None = None,
+    ) -> Page[InstanceInfo]:
+        """List instances, newest first, a page at a time (``page.next`` is the cursor).
+
+        Filters: the workflow, the status, suspended on a key (*waiting_on*), children of
+        *parent_id*, created after a time. Each page is one index range scan, so its cost
+        does not grow with how many instances are stored. ``limit=None`` lists them all.
+
+        Raises:
+            ValueError: a negative limit, a naive datetime, or a cursor not from ``next``.
 
         Example:
-            >>> import memable
-            >>> async def failures(engine: memable.Engine) -> list[str]:
-            ...     return [i.instance_id for i in await engine.instances(status="failed")]
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         print([i.instance_id for i in await engine.instances(status="suspended")])
+            >>> anyio.run(main)
+            ['order-o-17']
         """
         self._check_running()
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, not {limit!r}")
-        records = await self._kernel.store.call(
-            self._storage.list_instances,
-            workflow=None if wf is None else wf.name,
-            status=status,
-            limit=limit,
+        query = _inspect.query(wf, status, waiting_on, parent_id, created_after, limit, after)
+        records, cursor = await self._kernel.store.call(_inspect.load_page, self._storage, **query)
+        return Page(tuple(self._describe(record) for record in records), cursor)
+
+    async def history(self, wf: Workflow[Any, Any], instance_id: str) -> History:
+        """Return what an instance did: steps, signals, timers and children, from storage.
+
+        Works for finished instances too and changes nothing (``resume`` keeps a dead
+        letter it retries, as an earlier attempt of its step).
+
+        Raises:
+            InstanceNotFound: no instance has this id.
+            InstanceConflict: the instance belongs to another workflow.
+
+        Example:
+            >>> import anyio, memable
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     async def price() -> int:
+            ...         return 1250
+            ...     return await ctx.step("price:v1", price)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.run(order, "o-17", instance_id="order-o-17")
+            ...         for step in (await engine.history(order, "order-o-17")).steps:
+            ...             print(step.key, step.state, step.attempts)
+            >>> anyio.run(main)
+            price:v1 completed 1
+        """
+        self._check_running()
+        record = await self._control.record(wf, instance_id)
+        types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
+        build = await self._kernel.store.call(
+            _inspect.load_history, self._storage, record, payload_types=types
         )
-        return [InstanceInfo.from_record(record) for record in records]
+        return build(self._describe)
+
+    def _describe(self, record: InstanceRecord) -> InstanceInfo:
+        wf = self._registry.get(record.workflow)
+        return _inspect.describe(record, self._kernel.serde, wf)
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _check_running(self) -> None:
-        if self._phase != "running":
-            raise NotStarted(
-                f"the engine is {self._phase}; use it inside 'async with engine:'"
-                if self._phase != "new"
-                else "the engine has not started; use it inside 'async with engine:'"
-            )
-        assert self._owner is not None
-        thread, token = self._owner
-        if threading.get_ident() != thread:
-            raise RuntimeError(
-                "this Engine runs in another thread; call it from the thread (and event loop)"
-                " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
-            )
-        try:
-            current = anyio.lowlevel.current_token()
-        except RuntimeError:
-            current = None
-        if current != token:
-            raise RuntimeError(
-                "this Engine runs on another event loop; call it from the event loop that"
-                " entered 'async with engine:'"
-            )
+        _check_owner(self._phase, self._owner)
 
 
 def kernel_of(engine: Engine) -> Kernel:
     """The kernel of *engine*, for :mod:`memable.testing` (its test hooks) only."""
     return engine._kernel
+
+
+def _check_owner(phase: _Phase, owner: tuple[int, object] | None) -> None:
+    """Refuse calls to an engine that does not run, or from another thread or loop."""
+    if phase != "running":
+        raise NotStarted(
+            f"the engine is {phase}; use it inside 'async with engine:'"
+            if phase != "new"
+            else "the engine has not started; use it inside 'async with engine:'"
+        )
+    assert owner is not None
+    thread, token = owner
+    if threading.get_ident() != thread:
+        raise RuntimeError(
+            "this Engine runs in another thread; call it from the thread (and event loop)"
+            " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
+        )
+    try:
+        current = anyio.lowlevel.current_token()
+    except RuntimeError:
+        current = None
+    if current != token:
+        raise RuntimeError(
+            "this Engine runs on another event loop; call it from the event loop that"
+            " entered 'async with engine:'"
+        )

@@ -15,6 +15,7 @@ Example:
 from typing import TYPE_CHECKING
 
 from .._records import History as History
+from .._records import InboxItem as InboxItem
 from .._records import InstanceRecord as InstanceRecord
 from .._records import InstanceState as InstanceState
 from .._records import InstanceUpdate as InstanceUpdate
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "History",
+    "InboxItem",
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
@@ -48,6 +50,7 @@ __all__ = [
 
 for _name in (
     "History",
+    "InboxItem",
     "InstanceRecord",
     "InstanceUpdate",
     "SignalDrop",

@@ -22,11 +22,12 @@ from starlette.staticfiles import StaticFiles
 
 from .._exceptions import MemableError, StorageError
 from .._ids import public_keys
+from .._inspect import StepInfo
 from .._keys import check_instance_ref, check_key
 from .._outcome import ErrorInfo
 from .._records import InstanceRecord
 from ._html import Page, instance_live, instance_page, list_live, list_page, not_found
-from ._source import Detail, Filters, ListPage, Source, Step, preview
+from ._source import Detail, Filters, ListPage, Source, preview
 
 __all__ = ["Dashboard"]
 
@@ -82,14 +83,14 @@ def instance_json(record: InstanceRecord) -> dict[str, Any]:
     }
 
 
-def _step_json(step: Step) -> dict[str, Any]:
+def _step_json(step: StepInfo) -> dict[str, Any]:
     return {
         "key": step.key,
         "state": step.state,
         "attempts": step.attempts,
-        "started_at": _iso(step.started_at),
-        "finished_at": _iso(step.finished_at),
-        "duration": step.finished_at - step.started_at,
+        "started_at": step.started_at.isoformat(),
+        "finished_at": step.finished_at.isoformat(),
+        "duration": step.duration.total_seconds(),
         "value": None if step.value is None else {"type": step.value_type, "preview": step.value},
         "error": None if step.error is None else attrs.asdict(step.error),
     }
@@ -102,15 +103,17 @@ def detail_json(detail: Detail) -> dict[str, Any]:
         "signals": [
             {
                 "key": s.key,
-                "state": "timed_out" if s.timed_out else "early" if s.early else "delivered",
-                "received_at": _iso(s.created_at),
-                "payload": _value_json(s.payload),
+                "state": s.state,
+                "received_at": s.received_at.isoformat(),
+                "payload": None
+                if s.payload is None
+                else {"type": s.payload_type, "preview": s.payload},
             }
-            for s in detail.signals
+            for s in detail.history.signals
         ],
         "timers": [
-            {"key": t.key, "kind": t.kind, "deadline": _iso(t.deadline), "fired": t.fired}
-            for t in detail.timers
+            {"key": t.key, "kind": t.kind, "deadline": t.deadline.isoformat(), "fired": t.fired}
+            for t in detail.history.timers
         ],
         "children": [detail_json(c) for c in detail.children],
     }
@@ -347,21 +350,14 @@ class Dashboard:
         if await self.source.detail(instance_id) is None:
             return _answer(f"no instance {instance_id!r}", 404, wants_json)
         try:
-            row = await self.source.post(
+            answer = await self.source.steer(
                 verb, instance_id, key=key, payload=payload, reason=reason or ""
             )
-            result = None
-            with anyio.move_on_after(ACTION_WAIT):
-                while (result := await self.source.outcome(row)) is None:
-                    await anyio.sleep(0.05)
         except StorageError as exc:
             return _answer(str(exc), 503, wants_json)
-        what = {"signal": f"signal {key!r}", "cancel": "cancel", "resume": "resume"}[verb]
-        if result is None:
-            text = f"{what} queued for the engine (applied when an engine runs on this database)"
-        else:
-            text = f"{what}: {result}"
-        return _answer(text, 200, wants_json, inbox=row, result=result)
+        ok = bool(answer.get("ok"))
+        text = str(answer.get("message") or answer.get("outcome") or "done")
+        return _answer(text, 200 if ok else 409, wants_json, outcome=answer.get("outcome"))
 
     # -- the application --------------------------------------------------------------------
 

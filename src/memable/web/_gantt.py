@@ -8,7 +8,8 @@ from typing import Final
 
 import attrs
 
-from ._source import Detail, Step
+from .._inspect import StepInfo
+from ._source import Detail
 
 __all__ = ["timeline"]
 
@@ -52,7 +53,7 @@ def _end(detail: Detail) -> float:
     else:  # suspended: up to when it suspended (its deadlines are listed beside)
         end = record.updated_at
     for step in detail.steps:
-        end = max(end, step.finished_at)
+        end = max(end, step.finished_at.timestamp())
     for child in detail.children:
         end = max(end, _end(child))
     return end
@@ -62,7 +63,7 @@ def timeline(detail: Detail) -> str:
     """The SVG of *detail*'s steps (and its children's, nested), on one time axis."""
     start = detail.record.created_at
     for step in detail.steps:
-        start = min(start, step.started_at)
+        start = min(start, step.started_at.timestamp())
     span = max(_end(detail) - start, 1e-3)
 
     def x(at: float) -> float:
@@ -105,9 +106,9 @@ def timeline(detail: Detail) -> str:
     return "".join(parts)
 
 
-def _bar(step: Step, x0: float, x1: float, instance_id: str) -> str:
+def _bar(step: StepInfo, x0: float, x1: float, instance_id: str) -> str:
     width = max(x1 - x0, 2.0)
-    took = duration(step.finished_at - step.started_at)
+    took = duration(step.duration.total_seconds())
     tip = f"{step.key} · {step.state} · {took} · {step.attempts} attempt" + (
         "s" if step.attempts != 1 else ""
     )
@@ -131,7 +132,7 @@ def _bar(step: Step, x0: float, x1: float, instance_id: str) -> str:
 
 
 def _rows(detail: Detail, x: Callable[[float], float], *, depth: int) -> Iterator[_Row]:
-    by_key: dict[str, list[Step]] = {}
+    by_key: dict[str, list[StepInfo]] = {}
     for step in detail.steps:
         by_key.setdefault(step.key, []).append(step)
     iid = detail.record.instance_id
@@ -140,13 +141,16 @@ def _rows(detail: Detail, x: Callable[[float], float], *, depth: int) -> Iterato
             label=key,
             depth=depth,
             kind="step",
-            svg="".join(_bar(s, x(s.started_at), x(s.finished_at), iid) for s in steps),
+            svg="".join(
+                _bar(s, x(s.started_at.timestamp()), x(s.finished_at.timestamp()), iid)
+                for s in steps
+            ),
         )
-    for timer in detail.timers:
+    for timer in detail.history.timers:
         if timer.kind == "sleep":
             # A durable sleep: a dashed line from when it was set (unknown: the previous
             # step's end) to its deadline, drawn as a marker at the deadline.
-            at = min(x(timer.deadline), LABEL + WIDTH)
+            at = min(x(timer.deadline.timestamp()), LABEL + WIDTH)
             state = "fired" if timer.fired else "pending"
             yield _Row(
                 label=f"⏱ {timer.key}",

@@ -75,10 +75,12 @@ class Page:
         )
 
 
-def when(at: float | None) -> str:
+def when(at: float | datetime | None) -> str:
     """A time: UTC text, made local and relative by the page's script."""
     if at is None:
         return '<span class="muted">—</span>'
+    if isinstance(at, datetime):
+        at = at.timestamp()
     moment = datetime.fromtimestamp(at, UTC)
     return (
         f'<time datetime="{moment.isoformat()}" data-t="{at:.3f}" title="{moment:%Y-%m-%d %H:%M:%S} UTC">'
@@ -269,7 +271,7 @@ def instance_live(page: Page, detail: Detail) -> str:
         )
     )
     cards.append(_steps(detail))
-    if detail.signals:
+    if detail.history.signals:
         cards.append(_signals(detail))
     if detail.children:
         cards.append(_children(page, detail))
@@ -294,19 +296,19 @@ def _waiting(page: Page, detail: Detail) -> str:
     record = detail.record
     rows = []
     for key in detail.waiting_on:
-        tp = page.payload_types.get(key)
+        tp = page.payload_types.get(key) or detail.history.payload_types.get(key)
         rows.append(
             f"<tr><td><code>{escape(key)}</code></td><td>signal</td>"
             f"<td>{f'<span class=type>{escape(tp)}</span>' if tp else '<span class=muted>unknown here</span>'}</td>"
             "<td></td></tr>"
         )
-    for timer in detail.timers:
+    for timer in detail.history.timers:
         if timer.fired:
             state = '<span class="muted">fired</span>'
         else:
             state = (
-                f'<span class="countdown" data-deadline="{timer.deadline:.3f}">'
-                f"in {duration(timer.deadline - detail.now)}</span>"
+                f'<span class="countdown" data-deadline="{timer.deadline.timestamp():.3f}">'
+                f"in {duration(timer.deadline.timestamp() - detail.now)}</span>"
             )
         rows.append(
             f'<tr class="timer {"fired" if timer.fired else "pending"}"><td><code>{escape(timer.key)}</code></td>'
@@ -332,14 +334,16 @@ def _steps(detail: Detail) -> str:
             code(step.value, step.value_type)
             if step.state == "completed"
             else (
-                _error(step.error, ident=f"step-{step.key}-{step.started_at}") if step.error else ""
+                _error(step.error, ident=f"step-{step.key}-{step.started_at.timestamp()}")
+                if step.error
+                else ""
             )
         )
         rows.append(
             f'<tr class="step {step.state}"><td><code>{escape(step.key)}</code></td>'
             f"<td>{badge(step.state)}</td><td class=num>{step.attempts}</td>"
             f"<td>{when(step.started_at)}</td>"
-            f'<td class="num">{duration(step.finished_at - step.started_at)}</td>'
+            f'<td class="num">{duration(step.duration.total_seconds())}</td>'
             f'<td class="value">{value}</td></tr>'
         )
     if not rows:
@@ -353,13 +357,13 @@ def _steps(detail: Detail) -> str:
 
 def _signals(detail: Detail) -> str:
     rows = []
-    for signal in detail.signals:
-        state = "timed out" if signal.timed_out else "early" if signal.early else "delivered"
-        tp, value = preview(signal.payload)
+    for signal in detail.history.signals:
+        state = signal.state.replace("_", " ")
         rows.append(
             f'<tr class="signal"><td><code>{escape(signal.key)}</code></td>'
             f'<td><span class="tag {state.replace(" ", "-")}">{state}</span></td>'
-            f"<td>{when(signal.created_at)}</td><td>{code(value, tp)}</td></tr>"
+            f"<td>{when(signal.received_at)}</td>"
+            f"<td>{code(signal.payload, signal.payload_type)}</td></tr>"
         )
     return _card("Signals", table(["Key", "State", "Received", "Payload"], rows))
 

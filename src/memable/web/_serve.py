@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
-from .._exceptions import StorageError
-
 __all__ = ["serve"]
 
 
@@ -18,17 +16,15 @@ def serve(
     allow_actions: bool = False,
     backend: Literal["asyncio", "trio"] = "asyncio",
 ) -> int:
-    """Serve the dashboard over *db* until interrupted; return the exit status."""
-    try:
-        from . import app
-    except ImportError as exc:  # pragma: no cover - starlette missing
-        print(f"memable web: {exc}; install memable[web]", file=sys.stderr)
-        return 2
-    try:
-        application = app(db, allow_actions=allow_actions)
-    except (StorageError, ValueError) as exc:
-        print(f"memable web: {exc}", file=sys.stderr)
-        return 2
+    """Serve the dashboard over *db* until interrupted; return the exit status.
+
+    Raises:
+        StorageError: the database cannot be read.
+        ImportError: the web extra is not installed.
+    """
+    from . import app
+
+    application = app(db, allow_actions=allow_actions)
     mode = "actions allowed" if allow_actions else "read-only"
     print(f"memable web: http://{host}:{port}/ ({mode}); Ctrl-C stops it", file=sys.stderr)
     try:
@@ -48,9 +44,6 @@ def serve(
             uvicorn.run(
                 application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2
             )
-    except ImportError as exc:
-        print(f"memable web: {exc}; install memable[web]", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         pass
     return 0

@@ -8,14 +8,10 @@ engine in another process.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import json
 import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, Protocol, TypeVar, cast, get_args
 
 import anyio
@@ -23,15 +19,10 @@ import attrs
 
 from .._exceptions import StorageError
 from .._ids import public_keys
-from .._outcome import ErrorInfo
-from .._records import (
-    History,
-    InstanceRecord,
-    InstanceState,
-    SignalRecord,
-    StepRecord,
-    TimerRecord,
-)
+from .._inspect import History, StepInfo, decode_cursor, load_history, load_page, preview
+from .._outcome import InstanceInfo
+from .._records import History as Rows
+from .._records import InstanceRecord, InstanceState
 
 __all__ = [
     "AGES",
@@ -41,7 +32,6 @@ __all__ = [
     "ListPage",
     "Readable",
     "Source",
-    "Step",
     "open_storage",
     "preview",
 ]
@@ -51,27 +41,12 @@ T = TypeVar("T")
 STATES: Final[tuple[InstanceState, ...]] = get_args(InstanceState)
 #: The "created within" choices of the instance list: label -> seconds.
 AGES: Final = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
-#: How many characters of a value a preview shows.
-PREVIEW: Final = 160
 #: Counts per status stop at this many (a capped index range scan each).
 COUNT_CAP: Final = 10_000
+#: How long an action waits for the owning engine's answer (seconds).
+ANSWER_TIMEOUT: Final = 5.0
 #: How many children an instance page draws (with their steps).
 CHILDREN_SHOWN: Final = 50
-
-
-def preview(envelope: str | None) -> tuple[str | None, str | None]:
-    """The type name and a short JSON text of a stored envelope (``(None, None)`` for none)."""
-    if envelope is None:
-        return None, None
-    try:
-        data = json.loads(envelope)
-        tp, value = data["type"], data["value"]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return None, envelope[:PREVIEW]
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if len(text) > PREVIEW:
-        text = text[: PREVIEW - 1] + "…"
-    return (tp if isinstance(tp, str) else None), text
 
 
 class Readable(Protocol):
@@ -96,7 +71,7 @@ class Readable(Protocol):
         newest_first: bool = False,
     ) -> Sequence[InstanceRecord]: ...
 
-    def load_history(self, instance_id: str) -> History: ...
+    def load_history(self, instance_id: str) -> Rows: ...
 
 
 # -- what the pages show ----------------------------------------------------------------------
@@ -165,44 +140,19 @@ class ListPage:
 
 
 @attrs.frozen(kw_only=True)
-class Step:
-    """One step as the timeline shows it (``retried``: a dead letter that ``resume`` retried)."""
-
-    key: str
-    state: Literal["completed", "dead", "retried"]
-    attempts: int
-    started_at: float
-    finished_at: float
-    error: ErrorInfo | None
-    value_type: str | None
-    value: str | None
-
-    @classmethod
-    def of(cls, record: StepRecord, *, retired: bool = False) -> Step:
-        tp, value = preview(record.value)
-        return cls(
-            key=record.key,
-            state="retried" if retired else record.state,
-            attempts=record.attempts,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            error=None if record.error is None else ErrorInfo.from_json(record.error),
-            value_type=tp,
-            value=value,
-        )
-
-
-@attrs.frozen(kw_only=True)
 class Detail:
-    """Everything an instance page shows about one instance."""
+    """Everything an instance page shows about one instance: its history (as
+    ``Engine.history`` reads it) and its children's, nested."""
 
     record: InstanceRecord
-    steps: list[Step]
-    signals: list[SignalRecord]
-    timers: list[TimerRecord]
+    history: History
     children: list[Detail]
     more_children: bool
     now: float
+
+    @property
+    def steps(self) -> tuple[StepInfo, ...]:
+        return self.history.steps
 
     @property
     def waiting_on(self) -> tuple[str, ...]:
@@ -210,26 +160,9 @@ class Detail:
 
     def fingerprint(self) -> int:
         """Changes when what the page shows changes (not when time passes)."""
-        return hash(repr(attrs.evolve(self, now=0.0, children=[]))) ^ hash(
+        return hash(repr((self.record, self.history))) ^ hash(
             tuple(child.fingerprint() for child in self.children)
         )
-
-
-# -- cursors ----------------------------------------------------------------------------------
-
-
-def encode_cursor(record: InstanceRecord) -> str:
-    text = f"{record.created_at!r} {record.instance_id}"
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, instance_id = base64.urlsafe_b64decode(padded).decode().split(" ", 1)
-        return float(created), instance_id
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise ValueError(f"{cursor!r} is not a cursor of the instance list") from None
 
 
 # -- the source -------------------------------------------------------------------------------
@@ -258,19 +191,16 @@ class Source:
             "waiting_on": filters.waiting_on,
             "created_after": None if filters.age is None else now - AGES[filters.age],
         }
-        records = self.storage.list_instances(
+        records, cursor = load_page(
+            cast(Any, self.storage),
             **common,
             status=filters.status,
-            before=None if filters.after is None else decode_cursor(filters.after),
-            newest_first=True,
-            limit=filters.limit + 1,
+            parent_id=None,
+            limit=filters.limit,
+            after=filters.after,
         )
-        cursor = None
-        if len(records) > filters.limit:
-            records = records[: filters.limit]
-            cursor = encode_cursor(records[-1])
         counts: dict[str, int] = {state: self._count(state, common) for state in STATES}
-        return ListPage(items=list(records), next=cursor, counts=dict(counts), now=now)
+        return ListPage(items=list(records), next=cursor, counts=counts, now=now)
 
     def _count(self, state: InstanceState, common: dict[str, Any]) -> int:
         if common["waiting_on"] is not None and state != "suspended":
@@ -290,29 +220,20 @@ class Source:
         return self._describe(record, depth=depth)
 
     def _describe(self, record: InstanceRecord, *, depth: int) -> Detail:
-        instance_id = record.instance_id
-        rows = self.storage.load_history(instance_id)
-        load_retired: Any = getattr(self.storage, "load_retired", None)
-        retired: list[StepRecord] = [] if load_retired is None else load_retired(instance_id)
-        steps = [Step.of(s) for s in rows.steps] + [Step.of(s, retired=True) for s in retired]
-        steps.sort(key=lambda s: (s.started_at, s.state != "retried", s.key))
+        history = load_history(cast(Any, self.storage), record)(InstanceInfo.from_record)
         children: list[Detail] = []
         more = False
         if depth > 0:
-            found = self.storage.list_instances(parent_id=instance_id, limit=CHILDREN_SHOWN + 1)
+            found = self.storage.list_instances(
+                parent_id=record.instance_id, limit=CHILDREN_SHOWN + 1
+            )
             more = len(found) > CHILDREN_SHOWN
             children = [self._describe(c, depth=depth - 1) for c in found[:CHILDREN_SHOWN]]
         return Detail(
-            record=record,
-            steps=steps,
-            signals=sorted(rows.signals, key=lambda s: s.created_at),
-            timers=sorted(rows.timers, key=lambda t: t.deadline),
-            children=children,
-            more_children=more,
-            now=time.time(),
+            record=record, history=history, children=children, more_children=more, now=time.time()
         )
 
-    async def post(
+    async def steer(
         self,
         verb: Literal["signal", "cancel", "resume"],
         instance_id: str,
@@ -320,76 +241,48 @@ class Source:
         key: str | None = None,
         payload: str | None = None,
         reason: str | None = None,
-    ) -> int:
-        """Hand an action to the owning engine through the inbox; return the inbox row id."""
-        return await self._call(
-            post_to_inbox, self.storage, verb, instance_id, key, payload, reason
-        )
+    ) -> dict[str, Any]:
+        """Hand an action to the engine that owns the database, through its inbox, and
+        return its answer (``ok``, ``outcome``, ``message``)."""
+        path = getattr(self.storage, "path", None)
+        if not isinstance(path, str) or path == ":memory:":
+            return _refusal("actions need the engine's SQLite file (this storage has no inbox)")
+        from ..storage._sqlite import InboxClient, owner_of
 
-    async def outcome(self, row: int) -> str | None:
-        """What the engine made of an inbox row (``None`` while it has not applied it)."""
-        return await self._call(inbox_result, self.storage, row)
+        owner = await self._call(owner_of, path)
+        if owner is None:
+            return _refusal(
+                "no engine runs on this database to apply it (start one, or use the"
+                " 'memable' command line, which applies actions to a stopped database)"
+            )
+        client = await self._call(InboxClient, path)
+        try:
+            item = await self._call(
+                client.post, verb, instance_id, now=time.time(), key=key, payload=payload,
+                reason=reason,
+            )  # fmt: skip
+            with anyio.move_on_after(ANSWER_TIMEOUT):
+                while (answer := await self._call(client.answer, item)) is None:
+                    await anyio.sleep(0.02)
+                return cast(dict[str, Any], json.loads(answer))
+            if await self._call(client.withdraw, item):
+                return _refusal(
+                    f"the engine that owns the database (process {owner}) did not apply it"
+                    f" within {ANSWER_TIMEOUT:g} s; nothing was done"
+                )
+            answer = await self._call(client.answer, item)  # applied just now
+            return cast(dict[str, Any], json.loads(answer or '{"ok": true, "outcome": "applied",'
+                                                   ' "message": "applied"}'))  # fmt: skip
+        finally:
+            await self._call(client.close)
 
     def close(self) -> None:
         if self.owned:
             self.storage.close()
 
 
-# -- the inbox (stand-in until the storage protocol has its own) -----------------------------
-
-
-def _inbox_path(storage: Readable) -> str:
-    path = getattr(storage, "path", None)
-    if not isinstance(path, str) or path == ":memory:":
-        raise StorageError("this storage has no inbox: actions need a SQLite file")
-    return path
-
-
-@contextlib.contextmanager
-def _writer(path: str) -> Iterator[sqlite3.Connection]:
-    try:
-        db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot open the inbox of the database: {exc}") from exc
-    try:
-        yield db
-    except sqlite3.Error as exc:
-        raise StorageError(f"SQLite error while using the inbox of the database: {exc}") from exc
-    finally:
-        db.close()
-
-
-def post_to_inbox(
-    storage: Readable,
-    verb: str,
-    instance_id: str,
-    key: str | None,
-    payload: str | None,
-    reason: str | None,
-) -> int:
-    """Append an action for the owning engine to the inbox; return its row id."""
-    poster: Any = getattr(storage, "post_to_inbox", None)
-    if poster is not None:
-        return int(poster(verb, instance_id, key=key, payload=payload, reason=reason))
-    with _writer(_inbox_path(storage)) as db:
-        cursor = db.execute(
-            "INSERT INTO inbox (verb, instance_id, key, payload, reason, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (verb, instance_id, key, payload, reason, time.time()),
-        )
-        return int(cursor.lastrowid or 0)
-
-
-def inbox_result(storage: Readable, row: int) -> str | None:
-    """The result the engine wrote for an inbox row, or ``None`` while it is pending."""
-    reader: Any = getattr(storage, "inbox_result", None)
-    if reader is not None:
-        return cast(str | None, reader(row))
-    with _writer(_inbox_path(storage)) as db:
-        found = db.execute("SELECT done_at, result FROM inbox WHERE id = ?", (row,)).fetchone()
-    if found is None or found[0] is None:
-        return None
-    return str(found[1] or "done")
+def _refusal(message: str) -> dict[str, Any]:
+    return {"ok": False, "outcome": "refused", "message": message}
 
 
 # -- opening a database by name ---------------------------------------------------------------
@@ -410,8 +303,8 @@ def open_storage(db: str | os.PathLike[str]) -> Readable:
         opened: Readable = postgres(db)
         opened.open()
         return opened
-    from ._readonly import ReadOnlySQLite
+    from ..storage._sqlite import SQLiteStorage
 
-    reader = ReadOnlySQLite(db)
+    reader = SQLiteStorage(db, read_only=True)
     reader.open()
     return reader
