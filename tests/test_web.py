@@ -252,3 +252,78 @@ def test_memable_web_says_what_is_wrong(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.startswith("memable: error: no SQLite database at")
+
+
+async def test_actions_say_why_nothing_was_done(
+    make_storage: StorageFactory, tmp_path: Path
+) -> None:
+    storage = make_storage()
+    async with Engine(storage, workflows=WORKFLOWS) as engine:
+        await populate(engine)
+        async with client(memable.web.app(storage, allow_actions=True)) as http:
+            page = (await http.get("/instances/order-o-1")).text
+            token = re.search(r'name="csrf" value="([^"]+)"', page)
+            assert token is not None
+            answer = await http.post(
+                "/actions/resume",
+                data={"id": "order-o-1", "csrf": token.group(1)},
+                headers={"accept": "application/json"},
+            )
+            # Only an engine applies actions, through the inbox of its SQLite file (the
+            # engine's own storage object will do, in its process); in memory there is none.
+            if isinstance(storage, SQLiteStorage):
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["message"] == "instance 'order-o-1' is running"
+            else:
+                assert answer.status_code == 409
+                assert "has no inbox" in answer.json()["error"]
+            missing = await http.post(
+                "/actions/cancel",
+                data={"id": "nope", "csrf": token.group(1)},
+                headers={"accept": "application/json"},
+            )
+            assert missing.status_code == 404
+            assert missing.json()["error"] == "no instance 'nope'"
+    if isinstance(storage, SQLiteStorage):  # the file, with no engine on it any more
+        stopped = memable.web.app(storage.path, allow_actions=True)
+        async with client(stopped) as http:
+            page = (await http.get("/instances/order-o-1")).text
+            token = re.search(r'name="csrf" value="([^"]+)"', page)
+            assert token is not None
+            answer = await http.post(
+                "/actions/signal",
+                data={"id": "order-o-1", "key": "approval:v1", "csrf": token.group(1)},
+            )
+            assert answer.status_code == 409
+            assert "no engine runs on this database" in answer.text
+
+
+async def test_a_second_signal_is_refused_with_the_engines_answer(db_path: Path) -> None:
+    async with Engine(db_path, workflows=WORKFLOWS) as engine:
+        await populate(engine)
+        app = memable.web.app(db_path, allow_actions=True)
+        async with client(app) as http:
+            page = (await http.get("/instances/order-o-2")).text
+            token = re.search(r'name="csrf" value="([^"]+)"', page)
+            assert token is not None
+            form = {"id": "order-o-2", "key": "approval:v1", "payload": "false"}
+            answer = await http.post("/actions/signal", data={**form, "csrf": token.group(1)})
+            assert answer.status_code == 409
+            assert "is completed; nothing stored" in answer.text
+            assert answer.text.startswith('<p class="problem">')
+
+
+async def test_mounted_under_a_prefix(world: tuple[Engine, Storage]) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    _, storage = world
+    outer = Starlette(routes=[Mount("/ops/memable", app=memable.web.app(storage))])
+    async with client(outer) as http:
+        page = await http.get("/ops/memable/")
+        assert page.status_code == 200
+        assert 'href="/ops/memable/instances/order-o-1"' in page.text
+        assert 'src="/ops/memable/static/htmx.min.js"' in page.text
+        assert (await http.get("/ops/memable/static/htmx.min.js")).status_code == 200
+        detail = await http.get("/ops/memable/instances/order-o-1/label:v1-0")
+        assert 'href="/ops/memable/instances/order-o-1"' in detail.text  # its parent
