@@ -297,10 +297,20 @@ class Engine:
             InstanceConflict: *instance_id* exists with another input or workflow.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.invoke(wf, "o-17", instance_id="order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         print(await invocation.wait())
+            ...         again = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         print(again.instance_id)
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
+            order-o-17
         """
         self._check_running()
         wf = self._registered(wf)
@@ -324,9 +334,19 @@ class Engine:
         """:meth:`invoke`, then :meth:`Invocation.result`.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.run(wf, "o-17")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         try:
+            ...             await engine.run(order, "o-17")
+            ...         except memable.WorkflowSuspended as exc:
+            ...             print("suspended on", exc.key)
+            >>> anyio.run(main)
+            suspended on approval:v1
         """
         invocation = await self.invoke(wf, input, instance_id=instance_id)
         return await invocation.result()
@@ -335,9 +355,18 @@ class Engine:
         """Return an :class:`Invocation` for an existing instance (checked when used).
 
         Example:
-            >>> import memable
-            >>> async def receipt(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.handle(wf, "order-o-17").result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await engine.handle(order, "order-o-17").result())
+            >>> anyio.run(main)
+            1250
         """
         check_instance_ref(instance_id)
         return self._invocation(self._registered(wf), instance_id)
@@ -353,10 +382,18 @@ class Engine:
             InstanceNotFound: no instance has this id (none is created).
 
         Example:
-            >>> import memable
-            >>> async def retry(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.resume(wf, "order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.resume(order, "order-o-17")  # replays
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
         """
         self._check_running()
         wf = self._registered(wf)
@@ -381,10 +418,18 @@ class Engine:
             SignalSuperseded: the point already has a payload, or its deadline passed.
 
         Example:
-            >>> import memable
+            >>> import anyio, memable
             >>> approval = memable.SuspendPoint("approval:v1", bool)
-            >>> async def approve(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.signal(wf, "order-o-17", approval, True)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            1250
         """
         self._check_running()
         wf = self._registered(wf)
@@ -404,9 +449,19 @@ class Engine:
             InstanceNotFound: no instance has this id.
 
         Example:
-            >>> import memable
-            >>> async def stop(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.cancel(wf, "order-o-17", reason="customer left")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await invocation.wait()
+            ...         await engine.cancel(order, "order-o-17", reason="customer left")
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Cancelled(reason='customer left')
         """
         self._check_running()
         return await self._control.cancel(self._registered(wf), instance_id, reason)
@@ -421,10 +476,20 @@ class Engine:
         status once.
 
         Example:
-            >>> import memable
-            >>> async def watch(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     async for status in engine.subscribe(wf, "order-o-17"):
-            ...         print(status.status, status.message)
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         await engine.signal(order, "order-o-17", approval, False)
+            ...         async for status in engine.subscribe(order, "order-o-17"):
+            ...             last = status
+            ...         print(last.status)
+            >>> anyio.run(main)
+            completed
         """
         self._check_running()
         wf = self._registered(wf)
@@ -441,10 +506,17 @@ class Engine:
         suspended instances are never purged.
 
         Example:
-            >>> from datetime import datetime, timedelta
-            >>> import memable
-            >>> async def clean(engine: memable.Engine) -> int:
-            ...     return await engine.purge(older_than=timedelta(days=30))
+            >>> import anyio, memable
+            >>> from datetime import timedelta
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         print(await engine.purge(older_than=timedelta(days=30)))
+            >>> anyio.run(main)
+            0
         """
         self._check_running()
         if not isinstance(typing.cast(object, older_than), timedelta) or older_than < timedelta(0):
@@ -461,9 +533,18 @@ class Engine:
             InstanceConflict: the instance belongs to another workflow.
 
         Example:
-            >>> import memable
-            >>> async def status(engine: memable.Engine, wf: memable.Workflow[str, int]) -> str:
-            ...     return (await engine.state(wf, "order-o-17")).status
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         info = await engine.state(order, "order-o-17")
+            ...         print(info.status, info.status_message, info.waiting_on)
+            >>> anyio.run(main)
+            suspended approve? ('approval:v1',)
         """
         self._check_running()
         record = await self._control.record(wf, instance_id)
@@ -494,9 +575,17 @@ class Engine:
             ValueError: a negative limit, a naive datetime, or a cursor not from ``next``.
 
         Example:
-            >>> import memable
-            >>> async def failures(engine: memable.Engine) -> list[str]:
-            ...     return [i.instance_id for i in await engine.instances(status="failed")]
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         print([i.instance_id for i in await engine.instances(status="suspended")])
+            >>> anyio.run(main)
+            ['order-o-17']
         """
         self._check_running()
         query = _inspect.query(wf, status, waiting_on, parent_id, created_after, limit, after)
@@ -514,10 +603,19 @@ class Engine:
             InstanceConflict: the instance belongs to another workflow.
 
         Example:
-            >>> import memable
-            >>> async def show(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     for step in (await engine.history(wf, "order-o-17")).steps:
-            ...         print(step.key, step.state, step.duration)
+            >>> import anyio, memable
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     async def price() -> int:
+            ...         return 1250
+            ...     return await ctx.step("price:v1", price)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.run(order, "o-17", instance_id="order-o-17")
+            ...         for step in (await engine.history(order, "order-o-17")).steps:
+            ...             print(step.key, step.state, step.attempts)
+            >>> anyio.run(main)
+            price:v1 completed 1
         """
         self._check_running()
         record = await self._control.record(wf, instance_id)

@@ -182,11 +182,20 @@ class History:
     returns to replay an instance.
 
     Example:
-        >>> import memable
-        >>> async def failures(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-        ...     history = await engine.history(wf, "order-o-17")
-        ...     for step in history.steps:
-        ...         print(step.key, step.state, step.duration, step.error)
+        >>> import anyio, memable
+        >>> @memable.workflow("order")
+        ... async def order(ctx: memable.Context, order_id: str) -> int:
+        ...     async def price() -> int:
+        ...         return 1250
+        ...     return await ctx.step("price:v1", price)
+        >>> async def main() -> None:
+        ...     async with memable.Engine(workflows=[order]) as engine:
+        ...         await engine.run(order, "o-17", instance_id="order-o-17")
+        ...         history = await engine.history(order, "order-o-17")
+        ...         for step in history.steps:
+        ...             print(step.key, step.state, step.attempts, step.value, step.error)
+        >>> anyio.run(main)
+        price:v1 completed 1 1250 None
     """
 
     instance: InstanceInfo
@@ -206,15 +215,26 @@ class Page(Sequence[T_co], Generic[T_co]):
     page.
 
     Example:
-        >>> import memable
-        >>> async def every_failure(engine: memable.Engine) -> list[str]:
-        ...     ids, after = [], None
+        >>> import anyio, memable
+        >>> @memable.workflow("noop")
+        ... async def noop(ctx: memable.Context, n: int) -> int:
+        ...     return n
+        >>> async def every_instance(engine: memable.Engine) -> list[str]:
+        ...     ids: list[str] = []
+        ...     after = None
         ...     while True:
-        ...         page = await engine.instances(status="failed", after=after)
+        ...         page = await engine.instances(limit=2, after=after)
         ...         ids += [info.instance_id for info in page]
         ...         if page.next is None:
         ...             return ids
         ...         after = page.next
+        >>> async def main() -> None:
+        ...     async with memable.Engine(workflows=[noop]) as engine:
+        ...         for n in range(5):
+        ...             await engine.run(noop, n, instance_id=f"n-{n}")
+        ...         print(await every_instance(engine))
+        >>> anyio.run(main)
+        ['n-4', 'n-3', 'n-2', 'n-1', 'n-0']
     """
 
     items: tuple[T_co, ...]

@@ -25,16 +25,22 @@ class Invocation(Generic[O]):
     """A handle on one instance: wait for it, or get its result.
 
     Example:
-        >>> import memable
-        >>> async def outcome(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-        ...     invocation = await engine.invoke(wf, "o-17")
-        ...     match await invocation.wait():
-        ...         case memable.Completed(output=n):
-        ...             print("done", n)
-        ...         case memable.Failed(error=error):
-        ...             print("failed", error)
-        ...         case _:
-        ...             print("suspended or cancelled")
+        >>> import anyio, memable
+        >>> @memable.workflow("double")
+        ... async def double(ctx: memable.Context, n: int) -> int:
+        ...     return 2 * n
+        >>> async def outcome() -> None:
+        ...     async with memable.Engine(workflows=[double]) as engine:
+        ...         invocation = await engine.invoke(double, 21)
+        ...         match await invocation.wait():
+        ...             case memable.Completed(output=n):
+        ...                 print("done", n)
+        ...             case memable.Failed(error=error):
+        ...                 print("failed", error)
+        ...             case _:
+        ...                 print("suspended or cancelled")
+        >>> anyio.run(outcome)
+        done 42
     """
 
     __slots__ = ("_failure", "_instances", "instance_id", "workflow")
@@ -61,9 +67,20 @@ class Invocation(Generic[O]):
                 down first); ``engine.resume()`` starts it.
 
         Example:
-            >>> async def show(invocation: Invocation[int]) -> None:
-            ...     print(await invocation.wait())
-            ...     print(await invocation.wait(finished=True))  # through suspensions
+            >>> import anyio, memable
+            >>> point = memable.SuspendPoint("go:v1", bool)
+            >>> @memable.workflow("wait")
+            ... async def wait(ctx: memable.Context) -> bool:
+            ...     return await ctx.suspend(point, status="say go")
+            >>> async def show() -> None:
+            ...     async with memable.Engine(workflows=[wait]) as engine:
+            ...         invocation = await engine.invoke(wait, instance_id="w-1")
+            ...         print(await invocation.wait())
+            ...         await engine.signal(wait, "w-1", point, True)
+            ...         print(await invocation.wait())
+            >>> anyio.run(show)
+            Suspended(waiting_on=('go:v1',), status='say go', children=0)
+            Completed(output=True)
         """
         while True:
             outcome = await self._wait()
@@ -106,9 +123,18 @@ class Invocation(Generic[O]):
         """Iterate over the instance's status changes (see :meth:`Engine.subscribe`).
 
         Example:
-            >>> async def watch(invocation: Invocation[int]) -> None:
-            ...     async for status in invocation.status():
-            ...         print(status.status)
+            >>> import anyio, memable
+            >>> @memable.workflow("double")
+            ... async def double(ctx: memable.Context, n: int) -> int:
+            ...     return 2 * n
+            >>> async def watch() -> None:
+            ...     async with memable.Engine(workflows=[double]) as engine:
+            ...         invocation = await engine.invoke(double, 21)
+            ...         async for status in invocation.status():  # ends when it finishes
+            ...             last = status.status
+            ...         print(last)
+            >>> anyio.run(watch)
+            completed
         """
         self._instances.check_running()
         return StatusStream(self._instances, self.workflow, self.instance_id)
@@ -124,8 +150,15 @@ class Invocation(Generic[O]):
             WorkflowCancelled: it was cancelled.
 
         Example:
-            >>> async def total(invocation: Invocation[int]) -> int:
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> @memable.workflow("double")
+            ... async def double(ctx: memable.Context, n: int) -> int:
+            ...     return 2 * n
+            >>> async def total() -> int:
+            ...     async with memable.Engine(workflows=[double]) as engine:
+            ...         return await (await engine.invoke(double, 21)).result()
+            >>> anyio.run(total)
+            42
         """
         outcome = await self.wait(finished=finished)
         match outcome:

@@ -162,10 +162,18 @@ class InstanceInfo:
     in the ``memable`` command line) they are the stored JSON values.
 
     Example:
-        >>> import memable
-        >>> async def show(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-        ...     info = await engine.state(wf, "o-1")
-        ...     print(info.status, info.status_message, info.created_at)
+        >>> import anyio, memable
+        >>> @memable.workflow("greet")
+        ... async def greet(ctx: memable.Context, name: str) -> str:
+        ...     ctx.set_status("greeting")
+        ...     return f"hello {name}"
+        >>> async def show() -> None:
+        ...     async with memable.Engine(workflows=[greet]) as engine:
+        ...         await engine.run(greet, "ada", instance_id="g-1")
+        ...         info = await engine.state(greet, "g-1")
+        ...         print(info.status, info.status_message, info.finished_at is not None)
+        >>> anyio.run(show)
+        completed greeting True
     """
 
     instance_id: str
