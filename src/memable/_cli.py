@@ -232,7 +232,7 @@ def _steer_sqlite(path: str, verb: str, instance_id: str, **request: Any) -> str
     from .storage._sqlite import InboxClient, SQLiteStorage, owner_of
 
     open_reader(path).close()  # a missing file or another kind of database: say so first
-    while True:
+    for attempt in range(3):
         owner = owner_of(path)  # before any connection of ours (see owner_of)
         if owner is not None:
             try:
@@ -247,13 +247,14 @@ def _steer_sqlite(path: str, verb: str, instance_id: str, **request: Any) -> str
         try:
             storage.open()
         except StorageError as exc:
-            if "in use by another engine" in str(exc):
+            if "in use by another engine" in str(exc) and attempt < 2:
                 continue  # an engine started meanwhile: hand it the request
             raise CliError(str(exc)) from exc
         try:
             return _direct(storage, verb, instance_id, **request)
         finally:
             storage.close()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _through_inbox(client: Any, owner: str, verb: str, instance_id: str, **request: Any) -> str:
