@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import memable
-from memable import Context, Engine, RetryPolicy, SuspendPoint
+from memable import Context, Engine, RetryPolicy, SuspendPoint, _telemetry
 from memable.storage import MemoryStorage
 
 from .helpers import StorageFactory
@@ -29,21 +28,21 @@ APPROVAL = SuspendPoint("approval:v1", bool)
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-@pytest.fixture(scope="session")
-def exporter() -> InMemorySpanExporter:
-    """One SDK tracer provider for the session (OpenTelemetry allows setting it once)."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    trace.set_tracer_provider(provider)
-    return memory
+@pytest.fixture
+def provider(monkeypatch: pytest.MonkeyPatch) -> TracerProvider:
+    """An SDK tracer provider for memable's spans in this test only (the global provider
+    can be set once per process, and would then trace every later test)."""
+    sdk = TracerProvider()
+    monkeypatch.setattr(_telemetry, "enabled", lambda: True)
+    monkeypatch.setattr(_telemetry, "tracer", lambda: sdk.get_tracer("memable"))
+    return sdk
 
 
 @pytest.fixture
-def spans(exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
-    exporter.clear()
-    yield exporter
-    exporter.clear()
+def spans(provider: TracerProvider) -> InMemorySpanExporter:
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return memory
 
 
 def named(finished: tuple[ReadableSpan, ...], prefix: str) -> list[ReadableSpan]:
@@ -69,13 +68,13 @@ def make_order(flaky: list[bool]) -> memable.Workflow[int, str]:
 
 
 async def test_spans_of_a_run_and_of_its_resumption(
-    make_storage: StorageFactory, spans: InMemorySpanExporter
+    make_storage: StorageFactory, spans: InMemorySpanExporter, provider: TracerProvider
 ) -> None:
     """The first run is the invoke span's child; the run a signal resumes is a trace of
     its own, linked to the invoke and the signal spans; executed steps have spans (with
     their attempts), replayed steps are only counted."""
     order = make_order([True])  # charge fails once, then succeeds
-    tracer = trace.get_tracer("test")
+    tracer = provider.get_tracer("test")
     async with Engine(make_storage(), workflows=[order]) as engine:
         with tracer.start_as_current_span("request"):
             invocation = await engine.invoke(order, 3, instance_id="o1")
@@ -268,15 +267,19 @@ async def test_no_log_work_when_the_level_is_off(caplog: pytest.LogCaptureFixtur
     assert [r for r in caplog.records if r.name == "memable"] == []
 
 
-def test_without_opentelemetry_nothing_is_imported(tmp_path: Path) -> None:
-    """With OpenTelemetry absent (blocked), a workflow runs and nothing of it is loaded."""
+@pytest.mark.parametrize("otel", ["absent", "api only"])
+def test_without_an_sdk_no_span_is_made(tmp_path: Path, otel: str) -> None:
+    """OpenTelemetry absent (blocked): a workflow runs and none of it is loaded. The API
+    without an SDK (no tracer provider set): memable makes no span at all."""
+    block = 'sys.modules["opentelemetry"] = None' if otel == "absent" else ""
     script = tmp_path / "run.py"
     script.write_text(
         textwrap.dedent(
-            """
+            f"""
             import sys
-            sys.modules["opentelemetry"] = None  # as if it were not installed
+            {block}
             import anyio, memable
+            from memable import _telemetry
 
             async def one() -> int:
                 return 1
@@ -290,8 +293,9 @@ def test_without_opentelemetry_nothing_is_imported(tmp_path: Path) -> None:
                     return await engine.run(w)
 
             assert anyio.run(main) == 1
-            loaded = [m for m in sys.modules if m.startswith("opentelemetry.")]
-            print("loaded:", loaded)
+            assert not _telemetry.enabled()
+            assert _telemetry.span("x", {{}}) is _telemetry.NULL
+            print("loaded:", [m for m in sys.modules if m.startswith("opentelemetry.")])
             """
         )
     )
@@ -302,4 +306,7 @@ def test_without_opentelemetry_nothing_is_imported(tmp_path: Path) -> None:
         check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "loaded: []"
+    if otel == "absent":
+        assert done.stdout.strip() == "loaded: []"
+    else:
+        assert "opentelemetry.sdk" not in done.stdout

@@ -102,7 +102,7 @@ class Steps:
                     "memable.workflow": self._run.workflow.name,
                 },
             )
-            if _telemetry.installed()
+            if _telemetry.enabled()
             else _telemetry.NULL
         )
         with scope as span:

@@ -1,6 +1,7 @@
 """OpenTelemetry spans for runs, executed steps, suspensions, signals, timers and
-fan-outs — when ``opentelemetry-api`` is installed (``memable[otel]``); otherwise this
-module imports nothing and every call here returns at once.
+fan-outs — when ``opentelemetry-api`` is installed (``memable[otel]``) and a tracer
+provider (an SDK) is set; otherwise this module imports nothing (or, with the API alone,
+makes no span) and every call here returns at once.
 
 Replay never multiplies telemetry: a step span exists only when its body runs; a run
 counts its replayed steps in ``memable.steps.replayed``. The W3C ``traceparent`` of the
@@ -20,6 +21,7 @@ from typing import Any, Final
 
 __all__ = [
     "NULL",
+    "enabled",
     "installed",
     "current_context",
     "current_traceparent",
@@ -37,6 +39,17 @@ def installed() -> bool:
         return importlib.util.find_spec("opentelemetry") is not None
     except (ImportError, ValueError):  # blocked (None in sys.modules) or broken
         return False
+
+
+def enabled() -> bool:
+    """Whether spans are made: OpenTelemetry is installed and a tracer provider (an SDK)
+    is set. With the API alone every span would be a no-op: none is made at all."""
+    if not installed():
+        return False
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 #: What :func:`span` gives without OpenTelemetry: a reusable context that yields None.
@@ -69,7 +82,7 @@ def span(
     block are not recorded here (a suspension unwinds by cancellation): see
     :func:`failed`.
     """
-    if not installed():
+    if not enabled():
         return NULL
     return _span(name, attributes, parent=parent, links=links, root=root, kind=kind)
 
