@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, final
 
 import attrs
 
 from .._exceptions import StorageError
-from .._records import History, InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
+from .._records import (
+    History,
+    InstanceRecord,
+    InstanceState,
+    QueueRecord,
+    ScheduleRecord,
+    SignalRecord,
+    StepRecord,
+    TimerRecord,
+)
+from .._state import FINISHED
 from .._tx import COLUMNS, Guard
 from ._base import RuleStorage, family_ids
 
@@ -38,6 +48,7 @@ class MemoryStorage(RuleStorage):
         self._lock = threading.RLock()
         self._instances: dict[str, InstanceRecord] = {}
         self._tables: dict[str, _Rows] = {"steps": {}, "signals": {}, "timers": {}}
+        self._named: dict[str, dict[str, Any]] = {"queues": {}, "schedules": {}}  # by name
         self._undo: list[Callable[[], None]] | None = None
         self._owned = False
 
@@ -99,16 +110,11 @@ class MemoryStorage(RuleStorage):
         self, *, finished_before: float, workflow: str | None, exclude: Sequence[str], limit: int
     ) -> list[str]:
         with self._lock:
-            return [
-                r.instance_id
-                for r in self._instances.values()
-                if r.parent_id is None
-                and r.finished_at is not None
-                and r.finished_at < finished_before
-                and r.status in ("completed", "failed", "cancelled")
-                and workflow in (None, r.workflow)
-                and r.workflow not in exclude
-            ][:limit]
+            found = [r.instance_id for r in self._instances.values()
+                     if r.parent_id is None and r.finished_at is not None
+                     and r.finished_at < finished_before and r.status in FINISHED
+                     and workflow in (None, r.workflow) and r.workflow not in exclude]  # fmt: skip
+        return found[:limit]
 
     # -- the transaction primitives ---------------------------------------------------------
 
@@ -218,6 +224,26 @@ class MemoryStorage(RuleStorage):
             for table in self._tables.values():
                 self._set(table, member, None)
             self._set(self._instances, member, None)
+
+    def queue(self, name: str) -> QueueRecord | None:
+        return self._named["queues"].get(name)  # the lock of the transaction holds it
+
+    def put_queue(self, row: QueueRecord) -> None:
+        self._set(self._named["queues"], row.name, row)
+
+    def running_count(self, queue: str) -> int:
+        return sum(r.queue == queue and r.status == "running" for r in self._instances.values())
+
+    def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
+        found = [r for r in self._instances.values() if r.queue == queue
+                 and r.status == "enqueued" and r.workflow in workflows]  # fmt: skip
+        return sorted(found, key=lambda r: (-r.priority, r.created_at, r.instance_id))[:limit]
+
+    def schedule(self, name: str) -> ScheduleRecord | None:
+        return self._named["schedules"].get(name)
+
+    def put_schedule(self, row: ScheduleRecord) -> None:
+        self._set(self._named["schedules"], row.name, row)
 
 
 MemoryStorage.__module__ = "memable.storage"
