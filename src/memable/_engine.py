@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -24,6 +23,7 @@ from ._durations import seconds
 from ._exceptions import (
     InstanceConflict,
     InstanceNotFound,
+    MemableError,
     NotStarted,
     SignalRejected,
     SignalSuperseded,
@@ -31,16 +31,20 @@ from ._exceptions import (
 from ._ids import root_of
 from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store, outcome_of
-from ._keys import check_instance_ref, check_key, check_text, new_instance_id
+from ._keys import check_instance_ref, check_text
 from ._outcome import InstanceInfo, Outcome
+from ._queues import Admitter, Queue
 from ._records import (
     InstanceRecord,
     InstanceState,
+    SignalOutcome,
     SignalRecord,
 )
 from ._retry import RetryPolicy
 from ._runner import Runner
+from ._schedule import Schedule, Ticker
 from ._serde import Serde
+from ._starter import NOTHING, Starter
 from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
@@ -58,9 +62,6 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 logger = logging.getLogger("memable")
-
-_NOTHING: Final = object()
-
 
 _Phase = Literal["new", "running", "closing", "closed"]
 
@@ -92,6 +93,8 @@ class Engine:
             own; the global converter is never used).
         clock: The source of stored time (UTC); :class:`memable.testing` has a controllable
             one.
+        queues: Queues whose instances this engine starts (see :meth:`enqueue`).
+        schedules: Schedules this engine runs (their workflows are registered).
 
     Example:
         >>> import anyio, memable
@@ -118,6 +121,8 @@ class Engine:
         retention: timedelta | None = None,
         converter: cattrs.Converter | None = None,
         clock: Clock | None = None,
+        queues: Iterable[Queue] = (),
+        schedules: Iterable[Schedule[Any]] = (),
     ) -> None:
         if isinstance(storage, str | os.PathLike):
             from .storage._sqlite import SQLiteStorage  # loaded on first use
@@ -131,7 +136,6 @@ class Engine:
         if retention is not None and seconds(retention, "retention") <= 0:
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
         self._retention = retention
-        self._last_id = 0  # the timestamp of the last generated instance id
         self._storage = storage
         self._resume_on_start = resume_on_start
         self._registry = Registry()
@@ -144,6 +148,9 @@ class Engine:
         )
         self._runner = Runner(self._kernel)
         self._timers = TimerScheduler(self._kernel, self._runner.claimed)
+        self._admitter = Admitter(self._kernel, self._runner.claimed)
+        self._ticker = Ticker(self._kernel, self._runner.claimed)
+        self._starter = Starter(self._kernel, self._runner, self._admitter)
         self._phase: _Phase = "new"
         self._stack = contextlib.AsyncExitStack()
         self._abort = False  # leaving the block by an exception: no grace period
@@ -159,6 +166,11 @@ class Engine:
         )
         for wf in workflows:
             self.register(wf)
+        for queue in queues:
+            self._admitter.add(queue)
+        for schedule in schedules:
+            self.register(schedule.workflow)
+            self._ticker.add(schedule)
 
     def __repr__(self) -> str:
         return f"<memable.Engine storage={self._storage!r} phase={self._phase}>"
@@ -181,6 +193,8 @@ class Engine:
             # system tasks, then the writer commits what is queued, then storage closes.
             stack.push_async_callback(self._close_storage)
             await kernel.store.call(self._storage.open)
+            await self._admitter.store_limits()  # queues and schedules are stored at once,
+            await self._ticker.store_rows()  # so a schedule's first tick is after the start
             kernel.committer = GroupCommitter(self._storage.commit, limiter)
             writer = await stack.enter_async_context(anyio.create_task_group())
             writer.start_soon(kernel.committer.run, name="memable writer")
@@ -190,6 +204,8 @@ class Engine:
             stack.callback(kernel.status.close)
             system.start_soon(self._timers.run, name="memable timers")
             system.start_soon(heal, kernel, self._runner, name="memable healer")
+            system.start_soon(self._admitter.run, name="memable queues")
+            system.start_soon(self._ticker.run, name="memable schedules")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -207,7 +223,7 @@ class Engine:
         self._phase = "running"
         if self._resume_on_start:
             try:
-                await self._recover()
+                await self._runner.recover()
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
@@ -237,20 +253,15 @@ class Engine:
         instances.cancel_scope.cancel()
 
     def _timers_settled(self) -> bool:
-        """Whether no timer is due that the scheduler has not fired (for ManualClock)."""
-        return self._phase != "running" or self._timers.settled()
+        """Whether no timer, queue or schedule has work due at the clock's time that the
+        engine has not done (for ManualClock)."""
+        return self._phase != "running" or (
+            self._timers.settled() and self._admitter.settled() and self._ticker.settled()
+        )
 
     async def _close_storage(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._kernel.store.call(self._storage.close)
-
-    async def _recover(self) -> None:
-        records = await self._kernel.store.running()
-        for record in records:
-            if record.parent_id is None:  # children are driven by their parent
-                self._runner.claimed(record)
-        if records:
-            logger.info("recovering %d running instances", len(records))
 
     # -- registration -----------------------------------------------------------------------
 
@@ -288,7 +299,7 @@ class Engine:
     ) -> Invocation[O]: ...
 
     async def invoke(
-        self, wf: Workflow[Any, O], input: Any = _NOTHING, /, *, instance_id: str | None = None
+        self, wf: Workflow[Any, O], input: Any = NOTHING, /, *, instance_id: str | None = None
     ) -> Invocation[O]:
         """Start an instance of *wf* with *input*; return its :class:`Invocation`.
 
@@ -311,66 +322,90 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        if wf.takes_input and input is _NOTHING:
-            raise TypeError(f"workflow {wf.name!r} takes an input; pass it to invoke()")
-        if not wf.takes_input:
-            if input is not _NOTHING and input is not None:
-                raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
-            input = None
-        generated = instance_id is None
-        if instance_id is None:
-            now_ns = int(self._kernel.now() * 1_000_000) * 1000
-            instance_id, self._last_id = new_instance_id(now_ns, self._last_id)
-        else:
-            check_key(instance_id, "instance id")
-        input_type, _ = wf.types()
-        envelope = self._kernel.serde.encode(
-            input, input_type, "input", f"the input of workflow {wf.name!r}"
-        )
-        now = self._kernel.now()
-        record = InstanceRecord(
-            instance_id=instance_id,
-            workflow=wf.name,
-            status="running",
-            input=envelope,
-            created_at=now,
-            updated_at=now,
-        )
-        run = self._runner.reserve(instance_id, wf)
-        run.pending += 1
-        try:
-            with anyio.CancelScope(shield=True):  # what storage answers must be acted on
-                if generated:
-                    # A generated id is new (a timestamp and 48 random bits), so its row joins
-                    # the group commit instead of taking a transaction of its own.
-                    await self._kernel.write([record])
-                    stored, created = record, True
-                else:
-                    stored, created = await self._kernel.store.create(record)
-        except BaseException:
-            run.pending -= 1
-            self._runner.release(run)  # nothing was created: drop the reservation
-            raise
-        run.pending -= 1
-        if created:
-            run.fresh = True
-            self._runner.start(run, stored)
-        else:
-            self._runner.release(run)
-            if stored.workflow != wf.name:
-                raise InstanceConflict(
-                    f"instance id {instance_id!r} belongs to workflow {stored.workflow!r},"
-                    f" not {wf.name!r}"
-                )
-            if json.loads(stored.input)["value"] != json.loads(envelope)["value"]:
-                raise InstanceConflict(
-                    f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
-                    " use another instance_id, or the same input to attach to it"
-                )
+        instance_id = await self._starter.start(wf, input, instance_id)
         return self._invocation(wf, instance_id)
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         return Invocation(self._instances, wf, instance_id)
+
+    # -- queues -----------------------------------------------------------------------------
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[None, O],
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[I, O],
+        input: I,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[Any, O],
+        input: Any = NOTHING,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]:
+        """Record an instance of *wf* as ``enqueued`` in *queue*; it starts when the
+        queue's limits allow, highest *priority* (an int) first, then oldest. Idempotent by
+        *instance_id* like :meth:`invoke`; from now on this engine admits for *queue*.
+
+        Example:
+            >>> import memable
+            >>> emails = memable.Queue("emails", concurrency=10)
+            >>> async def send(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
+            ...     invocation = await engine.enqueue(emails, wf, "hello", priority=5)
+            ...     return await invocation.result()
+        """
+        self._check_running()
+        wf = self._registered(wf)
+        instance_id = await self._starter.start(
+            wf, input, instance_id, queue=queue, priority=priority
+        )
+        return self._invocation(wf, instance_id)
+
+    async def pause_queue(self, queue: Queue | str) -> None:
+        """Start no more instances of *queue* in any engine on this database (stored,
+        until :meth:`resume_queue`); enqueuing goes on, running instances run on.
+
+        Raises:
+            ValueError: the queue has never been used with this database.
+
+        Example:
+            >>> import memable
+            >>> async def hold(engine: memable.Engine) -> None:
+            ...     await engine.pause_queue("emails")
+        """
+        self._check_running()
+        await self._admitter.pause(queue, True)
+
+    async def resume_queue(self, queue: Queue | str) -> None:
+        """Start instances of a paused *queue* again (see :meth:`pause_queue`).
+
+        Example:
+            >>> import memable
+            >>> async def release(engine: memable.Engine) -> None:
+            ...     await engine.resume_queue("emails")
+        """
+        self._check_running()
+        await self._admitter.pause(queue, False)
 
     @overload
     async def run(self, wf: Workflow[None, O], /, *, instance_id: str | None = None) -> O: ...
@@ -381,7 +416,7 @@ class Engine:
     ) -> O: ...
 
     async def run(
-        self, wf: Workflow[Any, O], input: Any = _NOTHING, /, *, instance_id: str | None = None
+        self, wf: Workflow[Any, O], input: Any = NOTHING, /, *, instance_id: str | None = None
     ) -> O:
         """:meth:`invoke`, then :meth:`Invocation.result`.
 
@@ -476,27 +511,12 @@ class Engine:
         )
         await self._record(wf, instance_id)  # unknown id or another workflow: nothing stored
         outcome, record = await self._kernel.store.signal(signal)
-        match outcome:
-            case "not_found":
-                raise InstanceNotFound(f"no instance {instance_id!r}")
-            case "finished":
-                assert record is not None
-                raise SignalRejected(point.key, f"instance {instance_id!r} is {record.status}")
-            case "superseded":
-                raise SignalSuperseded(
-                    point.key,
-                    f"suspend point {point.key!r} of instance {instance_id!r} already has a"
-                    " payload (another signal came first); this one is not used",
-                )
-            case "timed_out":
-                raise SignalSuperseded(
-                    point.key,
-                    f"the deadline of suspend point {point.key!r} of instance {instance_id!r}"
-                    " passed before this signal; it is not used",
-                )
-            case "claimed":
-                assert record is not None
-                self._runner.claimed(record)
+        refused = _signal_refused(outcome, record, point.key, instance_id)
+        if refused is not None:
+            raise refused
+        if outcome == "claimed":
+            assert record is not None
+            self._runner.claimed(record)
         return self._invocation(wf, instance_id)
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> bool:
@@ -645,30 +665,60 @@ class Engine:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _check_running(self) -> None:
-        if self._phase != "running":
-            raise NotStarted(
-                f"the engine is {self._phase}; use it inside 'async with engine:'"
-                if self._phase != "new"
-                else "the engine has not started; use it inside 'async with engine:'"
-            )
-        assert self._owner is not None
-        thread, token = self._owner
-        if threading.get_ident() != thread:
-            raise RuntimeError(
-                "this Engine runs in another thread; call it from the thread (and event loop)"
-                " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
-            )
-        try:
-            current = anyio.lowlevel.current_token()
-        except RuntimeError:
-            current = None
-        if current != token:
-            raise RuntimeError(
-                "this Engine runs on another event loop; call it from the event loop that"
-                " entered 'async with engine:'"
-            )
+        _check_owner(self._phase, self._owner)
 
 
 def kernel_of(engine: Engine) -> Kernel:
     """The kernel of *engine*, for :mod:`memable.testing` (its test hooks) only."""
     return engine._kernel
+
+
+def _check_owner(phase: _Phase, owner: tuple[int, object] | None) -> None:
+    """Refuse a call unless the engine runs, on this thread and event loop."""
+    if phase != "running":
+        raise NotStarted(
+            f"the engine is {phase}; use it inside 'async with engine:'"
+            if phase != "new"
+            else "the engine has not started; use it inside 'async with engine:'"
+        )
+    assert owner is not None
+    thread, token = owner
+    if threading.get_ident() != thread:
+        raise RuntimeError(
+            "this Engine runs in another thread; call it from the thread (and event loop)"
+            " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
+        )
+    try:
+        current = anyio.lowlevel.current_token()
+    except RuntimeError:
+        current = None
+    if current != token:
+        raise RuntimeError(
+            "this Engine runs on another event loop; call it from the event loop that"
+            " entered 'async with engine:'"
+        )
+
+
+def _signal_refused(
+    outcome: SignalOutcome, record: InstanceRecord | None, key: str, instance_id: str
+) -> MemableError | None:
+    """The error a signal's caller gets for *outcome*, if it was not taken."""
+    match outcome:
+        case "not_found":
+            return InstanceNotFound(f"no instance {instance_id!r}")
+        case "finished":
+            assert record is not None
+            return SignalRejected(key, f"instance {instance_id!r} is {record.status}")
+        case "superseded":
+            return SignalSuperseded(
+                key,
+                f"suspend point {key!r} of instance {instance_id!r} already has a"
+                " payload (another signal came first); this one is not used",
+            )
+        case "timed_out":
+            return SignalSuperseded(
+                key,
+                f"the deadline of suspend point {key!r} of instance {instance_id!r}"
+                " passed before this signal; it is not used",
+            )
+    return None

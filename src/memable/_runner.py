@@ -56,7 +56,14 @@ class Runner:
         self._troubled: set[str] = set()  # runs that ended because storage failed
 
     def claimed(self, record: InstanceRecord) -> None:
-        """Run an instance stored as ``running``: recovered, or just claimed."""
+        """Run an instance stored as ``running``: recovered, or just claimed.
+
+        An instance of a queue that was claimed back to ``enqueued`` waits for admission.
+        """
+        if record.status == "enqueued":
+            if record.queue is not None:
+                self._kernel.wake_queue(record.queue)
+            return
         wf = self._kernel.registry.get(record.workflow)
         if wf is None:
             logger.warning(
@@ -72,6 +79,15 @@ class Runner:
             run.rerun = True  # still ending its suspended pass: it goes again
             return
         self.start(self.reserve(record.instance_id, wf), record)
+
+    async def recover(self) -> None:
+        """Run every top-level instance stored as ``running`` (at engine start)."""
+        records = await self._kernel.store.running()
+        for record in records:
+            if record.parent_id is None:  # children are driven by their parent
+                self.claimed(record)
+        if records:
+            logger.info("recovering %d running instances", len(records))
 
     def live(self, instance_id: str) -> Run | None:
         """The run of *instance_id* if a task of this engine runs it."""
@@ -115,6 +131,7 @@ class Runner:
     async def drive(self, run: Run, record: InstanceRecord) -> None:
         """Run one instance to its end, suspension or shutdown, healing after storage errors."""
         backoff = Backoff()
+        queue = record.queue
         try:
             run.status_message = record.status_message
             while True:
@@ -136,6 +153,8 @@ class Runner:
             if self.runs.get(run.instance_id) is run:
                 del self.runs[run.instance_id]
             run.finished.set()
+            if queue is not None:  # its slot may be free: the next one starts at once
+                self._kernel.wake_queue(queue)
 
     async def _reread(self, run: Run, backoff: Backoff) -> InstanceRecord | None:
         while True:

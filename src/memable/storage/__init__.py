@@ -14,16 +14,20 @@ Example:
 
 from typing import TYPE_CHECKING
 
+from .._records import Admission as Admission
 from .._records import History as History
 from .._records import InstanceRecord as InstanceRecord
 from .._records import InstanceState as InstanceState
 from .._records import InstanceUpdate as InstanceUpdate
+from .._records import QueueRecord as QueueRecord
+from .._records import ScheduleRecord as ScheduleRecord
 from .._records import SignalDrop as SignalDrop
 from .._records import SignalOutcome as SignalOutcome
 from .._records import SignalRecord as SignalRecord
 from .._records import StepRecord as StepRecord
 from .._records import TimerRecord as TimerRecord
 from .._records import Write as Write
+from ._protocol import QueueStorage as QueueStorage
 from ._protocol import Storage as Storage
 
 if TYPE_CHECKING:
@@ -31,12 +35,16 @@ if TYPE_CHECKING:
     from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
+    "Admission",
     "History",
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
     "MemoryStorage",
+    "QueueRecord",
+    "QueueStorage",
     "SQLiteStorage",
+    "ScheduleRecord",
     "SignalDrop",
     "SignalOutcome",
     "SignalRecord",
@@ -47,9 +55,13 @@ __all__ = [
 ]
 
 for _name in (
+    "Admission",
     "History",
     "InstanceRecord",
     "InstanceUpdate",
+    "QueueRecord",
+    "QueueStorage",
+    "ScheduleRecord",
     "SignalDrop",
     "SignalRecord",
     "StepRecord",
