@@ -94,7 +94,8 @@ async def test_restarts_keep_queued_work_and_the_limit(make_storage: StorageFact
             await engine.enqueue(queue, wf, i, instance_id=instance_id)
         while flight.now < 2:
             await anyio.sleep(0.001)
-    assert flight.now == 0 and flight.peak == 2  # the two running were cancelled by shutdown
+    assert flight.now == 0  # the two running were cancelled by shutdown
+    assert flight.peak == 2
     for _ in range(2):  # a restart that finishes a few, then stops again
         async with Engine(
             make_storage(), workflows=[wf], queues=[queue], shutdown_timeout=0
@@ -286,15 +287,15 @@ async def test_bad_queue_input_is_refused() -> None:
         Queue("a/b")
 
     @memable.workflow("noop")
-    async def noop(ctx: Context) -> None:
-        pass
+    async def noop(ctx: Context) -> int:
+        return 1
 
     queue = Queue("q", concurrency=1)
     async with Engine(workflows=[noop], queues=[queue]) as engine:
         with pytest.raises(TypeError, match="priority"):
-            await engine.enqueue(queue, noop, priority="high")  # type: ignore[arg-type]
+            await engine.enqueue(queue, noop, priority="high")  # type: ignore[call-overload]
         with pytest.raises(ValueError, match="already defined"):
             await engine.enqueue(Queue("q", concurrency=2), noop)
         with pytest.raises(ValueError, match="no queue 'nope'"):
             await engine.pause_queue("nope")
-        assert await (await engine.enqueue(Queue("q", concurrency=1), noop)).result() is None
+        assert await (await engine.enqueue(Queue("q", concurrency=1), noop)).result() == 1
