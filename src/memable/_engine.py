@@ -227,6 +227,7 @@ class Engine:
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
+        self._kernel.recovered.set()  # queues and schedules start what is due from now on
         return self
 
     async def __aexit__(

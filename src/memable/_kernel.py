@@ -252,6 +252,7 @@ class Kernel:
         "committer",
         "crash_points",
         "points",
+        "recovered",
         "registry",
         "retry",
         "serde",
@@ -281,6 +282,7 @@ class Kernel:
         self.wake_timers: Callable[[float], None] = lambda deadline: None
         # Admission of a queue may start something: a slot freed, or work came back.
         self.wake_queue: Callable[[str], None] = lambda name: None
+        self.recovered = anyio.Event()  # set once the engine has re-run its running instances
         self._alarm = anyio.Event()
         self._healed = anyio.Event()  # unset from trouble() to the end of the next re-scan
         self._healed.set()

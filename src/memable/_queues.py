@@ -161,6 +161,7 @@ class Admitter:
 
     async def run(self) -> None:
         kernel = self._kernel
+        await kernel.recovered.wait()  # what it starts is never mistaken for a recovery
         while True:
             try:
                 await self.store_limits()

@@ -236,6 +236,7 @@ class Ticker:
         if not self._schedules:
             return
         kernel = self._kernel
+        await kernel.recovered.wait()  # what it starts is never mistaken for a recovery
         while True:
             try:
                 await self.store_rows()
