@@ -43,6 +43,7 @@ def test_every_export_is_importable_and_says_memable() -> None:
         "ManualClock",
         "MemoryStorage",
         "crash_at",
+        "run_until_suspended",
     }
 
 

@@ -163,7 +163,7 @@ def test_a_row_whose_id_is_not_utf8(path: Path, caplog: pytest.LogCaptureFixture
 
 def test_missing_times_are_corrupt() -> None:
     """A NULL where a time must be (possible in a hand-rebuilt table) is corrupt too."""
-    row = ("x", "wf", "running", None, INPUT, None, None, None, "[]", None, 1.0, None, None, 0)
+    row = ("x", "wf", "running", None, INPUT, None, None, None, "[]", None, 1.0, None)
     with pytest.raises(memable.StorageError, match="created_at is None, not a time"):
         _instance(row)
 

@@ -10,7 +10,7 @@ import types
 import typing
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
@@ -19,32 +19,23 @@ import attrs
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
+from ._control import NOTHING, Control
 from ._durations import seconds
 from ._exceptions import (
-    InstanceConflict,
-    InstanceNotFound,
-    MemableError,
     NotStarted,
-    SignalRejected,
-    SignalSuperseded,
 )
-from ._ids import root_of
 from ._invocation import Invocation
-from ._kernel import Kernel, Registry, Store, outcome_of
-from ._keys import check_instance_ref, check_text
-from ._outcome import InstanceInfo, Outcome
+from ._kernel import Kernel, Registry, Store
+from ._keys import check_instance_ref
+from ._outcome import InstanceInfo
 from ._queues import Admitter, Queue
 from ._records import (
-    InstanceRecord,
     InstanceState,
-    SignalOutcome,
-    SignalRecord,
 )
 from ._retry import RetryPolicy
 from ._runner import Runner
 from ._schedule import Schedule, Ticker
 from ._serde import Serde
-from ._starter import NOTHING, Starter
 from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
@@ -64,9 +55,6 @@ T = TypeVar("T")
 logger = logging.getLogger("memable")
 
 _Phase = Literal["new", "running", "closing", "closed"]
-
-#: What ``resume`` restarts: a failed instance, and one stuck running or suspended.
-_RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
 
 
 @final
@@ -150,7 +138,7 @@ class Engine:
         self._timers = TimerScheduler(self._kernel, self._runner.claimed)
         self._admitter = Admitter(self._kernel, self._runner.claimed)
         self._ticker = Ticker(self._kernel, self._runner.claimed)
-        self._starter = Starter(self._kernel, self._runner, self._admitter)
+        self._control = Control(self._kernel, self._runner, self._admitter)
         self._phase: _Phase = "new"
         self._stack = contextlib.AsyncExitStack()
         self._abort = False  # leaving the block by an exception: no grace period
@@ -159,9 +147,9 @@ class Engine:
             status=self._kernel.status,
             runs=self._runner.runs,
             check_running=self._check_running,
-            record=self._record,
-            outcome=self._outcome,
-            live_message=self._live_message,
+            record=self._control.record,
+            outcome=self._control.outcome,
+            live_message=self._control.live_message,
             settle=self._kernel.settle,
         )
         for wf in workflows:
@@ -323,7 +311,7 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        instance_id = await self._starter.start(wf, input, instance_id)
+        instance_id = await self._control.start(wf, input, instance_id)
         return self._invocation(wf, instance_id)
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
@@ -377,7 +365,7 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        instance_id = await self._starter.start(
+        instance_id = await self._control.start(
             wf, input, instance_id, queue=queue, priority=priority
         )
         return self._invocation(wf, instance_id)
@@ -458,24 +446,8 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        check_instance_ref(instance_id)
-        invocation = self._invocation(wf, instance_id)
-        if self._runner.live(instance_id) is not None:
-            return invocation
-        record = await self._record(wf, instance_id)
-        if record.parent_id is not None:
-            # A child runs inside its parent: resuming it resumes its top-level instance.
-            root = await self._kernel.store.get(root_of(instance_id))
-            root_wf = None if root is None else self._registry.get(root.workflow)
-            if root is not None and root_wf is not None:
-                await self.resume(root_wf, root.instance_id)
-            return invocation
-        if record.status not in _RESUMABLE:
-            return invocation
-        restarted = await self._kernel.store.restart(instance_id, _RESUMABLE, self._kernel.now())
-        if restarted is not None:
-            self._runner.claimed(restarted)
-        return invocation
+        await self._control.resume(wf, instance_id)
+        return self._invocation(wf, instance_id)
 
     # -- signals, cancellation, status -------------------------------------------------------
 
@@ -502,22 +474,7 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        check_instance_ref(instance_id)
-        self._kernel.check_point(wf, point)
-        envelope = self._kernel.serde.encode(
-            payload, point.payload_type, point.key, f"the payload of signal {point.key!r}"
-        )
-        signal = SignalRecord(
-            instance_id=instance_id, key=point.key, payload=envelope, created_at=self._kernel.now()
-        )
-        await self._record(wf, instance_id)  # unknown id or another workflow: nothing stored
-        outcome, record = await self._kernel.store.signal(signal)
-        refused = _signal_refused(outcome, record, point.key, instance_id)
-        if refused is not None:
-            raise refused
-        if outcome == "claimed":
-            assert record is not None
-            self._runner.claimed(record)
+        await self._control.signal(wf, instance_id, point, payload)
         return self._invocation(wf, instance_id)
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> bool:
@@ -538,19 +495,7 @@ class Engine:
             ...     await engine.cancel(wf, "order-o-17", reason="customer left")
         """
         self._check_running()
-        wf = self._registered(wf)
-        check_text(reason, f"the cancel reason for {instance_id!r}")
-        record = await self._record(wf, instance_id)
-        before, to_run = await self._kernel.store.cancel(instance_id, reason, self._kernel.now())
-        if before is None:
-            return False  # already finished
-        prefix = record.instance_id + "/"
-        for run_id in [i for i in self._runner.runs if i == instance_id or i.startswith(prefix)]:
-            self._runner.cancel_live(run_id, reason)
-        self._kernel.status.publish(record.instance_id, "cancelled", reason)
-        if to_run is not None:  # a parent waited for this child: it runs on
-            self._runner.claimed(to_run)
-        return True
+        return await self._control.cancel(self._registered(wf), instance_id, reason)
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
@@ -571,10 +516,6 @@ class Engine:
         wf = self._registered(wf)
         check_instance_ref(instance_id)
         return StatusStream(self._instances, wf, instance_id)
-
-    def _live_message(self, record: InstanceRecord) -> str | None:
-        run = self._runner.live(record.instance_id)
-        return record.status_message if run is None else run.status_message
 
     # -- retention --------------------------------------------------------------------------
 
@@ -611,9 +552,9 @@ class Engine:
             ...     return (await engine.state(wf, "order-o-17")).status
         """
         self._check_running()
-        record = await self._record(wf, instance_id)
+        record = await self._control.record(wf, instance_id)
         info = InstanceInfo.from_record(record)
-        message = self._live_message(record)
+        message = self._control.live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
         )
@@ -641,27 +582,6 @@ class Engine:
             limit=limit,
         )
         return [InstanceInfo.from_record(record) for record in records]
-
-    async def _record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
-        check_instance_ref(instance_id)
-        record = await self._kernel.store.get(instance_id)
-        if record is None:
-            raise InstanceNotFound(f"no instance {instance_id!r}")
-        if record.workflow != wf.name and not (
-            record.parent_id is not None and await self._root_is(instance_id, wf)
-        ):
-            raise InstanceConflict(
-                f"instance {instance_id!r} belongs to workflow {record.workflow!r}, not {wf.name!r}"
-            )
-        return record
-
-    async def _root_is(self, instance_id: str, wf: Workflow[Any, Any]) -> bool:
-        """Whether the top-level ancestor of a child instance is an instance of *wf*."""
-        root = await self._kernel.store.get(root_of(instance_id))
-        return root is not None and root.workflow == wf.name
-
-    def _outcome(self, wf: Workflow[Any, O], record: InstanceRecord) -> Outcome[O] | None:
-        return outcome_of(record, self._kernel.serde, wf)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -698,28 +618,3 @@ def _check_owner(phase: _Phase, owner: tuple[int, object] | None) -> None:
             "this Engine runs on another event loop; call it from the event loop that"
             " entered 'async with engine:'"
         )
-
-
-def _signal_refused(
-    outcome: SignalOutcome, record: InstanceRecord | None, key: str, instance_id: str
-) -> MemableError | None:
-    """The error a signal's caller gets for *outcome*, if it was not taken."""
-    match outcome:
-        case "not_found":
-            return InstanceNotFound(f"no instance {instance_id!r}")
-        case "finished":
-            assert record is not None
-            return SignalRejected(key, f"instance {instance_id!r} is {record.status}")
-        case "superseded":
-            return SignalSuperseded(
-                key,
-                f"suspend point {key!r} of instance {instance_id!r} already has a"
-                " payload (another signal came first); this one is not used",
-            )
-        case "timed_out":
-            return SignalSuperseded(
-                key,
-                f"the deadline of suspend point {key!r} of instance {instance_id!r}"
-                " passed before this signal; it is not used",
-            )
-    return None

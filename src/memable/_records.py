@@ -57,6 +57,8 @@ class InstanceRecord:
     status_message: str | None = None
     waiting_on: tuple[str, ...] = ()
     finished_at: float | None = None
+    #: The W3C ``traceparent`` of the span that started the instance (OpenTelemetry).
+    trace: str | None = None
     queue: str | None = None
     priority: int = 0
 
@@ -184,6 +186,8 @@ class SignalRecord:
     key: str
     payload: str | None
     created_at: float
+    #: Whether it came before the instance waited on its key (set by the storage).
+    early: bool = False
 
     @property
     def timed_out(self) -> bool:
