@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from . import _inbox, _inspect, _log
+from . import _inbox, _inspect
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -30,12 +30,14 @@ from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store
 from ._keys import check_instance_ref
 from ._outcome import InstanceInfo
+from ._queues import Admitter, Queue
 from ._records import (
     InstanceRecord,
     InstanceState,
 )
 from ._retry import RetryPolicy
 from ._runner import Runner
+from ._schedule import Schedule, Ticker
 from ._serde import Serde
 from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
@@ -82,6 +84,8 @@ class Engine:
             own; the global converter is never used).
         clock: The source of stored time (UTC); :class:`memable.testing` has a controllable
             one.
+        queues: Queues whose instances this engine starts (see :meth:`enqueue`).
+        schedules: Schedules this engine runs (their workflows are registered).
 
     Example:
         >>> import anyio, memable
@@ -108,6 +112,8 @@ class Engine:
         retention: timedelta | None = None,
         converter: cattrs.Converter | None = None,
         clock: Clock | None = None,
+        queues: Iterable[Queue] = (),
+        schedules: Iterable[Schedule[Any]] = (),
     ) -> None:
         if isinstance(storage, str | os.PathLike):
             from .storage._sqlite import SQLiteStorage  # loaded on first use
@@ -132,8 +138,10 @@ class Engine:
             status=StatusHub(),
         )
         self._runner = Runner(self._kernel)
-        self._control = Control(self._kernel, self._runner)
         self._timers = TimerScheduler(self._kernel, self._runner.claimed)
+        self._admitter = Admitter(self._kernel, self._runner.claimed)
+        self._ticker = Ticker(self._kernel, self._runner.claimed)
+        self._control = Control(self._kernel, self._runner, self._admitter)
         self._phase: _Phase = "new"
         self._stack = contextlib.AsyncExitStack()
         self._abort = False  # leaving the block by an exception: no grace period
@@ -149,6 +157,11 @@ class Engine:
         )
         for wf in workflows:
             self.register(wf)
+        for queue in queues:
+            self._admitter.add(queue)
+        for schedule in schedules:
+            self.register(schedule.workflow)
+            self._ticker.add(schedule)
 
     def __repr__(self) -> str:
         return f"<memable.Engine storage={self._storage!r} phase={self._phase}>"
@@ -171,6 +184,8 @@ class Engine:
             # system tasks, then the writer commits what is queued, then storage closes.
             stack.push_async_callback(self._close_storage)
             await kernel.store.call(self._storage.open)
+            await self._admitter.store_limits()  # queues and schedules are stored at once,
+            await self._ticker.store_rows()  # so a schedule's first tick is after the start
             kernel.committer = GroupCommitter(self._storage.commit, limiter)
             writer = await stack.enter_async_context(anyio.create_task_group())
             writer.start_soon(kernel.committer.run, name="memable writer")
@@ -183,6 +198,8 @@ class Engine:
             if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
                 inbox = typing.cast(_inbox.InboxStorage, self._storage)
                 system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
+            system.start_soon(self._admitter.run, name="memable queues")
+            system.start_soon(self._ticker.run, name="memable schedules")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -200,10 +217,11 @@ class Engine:
         self._phase = "running"
         if self._resume_on_start:
             try:
-                await self._recover()
+                await self._runner.recover()
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
+        self._kernel.recovered.set()  # queues and schedules start what is due from now on
         return self
 
     async def __aexit__(
@@ -230,20 +248,15 @@ class Engine:
         instances.cancel_scope.cancel()
 
     def _timers_settled(self) -> bool:
-        """Whether no timer is due that the scheduler has not fired (for ManualClock)."""
-        return self._phase != "running" or self._timers.settled()
+        """Whether no timer, queue or schedule has work due at the clock's time that the
+        engine has not done (for ManualClock)."""
+        return self._phase != "running" or (
+            self._timers.settled() and self._admitter.settled() and self._ticker.settled()
+        )
 
     async def _close_storage(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._kernel.store.call(self._storage.close)
-
-    async def _recover(self) -> None:
-        for record in await self._kernel.store.running():
-            if record.parent_id is None:  # children are driven by their parent
-                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
-                           record.workflow, instance_id=record.instance_id,
-                           workflow=record.workflow)  # fmt: skip
-                self._runner.claimed(record)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -319,6 +332,97 @@ class Engine:
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         return Invocation(self._instances, wf, instance_id)
+
+    # -- queues -----------------------------------------------------------------------------
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[None, O],
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[I, O],
+        input: I,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[Any, O],
+        input: Any = NOTHING,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]:
+        """Record an instance of *wf* as ``enqueued`` in *queue*; it starts when the
+        queue's limits allow, highest *priority* (an int) first, then oldest. Idempotent by
+        *instance_id* like :meth:`invoke`; from now on this engine admits for *queue*.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails", concurrency=10)
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         invocation = await engine.enqueue(emails, send, "ada", priority=5)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            sent to ada
+        """
+        self._check_running()
+        wf = self._registered(wf)
+        instance_id = await self._control.start(
+            wf, input, instance_id, queue=queue, priority=priority
+        )
+        return self._invocation(wf, instance_id)
+
+    async def pause_queue(self, queue: Queue | str) -> None:
+        """Start no more instances of *queue* in any engine on this database (stored,
+        until :meth:`resume_queue`); enqueuing goes on, running instances run on.
+
+        Raises:
+            ValueError: the queue has never been used with this database.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails")
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         await engine.pause_queue(emails)
+            ...         invocation = await engine.enqueue(emails, send, "ada", instance_id="e-1")
+            ...         print((await engine.state(send, "e-1")).status)
+            ...         await engine.resume_queue(emails)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            enqueued
+            sent to ada
+        """
+        self._check_running()
+        await self._admitter.pause(queue, True)
+
+    async def resume_queue(self, queue: Queue | str) -> None:
+        """Start instances of a paused *queue* again (:meth:`pause_queue` has an example)."""
+        self._check_running()
+        await self._admitter.pause(queue, False)
 
     @overload
     async def run(self, wf: Workflow[None, O], /, *, instance_id: str | None = None) -> O: ...

@@ -3,8 +3,8 @@
 Runners, contexts, fan-outs and the engine's background tasks are handed a
 :class:`Kernel` (as svcs hands a container its registry, not the application): the
 storage façade, the group committer, serde, the clock, the registry of workflows, the
-default retry policy, the status hub, the timer wake-up, spawning, the healer's alarm and
-the test hooks. The engine builds it and owns its life cycle.
+default retry policy, the status hub, the timer and queue wake-ups, spawning, the
+healer's alarm and the test hooks. The engine builds it and owns its life cycle.
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._commit import GroupCommitter
     from ._records import (
+        Admission,
         History,
         InstanceRecord,
         InstanceState,
+        QueueRecord,
+        ScheduleRecord,
         SignalOutcome,
         SignalRecord,
         Write,
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
     from ._retry import RetryPolicy
     from ._serde import Serde
     from ._status import StatusHub
-    from .storage._protocol import Storage
+    from .storage._protocol import QueueStorage, Storage
 
 __all__ = ["Kernel", "Registry", "Store", "outcome_of"]
 
@@ -224,6 +227,47 @@ class Store:
     async def purge(self, finished_before: float, **filters: Any) -> int:
         return await self.call(self.storage.purge, finished_before=finished_before, **filters)
 
+    # -- queues and schedules ---------------------------------------------------------------
+
+    def queues(self) -> QueueStorage:
+        """The storage as a :class:`QueueStorage`, or a clear error if it is not one."""
+        if not callable(getattr(self.storage, "admit", None)):
+            raise TypeError(
+                f"{type(self.storage).__name__} does not support queues and schedules;"
+                " use a built-in storage (SQLite, memory or Postgres)"
+            )
+        return typing.cast("QueueStorage", self.storage)
+
+    async def define_queue(self, row: QueueRecord) -> QueueRecord:
+        return await self.call(self.queues().define_queue, row)
+
+    async def pause_queue(self, name: str, paused: bool) -> bool:
+        return await self.call(self.queues().pause_queue, name, paused)
+
+    async def admit(self, name: str, now: float, workflows: Sequence[str]) -> Admission:
+        return await self.call(self.queues().admit, name, now=now, workflows=workflows)
+
+    async def define_schedule(self, name: str, now: float) -> ScheduleRecord:
+        return await self.call(self.queues().define_schedule, name, now)
+
+    async def tick_schedule(
+        self,
+        name: str,
+        *,
+        expected: float,
+        last_tick: float,
+        records: Sequence[InstanceRecord],
+        overlap: bool,
+    ) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
+        return await self.call(
+            self.queues().tick_schedule,
+            name,
+            expected=expected,
+            last_tick=last_tick,
+            records=records,
+            overlap=overlap,
+        )
+
 
 @final
 class Kernel:
@@ -237,11 +281,13 @@ class Kernel:
         "committer",
         "crash_points",
         "points",
+        "recovered",
         "registry",
         "retry",
         "serde",
         "status",
         "store",
+        "wake_queue",
         "wake_timers",
     )
 
@@ -263,6 +309,9 @@ class Kernel:
         # The payload type (canonical name) each workflow was seen waiting for at a key.
         self.points: dict[tuple[str, str], str] = {}
         self.wake_timers: Callable[[float], None] = lambda deadline: None
+        # Admission of a queue may start something: a slot freed, or work came back.
+        self.wake_queue: Callable[[str], None] = lambda name: None
+        self.recovered = anyio.Event()  # set once the engine has re-run its running instances
         self._alarm = anyio.Event()
         self._healed = anyio.Event()  # unset from trouble() to the end of the next re-scan
         self._healed.set()

@@ -57,7 +57,14 @@ class Runner:
 
     def claimed(self, record: InstanceRecord, cause: object = None) -> None:
         """Run an instance stored as ``running``: recovered, or just claimed (by what
-        *cause* names: the span context of a signal, for telemetry)."""
+        *cause* names: the span context of a signal, for telemetry).
+
+        An instance of a queue that was claimed back to ``enqueued`` waits for admission.
+        """
+        if record.status == "enqueued":
+            if record.queue is not None:
+                self._kernel.wake_queue(record.queue)
+            return
         wf = self._kernel.registry.get(record.workflow)
         if wf is None:
             logger.warning(
@@ -75,6 +82,15 @@ class Runner:
         run = self.reserve(record.instance_id, wf)
         run.cause = cause
         self.start(run, record)
+
+    async def recover(self) -> None:
+        """Run every top-level instance stored as ``running`` (at engine start)."""
+        for record in await self._kernel.store.running():
+            if record.parent_id is None:  # children are driven by their parent
+                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
+                           record.workflow, instance_id=record.instance_id,
+                           workflow=record.workflow)  # fmt: skip
+                self.claimed(record)
 
     def live(self, instance_id: str) -> Run | None:
         """The run of *instance_id* if a task of this engine runs it."""
@@ -143,6 +159,7 @@ class Runner:
 
     async def _drive(self, run: Run, record: InstanceRecord) -> None:
         backoff = Backoff()
+        queue = record.queue
         try:
             run.status_message = record.status_message
             while True:
@@ -164,6 +181,8 @@ class Runner:
             if self.runs.get(run.instance_id) is run:
                 del self.runs[run.instance_id]
             run.finished.set()
+            if queue is not None:  # its slot may be free: the next one starts at once
+                self._kernel.wake_queue(queue)
 
     async def _reread(self, run: Run, backoff: Backoff) -> InstanceRecord | None:
         while True:
