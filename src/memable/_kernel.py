@@ -264,9 +264,9 @@ class Kernel:
         """The engine clock's time, as seconds since the epoch."""
         return self.clock.now().timestamp()
 
-    async def write(self, writes: Sequence[Write]) -> list[bool]:
+    def write(self, writes: Sequence[Write]) -> Coroutine[Any, Any, list[bool]]:
         """Commit *writes* through the group committer; which of them applied."""
-        return await self.committer.write(writes)
+        return self.committer.write(writes)  # no coroutine of its own: the hot path
 
     # -- spawning ---------------------------------------------------------------------------
 

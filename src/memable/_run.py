@@ -55,9 +55,10 @@ class Run:
 
     __slots__ = (
         "_busy",
+        "_done",
+        "_finished",
         "_idle",
         "driven",
-        "finished",
         "fresh",
         "instance_id",
         "outcome",
@@ -78,7 +79,9 @@ class Run:
         self.phase: Phase = "reserved"
         self.reason: EndReason | None = None
         self.outcome: Outcome[Any] | None = None
-        self.finished = anyio.Event()  # set when no task runs it any more
+        # Events are made only when someone waits (thousands of runs live at once).
+        self._finished: anyio.Event | None = None
+        self._done = False
         self.pending = 0  # invoke calls still deciding whether they start this run
         self.rerun = False  # claimed again while ending: run once more
         self.driven = False  # a task of the engine runs it (not only a reservation)
@@ -88,7 +91,7 @@ class Run:
         self.scope = anyio.CancelScope()
         self.waiting: set[str] = set()
         self._busy = 0
-        self._idle = anyio.Event()
+        self._idle: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Run {self.instance_id!r} {self.phase} reason={self.reason}>"
@@ -97,6 +100,21 @@ class Run:
         if new not in _MOVES[self.phase]:
             raise RunStateError(f"run of {self.instance_id!r} cannot go from {self.phase} to {new}")
         self.phase = new
+
+    @property
+    def finished(self) -> anyio.Event:
+        """Set when no task runs it any more."""
+        if self._finished is None:
+            self._finished = anyio.Event()
+            if self._done:
+                self._finished.set()
+        return self._finished
+
+    def set_finished(self) -> None:
+        """No task runs it any more."""
+        self._done = True
+        if self._finished is not None:
+            self._finished.set()
 
     @property
     def live(self) -> bool:
@@ -116,7 +134,7 @@ class Run:
         self.rerun = False
         self.waiting = set()
         self._busy = 0
-        self._idle = anyio.Event()
+        self._idle = None
 
     def end(self, reason: EndReason, outcome: Outcome[Any] | None = None) -> bool:
         """End the pass; return False if it had already ended (the first reason stands).
@@ -152,7 +170,7 @@ class Run:
     def leave(self) -> None:
         """A durable operation ended."""
         self._busy -= 1
-        if not self._busy:
+        if not self._busy and self._idle is not None:
             self._idle.set()
 
     async def until_idle(self) -> None:

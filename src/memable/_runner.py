@@ -92,7 +92,7 @@ class Runner:
         if not run.driven and run.pending == 0 and self.runs.get(run.instance_id) is run:
             del self.runs[run.instance_id]
             run.release()
-            run.finished.set()
+            run.set_finished()
 
     def start(self, run: Run, record: InstanceRecord) -> None:
         run.driven = True
@@ -135,7 +135,7 @@ class Runner:
         finally:
             if self.runs.get(run.instance_id) is run:
                 del self.runs[run.instance_id]
-            run.finished.set()
+            run.set_finished()
 
     async def _reread(self, run: Run, backoff: Backoff) -> InstanceRecord | None:
         while True:
