@@ -154,25 +154,6 @@ class Store:
     async def signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
         return await self.call(self.storage.deliver_signal, signal)
 
-    async def suspend(
-        self,
-        instance_id: str,
-        waiting_on: Sequence[str],
-        message: str | None,
-        now: float,
-        extend: bool,
-    ) -> bool:
-        # Only passed when set, so storages written before it existed keep working.
-        more: dict[str, Any] = {"extend": True} if extend else {}
-        return await self.call(
-            self.storage.suspend,
-            instance_id,
-            waiting_on=waiting_on,
-            status_message=message,
-            now=now,
-            **more,
-        )
-
     async def cancel(
         self, instance_id: str, reason: str, now: float
     ) -> tuple[InstanceRecord | None, InstanceRecord | None]:

@@ -191,6 +191,10 @@ class Run:
         self._move("suspending")
         return True
 
+    def covered_by(self, written: set[str]) -> bool:
+        """Whether a suspension on *written* covers every waiting task (none is busy)."""
+        return not self._busy and self.waiting <= written
+
     def suspend_failed(self) -> None:
         """Writing the suspension failed: the run may suspend again later."""
         if self.phase == "suspending":

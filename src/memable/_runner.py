@@ -20,7 +20,7 @@ from ._exceptions import StorageError
 from ._journal import Journal
 from ._kernel import Kernel, outcome_of
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended
-from ._records import History, InstanceRecord, InstanceState, InstanceUpdate
+from ._records import History, InstanceRecord, InstanceState, InstanceUpdate, Suspension
 from ._run import Run
 from ._workflow import Workflow
 
@@ -269,17 +269,23 @@ class Runner:
         with anyio.CancelScope(shield=True):  # what storage decided must be known here
             while True:
                 await run.until_idle()
-                # One scheduling round: tasks just woken or spawned reach their waits.
-                await anyio.lowlevel.cancel_shielded_checkpoint()
+                # One scheduling round: tasks just woken or spawned reach their waits
+                # (a plain checkpoint: the scope around it is shielded already).
+                await anyio.lowlevel.checkpoint()
                 if run.busy:
                     continue
-                if written is not None and run.waiting <= written:
-                    break
                 keys = tuple(sorted(run.waiting))
+                suspension = Suspension(
+                    instance_id=run.instance_id,
+                    waiting_on=keys,
+                    status_message=run.status_message,
+                    now=kernel.now(),
+                    extend=written is not None,
+                )
                 try:
-                    suspended = await kernel.store.suspend(
-                        run.instance_id, keys, run.status_message, kernel.now(), written is not None
-                    )
+                    # Through the group commit: many instances suspending at once share
+                    # transactions, as their steps do.
+                    (suspended,) = await kernel.write([suspension])
                 except StorageError:
                     run.suspend_failed()
                     self.storage_failed(run, "suspending it")
@@ -289,6 +295,10 @@ class Runner:
                     run.end("restart")  # what it waits for has come, or it was cancelled
                     return
                 written = set(keys)
+                # The write let every other task run: those that registered a key
+                # meanwhile are added by another (extending) write.
+                if run.covered_by(written):
+                    break
         assert written is not None
         waiting_on = _ids.public_keys(sorted(written))
         children = _ids.children_waited(written)

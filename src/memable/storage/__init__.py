@@ -22,6 +22,7 @@ from .._records import SignalDrop as SignalDrop
 from .._records import SignalOutcome as SignalOutcome
 from .._records import SignalRecord as SignalRecord
 from .._records import StepRecord as StepRecord
+from .._records import Suspension as Suspension
 from .._records import TimerRecord as TimerRecord
 from .._records import Write as Write
 from ._protocol import Storage as Storage
@@ -42,6 +43,7 @@ __all__ = [
     "SignalRecord",
     "StepRecord",
     "Storage",
+    "Suspension",
     "TimerRecord",
     "Write",
 ]
@@ -54,6 +56,7 @@ for _name in (
     "SignalRecord",
     "StepRecord",
     "Storage",
+    "Suspension",
     "TimerRecord",
 ):
     globals()[_name].__module__ = "memable.storage"
