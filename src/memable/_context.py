@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
@@ -51,6 +52,9 @@ logger = logging.getLogger("memable")
 
 _NO_RETRY = RetryPolicy.none()
 
+#: Seconds of replay (recorded steps served without awaiting) between two checkpoints.
+_REPLAY_SLICE = 0.002
+
 
 @final
 class Context:
@@ -75,7 +79,7 @@ class Context:
         42
     """
 
-    __slots__ = ("_closed", "_journal", "_kernel", "_run", "_runner")
+    __slots__ = ("_closed", "_journal", "_kernel", "_run", "_runner", "_yield_at")
 
     def __init__(self, kernel: Kernel, runner: Driver, run: Run, journal: Journal) -> None:
         self._kernel = kernel
@@ -83,6 +87,7 @@ class Context:
         self._run = run
         self._journal = journal
         self._closed = False
+        self._yield_at = time.perf_counter() + _REPLAY_SLICE
 
     def __repr__(self) -> str:
         return f"<memable.Context of {self.workflow_name}/{self.instance_id}>"
@@ -218,6 +223,10 @@ class Context:
     ) -> T:
         record = self._journal.steps.get(key)
         if record is not None:
+            if time.perf_counter() >= self._yield_at:
+                # A long replay awaits nothing else: let the engine's other tasks run.
+                await anyio.lowlevel.checkpoint()
+                self._yield_at = time.perf_counter() + _REPLAY_SLICE
             if record.state == "completed":
                 assert record.value is not None
                 value = self._kernel.serde.decode(record.value, tp, key, self._what(key))
