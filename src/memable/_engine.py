@@ -61,6 +61,9 @@ logger = logging.getLogger("memable")
 
 _NOTHING: Final = object()
 
+#: How many top-level instances an engine runs at once unless told otherwise.
+DEFAULT_MAX_RUNNING: Final = 1000
+
 
 _Phase = Literal["new", "running", "closing", "closed"]
 
@@ -92,6 +95,13 @@ class Engine:
             own; the global converter is never used).
         clock: The source of stored time (UTC); :class:`memable.testing` has a controllable
             one.
+        max_running: At most this many top-level instances run at once (each child runs
+            inside its parent and is not counted); more started, recovered, claimed by a
+            signal or fired by a timer wait their turn, admitted in the order they came, and
+            due timers are claimed only as slots free up — so a burst cannot exhaust
+            memory. ``None``: no bound. The default, 1,000, keeps a burst of trivial
+            instances in a few tens of MiB and is well above what one core needs to keep
+            SQLite's group commit full.
 
     Example:
         >>> import anyio, memable
@@ -118,6 +128,7 @@ class Engine:
         retention: timedelta | None = None,
         converter: cattrs.Converter | None = None,
         clock: Clock | None = None,
+        max_running: int | None = DEFAULT_MAX_RUNNING,
     ) -> None:
         if isinstance(storage, str | os.PathLike):
             from .storage._sqlite import SQLiteStorage  # loaded on first use
@@ -142,8 +153,16 @@ class Engine:
             retry=retry,
             status=StatusHub(),
         )
-        self._runner = Runner(self._kernel)
-        self._timers = TimerScheduler(self._kernel, self._runner.claimed)
+        if max_running is not None and (
+            not isinstance(typing.cast(object, max_running), int)
+            or isinstance(max_running, bool)
+            or max_running < 1
+        ):
+            raise ValueError(
+                f"max_running must be an int of at least 1 or None, not {max_running!r}"
+            )
+        self._runner = Runner(self._kernel, max_running)
+        self._timers = TimerScheduler(self._kernel, self._runner.claimed, self._runner.room)
         self._phase: _Phase = "new"
         self._stack = contextlib.AsyncExitStack()
         self._abort = False  # leaving the block by an exception: no grace period

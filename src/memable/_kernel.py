@@ -170,8 +170,8 @@ class Store:
     async def next_deadline(self) -> float | None:
         return await self.call(self.storage.next_deadline)
 
-    async def fire_timers(self, now: float) -> list[InstanceRecord]:
-        return await self.call(self.storage.fire_timers, now)
+    async def fire_timers(self, now: float, limit: int) -> list[InstanceRecord]:
+        return await self.call(self.storage.fire_timers, now, limit)
 
     async def purge(self, finished_before: float, **filters: Any) -> int:
         return await self.call(self.storage.purge, finished_before=finished_before, **filters)

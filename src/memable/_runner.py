@@ -8,6 +8,7 @@ engine heals itself (recorded steps replay; nothing recorded runs twice).
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any, Literal
 
@@ -50,10 +51,15 @@ class Runner:
     cancelled or suspends; the engine's group of instances holds its task meanwhile.
     """
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, max_running: int | None = None) -> None:
         self._kernel = kernel
         self.runs: dict[str, Run] = {}
         self._troubled: set[str] = set()  # runs that ended because storage failed
+        # At most max_running top-level runs have a task; the others wait here, in order.
+        self._max_running = max_running
+        self._active = 0
+        self._waiting: collections.deque[tuple[Run, InstanceRecord]] = collections.deque()
+        self._room: anyio.Event | None = None  # set when a task slot frees up
 
     def claimed(self, record: InstanceRecord) -> None:
         """Run an instance stored as ``running``: recovered, or just claimed."""
@@ -95,13 +101,61 @@ class Runner:
             run.set_finished()
 
     def start(self, run: Run, record: InstanceRecord) -> None:
+        """Give a top-level run a task now, or when a slot frees up (in order)."""
         run.driven = True
-        if not self._kernel.spawn(self.drive, run, record, name=f"memable {run.instance_id}"):
+        if self._waiting or not self.free():
+            self._waiting.append((run, record))
+            return
+        self._spawn(run, record, waited=False)
+
+    def free(self) -> int:
+        """How many more top-level runs may have a task now."""
+        if self._max_running is None:
+            return 1 << 30
+        return max(0, self._max_running - self._active - len(self._waiting))
+
+    async def room(self) -> int:
+        """Wait until a top-level run may have a task; return how many may."""
+        while not (free := self.free()):
+            self._room = anyio.Event()
+            await self._room.wait()
+        return free
+
+    def _spawn(self, run: Run, record: InstanceRecord, *, waited: bool) -> None:
+        self._active += 1
+        name = f"memable {run.instance_id}"
+        if not self._kernel.spawn(self._admitted, run, record, waited, name=name):
+            self._active -= 1
             run.driven = False
             self.release(run)  # shutting down: the next engine recovers it
 
+    async def _admitted(self, run: Run, record: InstanceRecord, waited: bool) -> None:
+        try:
+            if waited:  # it may have been cancelled (or run elsewhere) while it waited
+                current = await self._reread(run, Backoff())
+                if current is None or current.status != "running":
+                    if current is not None:
+                        run.outcome = outcome_of(current, self._kernel.serde, run.workflow)
+                    if self.runs.get(run.instance_id) is run:
+                        del self.runs[run.instance_id]
+                    run.set_finished()
+                    return
+                record = current
+            await self.drive(run, record)
+        finally:
+            self._active -= 1
+            while self._waiting and (self._max_running is None or self._active < self._max_running):
+                waiting, waiting_record = self._waiting.popleft()
+                self._spawn(waiting, waiting_record, waited=True)
+            if self._room is not None and self.free():
+                self._room.set()
+
     def stop_all(self) -> None:
         """Shutdown: end every pass (the instances stay ``running`` in storage)."""
+        waiting, self._waiting = self._waiting, collections.deque()
+        for run, _ in waiting:  # never started: the next engine recovers them
+            run.driven = False
+            self.release(run)
         for run in list(self.runs.values()):
             if run.live:
                 run.end("shutdown")

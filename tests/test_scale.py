@@ -1,0 +1,114 @@
+"""Bounds that keep an engine's memory and pauses flat: max_running, batched purges."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import anyio
+import pytest
+
+import memable
+from memable import Context, Engine
+from memable.testing import ManualClock
+
+from .helpers import StorageFactory
+
+
+def gated(started: list[str], gate: anyio.Event) -> memable.Workflow[str, str]:
+    async def wait_for_gate() -> str:
+        await gate.wait()
+        return "done"
+
+    async def wf(ctx: Context, name: str) -> str:
+        started.append(name)
+        return await ctx.step("gate:v1", wait_for_gate)
+
+    return memable.Workflow("gated", wf)
+
+
+async def test_max_running_admits_in_order(make_storage: StorageFactory) -> None:
+    """At most max_running instances run at once; the others wait and start in the order
+    they were invoked, as slots free up."""
+    started: list[str] = []
+    gate = anyio.Event()
+    wf = gated(started, gate)
+    names = [f"i{n}" for n in range(7)]
+    async with Engine(make_storage(), workflows=[wf], max_running=3) as engine:
+        invocations = [await engine.invoke(wf, name, instance_id=name) for name in names]
+        with anyio.fail_after(10):
+            while len(started) < 3:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.05)
+        assert started == names[:3]  # the others wait for a slot
+        gate.set()
+        with anyio.fail_after(10):
+            for invocation in invocations:
+                assert await invocation.result() == "done"
+    assert sorted(started) == names
+
+
+async def test_one_slot_runs_instances_one_after_another_in_order(
+    make_storage: StorageFactory,
+) -> None:
+    """With max_running=1 instances run strictly one at a time, in the order invoked."""
+    started: list[str] = []
+    gate = anyio.Event()
+    gate.set()
+    wf = gated(started, gate)
+    names = [f"i{n}" for n in range(6)]
+    async with Engine(make_storage(), workflows=[wf], max_running=1) as engine:
+        invocations = [await engine.invoke(wf, name, instance_id=name) for name in names]
+        with anyio.fail_after(10):
+            for invocation in invocations:
+                assert await invocation.result() == "done"
+    assert started == names
+
+
+async def test_an_instance_cancelled_while_it_waits_never_runs(
+    make_storage: StorageFactory,
+) -> None:
+    """An instance cancelled while it waits for a slot does not run when its turn comes."""
+    started: list[str] = []
+    gate = anyio.Event()
+    wf = gated(started, gate)
+    async with Engine(make_storage(), workflows=[wf], max_running=1) as engine:
+        first = await engine.invoke(wf, "a", instance_id="a")
+        second = await engine.invoke(wf, "b", instance_id="b")
+        with anyio.fail_after(10):
+            while not started:
+                await anyio.sleep(0.01)
+        assert await engine.cancel(wf, "b", reason="not needed")
+        gate.set()
+        with anyio.fail_after(10):
+            assert await first.result() == "done"
+            assert await second.wait() == memable.Cancelled(reason="not needed")
+    assert started == ["a"]
+
+
+async def test_due_timers_are_claimed_as_slots_free_up(make_storage: StorageFactory) -> None:
+    """Many due timers with one slot: every instance resumes, one after another."""
+    clock = ManualClock()
+
+    @memable.workflow("napper")
+    async def wf(ctx: Context, n: int) -> int:
+        await ctx.sleep("nap:v1", timedelta(hours=1))
+        return n
+
+    async with Engine(make_storage(), workflows=[wf], clock=clock, max_running=1) as engine:
+        invocations = [await engine.invoke(wf, n, instance_id=f"n{n}") for n in range(12)]
+        for invocation in invocations:
+            assert isinstance(await invocation.wait(), memable.Suspended)
+        await clock.advance(timedelta(hours=1))
+        with anyio.fail_after(10):
+            for n in range(12):
+                while (await engine.state(wf, f"n{n}")).status != "completed":
+                    await anyio.sleep(0.01)
+        assert [await i.result() for i in invocations] == list(range(12))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_max_running_is_checked(bad: object) -> None:
+    """max_running is a positive int (or None for no bound); anything else is refused."""
+    with pytest.raises(ValueError, match="max_running"):
+        Engine(max_running=bad)  # type: ignore[arg-type]
+    Engine(max_running=None)
