@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import anyio
 import pytest
 
 import memable
 from memable import Context, Engine
+from memable.storage import InstanceRecord
 from memable.testing import ManualClock
 
 from .helpers import StorageFactory
@@ -112,3 +114,55 @@ def test_max_running_is_checked(bad: object) -> None:
     with pytest.raises(ValueError, match="max_running"):
         Engine(max_running=bad)  # type: ignore[arg-type]
     Engine(max_running=None)
+
+
+async def test_purge_goes_batch_by_batch(make_storage: StorageFactory) -> None:
+    """A purge is many short storage calls (other writes go between them) that together
+    delete every finished instance, and never a running or suspended one."""
+
+    @memable.workflow("quick")
+    async def quick(ctx: Context, n: int) -> int:
+        return n
+
+    storage = make_storage()
+    calls: list[int] = []
+    purge = storage.purge
+
+    def counting_purge(**kwargs: Any) -> int:
+        done = purge(**kwargs)
+        calls.append(done)
+        return done
+
+    storage.purge = counting_purge  # type: ignore[method-assign]
+    async with Engine(storage, workflows=[quick]) as engine:
+        async with anyio.create_task_group() as tg:
+            for n in range(450):
+                tg.start_soon(engine.run, quick, n)
+        assert await engine.purge(older_than=timedelta(0)) == 450
+        assert await engine.instances(limit=None) == []
+    assert len(calls) > 2
+    assert all(done <= 1000 for done in calls)
+    assert calls[-1] == 0
+
+
+def test_storage_purge_stops_at_its_limit(make_storage: StorageFactory) -> None:
+    """Storage.purge(limit=n) deletes at most n finished instances."""
+    storage = make_storage()
+    storage.open()
+    try:
+        for n in range(5):
+            record = InstanceRecord(
+                instance_id=f"i{n}",
+                workflow="w",
+                status="completed",
+                input="{}",
+                created_at=n,
+                updated_at=n,
+                finished_at=n,
+            )
+            storage.create_instance(record)
+        assert storage.purge(finished_before=100.0, batch=2, limit=3) == 3
+        assert len(storage.list_instances()) == 2
+        assert storage.purge(finished_before=100.0) == 2
+    finally:
+        storage.close()

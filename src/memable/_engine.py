@@ -95,13 +95,9 @@ class Engine:
             own; the global converter is never used).
         clock: The source of stored time (UTC); :class:`memable.testing` has a controllable
             one.
-        max_running: At most this many top-level instances run at once (each child runs
-            inside its parent and is not counted); more started, recovered, claimed by a
-            signal or fired by a timer wait their turn, admitted in the order they came, and
-            due timers are claimed only as slots free up — so a burst cannot exhaust
-            memory. ``None``: no bound. The default, 1,000, keeps a burst of trivial
-            instances in a few tens of MiB and is well above what one core needs to keep
-            SQLite's group commit full.
+        max_running: At most this many top-level instances run at once (children run
+            inside their parent); the others wait their turn, admitted in order, and due
+            timers are claimed as slots free up (``None``: no bound; see docs/scaling.md).
 
     Example:
         >>> import anyio, memable
@@ -153,14 +149,6 @@ class Engine:
             retry=retry,
             status=StatusHub(),
         )
-        if max_running is not None and (
-            not isinstance(typing.cast(object, max_running), int)
-            or isinstance(max_running, bool)
-            or max_running < 1
-        ):
-            raise ValueError(
-                f"max_running must be an int of at least 1 or None, not {max_running!r}"
-            )
         self._runner = Runner(self._kernel, max_running)
         self._timers = TimerScheduler(self._kernel, self._runner.claimed, self._runner.room)
         self._phase: _Phase = "new"
@@ -291,9 +279,6 @@ class Engine:
         """
         self._registry.add(wf)
 
-    def _registered(self, wf: Workflow[Any, Any]) -> Workflow[Any, Any]:
-        return self._registry.known(wf)
-
     # -- starting instances -----------------------------------------------------------------
 
     @overload
@@ -329,7 +314,7 @@ class Engine:
             ...     return await invocation.result()
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         if wf.takes_input and input is _NOTHING:
             raise TypeError(f"workflow {wf.name!r} takes an input; pass it to invoke()")
         if not wf.takes_input:
@@ -421,7 +406,7 @@ class Engine:
             ...     return await engine.handle(wf, "order-o-17").result()
         """
         check_instance_ref(instance_id)
-        return self._invocation(self._registered(wf), instance_id)
+        return self._invocation(self._registry.known(wf), instance_id)
 
     async def resume(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         """Run a failed or stuck instance again.
@@ -440,7 +425,7 @@ class Engine:
             ...     return await invocation.result()
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         check_instance_ref(instance_id)
         invocation = self._invocation(wf, instance_id)
         if self._runner.live(instance_id) is not None:
@@ -484,7 +469,7 @@ class Engine:
             ...     await engine.signal(wf, "order-o-17", approval, True)
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         check_instance_ref(instance_id)
         self._kernel.check_point(wf, point)
         envelope = self._kernel.serde.encode(
@@ -536,7 +521,7 @@ class Engine:
             ...     await engine.cancel(wf, "order-o-17", reason="customer left")
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         check_text(reason, f"the cancel reason for {instance_id!r}")
         record = await self._record(wf, instance_id)
         before, to_run = await self._kernel.store.cancel(instance_id, reason, self._kernel.now())
@@ -566,7 +551,7 @@ class Engine:
             ...         print(status.status, status.message)
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         check_instance_ref(instance_id)
         return StatusStream(self._instances, wf, instance_id)
 
@@ -580,8 +565,8 @@ class Engine:
         """Delete instances that finished more than *older_than* ago; return how many.
 
         Completed, failed and cancelled top-level instances go with all their steps,
-        signals, timers and children, in one transaction per instance. Running and
-        suspended instances are never purged.
+        signals, timers and children, in short batches that let other writes go between
+        them. Running and suspended instances are never purged.
 
         Example:
             >>> from datetime import timedelta

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import typing
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
@@ -48,6 +49,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("memable")
+
+_PURGE_SLICE = 0.005  # seconds one purge batch should take
 
 
 @final
@@ -174,7 +177,24 @@ class Store:
         return await self.call(self.storage.fire_timers, now, limit)
 
     async def purge(self, finished_before: float, **filters: Any) -> int:
-        return await self.call(self.storage.purge, finished_before=finished_before, **filters)
+        """Purge batch by batch, one storage call each, so that the engine's other writes
+        (which wait for the same storage thread, first come first served) go between
+        batches; a batch is sized to take about 5 ms."""
+        purged, batch = 0, 100
+        while True:
+            started = time.perf_counter()
+            done = await self.call(
+                self.storage.purge,
+                finished_before=finished_before,
+                batch=batch,
+                limit=batch,
+                **filters,
+            )
+            purged += done
+            if done == 0:
+                return purged
+            took = max(time.perf_counter() - started, 1e-4)
+            batch = max(10, min(1000, int(batch * _PURGE_SLICE / took)))
 
 
 @final

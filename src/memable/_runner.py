@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import typing
 from typing import Any, Literal
 
 import anyio
@@ -52,6 +53,14 @@ class Runner:
     """
 
     def __init__(self, kernel: Kernel, max_running: int | None = None) -> None:
+        if max_running is not None and (
+            not isinstance(typing.cast(object, max_running), int)
+            or isinstance(max_running, bool)
+            or max_running < 1
+        ):
+            raise ValueError(
+                f"max_running must be an int of at least 1 or None, not {max_running!r}"
+            )
         self._kernel = kernel
         self.runs: dict[str, Run] = {}
         self._troubled: set[str] = set()  # runs that ended because storage failed

@@ -97,20 +97,29 @@ class RuleStorage:
         workflow: str | None = None,
         exclude: Sequence[str] = (),
         batch: int = 100,
+        limit: int | None = None,
     ) -> int:
-        """Delete finished top-level instances in batches of *batch*, a transaction each."""
+        """Delete finished top-level instances in batches of *batch*, a transaction each;
+        at most *limit* of them (one batch when *limit* is *batch*: the engine purges one
+        batch per call, so that other writes go between batches)."""
         purged = 0
-        while True:
+        while limit is None or purged < limit:
+            size = batch if limit is None else min(batch, limit - purged)
             ids = self.purgeable(
-                finished_before=finished_before, workflow=workflow, exclude=exclude, limit=batch
+                finished_before=finished_before, workflow=workflow, exclude=exclude, limit=size
             )
             if not ids:
                 return purged
-            with self.transaction() as tx:
+            with self.purge_transaction() as tx:
                 done = _rules.purge(tx, ids)
             purged += done
             if done == 0:  # every candidate was resumed meanwhile: nothing more to find
                 return purged
+        return purged
+
+    def purge_transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        """The transaction of one purge batch (a backend may make it cheaper to commit)."""
+        return self.transaction()
 
 
 def family_ids(ids: Iterator[str], instance_id: str) -> list[str]:
