@@ -144,7 +144,8 @@ async def retain(kernel: Kernel, default: timedelta | None) -> None:
         max(timedelta(seconds=1), min([*own.values(), *([default] if default else [])]) / 10),
     )
     while True:
-        now = kernel.now()
+        started = kernel.clock.now()
+        now = started.timestamp()
         try:
             for name, retention in own.items():
                 await kernel.store.purge(now - retention.total_seconds(), workflow=name)
@@ -152,7 +153,8 @@ async def retain(kernel: Kernel, default: timedelta | None) -> None:
                 await kernel.store.purge(now - default.total_seconds(), exclude=tuple(own))
         except Exception:
             logger.exception("storage failed while purging; trying again later")
-        await kernel.clock.sleep_until(kernel.clock.now() + interval)
+        # From the start of this round: time that passed while purging counts.
+        await kernel.clock.sleep_until(started + interval)
 
 
 async def storage_trouble(kernel: Kernel, doing: str) -> None:
