@@ -166,3 +166,67 @@ def test_storage_purge_stops_at_its_limit(make_storage: StorageFactory) -> None:
         assert storage.purge(finished_before=100.0) == 2
     finally:
         storage.close()
+
+
+GO = memable.SuspendPoint("go:v1", int)
+
+
+async def waiting_child(ctx: Context, i: int) -> int:
+    return await ctx.suspend(GO) + i
+
+
+@memable.workflow("wide")
+async def wide(ctx: Context, settle: bool) -> list[int]:
+    """Every child's result; -1 for a failed or cancelled one (settle=True)."""
+    if settle:
+        settled = await ctx.fan_out("kids:v1", waiting_child, range(12), settle=True)
+        return [r.value if isinstance(r, memable.Ok) else -1 for r in settled]
+    return await ctx.fan_out("kids:v1", waiting_child, range(12))
+
+
+async def test_a_wide_fan_out_wakes_child_by_child(make_storage: StorageFactory) -> None:
+    """Each signal to a suspended child runs it inside its parent; the parent counts the
+    children still waiting and finishes with every result in item order, including a
+    child cancelled from outside (settle=True: an Err)."""
+    async with Engine(make_storage(), workflows=[wide]) as engine:
+        invocation = await engine.invoke(wide, True, instance_id="p")
+        assert await invocation.wait() == memable.Suspended(
+            waiting_on=(), status="waiting for 12 children", children=12
+        )
+        assert await engine.cancel(wide, "p/kids:v1-5", reason="not this one")
+        for i in range(12):
+            if i != 5:
+                await engine.signal(wide, f"p/kids:v1-{i}", GO, 100)
+            if i == 8:
+                with anyio.fail_after(10):
+                    while (
+                        await engine.state(wide, "p")
+                    ).status_message != "waiting for 3 children":
+                        await anyio.sleep(0.01)
+        with anyio.fail_after(10):
+            while (await engine.state(wide, "p")).status != "completed":
+                await anyio.sleep(0.01)
+        results = await invocation.result()
+    assert results == [-1 if i == 5 else 100 + i for i in range(12)]
+
+
+async def test_a_fail_fast_fan_out_fails_when_a_waiting_child_is_cancelled(
+    make_storage: StorageFactory,
+) -> None:
+    """Cancelling one suspended child of a fail-fast fan-out fails the parent at once and
+    cancels the siblings still waiting."""
+    async with Engine(make_storage(), workflows=[wide]) as engine:
+        invocation = await engine.invoke(wide, False, instance_id="q")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        await engine.signal(wide, "q/kids:v1-0", GO, 1)
+        with anyio.fail_after(10):
+            while (await engine.state(wide, "q")).status != "suspended":
+                await anyio.sleep(0.01)
+        assert await engine.cancel(wide, "q/kids:v1-3", reason="stop")
+        with anyio.fail_after(10):
+            while (await engine.state(wide, "q")).status != "failed":
+                await anyio.sleep(0.01)
+        with pytest.raises(memable.WorkflowFailed):
+            await invocation.result()
+        assert (await engine.state(wide, "q/kids:v1-0")).status == "completed"
+        assert (await engine.state(wide, "q/kids:v1-7")).status == "cancelled"

@@ -148,6 +148,29 @@ class Store:
     async def children(self, parent_id: str) -> list[InstanceRecord]:
         return await self.call(self.storage.list_instances, parent_id=parent_id)
 
+    async def fan_out_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> list[InstanceRecord]:
+        """The children of a fan-out in one of *status* (an index range where supported)."""
+        method = getattr(self.storage, "list_children", None)
+        if method is not None:
+            found: list[InstanceRecord] = await self.call(method, parent_id, prefix, status)
+            return found
+        return [
+            record
+            for record in await self.children(parent_id)
+            if record.instance_id.startswith(prefix) and record.status in status
+        ]
+
+    async def count_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> int:
+        method = getattr(self.storage, "count_children", None)
+        if method is not None:
+            count: int = await self.call(method, parent_id, prefix, status)
+            return count
+        return len(await self.fan_out_children(parent_id, prefix, status))
+
     async def running(self) -> list[InstanceRecord]:
         return await self.call(self.storage.list_instances, status="running")
 

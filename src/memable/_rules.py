@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 _LIVE: Final = frozenset[InstanceState]({"running", "suspended"})
+_RUNNING: Final = frozenset[InstanceState]({"running"})
 
 
 def move(
@@ -175,7 +176,7 @@ def suspend(
     for key in waiting_on:
         if _ids.is_children_key(key):
             prefix = _ids.child_prefix(instance_id, _ids.fan_out_of(key))
-            if any(child.status == "running" for child in tx.children(instance_id, prefix)):
+            if tx.children(instance_id, prefix, _RUNNING, limit=1):
                 ready = True
             continue
         if tx.signal(instance_id, key) is not None:

@@ -43,6 +43,18 @@ class RuleStorage:
         """Ids of finished top-level instances older than *finished_before* (a plain read)."""
         raise NotImplementedError
 
+    def list_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> list[InstanceRecord]:
+        """The children of a fan-out (ids starting with *prefix*) in one of *status*."""
+        with self.transaction() as tx:
+            return tx.children(parent_id, prefix, status)
+
+    def count_children(self, parent_id: str, prefix: str, status: frozenset[InstanceState]) -> int:
+        """How many children of a fan-out are in one of *status* (a backend may count
+        without reading the rows)."""
+        return len(self.list_children(parent_id, prefix, status))
+
     def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
         with self.transaction() as tx:
             return _rules.create(tx, record)

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import sys
 import threading
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Final, Literal, cast, final
 
@@ -107,9 +108,18 @@ def _schema_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX timers_due ON timers (deadline) WHERE fired = 0")
 
 
+def _schema_3(db: sqlite3.Connection) -> None:
+    # A fan-out's wake-up reads the children in a few states only (running, suspended):
+    # an index range, whatever the number of children in other states.
+    db.execute(
+        "CREATE INDEX instances_by_parent_status ON instances (parent_id, status, instance_id)"
+        " WHERE parent_id IS NOT NULL"
+    )
+
+
 #: Migrations in order; the schema version of a database is how many have run on it.
 #: A new release appends to this list and never edits what is there.
-MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2)
+MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2, _schema_3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _INSTANCE_COLUMNS: Final = (
@@ -465,6 +475,18 @@ class SQLiteStorage(RuleStorage):
         with self._read("finding instances to purge in") as db:
             return [row[0] for row in db.execute(sql, params)]
 
+    def list_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> list[InstanceRecord]:
+        with self._read("reading") as db, self._lenient(db):
+            rows = _children(db, _INSTANCE_COLUMNS, parent_id, prefix, status, None)
+        return [_instance(row) for row in rows]
+
+    def count_children(self, parent_id: str, prefix: str, status: frozenset[InstanceState]) -> int:
+        with self._read("reading") as db:
+            [(count,)] = _children(db, "COUNT(*)", parent_id, prefix, status, None)
+        return int(typing.cast(int, count))
+
     # -- the transaction primitives ---------------------------------------------------------
 
     @contextlib.contextmanager
@@ -507,12 +529,14 @@ class _SQLiteTx:
         ).fetchall()
         return [_instance(row) for row in rows]
 
-    def children(self, parent_id: str, prefix: str = "") -> list[InstanceRecord]:
-        rows = self._db.execute(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE parent_id = ?"
-            " AND substr(instance_id, 1, ?) = ?",
-            (parent_id, len(prefix), prefix),
-        ).fetchall()
+    def children(
+        self,
+        parent_id: str,
+        prefix: str = "",
+        status: frozenset[InstanceState] = frozenset(),
+        limit: int | None = None,
+    ) -> list[InstanceRecord]:
+        rows = _children(self._db, _INSTANCE_COLUMNS, parent_id, prefix, status, limit)
         return [_instance(row) for row in rows]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
@@ -588,6 +612,29 @@ class _SQLiteTx:
                 " OR (instance_id > ? AND instance_id < ?)",
                 family,
             )
+
+
+def _children(
+    db: sqlite3.Connection,
+    columns: str,
+    parent_id: str,
+    prefix: str,
+    status: frozenset[InstanceState],
+    limit: int | None,
+) -> list[tuple[object, ...]]:
+    """Children of *parent_id* by prefix and status: a range of instances_by_parent_status."""
+    sql = f"SELECT {columns} FROM instances WHERE parent_id = ?"
+    params: list[object] = [parent_id]
+    if status:
+        sql += f" AND status IN ({', '.join('?' * len(status))})"
+        params.extend(sorted(status))
+    if prefix:  # ids starting with prefix: from prefix to prefix with its last char bumped
+        sql += " AND instance_id >= ? AND instance_id < ?"
+        params += [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return db.execute(sql, params).fetchall()
 
 
 def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
