@@ -10,7 +10,7 @@ import types
 import typing
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
@@ -57,6 +57,10 @@ T = TypeVar("T")
 
 logger = logging.getLogger("memable")
 
+#: How many top-level instances an engine runs at once unless told otherwise.
+DEFAULT_MAX_RUNNING: Final = 1000
+
+
 _Phase = Literal["new", "running", "closing", "closed"]
 
 
@@ -86,6 +90,9 @@ class Engine:
             one.
         queues: Queues whose instances this engine starts (see :meth:`enqueue`).
         schedules: Schedules this engine runs (their workflows are registered).
+        max_running: At most this many top-level instances run at once (children run
+            inside their parent); the others wait their turn, admitted in order, and due
+            timers are claimed as slots free up (``None``: no bound; see docs/scaling.md).
 
     Example:
         >>> import anyio, memable
@@ -114,6 +121,7 @@ class Engine:
         clock: Clock | None = None,
         queues: Iterable[Queue] = (),
         schedules: Iterable[Schedule[Any]] = (),
+        max_running: int | None = DEFAULT_MAX_RUNNING,
     ) -> None:
         if isinstance(storage, str | os.PathLike):
             from .storage._sqlite import SQLiteStorage  # loaded on first use
@@ -137,8 +145,8 @@ class Engine:
             retry=retry,
             status=StatusHub(),
         )
-        self._runner = Runner(self._kernel)
-        self._timers = TimerScheduler(self._kernel, self._runner.claimed)
+        self._runner = Runner(self._kernel, max_running)
+        self._timers = TimerScheduler(self._kernel, self._runner.claimed, self._runner.room)
         self._admitter = Admitter(self._kernel, self._runner.claimed)
         self._ticker = Ticker(self._kernel, self._runner.claimed)
         self._control = Control(self._kernel, self._runner, self._admitter)
@@ -278,9 +286,6 @@ class Engine:
         """
         self._registry.add(wf)
 
-    def _registered(self, wf: Workflow[Any, Any]) -> Workflow[Any, Any]:
-        return self._registry.known(wf)
-
     # -- starting instances -----------------------------------------------------------------
 
     @overload
@@ -326,7 +331,7 @@ class Engine:
             order-o-17
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         instance_id = await self._control.start(wf, input, instance_id)
         return self._invocation(wf, instance_id)
 
@@ -386,7 +391,7 @@ class Engine:
             sent to ada
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         instance_id = await self._control.start(
             wf, input, instance_id, queue=queue, priority=priority
         )
@@ -473,7 +478,7 @@ class Engine:
             1250
         """
         check_instance_ref(instance_id)
-        return self._invocation(self._registered(wf), instance_id)
+        return self._invocation(self._registry.known(wf), instance_id)
 
     async def resume(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         """Run a failed or stuck instance again.
@@ -500,7 +505,7 @@ class Engine:
             Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         await self._control.resume(wf, instance_id)
         return self._invocation(wf, instance_id)
 
@@ -536,7 +541,7 @@ class Engine:
             1250
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         await self._control.signal(wf, instance_id, point, payload)
         return self._invocation(wf, instance_id)
 
@@ -568,7 +573,7 @@ class Engine:
             Cancelled(reason='customer left')
         """
         self._check_running()
-        return await self._control.cancel(self._registered(wf), instance_id, reason)
+        return await self._control.cancel(self._registry.known(wf), instance_id, reason)
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
@@ -596,7 +601,7 @@ class Engine:
             completed
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         check_instance_ref(instance_id)
         return StatusStream(self._instances, wf, instance_id)
 
@@ -606,8 +611,8 @@ class Engine:
         """Delete instances that finished more than *older_than* ago; return how many.
 
         Completed, failed and cancelled top-level instances go with all their steps,
-        signals, timers and children, in one transaction per instance. Running and
-        suspended instances are never purged.
+        signals, timers and children, in short batches that let other writes go between
+        them. Running and suspended instances are never purged.
 
         Example:
             >>> import anyio, memable

@@ -159,9 +159,21 @@ class MemoryStorage(RuleStorage):
     def family(self, instance_id: str) -> list[InstanceRecord]:
         return [self._instances[i] for i in family_ids(iter(self._instances), instance_id)]
 
-    def children(self, parent_id: str, prefix: str = "") -> list[InstanceRecord]:
-        return [r for r in self._instances.values()
-                if r.parent_id == parent_id and r.instance_id.startswith(prefix)]  # fmt: skip
+    def children(
+        self,
+        parent_id: str,
+        prefix: str = "",
+        status: frozenset[InstanceState] = frozenset(),
+        limit: int | None = None,
+    ) -> list[InstanceRecord]:
+        found = [
+            r
+            for r in self._instances.values()
+            if r.parent_id == parent_id
+            and r.instance_id.startswith(prefix)
+            and (not status or r.status in status)
+        ]
+        return found[:limit]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         return self._tables["signals"].get(instance_id, {}).get(key)
