@@ -113,6 +113,15 @@ async def test_approval_service(tmp_path: Path) -> None:
             "charge_id": "ch-o-17-1250",
             "approver": "ada",
         }
+        assert sorted(state["history"]["steps"]) == [
+            "charge:v1 completed (1 attempts)",
+            "remind:v1 completed (1 attempts)",
+        ]
+        assert state["history"]["signals"] == ["approval:v1 delivered"]
+        assert sorted(t.split()[:2] for t in state["history"]["timers"]) == [
+            ["approval:v1", "due"],
+            ["remind-after:v1", "fired"],
+        ]
         again = await client.post("/orders/o-17/approve", json=decision)
         assert again.status_code == 409
         assert "completed" in again.json()["error"]
