@@ -117,13 +117,16 @@ def test_every_page_with_code_is_run() -> None:
     ("page", "name"),
     [(p.name, name) for p in sorted(DOCS.glob("*.md")) for name, _ in documented_test_modules(p)],
 )
-def test_documented_test_module(page: str, name: str, pytester: pytest.Pytester) -> None:
+def test_documented_test_module(
+    page: str, name: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A complete test module shown in the docs passes under memable's pytest plugin."""
     code = dict(documented_test_modules(DOCS / page))[name]
     pytester.makepyfile(**{name.removesuffix(".py"): code})
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # only the plugins named
     result = pytester.runpytest(
         "-p",
-        "no:memable",
+        "anyio",
         "-p",
         "memable.testing.pytest_plugin",
         "-W",
