@@ -179,6 +179,20 @@ def test_getting_started_crash_and_recover(backend: str, tmp_path: Path) -> None
     crashed = shop("--crash")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert crashed.stdout.splitlines() == console_output(page, "python shop.py --crash")
+    shown = subprocess.run(
+        [sys.executable, "-m", "memable", "show", "order-o-17", "--db", "shop.db"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "running" in shown.stdout
+    assert "price:v1" in shown.stdout
+    assert "charge:v1" in shown.stdout
+    assert "ship:v1" not in shown.stdout  # it died while the body ran
     recovered = shop()
     assert recovered.returncode == 0, recovered.stderr
     assert recovered.stdout.splitlines() == console_output(page, "python shop.py")
