@@ -9,65 +9,20 @@ complete test module: it is run by pytest (``pytester``) with memable's plugin.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-DOCS = Path(__file__).parent.parent / "docs"
-README = Path(__file__).parent.parent / "README.md"
+from .docs_blocks import DOCS, README, blocks, documented_test_modules, scripts
+
 SRC = Path(__file__).parent.parent / "src"
-
-_FENCE = re.compile(r"^(`{3,})(.*)$")
-
-
-def blocks(path: Path) -> Iterator[tuple[str, dict[str, str], str, int]]:
-    """Yield (language, options, code, line) for each fenced block of a Markdown file."""
-    lines = path.read_text().splitlines()
-    i = 0
-    while i < len(lines):
-        match = _FENCE.match(lines[i])
-        if match is None:
-            i += 1
-            continue
-        fence, info = match.group(1), match.group(2).strip()
-        start = i + 1
-        i += 1
-        body: list[str] = []
-        while i < len(lines) and lines[i].rstrip() != fence:
-            body.append(lines[i])
-            i += 1
-        i += 1
-        options: dict[str, str] = {}
-        language = info
-        if info.startswith("{code-block}"):
-            language = info.removeprefix("{code-block}").strip()
-            while body and body[0].startswith(":"):
-                name, _, value = body.pop(0)[1:].partition(":")
-                options[name.strip()] = value.strip()
-        yield language, options, "\n".join(body) + "\n", start
-
-
-def scripts(path: Path) -> list[tuple[str, int]]:
-    return [
-        (code, line) for lang, opts, code, line in blocks(path) if lang == "python" and not opts
-    ]
-
-
-def documented_test_modules(path: Path) -> list[tuple[str, str]]:
-    return [
-        (opts["caption"], code)
-        for lang, opts, code, _ in blocks(path)
-        if lang == "python" and opts.get("caption", "").startswith("test_")
-    ]
-
 
 PAGES = sorted(p.name for p in DOCS.glob("*.md") if scripts(p))
 
