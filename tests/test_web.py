@@ -40,7 +40,7 @@ async def world(make_storage: StorageFactory) -> AsyncIterator[tuple[Engine, Sto
 
 
 def ids(html: str) -> list[str]:
-    return re.findall(r'<tr class="instance \w+" data-id="([^"]+)"', html)
+    return re.findall(r'<tr class="instance \w+(?: sub)?" data-id="([^"]+)"', html)
 
 
 async def test_instance_list_rows_counts_filters_and_pages(

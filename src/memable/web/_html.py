@@ -163,10 +163,21 @@ def list_live(page: Page, listing: ListPage, filters: Filters) -> str:
             message += f' <span class="waits">waits on <code>{escape(waiting)}</code></span>'
         end = r.finished_at if r.finished_at is not None else None
         took = duration(end - r.created_at) if end is not None else ""
+        if r.parent_id is not None:  # a child: its own part stands out, its parent's is muted
+            head, _, own = r.instance_id.rpartition("/")
+            name = f'<span class="parent">{escape(head)}/</span>{escape(own)}'
+            sub = " sub"
+        else:
+            name, sub = escape(r.instance_id), ""
+        workflow = (
+            f'<span class="muted" title="{escape(r.workflow)}">fan-out child</span>'
+            if r.workflow.startswith("_")
+            else escape(r.workflow)
+        )
         rows.append(
-            f'<tr class="instance {r.status}" data-id="{escape(r.instance_id)}">'
-            f'<td class="id"><a href="{page.instance_url(r.instance_id)}">{escape(r.instance_id)}</a></td>'
-            f"<td>{escape(r.workflow)}</td><td>{badge(r.status)}</td>"
+            f'<tr class="instance {r.status}{sub}" data-id="{escape(r.instance_id)}">'
+            f'<td class="id"><a href="{page.instance_url(r.instance_id)}">{name}</a></td>'
+            f"<td>{workflow}</td><td>{badge(r.status)}</td>"
             f'<td class="message">{message}</td><td>{when(r.created_at)}</td>'
             f'<td>{when(r.updated_at)}</td><td class="num">{took}</td></tr>'
         )
@@ -266,7 +277,13 @@ def instance_live(page: Page, detail: Detail) -> str:
     cards.append(
         _card(
             f"Timeline <small>{len(detail.steps)} step{'s' if len(detail.steps) != 1 else ''}</small>",
-            f'<div class="gantt-wrap">{timeline(detail)}</div>',
+            f'<div class="gantt-wrap">{timeline(detail)}</div>'
+            '<p class="legend"><span class="key completed"></span>step'
+            ' <span class="key retry"></span>retried (\u00d7attempts)'
+            ' <span class="key dead"></span>failed'
+            ' <span class="key hatched"></span>earlier attempt (resumed)'
+            ' <span class="key child"></span>child instance'
+            ' <span class="key timer"></span>durable timer</p>',
             cls="wide",
         )
     )
