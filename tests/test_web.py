@@ -19,7 +19,7 @@ from memable import Engine
 from memable.storage import SQLiteStorage, Storage
 
 from .helpers import StorageFactory
-from .web_world import WORKFLOWS, approval, order, populate
+from .web_world import WORKFLOWS, approval, order, populate, refund
 
 TOP = ["order-o-1", "order-o-2", "refund-o-9", "reminder-ada"]
 
@@ -236,6 +236,7 @@ def test_memable_web_serves_on_trio_with_hypercorn(tmp_path: Path) -> None:
                 "counts": dict.fromkeys(
                     ["running", "suspended", "completed", "failed", "cancelled"], 0
                 ),
+                "counts_stop_at": 10_001,
             }  # fmt: skip
             assert answer.headers["x-frame-options"] == "DENY"
         finally:
@@ -327,3 +328,23 @@ async def test_mounted_under_a_prefix(world: tuple[Engine, Storage]) -> None:
         assert (await http.get("/ops/memable/static/htmx.min.js")).status_code == 200
         detail = await http.get("/ops/memable/instances/order-o-1/label:v1-0")
         assert 'href="/ops/memable/instances/order-o-1"' in detail.text  # its parent
+
+
+async def test_counts_stop_at_their_cap(
+    make_storage: StorageFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memable.web import _source
+
+    monkeypatch.setattr(_source, "COUNT_CAP", 3)
+    monkeypatch.setattr(_source, "SLOW_COUNT_CAP", 3)
+    storage = make_storage()
+    async with Engine(storage, workflows=WORKFLOWS) as engine:
+        for i in range(5):
+            await (await engine.invoke(refund, f"r-{i}")).wait()
+        async with client(memable.web.app(storage)) as http:
+            page = (await http.get("/")).text
+            assert '<span class="n">3+</span><span class="what">✕ failed</span>' in page
+            assert '<span class="n">0</span><span class="what">● running</span>' in page
+            counts = (await http.get("/api/instances")).json()
+            assert counts["counts"]["failed"] == 4  # more than the cap: 3+
+            assert counts["counts_stop_at"] == 4

@@ -229,6 +229,7 @@ class Dashboard:
                 "items": [instance_json(r) for r in listing.items],
                 "next": listing.next,
                 "counts": listing.counts,
+                "counts_stop_at": listing.cap + 1,
             }
         )
 

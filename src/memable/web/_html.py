@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 
 from .._outcome import ErrorInfo
 from ._gantt import duration, timeline
-from ._source import AGES, COUNT_CAP, STATES, Detail, Filters, ListPage, preview
+from ._source import AGES, STATES, Detail, Filters, ListPage, preview
 
 __all__ = ["Page", "instance_live", "instance_page", "list_live", "list_page", "not_found"]
 
@@ -144,7 +144,7 @@ def list_live(page: Page, listing: ListPage, filters: Filters) -> str:
     chips = []
     for state in STATES:
         n = listing.counts.get(state, 0)
-        shown = f"{COUNT_CAP:,}+" if n > COUNT_CAP else f"{n:,}"
+        shown = f"{listing.cap:,}+" if n > listing.cap else f"{n:,}"
         active = " active" if filters.status == state else ""
         href = page.url("/", filters.query(status=None if active else state, after=None))
         chips.append(

@@ -43,6 +43,8 @@ STATES: Final[tuple[InstanceState, ...]] = get_args(InstanceState)
 AGES: Final = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 #: Counts per status stop at this many (a capped index range scan each).
 COUNT_CAP: Final = 10_000
+#: ... or at this many where the storage cannot count (it lists rows instead).
+SLOW_COUNT_CAP: Final = 1_000
 #: How long an action waits for the owning engine's answer (seconds).
 ANSWER_TIMEOUT: Final = 5.0
 #: How many children an instance page draws (with their steps).
@@ -132,6 +134,8 @@ class ListPage:
     items: list[InstanceRecord]
     next: str | None
     counts: dict[str, int]
+    #: Counts stop at this many (more is shown as "10,000+").
+    cap: int
     now: float
 
     def fingerprint(self) -> int:
@@ -200,7 +204,8 @@ class Source:
             after=filters.after,
         )
         counts: dict[str, int] = {state: self._count(state, common) for state in STATES}
-        return ListPage(items=list(records), next=cursor, counts=counts, now=now)
+        cap = COUNT_CAP if hasattr(self.storage, "count_instances") else SLOW_COUNT_CAP
+        return ListPage(items=list(records), next=cursor, counts=counts, cap=cap, now=now)
 
     def _count(self, state: InstanceState, common: dict[str, Any]) -> int:
         if common["waiting_on"] is not None and state != "suspended":
@@ -208,7 +213,9 @@ class Source:
         count: Any = getattr(self.storage, "count_instances", None)
         if count is not None:
             return int(count(status=state, limit=COUNT_CAP + 1, **common))
-        return len(self.storage.list_instances(status=state, limit=COUNT_CAP + 1, **common))
+        # A storage that cannot count lists (and decodes) rows: fewer of them.
+        listed = self.storage.list_instances(status=state, limit=SLOW_COUNT_CAP + 1, **common)
+        return len(listed)
 
     async def detail(self, instance_id: str) -> Detail | None:
         return await self._call(self._detail, instance_id, depth=2)
