@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -348,3 +348,69 @@ async def test_counts_stop_at_their_cap(
             counts = (await http.get("/api/instances")).json()
             assert counts["counts"]["failed"] == 4  # more than the cap: 3+
             assert counts["counts_stop_at"] == 4
+
+
+class _WithQueues:
+    """A storage that also lists queues and schedules (the shapes the queue feature
+    stores: a queue's row with its counts per status, a schedule's row)."""
+
+    def __init__(
+        self, storage: Storage, queues: Sequence[object], schedules: Sequence[object]
+    ) -> None:
+        self._storage = storage
+        self._queues = queues
+        self._schedules = schedules
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._storage, name)
+
+    def list_queues(self) -> Sequence[object]:
+        return self._queues
+
+    def list_schedules(self) -> Sequence[object]:
+        return self._schedules
+
+
+async def test_queue_and_schedule_pages_appear_when_the_storage_has_them(
+    world: tuple[Engine, Storage],
+) -> None:
+    import attrs
+
+    @attrs.frozen
+    class Queue:
+        name: str
+        concurrency: int | None
+        rate_count: int | None
+        rate_period: float | None
+        paused: bool
+
+    @attrs.frozen
+    class Schedule:
+        name: str
+        last_tick: float
+        last_run: str | None
+
+    _, storage = world
+    async with client(memable.web.app(storage)) as http:
+        plain = (await http.get("/")).text
+        assert 'href="/queues"' not in plain
+        assert (await http.get("/queues")).status_code == 404
+    queues = [(Queue("emails", 10, 5, 60.0, False), {"enqueued": 3, "running": 2})]
+    schedules = [Schedule("report", 1_800_000_000.0, "order-o-1")]
+    richer = _WithQueues(storage, queues, schedules)
+    async with client(memable.web.app(richer)) as http:  # type: ignore[arg-type]
+        home = (await http.get("/")).text
+        assert 'href="/queues">Queues</a>' in home
+        assert 'href="/schedules">Schedules</a>' in home
+        assert 'href="/engines"' not in home
+        page = (await http.get("/queues")).text
+        assert "<td>emails</td><td>10</td><td>5 per 60.0 s</td>" in page
+        assert "<td>3</td><td>2</td><td>0</td>" in page  # enqueued, running, suspended
+        page = (await http.get("/schedules")).text
+        assert '<a href="/instances/order-o-1">order-o-1</a>' in page
+        assert 'data-t="1800000000.000"' in page
+        listed = (await http.get("/api/queues")).json()
+        assert listed == [
+            {"name": "emails", "concurrency": 10, "rate_count": 5, "rate_period": 60.0,
+             "paused": False, "enqueued": 3, "running": 2}
+        ]  # fmt: skip

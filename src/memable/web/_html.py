@@ -16,6 +16,7 @@ __all__ = ["Page", "instance_live", "instance_page", "list_live", "list_page", "
 
 #: The icons of the statuses (text: no image, no font).
 ICONS: Final = {
+    "enqueued": "◌",
     "running": "●",
     "suspended": "❚❚",
     "completed": "✓",
@@ -149,7 +150,7 @@ def list_live(page: Page, listing: ListPage, filters: Filters) -> str:
         href = page.url("/", filters.query(status=None if active else state, after=None))
         chips.append(
             f'<a class="count {state}{active}" href="{escape(href)}" data-status="{state}">'
-            f'<span class="n">{shown}</span><span class="what">{ICONS[state]} {state}</span></a>'
+            f'<span class="n">{shown}</span><span class="what">{ICONS.get(state, "")} {state}</span></a>'
         )
     rows = []
     for r in listing.items:

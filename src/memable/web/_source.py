@@ -180,13 +180,14 @@ class Source:
         self.owned = owned  # opened (and to be closed) by the dashboard
         self._limiter = anyio.CapacityLimiter(2)
 
-    async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a storage read in a worker thread."""
         return await anyio.to_thread.run_sync(
             lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=True
         )
 
     async def page(self, filters: Filters) -> ListPage:
-        return await self._call(self._page, filters)
+        return await self.call(self._page, filters)
 
     def _page(self, filters: Filters) -> ListPage:
         now = time.time()
@@ -218,7 +219,7 @@ class Source:
         return len(listed)
 
     async def detail(self, instance_id: str) -> Detail | None:
-        return await self._call(self._detail, instance_id, depth=2)
+        return await self.call(self._detail, instance_id, depth=2)
 
     def _detail(self, instance_id: str, *, depth: int) -> Detail | None:
         record = self.storage.get_instance(instance_id)
@@ -256,32 +257,32 @@ class Source:
             return _refusal("actions need the engine's SQLite file (this storage has no inbox)")
         from ..storage._sqlite import InboxClient, owner_of
 
-        owner = await self._call(owner_of, path)
+        owner = await self.call(owner_of, path)
         if owner is None:
             return _refusal(
                 "no engine runs on this database to apply it (start one, or use the"
                 " 'memable' command line, which applies actions to a stopped database)"
             )
-        client = await self._call(InboxClient, path)
+        client = await self.call(InboxClient, path)
         try:
-            item = await self._call(
+            item = await self.call(
                 client.post, verb, instance_id, now=time.time(), key=key, payload=payload,
                 reason=reason,
             )  # fmt: skip
             with anyio.move_on_after(ANSWER_TIMEOUT):
-                while (answer := await self._call(client.answer, item)) is None:
+                while (answer := await self.call(client.answer, item)) is None:
                     await anyio.sleep(0.02)
                 return cast(dict[str, Any], json.loads(answer))
-            if await self._call(client.withdraw, item):
+            if await self.call(client.withdraw, item):
                 return _refusal(
                     f"the engine that owns the database (process {owner}) did not apply it"
                     f" within {ANSWER_TIMEOUT:g} s; nothing was done"
                 )
-            answer = await self._call(client.answer, item)  # applied just now
+            answer = await self.call(client.answer, item)  # applied just now
             return cast(dict[str, Any], json.loads(answer or '{"ok": true, "outcome": "applied",'
                                                    ' "message": "applied"}'))  # fmt: skip
         finally:
-            await self._call(client.close)
+            await self.call(client.close)
 
     def close(self) -> None:
         if self.owned:
