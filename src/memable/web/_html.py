@@ -264,7 +264,8 @@ def instance_live(page: Page, detail: Detail) -> str:
         cards.append(
             _card("Error", _error(ErrorInfo.from_json(record.error), open_=True), cls="error")
         )
-    cards.append(_waiting(page, detail))
+    waiting = _waiting(page, detail)
+    cards.append(waiting)
     in_tp, in_value = preview(record.input)
     out_tp, out_value = preview(record.output)
     cards.append(
@@ -273,6 +274,7 @@ def instance_live(page: Page, detail: Detail) -> str:
             '<dl class="io">'
             f"<div><dt>input</dt><dd>{code(in_value, in_tp)}</dd></div>"
             f"<div><dt>output</dt><dd>{code(out_value, out_tp)}</dd></div></dl>",
+            cls="" if waiting else "wide",  # alone on its row: the whole row
         )
     )
     cards.append(
