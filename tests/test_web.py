@@ -56,7 +56,8 @@ async def test_instance_list_rows_counts_filters_and_pages(
         found = re.findall(r'<span class="n">(\d+)</span><span class="what">\S+ (\w+)', page.text)
         counts = {state: n for n, state in found}
         assert counts == {
-            "running": "0", "suspended": "2", "completed": "7", "failed": "1", "cancelled": "0"
+            "enqueued": "0", "running": "0", "suspended": "2", "completed": "7", "failed": "1",
+            "cancelled": "0",
         }  # fmt: skip
         assert ids((await http.get("/?status=failed")).text) == ["refund-o-9"]
         assert ids((await http.get("/?waiting_on=approval:v1")).text) == ["order-o-1"]
@@ -234,7 +235,7 @@ def test_memable_web_serves_on_trio_with_hypercorn(tmp_path: Path) -> None:
             assert answer.json() == {
                 "items": [], "next": None,
                 "counts": dict.fromkeys(
-                    ["running", "suspended", "completed", "failed", "cancelled"], 0
+                    ["enqueued", "running", "suspended", "completed", "failed", "cancelled"], 0
                 ),
                 "counts_stop_at": 10_001,
             }  # fmt: skip

@@ -59,7 +59,9 @@ from ._outcome import Ok as Ok
 from ._outcome import Outcome as Outcome
 from ._outcome import Settled as Settled
 from ._outcome import Suspended as Suspended
+from ._queues import Queue as Queue
 from ._retry import RetryPolicy as RetryPolicy
+from ._schedule import Schedule as Schedule
 from ._serde import configure_converter as configure_converter
 from ._suspend import Status as Status
 from ._suspend import SuspendPoint as SuspendPoint
@@ -89,8 +91,10 @@ __all__ = [
     "Outcome",
     "Page",
     "Permanent",
+    "Queue",
     "RetriesExhausted",
     "RetryPolicy",
+    "Schedule",
     "SerializationError",
     "Settled",
     "SignalInfo",

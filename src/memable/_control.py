@@ -1,4 +1,4 @@
-"""What the engine's verbs do: start, signal, cancel, resume and read instances.
+"""What the engine's verbs do: start (or enqueue), signal, cancel, resume and read instances.
 
 :class:`~memable.Engine` keeps the public signatures, their documentation and the check
 that it is running; the work behind each verb lives here, over the kernel and the runner.
@@ -20,6 +20,7 @@ from ._ids import root_of
 from ._kernel import Kernel, outcome_of
 from ._keys import check_instance_ref, check_key, check_text, new_instance_id
 from ._outcome import Outcome
+from ._queues import Admitter, Queue
 from ._records import InstanceRecord, InstanceState, SignalOutcome, SignalRecord
 from ._runner import Runner
 from ._suspend import SuspendPoint
@@ -33,6 +34,8 @@ T = TypeVar("T")
 #: The default of an omitted workflow input.
 NOTHING: Final = object()
 
+_PRIORITY_RANGE: Final = range(-(2**63), 2**63)
+
 #: What ``resume`` restarts: a failed instance, and one stuck running or suspended.
 RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
 
@@ -40,22 +43,40 @@ RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
 class Control:
     """The engine's verbs, over its kernel and runner."""
 
-    def __init__(self, kernel: Kernel, runner: Runner) -> None:
+    def __init__(self, kernel: Kernel, runner: Runner, admitter: Admitter) -> None:
         self._kernel = kernel
         self._runner = runner
+        self._admitter = admitter
         self._last_id = 0  # the timestamp of the last generated instance id
 
     # -- starting ---------------------------------------------------------------------------
 
-    async def start(self, wf: Workflow[Any, Any], input: Any, instance_id: str | None) -> str:
-        """Create an instance of *wf* (or find the same one) and run it; return its id."""
-        kernel = self._kernel
+    async def start(
+        self,
+        wf: Workflow[Any, Any],
+        input: Any,
+        instance_id: str | None,
+        *,
+        queue: Queue | None = None,
+        priority: int = 0,
+    ) -> str:
+        """Create an instance of *wf* (running, or enqueued in *queue*); return its id.
+
+        An id that exists gives the existing instance (nothing runs) if its workflow and
+        input are the same, else :class:`~memable.InstanceConflict`.
+        """
+        if queue is not None:
+            self._admitter.add(queue)
+            if type(priority) is not int or priority not in _PRIORITY_RANGE:
+                raise TypeError(f"priority must be a 64-bit int, not {priority!r}")
         if wf.takes_input and input is NOTHING:
-            raise TypeError(f"workflow {wf.name!r} takes an input; pass it to invoke()")
+            verb = "invoke" if queue is None else "enqueue"
+            raise TypeError(f"workflow {wf.name!r} takes an input; pass it to {verb}()")
         if not wf.takes_input:
             if input is not NOTHING and input is not None:
                 raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
             input = None
+        kernel = self._kernel
         generated = instance_id is None
         if instance_id is None:
             now_ns = int(kernel.now() * 1_000_000) * 1000
@@ -69,46 +90,56 @@ class Control:
         now = kernel.now()
         attributes = {"memable.workflow": wf.name, "memable.instance_id": instance_id}
         with _telemetry.span(f"memable.invoke {wf.name}", attributes, kind="PRODUCER"):
-            record = InstanceRecord(instance_id=instance_id, workflow=wf.name, status="running",
-                                    input=envelope, created_at=now, updated_at=now,
-                                    trace=_telemetry.current_traceparent())  # fmt: skip
-            await self.create(wf, record, generated)
+            record = InstanceRecord(
+                instance_id=instance_id,
+                workflow=wf.name,
+                status="running" if queue is None else "enqueued",
+                input=envelope,
+                created_at=now,
+                updated_at=now,
+                queue=None if queue is None else queue.name,
+                priority=priority,
+                trace=_telemetry.current_traceparent(),
+            )
+            if queue is None:
+                created, stored = await self._create_running(wf, record, generated)
+            else:
+                with anyio.CancelScope(shield=True):  # what storage answers must be acted on
+                    stored, created = await self._create(record, generated)
+                if created:
+                    self._admitter.wake(queue.name)
+        if not created:
+            _check_same(stored, wf, envelope)
         return instance_id
 
-    async def create(self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool) -> None:
-        """Create *record* and start it, or check that the instance of its id is the same."""
-        kernel, instance_id, envelope = self._kernel, record.instance_id, record.input
-        run = self._runner.reserve(instance_id, wf)
+    async def _create(self, record: InstanceRecord, generated: bool) -> tuple[InstanceRecord, bool]:
+        if generated:
+            # A generated id is new (a timestamp and 48 random bits), so its row joins
+            # the group commit instead of taking a transaction of its own.
+            await self._kernel.write([record])
+            return record, True
+        return await self._kernel.store.create(record)
+
+    async def _create_running(
+        self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool
+    ) -> tuple[bool, InstanceRecord]:
+        runner = self._runner
+        run = runner.reserve(record.instance_id, wf)
         run.pending += 1
         try:
             with anyio.CancelScope(shield=True):  # what storage answers must be acted on
-                if generated:
-                    # A generated id is new (a timestamp and 48 random bits), so its row joins
-                    # the group commit instead of taking a transaction of its own.
-                    await kernel.write([record])
-                    stored, created = record, True
-                else:
-                    stored, created = await kernel.store.create(record)
+                stored, created = await self._create(record, generated)
         except BaseException:
             run.pending -= 1
-            self._runner.release(run)  # nothing was created: drop the reservation
+            runner.release(run)  # nothing was created: drop the reservation
             raise
         run.pending -= 1
         if created:
             run.fresh = True
-            self._runner.start(run, stored)
-            return
-        self._runner.release(run)
-        if stored.workflow != wf.name:
-            raise InstanceConflict(
-                f"instance id {instance_id!r} belongs to workflow {stored.workflow!r},"
-                f" not {wf.name!r}"
-            )
-        if json.loads(stored.input)["value"] != json.loads(envelope)["value"]:
-            raise InstanceConflict(
-                f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
-                " use another instance_id, or the same input to attach to it"
-            )
+            runner.start(run, stored)
+        else:
+            runner.release(run)
+        return created, stored
 
     # -- resuming ---------------------------------------------------------------------------
 
@@ -224,3 +255,17 @@ class Control:
         """The status message: the live one while a task of this engine runs the instance."""
         run = self._runner.live(record.instance_id)
         return record.status_message if run is None else run.status_message
+
+
+def _check_same(stored: InstanceRecord, wf: Workflow[Any, Any], envelope: str) -> None:
+    """Refuse to attach to an existing instance of another workflow or input."""
+    instance_id = stored.instance_id
+    if stored.workflow != wf.name:
+        raise InstanceConflict(
+            f"instance id {instance_id!r} belongs to workflow {stored.workflow!r}, not {wf.name!r}"
+        )
+    if json.loads(stored.input)["value"] != json.loads(envelope)["value"]:
+        raise InstanceConflict(
+            f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
+            " use another instance_id, or the same input to attach to it"
+        )

@@ -10,13 +10,13 @@ import types
 import typing
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
 import attrs
 
-from . import _inbox, _inspect, _log
+from . import _inbox, _inspect
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -30,12 +30,14 @@ from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store
 from ._keys import check_instance_ref
 from ._outcome import InstanceInfo
+from ._queues import Admitter, Queue
 from ._records import (
     InstanceRecord,
     InstanceState,
 )
 from ._retry import RetryPolicy
 from ._runner import Runner
+from ._schedule import Schedule, Ticker
 from ._serde import Serde
 from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
@@ -54,6 +56,10 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 logger = logging.getLogger("memable")
+
+#: How many top-level instances an engine runs at once unless told otherwise.
+DEFAULT_MAX_RUNNING: Final = 1000
+
 
 _Phase = Literal["new", "running", "closing", "closed"]
 
@@ -82,6 +88,11 @@ class Engine:
             own; the global converter is never used).
         clock: The source of stored time (UTC); :class:`memable.testing` has a controllable
             one.
+        queues: Queues whose instances this engine starts (see :meth:`enqueue`).
+        schedules: Schedules this engine runs (their workflows are registered).
+        max_running: At most this many top-level instances run at once (children run
+            inside their parent); the others wait their turn, admitted in order, and due
+            timers are claimed as slots free up (``None``: no bound; see docs/scaling.md).
 
     Example:
         >>> import anyio, memable
@@ -108,6 +119,9 @@ class Engine:
         retention: timedelta | None = None,
         converter: cattrs.Converter | None = None,
         clock: Clock | None = None,
+        queues: Iterable[Queue] = (),
+        schedules: Iterable[Schedule[Any]] = (),
+        max_running: int | None = DEFAULT_MAX_RUNNING,
     ) -> None:
         if isinstance(storage, str | os.PathLike):
             from .storage._sqlite import SQLiteStorage  # loaded on first use
@@ -131,9 +145,11 @@ class Engine:
             retry=retry,
             status=StatusHub(),
         )
-        self._runner = Runner(self._kernel)
-        self._control = Control(self._kernel, self._runner)
-        self._timers = TimerScheduler(self._kernel, self._runner.claimed)
+        self._runner = Runner(self._kernel, max_running)
+        self._timers = TimerScheduler(self._kernel, self._runner.claimed, self._runner.room)
+        self._admitter = Admitter(self._kernel, self._runner.claimed)
+        self._ticker = Ticker(self._kernel, self._runner.claimed)
+        self._control = Control(self._kernel, self._runner, self._admitter)
         self._phase: _Phase = "new"
         self._stack = contextlib.AsyncExitStack()
         self._abort = False  # leaving the block by an exception: no grace period
@@ -149,6 +165,11 @@ class Engine:
         )
         for wf in workflows:
             self.register(wf)
+        for queue in queues:
+            self._admitter.add(queue)
+        for schedule in schedules:
+            self.register(schedule.workflow)
+            self._ticker.add(schedule)
 
     def __repr__(self) -> str:
         return f"<memable.Engine storage={self._storage!r} phase={self._phase}>"
@@ -171,6 +192,8 @@ class Engine:
             # system tasks, then the writer commits what is queued, then storage closes.
             stack.push_async_callback(self._close_storage)
             await kernel.store.call(self._storage.open)
+            await self._admitter.store_limits()  # queues and schedules are stored at once,
+            await self._ticker.store_rows()  # so a schedule's first tick is after the start
             kernel.committer = GroupCommitter(self._storage.commit, limiter)
             writer = await stack.enter_async_context(anyio.create_task_group())
             writer.start_soon(kernel.committer.run, name="memable writer")
@@ -183,6 +206,8 @@ class Engine:
             if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
                 inbox = typing.cast(_inbox.InboxStorage, self._storage)
                 system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
+            system.start_soon(self._admitter.run, name="memable queues")
+            system.start_soon(self._ticker.run, name="memable schedules")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -200,10 +225,11 @@ class Engine:
         self._phase = "running"
         if self._resume_on_start:
             try:
-                await self._recover()
+                await self._runner.recover()
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
+        self._kernel.recovered.set()  # queues and schedules start what is due from now on
         return self
 
     async def __aexit__(
@@ -230,20 +256,15 @@ class Engine:
         instances.cancel_scope.cancel()
 
     def _timers_settled(self) -> bool:
-        """Whether no timer is due that the scheduler has not fired (for ManualClock)."""
-        return self._phase != "running" or self._timers.settled()
+        """Whether no timer, queue or schedule has work due at the clock's time that the
+        engine has not done (for ManualClock)."""
+        return self._phase != "running" or (
+            self._timers.settled() and self._admitter.settled() and self._ticker.settled()
+        )
 
     async def _close_storage(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._kernel.store.call(self._storage.close)
-
-    async def _recover(self) -> None:
-        for record in await self._kernel.store.running():
-            if record.parent_id is None:  # children are driven by their parent
-                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
-                           record.workflow, instance_id=record.instance_id,
-                           workflow=record.workflow)  # fmt: skip
-                self._runner.claimed(record)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -264,9 +285,6 @@ class Engine:
             >>> memable.Engine().register(noop)
         """
         self._registry.add(wf)
-
-    def _registered(self, wf: Workflow[Any, Any]) -> Workflow[Any, Any]:
-        return self._registry.known(wf)
 
     # -- starting instances -----------------------------------------------------------------
 
@@ -313,12 +331,103 @@ class Engine:
             order-o-17
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         instance_id = await self._control.start(wf, input, instance_id)
         return self._invocation(wf, instance_id)
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         return Invocation(self._instances, wf, instance_id)
+
+    # -- queues -----------------------------------------------------------------------------
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[None, O],
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[I, O],
+        input: I,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[Any, O],
+        input: Any = NOTHING,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]:
+        """Record an instance of *wf* as ``enqueued`` in *queue*; it starts when the
+        queue's limits allow, highest *priority* (an int) first, then oldest. Idempotent by
+        *instance_id* like :meth:`invoke`; from now on this engine admits for *queue*.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails", concurrency=10)
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         invocation = await engine.enqueue(emails, send, "ada", priority=5)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            sent to ada
+        """
+        self._check_running()
+        wf = self._registry.known(wf)
+        instance_id = await self._control.start(
+            wf, input, instance_id, queue=queue, priority=priority
+        )
+        return self._invocation(wf, instance_id)
+
+    async def pause_queue(self, queue: Queue | str) -> None:
+        """Start no more instances of *queue* in any engine on this database (stored,
+        until :meth:`resume_queue`); enqueuing goes on, running instances run on.
+
+        Raises:
+            ValueError: the queue has never been used with this database.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails")
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         await engine.pause_queue(emails)
+            ...         invocation = await engine.enqueue(emails, send, "ada", instance_id="e-1")
+            ...         print((await engine.state(send, "e-1")).status)
+            ...         await engine.resume_queue(emails)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            enqueued
+            sent to ada
+        """
+        self._check_running()
+        await self._admitter.pause(queue, True)
+
+    async def resume_queue(self, queue: Queue | str) -> None:
+        """Start instances of a paused *queue* again (:meth:`pause_queue` has an example)."""
+        self._check_running()
+        await self._admitter.pause(queue, False)
 
     @overload
     async def run(self, wf: Workflow[None, O], /, *, instance_id: str | None = None) -> O: ...
@@ -369,7 +478,7 @@ class Engine:
             1250
         """
         check_instance_ref(instance_id)
-        return self._invocation(self._registered(wf), instance_id)
+        return self._invocation(self._registry.known(wf), instance_id)
 
     async def resume(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         """Run a failed or stuck instance again.
@@ -396,7 +505,7 @@ class Engine:
             Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         await self._control.resume(wf, instance_id)
         return self._invocation(wf, instance_id)
 
@@ -432,7 +541,7 @@ class Engine:
             1250
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         await self._control.signal(wf, instance_id, point, payload)
         return self._invocation(wf, instance_id)
 
@@ -464,7 +573,7 @@ class Engine:
             Cancelled(reason='customer left')
         """
         self._check_running()
-        return await self._control.cancel(self._registered(wf), instance_id, reason)
+        return await self._control.cancel(self._registry.known(wf), instance_id, reason)
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
@@ -492,7 +601,7 @@ class Engine:
             completed
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         check_instance_ref(instance_id)
         return StatusStream(self._instances, wf, instance_id)
 
@@ -502,8 +611,8 @@ class Engine:
         """Delete instances that finished more than *older_than* ago; return how many.
 
         Completed, failed and cancelled top-level instances go with all their steps,
-        signals, timers and children, in one transaction per instance. Running and
-        suspended instances are never purged.
+        signals, timers and children, in short batches that let other writes go between
+        them. Running and suspended instances are never purged.
 
         Example:
             >>> import anyio, memable

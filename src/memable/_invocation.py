@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typing
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
+
+import anyio
 
 from ._exceptions import NotStarted, WorkflowCancelled, WorkflowFailed, WorkflowSuspended
 from ._outcome import Cancelled, Completed, Failed, Outcome, Suspended
@@ -16,6 +18,9 @@ if TYPE_CHECKING:
     from ._status import Instances
 
 __all__ = ["Invocation"]
+
+#: Real seconds between reads of an enqueued instance that ``wait()`` waits for.
+_ENQUEUED_POLL: Final = 1.0
 
 O = TypeVar("O", covariant=True)  # noqa: E741 - an Invocation[bool] is an Invocation[object]
 
@@ -58,7 +63,8 @@ class Invocation(Generic[O]):
         """Wait until the instance completes, fails, is cancelled or suspends.
 
         With *finished*, wait through suspensions (a durable sleep, a signal to come)
-        until it completes, fails or is cancelled.
+        until it completes, fails or is cancelled. An ``enqueued`` instance is waited
+        for through its queue until it runs.
 
         Raises:
             InstanceNotFound: no instance has this id.
@@ -103,6 +109,9 @@ class Invocation(Generic[O]):
                         self._failure = run.outcome
                     return run.outcome
             record = await instances.record(self.workflow, self.instance_id)
+            if record.status == "enqueued":
+                await self._until_started()
+                continue
             outcome = instances.outcome(self.workflow, record)
             failure = self._failure
             if isinstance(outcome, Failed) and failure and outcome.error == failure.error:
@@ -118,6 +127,19 @@ class Invocation(Generic[O]):
                 " not run it (resume_on_start=False, or the engine is shutting down);"
                 " engine.resume() starts it"
             )
+
+    async def _until_started(self) -> None:
+        """Wait while the instance is ``enqueued``: until a status change here, or a short
+        poll (another engine sharing the database may start it)."""
+        instances = self._instances
+        subscriber = instances.status.follow(self.instance_id)
+        try:
+            record = await instances.record(self.workflow, self.instance_id)
+            if record.status == "enqueued":
+                with anyio.move_on_after(_ENQUEUED_POLL):
+                    await subscriber.get()
+        finally:
+            instances.status.drop(self.instance_id, subscriber)
 
     def status(self) -> AsyncIterator[Status]:
         """Iterate over the instance's status changes (see :meth:`Engine.subscribe`).

@@ -3,14 +3,15 @@
 Runners, contexts, fan-outs and the engine's background tasks are handed a
 :class:`Kernel` (as svcs hands a container its registry, not the application): the
 storage façade, the group committer, serde, the clock, the registry of workflows, the
-default retry policy, the status hub, the timer wake-up, spawning, the healer's alarm and
-the test hooks. The engine builds it and owns its life cycle.
+default retry policy, the status hub, the timer and queue wake-ups, spawning, the
+healer's alarm and the test hooks. The engine builds it and owns its life cycle.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 import typing
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
@@ -37,9 +38,12 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._commit import GroupCommitter
     from ._records import (
+        Admission,
         History,
         InstanceRecord,
         InstanceState,
+        QueueRecord,
+        ScheduleRecord,
         SignalOutcome,
         SignalRecord,
         Write,
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
     from ._retry import RetryPolicy
     from ._serde import Serde
     from ._status import StatusHub
-    from .storage._protocol import Storage
+    from .storage._protocol import QueueStorage, Storage
 
 __all__ = ["Kernel", "Registry", "Store", "outcome_of"]
 
@@ -55,6 +59,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("memable")
+
+_PURGE_SLICE = 0.005  # seconds one purge batch should take
 
 
 @final
@@ -174,6 +180,29 @@ class Store:
     async def children(self, parent_id: str) -> list[InstanceRecord]:
         return await self.call(self.storage.list_instances, parent_id=parent_id)
 
+    async def fan_out_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> list[InstanceRecord]:
+        """The children of a fan-out in one of *status* (an index range where supported)."""
+        method = getattr(self.storage, "list_children", None)
+        if method is not None:
+            found: list[InstanceRecord] = await self.call(method, parent_id, prefix, status)
+            return found
+        return [
+            record
+            for record in await self.children(parent_id)
+            if record.instance_id.startswith(prefix) and record.status in status
+        ]
+
+    async def count_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> int:
+        method = getattr(self.storage, "count_children", None)
+        if method is not None:
+            count: int = await self.call(method, parent_id, prefix, status)
+            return count
+        return len(await self.fan_out_children(parent_id, prefix, status))
+
     async def running(self) -> list[InstanceRecord]:
         return await self.call(self.storage.list_instances, status="running")
 
@@ -182,25 +211,6 @@ class Store:
 
     async def signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
         return await self.call(self.storage.deliver_signal, signal)
-
-    async def suspend(
-        self,
-        instance_id: str,
-        waiting_on: Sequence[str],
-        message: str | None,
-        now: float,
-        extend: bool,
-    ) -> bool:
-        # Only passed when set, so storages written before it existed keep working.
-        more: dict[str, Any] = {"extend": True} if extend else {}
-        return await self.call(
-            self.storage.suspend,
-            instance_id,
-            waiting_on=waiting_on,
-            status_message=message,
-            now=now,
-            **more,
-        )
 
     async def cancel(
         self, instance_id: str, reason: str, now: float
@@ -218,11 +228,69 @@ class Store:
     async def next_deadline(self) -> float | None:
         return await self.call(self.storage.next_deadline)
 
-    async def fire_timers(self, now: float) -> list[InstanceRecord]:
-        return await self.call(self.storage.fire_timers, now)
+    async def fire_timers(self, now: float, limit: int) -> list[InstanceRecord]:
+        return await self.call(self.storage.fire_timers, now, limit)
 
     async def purge(self, finished_before: float, **filters: Any) -> int:
-        return await self.call(self.storage.purge, finished_before=finished_before, **filters)
+        """Purge batch by batch, one storage call each, so that the engine's other writes
+        (which wait for the same storage thread, first come first served) go between
+        batches; a batch is sized to take about 5 ms."""
+        purged, batch = 0, 100
+        while True:
+            started = time.perf_counter()
+            done = await self.call(
+                self.storage.purge,
+                finished_before=finished_before,
+                batch=batch,
+                limit=batch,
+                **filters,
+            )
+            purged += done
+            if done == 0:
+                return purged
+            took = max(time.perf_counter() - started, 1e-4)
+            batch = max(10, min(1000, int(batch * _PURGE_SLICE / took)))
+
+    # -- queues and schedules ---------------------------------------------------------------
+
+    def queues(self) -> QueueStorage:
+        """The storage as a :class:`QueueStorage`, or a clear error if it is not one."""
+        if not callable(getattr(self.storage, "admit", None)):
+            raise TypeError(
+                f"{type(self.storage).__name__} does not support queues and schedules;"
+                " use a built-in storage (SQLite, memory or Postgres)"
+            )
+        return typing.cast("QueueStorage", self.storage)
+
+    async def define_queue(self, row: QueueRecord) -> QueueRecord:
+        return await self.call(self.queues().define_queue, row)
+
+    async def pause_queue(self, name: str, paused: bool) -> bool:
+        return await self.call(self.queues().pause_queue, name, paused)
+
+    async def admit(self, name: str, now: float, workflows: Sequence[str]) -> Admission:
+        return await self.call(self.queues().admit, name, now=now, workflows=workflows)
+
+    async def define_schedule(self, name: str, now: float) -> ScheduleRecord:
+        return await self.call(self.queues().define_schedule, name, now)
+
+    async def tick_schedule(
+        self,
+        name: str,
+        *,
+        expected: float,
+        last_tick: float,
+        records: Sequence[InstanceRecord],
+        overlap: bool,
+    ) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
+        return await self.call(
+            self.queues().tick_schedule,
+            name,
+            expected=expected,
+            last_tick=last_tick,
+            records=records,
+            overlap=overlap,
+        )
 
 
 @final
@@ -237,11 +305,13 @@ class Kernel:
         "committer",
         "crash_points",
         "points",
+        "recovered",
         "registry",
         "retry",
         "serde",
         "status",
         "store",
+        "wake_queue",
         "wake_timers",
     )
 
@@ -263,6 +333,9 @@ class Kernel:
         # The payload type (canonical name) each workflow was seen waiting for at a key.
         self.points: dict[tuple[str, str], str] = {}
         self.wake_timers: Callable[[float], None] = lambda deadline: None
+        # Admission of a queue may start something: a slot freed, or work came back.
+        self.wake_queue: Callable[[str], None] = lambda name: None
+        self.recovered = anyio.Event()  # set once the engine has re-run its running instances
         self._alarm = anyio.Event()
         self._healed = anyio.Event()  # unset from trouble() to the end of the next re-scan
         self._healed.set()
@@ -293,9 +366,9 @@ class Kernel:
         """The engine clock's time, as seconds since the epoch."""
         return self.clock.now().timestamp()
 
-    async def write(self, writes: Sequence[Write]) -> list[bool]:
+    def write(self, writes: Sequence[Write]) -> Coroutine[Any, Any, list[bool]]:
         """Commit *writes* through the group committer; which of them applied."""
-        return await self.committer.write(writes)
+        return self.committer.write(writes)  # no coroutine of its own: the hot path
 
     # -- spawning ---------------------------------------------------------------------------
 

@@ -12,15 +12,20 @@ __all__ = [
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
+    "QueueRecord",
+    "ScheduleRecord",
     "SignalOutcome",
     "SignalRecord",
     "StepRecord",
+    "Suspension",
     "TimerRecord",
     "Write",
 ]
 
 #: The persisted state of an instance.
-InstanceState: TypeAlias = Literal["running", "suspended", "completed", "failed", "cancelled"]
+InstanceState: TypeAlias = Literal[
+    "enqueued", "running", "suspended", "completed", "failed", "cancelled"
+]
 
 
 @final
@@ -29,7 +34,10 @@ class InstanceRecord:
     """One workflow instance as stored.
 
     ``input`` and ``output`` are envelopes (JSON text); ``error`` is the JSON text of an
-    :class:`~memable.ErrorInfo`. Times are seconds since the epoch, UTC.
+    :class:`~memable.ErrorInfo`. Times are seconds since the epoch, UTC. An instance
+    started through a queue (top-level only) names it in ``queue``, with its
+    ``priority``; its place in the queue is (``priority`` highest first, ``created_at``,
+    ``instance_id``), which it keeps for life.
 
     Example:
         >>> from memable.storage import InstanceRecord
@@ -53,6 +61,68 @@ class InstanceRecord:
     finished_at: float | None = None
     #: The W3C ``traceparent`` of the span that started the instance (OpenTelemetry).
     trace: str | None = None
+    queue: str | None = None
+    priority: int = 0
+
+
+@final
+@attrs.frozen(kw_only=True)
+class QueueRecord:
+    """A queue's row: its limits, whether it is paused, and its rate-limit window.
+
+    ``starts`` holds the times of the queue's latest starts, at most ``rate_count`` of
+    them, oldest first: a sliding-window log, so that no window of ``rate_period``
+    seconds ever holds more than ``rate_count`` starts. ``None`` limits are no limit.
+
+    Example:
+        >>> from memable.storage import QueueRecord
+        >>> QueueRecord(name="emails", concurrency=10).paused
+        False
+    """
+
+    name: str
+    concurrency: int | None = None
+    rate_count: int | None = None
+    rate_period: float | None = None
+    paused: bool = False
+    starts: tuple[float, ...] = ()
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ScheduleRecord:
+    """A schedule's row: every tick up to ``last_tick`` (seconds since the epoch, UTC)
+    has been handled, and ``last_run`` is the id of the latest instance it started.
+
+    Example:
+        >>> from memable.storage import ScheduleRecord
+        >>> ScheduleRecord(name="report", last_tick=0.0).last_run is None
+        True
+    """
+
+    name: str
+    last_tick: float
+    last_run: str | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Admission:
+    """What one admission transaction of a queue did.
+
+    ``started`` are the instances it moved from ``enqueued`` to ``running`` (to run now);
+    ``full`` says it stopped at its *limit* argument (more may be waiting: admit again);
+    ``retry_at`` is when the rate limit lets the next one start, if it held one back.
+
+    Example:
+        >>> from memable.storage import Admission
+        >>> Admission().started
+        ()
+    """
+
+    started: tuple[InstanceRecord, ...] = ()
+    full: bool = False
+    retry_at: float | None = None
 
 
 @final
@@ -209,5 +279,33 @@ class InboxItem:
     reason: str | None = None
 
 
+@final
+@attrs.frozen(kw_only=True)
+class Suspension:
+    """A write that records a ``running`` instance as ``suspended`` on *waiting_on*.
+
+    It applies (and :meth:`~memable.storage.Storage.commit` reports ``True``) only if
+    nothing it waits for has come: no payload for a waited point, no fired or due timer
+    (a due one is fired by it), no running child of a waited fan-out. With *extend*, the
+    instance was suspended by the same run a moment ago and *waiting_on* adds keys
+    registered since. Written through the group commit, so suspending many instances at
+    once shares transactions as their steps do.
+
+    Example:
+        >>> from memable.storage import Suspension
+        >>> Suspension(instance_id="o-1", waiting_on=("approval:v1",), status_message=None,
+        ...            now=0.0).extend
+        False
+    """
+
+    instance_id: str
+    waiting_on: tuple[str, ...]
+    status_message: str | None
+    now: float
+    extend: bool = False
+
+
 #: What :meth:`~memable.storage.Storage.commit` applies in one transaction.
-Write: TypeAlias = StepRecord | InstanceUpdate | TimerRecord | InstanceRecord | SignalDrop
+Write: TypeAlias = (
+    StepRecord | InstanceUpdate | TimerRecord | InstanceRecord | SignalDrop | Suspension
+)

@@ -8,13 +8,16 @@ inherits every state-changing method from here, so it holds no rules of its own.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import ClassVar
 
 from .. import _rules
 from .._records import (
+    Admission,
     InstanceRecord,
     InstanceState,
+    QueueRecord,
+    ScheduleRecord,
     SignalOutcome,
     SignalRecord,
     Write,
@@ -42,6 +45,18 @@ class RuleStorage:
     ) -> list[str]:
         """Ids of finished top-level instances older than *finished_before* (a plain read)."""
         raise NotImplementedError
+
+    def list_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> list[InstanceRecord]:
+        """The children of a fan-out (ids starting with *prefix*) in one of *status*."""
+        with self.transaction() as tx:
+            return tx.children(parent_id, prefix, status)
+
+    def count_children(self, parent_id: str, prefix: str, status: frozenset[InstanceState]) -> int:
+        """How many children of a fan-out are in one of *status* (a backend may count
+        without reading the rows)."""
+        return len(self.list_children(parent_id, prefix, status))
 
     def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
         with self.transaction() as tx:
@@ -97,20 +112,66 @@ class RuleStorage:
         workflow: str | None = None,
         exclude: Sequence[str] = (),
         batch: int = 100,
+        limit: int | None = None,
     ) -> int:
-        """Delete finished top-level instances in batches of *batch*, a transaction each."""
+        """Delete finished top-level instances in batches of *batch*, a transaction each;
+        at most *limit* of them (one batch when *limit* is *batch*: the engine purges one
+        batch per call, so that other writes go between batches)."""
         purged = 0
-        while True:
+        while limit is None or purged < limit:
+            size = batch if limit is None else min(batch, limit - purged)
             ids = self.purgeable(
-                finished_before=finished_before, workflow=workflow, exclude=exclude, limit=batch
+                finished_before=finished_before, workflow=workflow, exclude=exclude, limit=size
             )
             if not ids:
                 return purged
-            with self.transaction() as tx:
+            with self.purge_transaction() as tx:
                 done = _rules.purge(tx, ids)
             purged += done
             if done == 0:  # every candidate was resumed meanwhile: nothing more to find
                 return purged
+        return purged
+
+    def purge_transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        """The transaction of one purge batch (a backend may make it cheaper to commit)."""
+        return self.transaction()
+
+    # -- queues and schedules ---------------------------------------------------------------
+
+    def define_queue(self, row: QueueRecord) -> QueueRecord:
+        """Store a queue's limits (its pause and rate window stay); return its row."""
+        with self.transaction() as tx:
+            return _rules.define_queue(tx, row)
+
+    def pause_queue(self, name: str, paused: bool) -> bool:
+        """Pause or resume a queue's admission; whether the queue has a row."""
+        with self.transaction() as tx:
+            return _rules.pause_queue(tx, name, paused)
+
+    def admit(self, name: str, *, now: float, workflows: Collection[str]) -> Admission:
+        """Start the queue's next instances that its limits allow (one transaction)."""
+        with self.transaction() as tx:
+            return _rules.admit(tx, name, now=now, workflows=workflows)
+
+    def define_schedule(self, name: str, now: float) -> ScheduleRecord:
+        """The schedule's row, created at *now* if it has none."""
+        with self.transaction() as tx:
+            return _rules.define_schedule(tx, name, now)
+
+    def tick_schedule(
+        self,
+        name: str,
+        *,
+        expected: float,
+        last_tick: float,
+        records: Sequence[InstanceRecord],
+        overlap: bool,
+    ) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
+        """Handle due ticks by compare-and-set on the schedule's last tick (see _rules.tick)."""
+        with self.transaction() as tx:
+            return _rules.tick(
+                tx, name, expected=expected, last_tick=last_tick, records=records, overlap=overlap
+            )
 
 
 def family_ids(ids: Iterator[str], instance_id: str) -> list[str]:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol, runtime_checkable
 
 from .._records import (
+    Admission,
     History,
     InstanceRecord,
     InstanceState,
+    QueueRecord,
+    ScheduleRecord,
     SignalOutcome,
     SignalRecord,
     StepRecord,
     Write,
 )
 
-__all__ = ["Storage"]
+__all__ = ["QueueStorage", "Storage"]
 
 
 @runtime_checkable
@@ -163,12 +166,15 @@ class Storage(Protocol):
         workflow: str | None = None,
         exclude: Sequence[str] = (),
         batch: int = 100,
+        limit: int | None = None,
     ) -> int:
         """Delete finished top-level instances with everything of theirs; return how many.
 
         Deletes instances ``completed``, ``failed`` or ``cancelled`` before
         *finished_before* (of *workflow* if given, none of *exclude*), with all their
-        steps, signals, timers and descendants: one transaction per *batch* instances.
+        steps, signals, timers and descendants: one transaction per *batch* instances, at
+        most *limit* instances in all (``None``: every one). The engine asks for one batch
+        per call, so that other writes go between batches.
         Running and suspended instances are never deleted.
         """
         ...
@@ -182,4 +188,43 @@ class Storage(Protocol):
         Its ``failed`` and ``cancelled`` descendants are set ``running`` again too (their
         dead letters deleted), so a fan-out that failed runs those children again.
         """
+        ...
+
+
+class QueueStorage(Protocol):
+    """What a storage adds for queues and schedules (the built-in backends have it).
+
+    Each method is one transaction of the rules in ``memable._rules`` over the queue and
+    schedule primitives of the backend's transactions.
+    """
+
+    def define_queue(self, row: QueueRecord) -> QueueRecord:
+        """Store the queue's limits, creating its row; its pause and rate window stay."""
+        ...
+
+    def pause_queue(self, name: str, paused: bool) -> bool:
+        """Pause or resume the queue's admission; whether the queue has a row."""
+        ...
+
+    def admit(self, name: str, *, now: float, workflows: Collection[str]) -> Admission:
+        """Start the queue's next ``enqueued`` instances of *workflows* that its
+        concurrency and rate limit allow, holding the queue's row while it counts."""
+        ...
+
+    def define_schedule(self, name: str, now: float) -> ScheduleRecord:
+        """The schedule's row, created with ``last_tick`` *now* if it has none."""
+        ...
+
+    def tick_schedule(
+        self,
+        name: str,
+        *,
+        expected: float,
+        last_tick: float,
+        records: Sequence[InstanceRecord],
+        overlap: bool,
+    ) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
+        """Compare-and-set the schedule's last tick from *expected* to *last_tick* and
+        create the instances of the ticks (skipped when *overlap* is false and the
+        previous one is unfinished); on a stale *expected*, the stored row and ``None``."""
         ...

@@ -12,7 +12,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import typing
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Final, Literal, cast, final
 
 from .._exceptions import StorageError
@@ -23,6 +24,8 @@ from .._records import (
     InboxItem,
     InstanceRecord,
     InstanceState,
+    QueueRecord,
+    ScheduleRecord,
     SignalRecord,
     StepRecord,
     TimerRecord,
@@ -37,7 +40,7 @@ from ._sqlschema import MIGRATIONS, SCHEMA_VERSION
 
 _INSTANCE_COLUMNS: Final = (
     "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at, trace"
+    " waiting_on, created_at, updated_at, finished_at, trace, queue, priority"
 )
 _UPSERT_STEP: Final = """
     INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
@@ -52,7 +55,7 @@ _UPSERT_STEP: Final = """
 
 logger = logging.getLogger("memable")
 
-_STATES: Final = frozenset(("running", "suspended", "completed", "failed", "cancelled"))
+_STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
 # Times memable can turn into a datetime (years 1 to 9999, UTC).
 _EARLIEST: Final = -62135596800.0
 _LATEST: Final = 253402300799.0
@@ -104,10 +107,13 @@ def _keys(value: object) -> tuple[str, ...]:
 def _instance(row: Sequence[object]) -> InstanceRecord:
     """Decode an instance row, or raise StorageError naming the instance."""
     (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f, *more) = row
-    trace = more[0] if more else None
+    defaults: tuple[object, ...] = (None, None, 0)  # trace, queue, priority (later columns)
+    trace, q, p = (*more, *defaults[len(more) :])
     try:
         if status not in _STATES:
             raise _Corrupt(f"status is {_shown(status)}, not one of {', '.join(sorted(_STATES))}")
+        if type(p) is not int:
+            raise _Corrupt(f"priority is {_shown(p)}, not an integer")
         return InstanceRecord(
             instance_id=_text(iid, "instance_id"),
             workflow=_text(workflow, "workflow"),
@@ -122,6 +128,8 @@ def _instance(row: Sequence[object]) -> InstanceRecord:
             updated_at=_time(u, "updated_at"),
             finished_at=_time_or_none(f, "finished_at"),
             trace=trace if type(trace) is str else None,  # telemetry only: never fatal
+            queue=_text_or_none(q, "queue"),
+            priority=p,
         )
     except _Corrupt as exc:
         raise _corrupt(iid, str(exc)) from exc.__cause__
@@ -470,12 +478,38 @@ class SQLiteStorage(RuleStorage):
             )
             db.execute("DELETE FROM inbox WHERE done_at < ?", (now - 3600.0,))
 
+    def list_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> list[InstanceRecord]:
+        with self._read("reading") as db, self._lenient(db):
+            rows = _children(db, _INSTANCE_COLUMNS, parent_id, prefix, status, None)
+        return [_instance(row) for row in rows]
+
+    def count_children(self, parent_id: str, prefix: str, status: frozenset[InstanceState]) -> int:
+        with self._read("reading") as db:
+            [(count,)] = _children(db, "COUNT(*)", parent_id, prefix, status, None)
+        return int(typing.cast(int, count))
+
     # -- the transaction primitives ---------------------------------------------------------
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_SQLiteTx]:
         with self._transaction("writing to") as db:
             yield _SQLiteTx(db)
+
+    @contextlib.contextmanager
+    def purge_transaction(self) -> Iterator[_SQLiteTx]:
+        """A purge batch commits without its own fsync (``synchronous=NORMAL``): the next
+        commit of the engine makes it durable with its own; a power cut before then only
+        brings the purged rows back, to be purged again."""
+        with self._read("writing to") as db:
+            db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._transaction("writing to") as db:
+                yield _SQLiteTx(db)
+        finally:
+            with self._read("writing to") as db:
+                db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
 
 
 @final
@@ -498,12 +532,14 @@ class _SQLiteTx:
         ).fetchall()
         return [_instance(row) for row in rows]
 
-    def children(self, parent_id: str, prefix: str = "") -> list[InstanceRecord]:
-        rows = self._db.execute(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE parent_id = ?"
-            " AND substr(instance_id, 1, ?) = ?",
-            (parent_id, len(prefix), prefix),
-        ).fetchall()
+    def children(
+        self,
+        parent_id: str,
+        prefix: str = "",
+        status: frozenset[InstanceState] = frozenset(),
+        limit: int | None = None,
+    ) -> list[InstanceRecord]:
+        rows = _children(self._db, _INSTANCE_COLUMNS, parent_id, prefix, status, limit)
         return [_instance(row) for row in rows]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
@@ -592,6 +628,63 @@ class _SQLiteTx:
                 family,
             )
 
+    # SQLite has one writer: the transaction (BEGIN IMMEDIATE) holds every row it reads.
+
+    def queue(self, name: str) -> QueueRecord | None:
+        row = self._db.execute(
+            "SELECT concurrency, rate_count, rate_period, paused, starts FROM queues"
+            " WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            return None
+        concurrency, rate_count, rate_period, paused, starts = row
+        try:
+            times = tuple(float(t) for t in json.loads(starts))
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"queue {name!r} has a corrupt row: starts is {_shown(starts)}"
+                               " (fix or delete the row)") from exc  # fmt: skip
+        return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
+                           rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
+
+    def put_queue(self, row: QueueRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO queues (name, concurrency, rate_count, rate_period, paused,"
+            " starts) VALUES (?, ?, ?, ?, ?, ?)",
+            (row.name, row.concurrency, row.rate_count, row.rate_period, int(row.paused),
+             json.dumps(row.starts)),
+        )  # fmt: skip
+
+    def running_count(self, queue: str) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM instances WHERE queue = ? AND status = 'running'", (queue,)
+        ).fetchone()
+        return int(row[0])
+
+    def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
+        names = sorted(workflows)
+        rows = self._db.execute(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE queue = ? AND status = 'enqueued'"
+            f" AND workflow IN ({', '.join('?' * len(names))})"
+            " ORDER BY priority DESC, created_at, instance_id LIMIT ?",
+            (queue, *names, limit),
+        ).fetchall()
+        return [_instance(row) for row in rows]
+
+    def schedule(self, name: str) -> ScheduleRecord | None:
+        row = self._db.execute(
+            "SELECT last_tick, last_run FROM schedules WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            return None
+        return ScheduleRecord(name=name, last_tick=float(row[0]), last_run=row[1])
+
+    def put_schedule(self, row: ScheduleRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO schedules (name, last_tick, last_run) VALUES (?, ?, ?)",
+            (row.name, row.last_tick, row.last_run),
+        )
+
 
 def _listing(
     *,
@@ -628,6 +721,29 @@ def _listing(
         sql += " WHERE " + " AND ".join(where)
     order = " DESC" if newest_first else ""
     return f"{sql} ORDER BY created_at{order}, instance_id{order} LIMIT ?", params
+
+
+def _children(
+    db: sqlite3.Connection,
+    columns: str,
+    parent_id: str,
+    prefix: str,
+    status: frozenset[InstanceState],
+    limit: int | None,
+) -> list[tuple[object, ...]]:
+    """Children of *parent_id* by prefix and status: a range of instances_by_parent_status."""
+    sql = f"SELECT {columns} FROM instances WHERE parent_id = ?"
+    params: list[object] = [parent_id]
+    if status:
+        sql += f" AND status IN ({', '.join('?' * len(status))})"
+        params.extend(sorted(status))
+    if prefix:  # ids starting with prefix: from prefix to prefix with its last char bumped
+        sql += " AND instance_id >= ? AND instance_id < ?"
+        params += [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return db.execute(sql, params).fetchall()
 
 
 def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
@@ -773,7 +889,7 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
     return bool(
         db.execute(
             f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 record.instance_id,
                 record.workflow,
@@ -788,6 +904,8 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
                 record.updated_at,
                 record.finished_at,
                 record.trace,
+                record.queue,
+                record.priority,
             ),
         ).rowcount
     )

@@ -172,5 +172,57 @@ _STEPS_VIEW: Final = f"""
 
 #: Migrations in order; the schema version of a database is how many have run on it.
 #: A new release appends to this list and never edits what is there.
-MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2, _schema_3)
+#: Schema 4 adds the queue and priority of an instance to its view (as the last columns).
+_INSTANCES_VIEW_4: Final = _INSTANCES_VIEW.replace(
+    "AS finished_at\n    FROM", "AS finished_at,\n        queue, priority\n    FROM"
+)
+
+
+def _schema_4(db: sqlite3.Connection) -> None:
+    """Queues and schedules: an instance's queue and priority, a row per queue and schedule."""
+    db.execute("ALTER TABLE instances ADD COLUMN queue TEXT")
+    db.execute("ALTER TABLE instances ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    db.execute("DROP VIEW memable_instances")
+    db.execute(_INSTANCES_VIEW_4)
+    db.execute(
+        "CREATE INDEX instances_queued ON instances (queue, priority DESC, created_at,"
+        " instance_id) WHERE status = 'enqueued'"
+    )
+    db.execute(
+        "CREATE INDEX instances_queue_running ON instances (queue)"
+        " WHERE status = 'running' AND queue IS NOT NULL"
+    )
+    db.execute(
+        """
+        CREATE TABLE queues (
+            name        TEXT PRIMARY KEY,
+            concurrency INTEGER,
+            rate_count  INTEGER,
+            rate_period REAL,
+            paused      INTEGER NOT NULL DEFAULT 0,
+            starts      TEXT NOT NULL DEFAULT '[]'
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE schedules (
+            name      TEXT PRIMARY KEY,
+            last_tick REAL NOT NULL,
+            last_run  TEXT
+        ) WITHOUT ROWID
+        """
+    )
+
+
+def _schema_5(db: sqlite3.Connection) -> None:
+    # A fan-out's wake-up reads the children in a few states only (running, suspended):
+    # an index range, whatever the number of children in other states.
+    db.execute(
+        "CREATE INDEX instances_by_parent_status ON instances (parent_id, status, instance_id)"
+        " WHERE parent_id IS NOT NULL"
+    )
+
+
+MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2, _schema_3, _schema_4, _schema_5)
 SCHEMA_VERSION: Final = len(MIGRATIONS)

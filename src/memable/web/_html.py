@@ -16,7 +16,7 @@ __all__ = ["Page", "instance_live", "instance_page", "list_live", "list_page", "
 
 #: The icons of the statuses (text: no image, no font).
 ICONS: Final = {
-    "enqueued": "◌",
+    "enqueued": "⋯",
     "running": "●",
     "suspended": "❚❚",
     "completed": "✓",
