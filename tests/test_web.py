@@ -19,7 +19,7 @@ from memable import Engine
 from memable.storage import SQLiteStorage, Storage
 
 from .helpers import StorageFactory
-from .web_world import WORKFLOWS, approval, order, populate, refund
+from .web_world import WORKFLOWS, approval, note, order, populate, refund
 
 TOP = ["order-o-1", "order-o-2", "refund-o-9", "reminder-ada"]
 
@@ -106,6 +106,30 @@ async def test_instance_page_timeline_waits_children_and_errors(
         missing = await http.get("/instances/nope")
         assert missing.status_code == 404
         assert "No instance <code>nope</code>" in missing.text
+
+
+async def test_failures_retries_and_early_signals_are_marked(
+    world: tuple[Engine, Storage],
+) -> None:
+    engine, storage = world
+    # A payload for a point order-o-1 has not reached: kept, and shown as early.
+    await engine.signal(order, "order-o-1", note, "gift wrap")
+    # A failed instance resumed: its dead letter stays as an earlier attempt.
+    await (await engine.resume(refund, "refund-o-9")).wait()
+    async with client(memable.web.app(storage)) as http:
+        page = (await http.get("/instances/order-o-1")).text
+        assert '<td><code>note:v1</code></td><td><span class="tag early">early</span>' in page
+        assert '<span class="type">str</span> <code>&quot;gift wrap&quot;</code>' in page
+        failed = (await http.get("/instances/refund-o-9")).text
+        svg = re.search(r"<svg class=\"gantt\".*?</svg>", failed, re.S)
+        assert svg is not None
+        refunds = re.findall(
+            r'<rect class="bar (\w+) (\w+)"[^>]*data-key="refund:v1"', svg.group(0)
+        )
+        assert refunds == [("attempt", "retried"), ("step", "dead")]  # on one row, in order
+        assert svg.group(0).count('class="fail-mark"') == 2
+        detail = (await http.get("/api/instances/refund-o-9")).json()
+        assert [s["state"] for s in detail["steps"]] == ["completed", "retried", "dead"]
 
 
 async def test_stored_text_is_escaped(make_storage: StorageFactory) -> None:
@@ -415,3 +439,32 @@ async def test_queue_and_schedule_pages_appear_when_the_storage_has_them(
             {"name": "emails", "concurrency": 10, "rate_count": 5, "rate_period": 60.0,
              "paused": False, "enqueued": 3, "running": 2}
         ]  # fmt: skip
+
+
+def test_memable_web_imports_modules_for_their_suspend_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memable.web._serve import points_of
+
+    (tmp_path / "flows_for_the_dashboard.py").write_text(
+        "import memable\n"
+        "approval = memable.SuspendPoint('approval:v1', bool)\n"
+        "notes = memable.SuspendPoint('note:v1', list[str])\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    points = points_of(["flows_for_the_dashboard"])
+    assert sorted((p.key, p.payload_type) for p in points) == [
+        ("approval:v1", bool), ("note:v1", list[str])
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="cannot import 'no_such_flows': ModuleNotFoundError"):
+        points_of(["no_such_flows"])
+    done = subprocess.run(
+        [sys.executable, "-m", "memable", "web", "--db", "x.db", "--import", "no_such_flows"],
+        env={"PYTHONPATH": str(Path(memable.__file__).parent.parent), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "memable: error: cannot import 'no_such_flows'" in done.stderr
