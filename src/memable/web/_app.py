@@ -33,8 +33,6 @@ from ._source import Detail, Filters, ListPage, Source, preview
 
 __all__ = ["Dashboard"]
 
-#: How long an action waits to show what the engine made of it.
-ACTION_WAIT: Final = 2.0
 _HEADERS: Final = {
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline';"
     " img-src 'self' data:; frame-ancestors 'none'",
