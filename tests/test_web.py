@@ -468,3 +468,27 @@ def test_memable_web_imports_modules_for_their_suspend_points(
     )
     assert done.returncode == 2
     assert "memable: error: cannot import 'no_such_flows'" in done.stderr
+
+
+async def _same(ctx: memable.Context, item: int) -> int:
+    return item
+
+
+@memable.workflow("many")
+async def many(ctx: memable.Context) -> list[int]:
+    return await ctx.fan_out("each:v1", _same, list(range(60)), limit=30)
+
+
+async def test_a_large_fan_out_shows_a_bounded_number_of_children(
+    make_storage: StorageFactory,
+) -> None:
+    storage = make_storage()
+    async with Engine(storage, workflows=[many]) as engine:
+        assert len(await engine.run(many, instance_id="many-1")) == 60
+        async with client(memable.web.app(storage)) as http:
+            page = (await http.get("/instances/many-1")).text
+            assert page.count('<tr class="child completed">') == 50
+            assert "more children are not shown" in page
+            assert page.count('<rect class="bar child completed"') == 50
+            detail = (await http.get("/api/instances/many-1")).json()
+            assert len(detail["children"]) == 50

@@ -225,18 +225,21 @@ class Source:
         record = self.storage.get_instance(instance_id)
         if record is None:
             return None
-        return self._describe(record, depth=depth)
+        return self._describe(record, depth=depth, budget=[CHILDREN_SHOWN])
 
-    def _describe(self, record: InstanceRecord, *, depth: int) -> Detail:
-        history = load_history(cast(Any, self.storage), record)(InstanceInfo.from_record)
+    def _describe(self, record: InstanceRecord, *, depth: int, budget: list[int]) -> Detail:
+        """*record*'s history and, *depth* levels down, its children's: at most
+        ``CHILDREN_SHOWN`` descendants in all (*budget*), so a page of a large fan-out
+        costs a bounded number of reads, every time it is polled."""
+        history = load_history(cast(Any, _Capped(self.storage)), record)(InstanceInfo.from_record)
         children: list[Detail] = []
         more = False
         if depth > 0:
-            found = self.storage.list_instances(
-                parent_id=record.instance_id, limit=CHILDREN_SHOWN + 1
-            )
-            more = len(found) > CHILDREN_SHOWN
-            children = [self._describe(c, depth=depth - 1) for c in found[:CHILDREN_SHOWN]]
+            found = self.storage.list_instances(parent_id=record.instance_id, limit=budget[0] + 1)
+            more = len(found) > budget[0]
+            found = found[: budget[0]]
+            budget[0] -= len(found)
+            children = [self._describe(c, depth=depth - 1, budget=budget) for c in found]
         return Detail(
             record=record, history=history, children=children, more_children=more, now=time.time()
         )
@@ -287,6 +290,22 @@ class Source:
     def close(self) -> None:
         if self.owned:
             self.storage.close()
+
+
+class _Capped:
+    """A storage whose listings of children stop at ``CHILDREN_SHOWN`` (what
+    ``load_history`` reads of them: the page lists its children itself)."""
+
+    def __init__(self, storage: Readable) -> None:
+        self._storage = storage
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def list_instances(self, **filters: Any) -> Sequence[InstanceRecord]:
+        if filters.get("limit") is None:
+            filters["limit"] = CHILDREN_SHOWN
+        return self._storage.list_instances(**filters)
 
 
 def _refusal(message: str) -> dict[str, Any]:
