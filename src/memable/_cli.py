@@ -342,6 +342,7 @@ def _web(args: argparse.Namespace) -> int:
             port=args.port,
             allow_actions=args.allow_actions,
             backend=args.backend,
+            imports=args.imports,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -361,6 +362,15 @@ def _args_web(p: argparse.ArgumentParser) -> None:
         choices=["asyncio", "trio"],
         default="asyncio",
         help="asyncio (served by uvicorn, the default) or trio (served by hypercorn)",
+    )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (repeatable) to know the payload types of its suspend points:"
+        " the dashboard shows them and checks signal payloads against them",
     )
 
 
