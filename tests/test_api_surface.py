@@ -11,12 +11,13 @@ import memable.testing
 
 EXPORTED = [
     "Cancelled", "ChildFailed", "Clock", "Completed", "Context", "DuplicateStepKey", "Engine",
-    "Err", "ErrorInfo", "Failed", "InstanceConflict", "InstanceInfo", "InstanceNotFound",
-    "InvalidKey", "Invocation", "MemableError", "NotStarted", "Ok", "Outcome", "Permanent",
-    "Queue", "RetriesExhausted", "RetryPolicy", "Schedule", "SerializationError", "Settled",
-    "SignalRejected",
-    "SignalSuperseded", "Status", "StepFailed", "StepTimeout", "StorageError", "SuspendPoint",
-    "SuspendTimeout", "Suspended", "SuspendedStepConflict", "TypeMismatch", "Workflow",
+    "Err", "ErrorInfo", "Failed", "History", "InstanceConflict", "InstanceInfo",
+    "InstanceNotFound", "InvalidKey", "Invocation", "MemableError", "NotStarted", "Ok",
+    "Outcome", "Page", "Permanent", "Queue", "RetriesExhausted", "RetryPolicy", "Schedule",
+    "SerializationError", "Settled", "SignalInfo", "SignalRejected", "SignalSuperseded",
+    "Status", "StepFailed", "StepInfo", "StepTimeout", "StorageError", "SuspendPoint",
+    "SuspendTimeout", "Suspended", "SuspendedStepConflict", "TimerInfo", "TypeMismatch",
+    "Workflow",
     "WorkflowCancelled", "WorkflowFailed", "WorkflowNotFound", "WorkflowSuspended",
     "configure_converter", "workflow",
 ]  # fmt: skip

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ import pytest
 
 DOCS = Path(__file__).parent.parent / "docs"
 README = Path(__file__).parent.parent / "README.md"
+SRC = Path(__file__).parent.parent / "src"
 
 _FENCE = re.compile(r"^(`{3,})(.*)$")
 
@@ -119,7 +122,16 @@ def test_documented_test_module(page: str, name: str, pytester: pytest.Pytester)
     code = dict(documented_test_modules(DOCS / page))[name]
     pytester.makepyfile(**{name.removesuffix(".py"): code})
     result = pytester.runpytest(
-        "-p", "no:memable", "-p", "memable.testing.pytest_plugin", "-W", "error", "-q"
+        "-p",
+        "no:memable",
+        "-p",
+        "memable.testing.pytest_plugin",
+        "-W",
+        "error",
+        # The plugin may have been imported already (by tests that import every module).
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        "-q",
     )
     outcomes = result.parseoutcomes()
     assert result.ret == 0, result.stdout.str()
@@ -127,3 +139,45 @@ def test_documented_test_module(page: str, name: str, pytester: pytest.Pytester)
     tests = code.count("\nasync def test_") + code.count("\ndef test_")
     assert outcomes.get("passed", 0) == tests * kinds * 2  # storages x backends
     assert set(outcomes) <= {"passed", "warnings"}
+
+
+def console_output(path: Path, command: str) -> list[str]:
+    """The lines a ``console`` block of *path* shows after ``$ {command}``."""
+    for lang, _, code, _ in blocks(path):
+        lines = code.splitlines()
+        if lang == "console" and lines and lines[0] == f"$ {command}":
+            return [line for line in lines[1:] if line != "Killed"]  # the shell says Killed
+    raise AssertionError(f"no console block runs {command!r} in {path.name}")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_getting_started_crash_and_recover(backend: str, tmp_path: Path) -> None:
+    """Getting started's script, saved as shop.py, is killed by ``--crash`` and finishes
+    when run again, printing exactly what the page shows."""
+    page = DOCS / "getting-started.md"
+    code, _ = scripts(page)[0]
+    assert code.count("anyio.run(main)") == 1
+    (tmp_path / "shop.py").write_text(
+        code.replace("anyio.run(main)", f"anyio.run(main, backend={backend!r})")
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def shop(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "shop.py", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    crashed = shop("--crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert crashed.stdout.splitlines() == console_output(page, "python shop.py --crash")
+    recovered = shop()
+    assert recovered.returncode == 0, recovered.stderr
+    assert recovered.stdout.splitlines() == console_output(page, "python shop.py")
+    again = shop()
+    assert again.stdout.splitlines() == console_output(page, "python shop.py")[-1:]

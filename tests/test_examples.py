@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -57,6 +61,10 @@ async def test_fan_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert await example.main(db) == sum(3 + n for n in range(20))
     assert await example.main(db) == 250
     assert capsys.readouterr().out == "250 words in 20 child instances\n" * 2
+    assert "``album/pages:v1-0``" in (example.__doc__ or "")  # the ids it promises ...
+    async with memable.Engine(db, workflows=[example.album, example.page]) as engine:
+        ids = {info.instance_id for info in await engine.instances(limit=None)}
+    assert ids == {"album"} | {f"album/pages:v1-{n}" for n in range(20)}  # ... are the ids
 
 
 async def test_reminder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,6 +119,12 @@ async def test_approval_service(tmp_path: Path) -> None:
         assert (await client.post("/orders/o-99/approve", json=decision)).status_code == 404
         assert (await client.get("/orders/o-99")).status_code == 404
 
+        quick = {"order_id": "o-19", "item": "desk", "cents": 4000}  # approved at once
+        assert (await client.post("/orders", json=quick)).status_code == 202
+        await settled(client, "o-19")
+        assert (await client.post("/orders/o-19/approve", json=decision)).status_code == 202
+        assert (await settled(client, "o-19"))["receipt"]["status"] == "charged"
+
         late = {"order_id": "o-18", "item": "chair", "cents": 900}
         assert (await client.post("/orders", json=late)).status_code == 202
         await settled(client, "o-18")
@@ -119,7 +133,7 @@ async def test_approval_service(tmp_path: Path) -> None:
         await clock.advance(timedelta(days=1))  # the deadline
         state = await settled(client, "o-18")
         assert state["receipt"]["status"] == "expired"
-    assert example.SENT == ["reminder:o-17", "charge:o-17", "reminder:o-18"]
+    assert example.SENT == ["reminder:o-17", "charge:o-17", "charge:o-19", "reminder:o-18"]
 
 
 async def settled(client: httpx.AsyncClient, order_id: str) -> dict[str, Any]:
@@ -271,3 +285,75 @@ def test_readme_example_survives_a_kill(
         )
         assert rerun.returncode == 0, rerun.stderr
         assert rerun.stdout.splitlines()[-2:] == ["completed ()", "ch-o-17"]
+
+
+SERVERS = {
+    "uvicorn": ["-m", "uvicorn", "approval_service:app", "--host", "127.0.0.1", "--port"],
+    "hypercorn-trio": ["-m", "hypercorn", "-k", "trio", "approval_service:app", "--bind"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serve(server: str, db: Path) -> Iterator[httpx.Client]:
+    """Run the approval service under *server* in a subprocess; stop it with SIGINT."""
+    port = free_port()
+    address = str(port) if server == "uvicorn" else f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "ORDERS_DB": str(db),
+        "PYTHONPATH": os.pathsep.join([str(SRC), str(EXAMPLES), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, *SERVERS[server], address]
+    with (
+        subprocess.Popen(command, cwd=EXAMPLES, env=env, stderr=subprocess.PIPE, text=True) as proc,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        try:
+            for _ in range(400):  # until it listens (the lifespan has entered the engine)
+                if proc.poll() is not None:
+                    raise AssertionError(f"{server} exited: {proc.stderr and proc.stderr.read()}")
+                try:
+                    client.get("/orders/none")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.025)
+            yield client
+        finally:
+            proc.send_signal(signal.SIGINT)  # a graceful shutdown: the lifespan leaves
+            assert proc.wait(timeout=30) == 0, proc.stderr and proc.stderr.read()
+
+
+def state_when_settled(client: httpx.Client, order_id: str) -> dict[str, Any]:
+    for _ in range(400):
+        state: dict[str, Any] = client.get(f"/orders/{order_id}").json()
+        if state["status"] != "running":
+            return state
+        time.sleep(0.01)
+    raise AssertionError(f"order {order_id} still running")
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_approval_service_on_a_real_server(server: str, tmp_path: Path) -> None:
+    """Served by uvicorn (asyncio) or hypercorn's trio worker, the service takes an order,
+    is stopped while the order waits, and finishes it after a restart."""
+    db = tmp_path / "orders.db"
+    with serve(server, db) as client:
+        order = {"order_id": "o-1", "item": "lamp", "cents": 1250}
+        assert client.post("/orders", json=order).status_code == 202
+        assert state_when_settled(client, "o-1")["waiting_on"] == [
+            "approval:v1",
+            "remind-after:v1",
+        ]
+    with serve(server, db) as client:  # a new process: the order still waits
+        assert state_when_settled(client, "o-1")["status"] == "suspended"
+        approval = {"approver": "ada", "approved": True}
+        assert client.post("/orders/o-1/approve", json=approval).status_code == 202
+        state = state_when_settled(client, "o-1")
+        assert state.get("receipt", {}).get("charge_id") == "ch-o-1-1250", state

@@ -968,10 +968,10 @@ async def test_engines_in_memory_are_private() -> None:
     """Engine() runs on a private in-memory database: two engines share nothing."""
     async with Engine(workflows=[one_wf]) as first, Engine(workflows=[one_wf]) as second:
         assert await first.run(one_wf, instance_id="x") == 1
-        assert await second.instances() == []
+        assert list(await second.instances()) == []
         assert await second.run(one_wf, instance_id="x") == 1
     async with Engine(":memory:", workflows=[one_wf]) as third:
-        assert await third.instances() == []
+        assert list(await third.instances()) == []
 
 
 async def test_a_second_engine_on_a_file_in_use_fails_on_entering(tmp_path: Path) -> None:

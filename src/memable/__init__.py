@@ -43,6 +43,11 @@ from ._exceptions import WorkflowCancelled as WorkflowCancelled
 from ._exceptions import WorkflowFailed as WorkflowFailed
 from ._exceptions import WorkflowNotFound as WorkflowNotFound
 from ._exceptions import WorkflowSuspended as WorkflowSuspended
+from ._inspect import History as History
+from ._inspect import Page as Page
+from ._inspect import SignalInfo as SignalInfo
+from ._inspect import StepInfo as StepInfo
+from ._inspect import TimerInfo as TimerInfo
 from ._invocation import Invocation as Invocation
 from ._outcome import Cancelled as Cancelled
 from ._outcome import Completed as Completed
@@ -74,6 +79,7 @@ __all__ = [
     "Err",
     "ErrorInfo",
     "Failed",
+    "History",
     "InstanceConflict",
     "InstanceInfo",
     "InstanceNotFound",
@@ -83,6 +89,7 @@ __all__ = [
     "NotStarted",
     "Ok",
     "Outcome",
+    "Page",
     "Permanent",
     "Queue",
     "RetriesExhausted",
@@ -90,16 +97,19 @@ __all__ = [
     "Schedule",
     "SerializationError",
     "Settled",
+    "SignalInfo",
     "SignalRejected",
     "SignalSuperseded",
     "Status",
     "StepFailed",
+    "StepInfo",
     "StepTimeout",
     "StorageError",
     "SuspendPoint",
     "SuspendTimeout",
     "Suspended",
     "SuspendedStepConflict",
+    "TimerInfo",
     "TypeMismatch",
     "Workflow",
     "WorkflowCancelled",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar, TypeVarTuple, fina
 import anyio
 import anyio.lowlevel
 
+from . import _log, _telemetry
 from ._durations import check_deadline, deadline, seconds
 from ._exceptions import (
     SerializationError,
@@ -116,8 +117,17 @@ class Context:
         write of this instance (its next step result, or its end).
 
         Example:
-            >>> async def body(ctx: Context) -> None:
+            >>> import anyio, memable
+            >>> @memable.workflow("pack")
+            ... async def pack(ctx: memable.Context) -> None:
             ...     ctx.set_status("waiting for the warehouse")
+            ...     await ctx.sleep("wait:v1", 3600)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[pack]) as engine:
+            ...         await (await engine.invoke(pack, instance_id="p-1")).wait()
+            ...         print((await engine.state(pack, "p-1")).status_message)
+            >>> anyio.run(main)
+            waiting for the warehouse
         """
         self._check_open()
         check_text(message, f"the status message of {self.instance_id!r}")
@@ -160,10 +170,23 @@ class Context:
             TypeMismatch: the recorded result has another type than *fn* returns.
 
         Example:
+            >>> import anyio, memable
+            >>> calls = []
             >>> async def charge(order_id: str, cents: int) -> str:
-            ...     return "receipt-1"
-            >>> async def body(ctx: Context) -> str:
-            ...     return await ctx.step("charge:v1", charge, "o-17", 1250, timeout=5)
+            ...     calls.append(order_id)
+            ...     return f"ch-{order_id}-{cents}"
+            >>> @memable.workflow("pay")
+            ... async def pay(ctx: memable.Context, order_id: str) -> str:
+            ...     return await ctx.step("charge:v1", charge, order_id, 1250, timeout=5)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[pay]) as engine:
+            ...         print(await engine.run(pay, "o-17", instance_id="pay-1"))
+            ...         print(await engine.run(pay, "o-17", instance_id="pay-1"))  # recorded
+            >>> anyio.run(main)
+            ch-o-17-1250
+            ch-o-17-1250
+            >>> calls
+            ['o-17']
         """
         self._check_open()
         self._journal.claim(key, "step")
@@ -187,11 +210,18 @@ class Context:
         it and moves on (retrying or failing the step), but the thread runs to its end.
 
         Example:
+            >>> import anyio, memable
             >>> import hashlib
             >>> def digest(data: bytes) -> str:
-            ...     return hashlib.sha256(data).hexdigest()
-            >>> async def body(ctx: Context) -> str:
+            ...     return hashlib.sha256(data).hexdigest()[:12]
+            >>> @memable.workflow("digest")
+            ... async def body(ctx: memable.Context) -> str:
             ...     return await ctx.step_sync("digest:v1", digest, b"report")
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[body]) as engine:
+            ...         print(await engine.run(body))
+            >>> anyio.run(main)
+            845e91831319
         """
         self._check_open()
         self._journal.claim(key, "step")
@@ -218,6 +248,17 @@ class Context:
     ) -> T:
         record = self._journal.steps.get(key)
         if record is not None:
+            self._run.replayed += 1
+            if _log.logger.isEnabledFor(_log.DEBUG):
+                _log.event(
+                    _log.DEBUG,
+                    "step %r of %r replayed",
+                    key,
+                    self.instance_id,
+                    instance_id=self.instance_id,
+                    workflow=self.workflow_name,
+                    step=key,
+                )
             if record.state == "completed":
                 assert record.value is not None
                 value = self._kernel.serde.decode(record.value, tp, key, self._what(key))
@@ -241,28 +282,44 @@ class Context:
         await self._runner.maybe_crash(self._run, key, "before")
         policy = retry or kernel.retry or _NO_RETRY
         started = kernel.now()
+        with _telemetry.span(f"memable.step {key}", {"memable.step.key": key,
+                             **self._attributes()}) as span:  # fmt: skip
 
-        def retrying(attempt: int, exc: Exception) -> None:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
+            def retrying(attempt: int, exc: Exception) -> None:
+                _log.event(
+                    _log.WARNING,
                     "step %r of %r failed (attempt %d of %d), retrying: %r",
-                    key, self.instance_id, attempt, policy.attempts, exc,
-                    extra={"instance_id": self.instance_id, "step": key},
-                )  # fmt: skip
+                    key,
+                    self.instance_id,
+                    attempt,
+                    policy.attempts,
+                    exc,
+                    instance_id=self.instance_id,
+                    workflow=self.workflow_name,
+                    step=key,
+                )
+                if span is not None:
+                    span.add_event("memable.step.retry", {"memable.step.attempt": attempt,
+                                   "memable.error.type": type(exc).__name__})  # fmt: skip
 
-        try:
-            result, attempts = await run_attempts(policy, call, timeout, retrying)
-        except AttemptsFailed as failed:
-            failure = step_failure(key, failed)
-            await self._dead_letter(key, failed.attempts, started, failed.error, failure)
-            raise failure from failed.error
-        try:
-            envelope = kernel.serde.encode(result, tp, key, self._what(key))
-        except (TypeMismatch, SerializationError) as exc:
-            # The body returned what cannot be recorded faithfully: a permanent failure.
-            failure = StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
-            await self._dead_letter(key, attempts, started, exc, failure)
-            raise failure from exc
+            try:
+                result, attempts = await run_attempts(policy, call, timeout, retrying)
+            except AttemptsFailed as failed:
+                failure = step_failure(key, failed)
+                _telemetry.failed(span, failure)
+                await self._dead_letter(key, failed.attempts, started, failed.error, failure)
+                raise failure from failed.error
+            try:
+                envelope = kernel.serde.encode(result, tp, key, self._what(key))
+            except (TypeMismatch, SerializationError) as exc:
+                # The body returned what cannot be recorded faithfully: a permanent failure.
+                failure = StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
+                _telemetry.failed(span, failure)
+                await self._dead_letter(key, attempts, started, exc, failure)
+                raise failure from exc
+            if span is not None:
+                span.set_attributes({"memable.step.attempts": attempts,
+                                     "memable.step.outcome": "completed"})  # fmt: skip
         await self._runner.maybe_crash(self._run, key, "after")
         record = StepRecord(
             instance_id=self.instance_id,
@@ -280,6 +337,9 @@ class Context:
     async def _dead_letter(
         self, key: str, attempts: int, started: float, error: BaseException, failure: Exception
     ) -> None:
+        _log.event(_log.ERROR, "step %r of %r dead-lettered after %d attempts: %s", key,
+                   self.instance_id, attempts, failure, instance_id=self.instance_id,
+                   workflow=self.workflow_name, step=key)  # fmt: skip
         record = StepRecord(
             instance_id=self.instance_id,
             key=key,
@@ -319,9 +379,20 @@ class Context:
             ChildFailed: the child failed or was cancelled (its error chained).
 
         Example:
-            >>> import memable
-            >>> async def parent(ctx: Context, wf: memable.Workflow[str, int]) -> int:
-            ...     return await ctx.child("invoice:v1", wf, "o-17")
+            >>> import anyio, memable
+            >>> @memable.workflow("invoice")
+            ... async def invoice(ctx: memable.Context, order_id: str) -> str:
+            ...     return f"INV-{order_id}"
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> str:
+            ...     return await ctx.child("invoice:v1", invoice, order_id)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order, invoice]) as engine:
+            ...         print(await engine.run(order, "o-17", instance_id="o-17"))
+            ...         print((await engine.state(invoice, "o-17/invoice:v1-0")).parent_id)
+            >>> anyio.run(main)
+            INV-o-17
+            o-17
         """
         results = await self.fan_out(key, wf, [input])
         return results[0]
@@ -381,10 +452,17 @@ class Context:
             ChildFailed: a child failed or was cancelled (unless ``settle=True``).
 
         Example:
-            >>> async def label(ctx: Context, sku: str) -> str:
+            >>> import anyio, memable
+            >>> async def label(ctx: memable.Context, sku: str) -> str:
             ...     return f"label for {sku}"
-            >>> async def body(ctx: Context) -> list[str]:
+            >>> @memable.workflow("labels")
+            ... async def labels(ctx: memable.Context) -> list[str]:
             ...     return await ctx.fan_out("label:v1", label, ["a", "b", "c"], limit=2)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[labels]) as engine:
+            ...         print(await engine.run(labels, instance_id="l"))  # ids l/label:v1-0 ...
+            >>> anyio.run(main)
+            ['label for a', 'label for b', 'label for c']
         """
         self._check_open()
         self._journal.claim(key, "fan-out")
@@ -392,10 +470,17 @@ class Context:
             not isinstance(typing.cast(object, limit), int) or isinstance(limit, bool) or limit < 1
         ):
             raise ValueError(f"fan_out limit must be an int of at least 1, not {limit!r}")
+        children = list(items)
         fan_out = FanOut(
-            self._kernel, self._runner, self._run, self._journal, key, fn, list(items), settle
+            self._kernel, self._runner, self._run, self._journal, key, fn, children, settle
         )
-        return await fan_out.run(limit, self._write, self._wait)
+        attributes = {"memable.fan_out.key": key, "memable.fan_out.children": len(children),
+                      **self._attributes()}  # fmt: skip
+        with _telemetry.span(f"memable.fan_out {key}", attributes):
+            return await fan_out.run(limit, self._write, self._wait)
+
+    def _attributes(self) -> dict[str, str]:
+        return {"memable.instance_id": self.instance_id, "memable.workflow": self.workflow_name}
 
     # -- suspension ---------------------------------------------------------------------------
 
@@ -423,12 +508,22 @@ class Context:
         Suspending is not an exception: ``except Exception`` cannot catch it.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> from memable import SuspendPoint
-            >>> approval = SuspendPoint("approval:v1", bool)
-            >>> async def body(ctx: Context) -> bool:
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context) -> bool:
             ...     return await ctx.suspend(approval, status="waiting for a manager",
             ...                              timeout=timedelta(days=2))
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, instance_id="o-1")
+            ...         print(await invocation.wait())
+            ...         await engine.signal(order, "o-1", approval, True)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='waiting for a manager', children=0)
+            True
         """
         self._check_open()
         key = point.key
@@ -474,9 +569,23 @@ class Context:
         task. Later runs see the deadline has passed and return at once.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> async def body(ctx: Context) -> None:
+            >>> from memable.testing import ManualClock
+            >>> @memable.workflow("cool")
+            ... async def cool(ctx: memable.Context) -> str:
             ...     await ctx.sleep("cool-off:v1", timedelta(hours=1))
+            ...     return "cooled"
+            >>> async def main() -> None:
+            ...     clock = ManualClock()
+            ...     async with memable.Engine(workflows=[cool], clock=clock) as engine:
+            ...         invocation = await engine.invoke(cool)
+            ...         print(await invocation.wait())
+            ...         await clock.advance(timedelta(hours=1))
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('cool-off:v1',), status=None, children=0)
+            cooled
         """
         self._check_open()
         self._journal.claim(key, "timer")
@@ -490,9 +599,22 @@ class Context:
         """Sleep durably until *when* (a timezone-aware datetime).
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import UTC, datetime
-            >>> async def body(ctx: Context) -> None:
+            >>> from memable.testing import ManualClock
+            >>> @memable.workflow("party")
+            ... async def party(ctx: memable.Context) -> str:
             ...     await ctx.sleep_until("new-year:v1", datetime(2027, 1, 1, tzinfo=UTC))
+            ...     return "happy new year"
+            >>> async def main() -> None:
+            ...     clock = ManualClock(datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+            ...     async with memable.Engine(workflows=[party], clock=clock) as engine:
+            ...         invocation = await engine.invoke(party)
+            ...         await invocation.wait()
+            ...         await clock.set(datetime(2027, 1, 1, tzinfo=UTC))
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            happy new year
         """
         self._check_open()
         check_deadline(when, f"deadline of timer {key!r}")
@@ -514,6 +636,12 @@ class Context:
         timer = TimerRecord(
             instance_id=self.instance_id, key=key, deadline=when.timestamp(), kind=kind
         )
+        attributes = {"memable.timer.key": key, "memable.timer.kind": kind,
+                      "memable.timer.deadline": when.isoformat(), **self._attributes()}  # fmt: skip
+        with _telemetry.span(f"memable.timer {key}", attributes):
+            return await self._write_timer(timer)
+
+    async def _write_timer(self, timer: TimerRecord) -> TimerRecord:
         self._run.enter()  # registered before the run may suspend
         try:
             await self._write([timer], "recording a timer")
@@ -524,7 +652,13 @@ class Context:
         return timer
 
     async def _wait(self, key: str) -> NoReturn:
-        """Wait on *key* until the instance suspends (and this run is cancelled)."""
+        """Wait on *key* until the instance suspends (and this run is cancelled).
+
+        A task whose own scope is already cancelled (a sibling that the workflow cancelled
+        because it no longer needs what it waits for) is cancelled here instead: it must
+        not suspend the instance.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if self._run.wait_on(key):  # the first waiter writes the suspension
             await self._runner.suspend(self._run)
         await unwind()

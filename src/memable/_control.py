@@ -2,6 +2,9 @@
 
 :class:`~memable.Engine` keeps the public signatures, their documentation and the check
 that it is running; the work behind each verb lives here, over the kernel and the runner.
+The inbox, through which other processes (the ``memable`` command line) steer a SQLite
+engine, uses the same steering calls (:meth:`Control.deliver`, :meth:`Control.cancel_record`,
+:meth:`Control.resume_record`).
 """
 
 from __future__ import annotations
@@ -11,18 +14,19 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
+from . import _log, _telemetry
 from ._exceptions import InstanceConflict, InstanceNotFound, SignalRejected, SignalSuperseded
 from ._ids import root_of
 from ._kernel import Kernel, outcome_of
 from ._keys import check_instance_ref, check_key, check_text, new_instance_id
 from ._outcome import Outcome
 from ._queues import Admitter, Queue
-from ._records import InstanceRecord, InstanceState, SignalRecord
+from ._records import InstanceRecord, InstanceState, SignalOutcome, SignalRecord
 from ._runner import Runner
 from ._suspend import SuspendPoint
 from ._workflow import Workflow
 
-__all__ = ["NOTHING", "Control"]
+__all__ = ["NOTHING", "RESUMABLE", "Control"]
 
 O = TypeVar("O")  # noqa: E741
 T = TypeVar("T")
@@ -33,7 +37,7 @@ NOTHING: Final = object()
 _PRIORITY_RANGE: Final = range(-(2**63), 2**63)
 
 #: What ``resume`` restarts: a failed instance, and one stuck running or suspended.
-_RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
+RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
 
 
 class Control:
@@ -56,11 +60,9 @@ class Control:
         queue: Queue | None = None,
         priority: int = 0,
     ) -> str:
-        """Create an instance of *wf* (running, or enqueued in *queue*); return its id.
-
-        An id that exists gives the existing instance (nothing runs) if its workflow and
-        input are the same, else :class:`~memable.InstanceConflict`.
-        """
+        """Create an instance of *wf* (or find the same one) and run it, or enqueue it in
+        *queue*; return its id."""
+        kernel = self._kernel
         if queue is not None:
             self._admitter.add(queue)
             if type(priority) is not int or priority not in _PRIORITY_RANGE:
@@ -72,7 +74,6 @@ class Control:
             if input is not NOTHING and input is not None:
                 raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
             input = None
-        kernel = self._kernel
         generated = instance_id is None
         if instance_id is None:
             now_ns = int(kernel.now() * 1_000_000) * 1000
@@ -84,74 +85,91 @@ class Control:
             input, input_type, "input", f"the input of workflow {wf.name!r}"
         )
         now = kernel.now()
-        record = InstanceRecord(
-            instance_id=instance_id,
-            workflow=wf.name,
-            status="running" if queue is None else "enqueued",
-            input=envelope,
-            created_at=now,
-            updated_at=now,
-            queue=None if queue is None else queue.name,
-            priority=priority,
-        )
-        if queue is None:
-            created, stored = await self._create_running(wf, record, generated)
-        else:
-            with anyio.CancelScope(shield=True):  # what storage answers must be acted on
-                stored, created = await self._create(record, generated)
-            if created:
-                self._admitter.wake(queue.name)
-        if not created:
-            _check_same(stored, wf, envelope)
+        attributes = {"memable.workflow": wf.name, "memable.instance_id": instance_id}
+        verb = "invoke" if queue is None else "enqueue"
+        with _telemetry.span(f"memable.{verb} {wf.name}", attributes, kind="PRODUCER"):
+            record = InstanceRecord(instance_id=instance_id, workflow=wf.name,
+                                    status="running" if queue is None else "enqueued",
+                                    input=envelope, created_at=now, updated_at=now,
+                                    trace=_telemetry.current_traceparent(),
+                                    queue=None if queue is None else queue.name,
+                                    priority=priority)  # fmt: skip
+            if queue is None:
+                await self.create(wf, record, generated)
+            else:
+                await self._enqueue(wf, record, generated, queue)
         return instance_id
 
-    async def _create(self, record: InstanceRecord, generated: bool) -> tuple[InstanceRecord, bool]:
-        if generated:
-            # A generated id is new (a timestamp and 48 random bits), so its row joins
-            # the group commit instead of taking a transaction of its own.
-            await self._kernel.write([record])
-            return record, True
-        return await self._kernel.store.create(record)
+    async def _enqueue(
+        self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool, queue: Queue
+    ) -> None:
+        """Store an ``enqueued`` instance and wake admission, or check the existing one."""
+        with anyio.CancelScope(shield=True):  # what storage answers must be acted on
+            if generated:  # new for sure: joins the group commit (see create)
+                await self._kernel.write([record])
+                stored, created = record, True
+            else:
+                stored, created = await self._kernel.store.create(record)
+        if created:
+            self._admitter.wake(queue.name)
+        else:
+            _check_same(stored, wf, record.input)
 
-    async def _create_running(
-        self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool
-    ) -> tuple[bool, InstanceRecord]:
-        runner = self._runner
-        run = runner.reserve(record.instance_id, wf)
+    async def create(self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool) -> None:
+        """Create *record* and start it, or check that the instance of its id is the same."""
+        kernel, instance_id, envelope = self._kernel, record.instance_id, record.input
+        run = self._runner.reserve(instance_id, wf)
         run.pending += 1
         try:
             with anyio.CancelScope(shield=True):  # what storage answers must be acted on
-                stored, created = await self._create(record, generated)
+                if generated:
+                    # A generated id is new (a timestamp and 48 random bits), so its row joins
+                    # the group commit instead of taking a transaction of its own.
+                    await kernel.write([record])
+                    stored, created = record, True
+                else:
+                    stored, created = await kernel.store.create(record)
         except BaseException:
             run.pending -= 1
-            runner.release(run)  # nothing was created: drop the reservation
+            self._runner.release(run)  # nothing was created: drop the reservation
             raise
         run.pending -= 1
         if created:
             run.fresh = True
-            runner.start(run, stored)
-        else:
-            runner.release(run)
-        return created, stored
+            self._runner.start(run, stored)
+            return
+        self._runner.release(run)
+        _check_same(stored, wf, envelope)
+
+    # -- resuming ---------------------------------------------------------------------------
 
     async def resume(self, wf: Workflow[Any, Any], instance_id: str) -> None:
-        """Run a failed or stuck instance again (for a child: its top-level instance)."""
+        """Run a failed or stuck instance of *wf* again, unless this engine runs it."""
         check_instance_ref(instance_id)
-        if self._runner.live(instance_id) is not None:
-            return
-        record = await self.record(wf, instance_id)
+        if self._runner.live(instance_id) is None:
+            await self.resume_record(await self.record(wf, instance_id))
+
+    async def resume_record(self, record: InstanceRecord) -> bool:
+        """Run a failed or stuck instance again (a child: its top-level instance).
+
+        Returns whether it was restarted: not if a task of this engine runs it already, or
+        it completed or was cancelled.
+        """
+        kernel, runner = self._kernel, self._runner
+        if runner.live(record.instance_id) is not None:
+            return False
         if record.parent_id is not None:
             # A child runs inside its parent: resuming it resumes its top-level instance.
-            root = await self._kernel.store.get(root_of(instance_id))
-            root_wf = None if root is None else self._kernel.registry.get(root.workflow)
-            if root is not None and root_wf is not None:
-                await self.resume(root_wf, root.instance_id)
-            return
-        if record.status not in _RESUMABLE:
-            return
-        restarted = await self._kernel.store.restart(instance_id, _RESUMABLE, self._kernel.now())
+            root = await kernel.store.get(root_of(record.instance_id))
+            if root is None or kernel.registry.get(root.workflow) is None:
+                return False
+            return await self.resume_record(root)
+        if record.status not in RESUMABLE:
+            return False
+        restarted = await kernel.store.restart(record.instance_id, RESUMABLE, kernel.now())
         if restarted is not None:
-            self._runner.claimed(restarted)
+            runner.claimed(restarted)
+        return restarted is not None
 
     # -- signals and cancellation -----------------------------------------------------------
 
@@ -169,7 +187,7 @@ class Control:
             instance_id=instance_id, key=point.key, payload=envelope, created_at=kernel.now()
         )
         await self.record(wf, instance_id)  # unknown id or another workflow: nothing stored
-        outcome, record = await kernel.store.signal(signal)
+        outcome, record = await self.deliver(signal)
         match outcome:
             case "not_found":
                 raise InstanceNotFound(f"no instance {instance_id!r}")
@@ -188,46 +206,46 @@ class Control:
                     f"the deadline of suspend point {point.key!r} of instance {instance_id!r}"
                     " passed before this signal; it is not used",
                 )
-            case "claimed":
+
+    async def deliver(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
+        """Store a payload; run the instance if it waited on the point (in a span)."""
+        attributes = {"memable.instance_id": signal.instance_id, "memable.signal.key": signal.key}
+        with _telemetry.span(f"memable.signal {signal.key}", attributes, kind="PRODUCER") as span:
+            outcome, record = await self._kernel.store.signal(signal)
+            if span is not None:
+                span.set_attribute("memable.signal.outcome", outcome)
+            if outcome == "claimed":
                 assert record is not None
-                self._runner.claimed(record)
+                self._runner.claimed(record, _telemetry.current_context())
+        return outcome, record
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str) -> bool:
-        """End an instance and its children as ``cancelled``; whether this call did."""
-        kernel = self._kernel
+        """End an instance of *wf* and its children as ``cancelled``; whether this call did."""
         check_text(reason, f"the cancel reason for {instance_id!r}")
-        record = await self.record(wf, instance_id)
-        before, to_run = await kernel.store.cancel(instance_id, reason, kernel.now())
+        return await self.cancel_record(await self.record(wf, instance_id), reason)
+
+    async def cancel_record(self, record: InstanceRecord, reason: str) -> bool:
+        """End a running or suspended instance and its children; whether this call did."""
+        kernel, runner = self._kernel, self._runner
+        before, to_run = await kernel.store.cancel(record.instance_id, reason, kernel.now())
         if before is None:
             return False  # already finished
         prefix = record.instance_id + "/"
-        for run_id in [i for i in self._runner.runs if i == instance_id or i.startswith(prefix)]:
-            self._runner.cancel_live(run_id, reason)
+        for run_id in [i for i in runner.runs if i == record.instance_id or i.startswith(prefix)]:
+            runner.cancel_live(run_id, reason)
         kernel.status.publish(record.instance_id, "cancelled", reason)
+        _log.event(_log.INFO, "instance %r of %r cancelled: %s", record.instance_id,
+                   record.workflow, reason or "(no reason)", instance_id=record.instance_id,
+                   workflow=record.workflow)  # fmt: skip
         if to_run is not None:  # a parent waited for this child: it runs on
-            self._runner.claimed(to_run)
+            runner.claimed(to_run)
         return True
 
     # -- reading ----------------------------------------------------------------------------
 
     async def record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
         """The stored instance, which must be one of *wf* (or a child of one)."""
-        check_instance_ref(instance_id)
-        record = await self._kernel.store.get(instance_id)
-        if record is None:
-            raise InstanceNotFound(f"no instance {instance_id!r}")
-        if record.workflow != wf.name and not (
-            record.parent_id is not None and await self._root_is(instance_id, wf)
-        ):
-            raise InstanceConflict(
-                f"instance {instance_id!r} belongs to workflow {record.workflow!r}, not {wf.name!r}"
-            )
-        return record
-
-    async def _root_is(self, instance_id: str, wf: Workflow[Any, Any]) -> bool:
-        """Whether the top-level ancestor of a child instance is an instance of *wf*."""
-        root = await self._kernel.store.get(root_of(instance_id))
-        return root is not None and root.workflow == wf.name
+        return await self._kernel.store.find(wf.name, instance_id)
 
     def outcome(self, wf: Workflow[Any, O], record: InstanceRecord) -> Outcome[O] | None:
         """What a finished or suspended instance ended with (``None`` while it runs)."""

@@ -9,13 +9,14 @@ import threading
 import types
 import typing
 from collections.abc import AsyncIterator, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
 import attrs
 
+from . import _inbox, _inspect, _log
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -24,12 +25,14 @@ from ._durations import seconds
 from ._exceptions import (
     NotStarted,
 )
+from ._inspect import History, Page
 from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store
 from ._keys import check_instance_ref
 from ._outcome import InstanceInfo
 from ._queues import Admitter, Queue
 from ._records import (
+    InstanceRecord,
     InstanceState,
 )
 from ._retry import RetryPolicy
@@ -57,8 +60,127 @@ logger = logging.getLogger("memable")
 _Phase = Literal["new", "running", "closing", "closed"]
 
 
+class _QueueVerbs:
+    """The engine's queue verbs (a base of :class:`Engine`, which keeps its size bounded)."""
+
+    __slots__ = ()
+
+    # Provided by Engine:
+    _control: Control
+    _admitter: Admitter
+
+    def _check_running(self) -> None:
+        raise NotImplementedError
+
+    def _registered(self, wf: Workflow[Any, Any]) -> Workflow[Any, Any]:
+        raise NotImplementedError
+
+    def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
+        raise NotImplementedError
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[None, O],
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[I, O],
+        input: I,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[Any, O],
+        input: Any = NOTHING,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]:
+        """Record an instance of *wf* as ``enqueued`` in *queue*; it starts when the
+        queue's limits allow, highest *priority* (a 64-bit int) first, then oldest.
+
+        Idempotent by *instance_id*, like :meth:`invoke`. From now on this engine admits
+        work for *queue* (as for the queues given to ``Engine(queues=...)``).
+
+        Raises:
+            ValueError: another queue of this name, with other limits, is known here.
+            InstanceConflict: *instance_id* exists with another input or workflow.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails", concurrency=2)
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         invocation = await engine.enqueue(emails, send, "ann", priority=5)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            sent to ann
+        """
+        self._check_running()
+        wf = self._registered(wf)
+        instance_id = await self._control.start(
+            wf, input, instance_id, queue=queue, priority=priority
+        )
+        return self._invocation(wf, instance_id)
+
+    async def pause_queue(self, queue: Queue | str) -> None:
+        """Start no more instances of *queue* in any engine on this database until
+        :meth:`resume_queue` (stored: it lasts across restarts). Enqueuing goes on and
+        running instances run on.
+
+        Raises:
+            ValueError: the queue has never been used with this database.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails", concurrency=2)
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         await engine.pause_queue(emails)
+            ...         held = await engine.enqueue(emails, send, "bob")
+            ...         print((await engine.state(send, held.instance_id)).status)
+            ...         await engine.resume_queue("emails")
+            ...         print(await held.result())
+            >>> anyio.run(main)
+            enqueued
+            sent to bob
+        """
+        self._check_running()
+        await self._admitter.pause(queue, True)
+
+    async def resume_queue(self, queue: Queue | str) -> None:
+        """Start the instances of a paused *queue* again (see :meth:`pause_queue`).
+
+        Raises:
+            ValueError: the queue has never been used with this database.
+        """
+        self._check_running()
+        await self._admitter.pause(queue, False)
+
+
 @final
-class Engine:
+class Engine(_QueueVerbs):
     """Runs workflows durably and keeps their state in a storage.
 
     ``async with engine:`` opens storage, starts the engine's task group and re-runs
@@ -194,6 +316,9 @@ class Engine:
             system.start_soon(heal, kernel, self._runner, name="memable healer")
             system.start_soon(self._admitter.run, name="memable queues")
             system.start_soon(self._ticker.run, name="memable schedules")
+            if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
+                inbox = typing.cast(_inbox.InboxStorage, self._storage)
+                system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -211,7 +336,7 @@ class Engine:
         self._phase = "running"
         if self._resume_on_start:
             try:
-                await self._runner.recover()
+                await self._recover()
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
@@ -251,6 +376,14 @@ class Engine:
     async def _close_storage(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._kernel.store.call(self._storage.close)
+
+    async def _recover(self) -> None:
+        for record in await self._kernel.store.running():
+            if record.parent_id is None:  # children are driven by their parent
+                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
+                           record.workflow, instance_id=record.instance_id,
+                           workflow=record.workflow)  # fmt: skip
+                self._runner.claimed(record)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -304,10 +437,20 @@ class Engine:
             InstanceConflict: *instance_id* exists with another input or workflow.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.invoke(wf, "o-17", instance_id="order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         print(await invocation.wait())
+            ...         again = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         print(again.instance_id)
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
+            order-o-17
         """
         self._check_running()
         wf = self._registered(wf)
@@ -316,85 +459,6 @@ class Engine:
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         return Invocation(self._instances, wf, instance_id)
-
-    # -- queues -----------------------------------------------------------------------------
-
-    @overload
-    async def enqueue(
-        self,
-        queue: Queue,
-        wf: Workflow[None, O],
-        /,
-        *,
-        instance_id: str | None = None,
-        priority: int = 0,
-    ) -> Invocation[O]: ...
-
-    @overload
-    async def enqueue(
-        self,
-        queue: Queue,
-        wf: Workflow[I, O],
-        input: I,
-        /,
-        *,
-        instance_id: str | None = None,
-        priority: int = 0,
-    ) -> Invocation[O]: ...
-
-    async def enqueue(
-        self,
-        queue: Queue,
-        wf: Workflow[Any, O],
-        input: Any = NOTHING,
-        /,
-        *,
-        instance_id: str | None = None,
-        priority: int = 0,
-    ) -> Invocation[O]:
-        """Record an instance of *wf* as ``enqueued`` in *queue*; it starts when the
-        queue's limits allow, highest *priority* (an int) first, then oldest. Idempotent by
-        *instance_id* like :meth:`invoke`; from now on this engine admits for *queue*.
-
-        Example:
-            >>> import memable
-            >>> emails = memable.Queue("emails", concurrency=10)
-            >>> async def send(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.enqueue(emails, wf, "hello", priority=5)
-            ...     return await invocation.result()
-        """
-        self._check_running()
-        wf = self._registered(wf)
-        instance_id = await self._control.start(
-            wf, input, instance_id, queue=queue, priority=priority
-        )
-        return self._invocation(wf, instance_id)
-
-    async def pause_queue(self, queue: Queue | str) -> None:
-        """Start no more instances of *queue* in any engine on this database (stored,
-        until :meth:`resume_queue`); enqueuing goes on, running instances run on.
-
-        Raises:
-            ValueError: the queue has never been used with this database.
-
-        Example:
-            >>> import memable
-            >>> async def hold(engine: memable.Engine) -> None:
-            ...     await engine.pause_queue("emails")
-        """
-        self._check_running()
-        await self._admitter.pause(queue, True)
-
-    async def resume_queue(self, queue: Queue | str) -> None:
-        """Start instances of a paused *queue* again (see :meth:`pause_queue`).
-
-        Example:
-            >>> import memable
-            >>> async def release(engine: memable.Engine) -> None:
-            ...     await engine.resume_queue("emails")
-        """
-        self._check_running()
-        await self._admitter.pause(queue, False)
 
     @overload
     async def run(self, wf: Workflow[None, O], /, *, instance_id: str | None = None) -> O: ...
@@ -410,9 +474,19 @@ class Engine:
         """:meth:`invoke`, then :meth:`Invocation.result`.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.run(wf, "o-17")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         try:
+            ...             await engine.run(order, "o-17")
+            ...         except memable.WorkflowSuspended as exc:
+            ...             print("suspended on", exc.key)
+            >>> anyio.run(main)
+            suspended on approval:v1
         """
         invocation = await self.invoke(wf, input, instance_id=instance_id)
         return await invocation.result()
@@ -421,9 +495,18 @@ class Engine:
         """Return an :class:`Invocation` for an existing instance (checked when used).
 
         Example:
-            >>> import memable
-            >>> async def receipt(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.handle(wf, "order-o-17").result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await engine.handle(order, "order-o-17").result())
+            >>> anyio.run(main)
+            1250
         """
         check_instance_ref(instance_id)
         return self._invocation(self._registered(wf), instance_id)
@@ -439,10 +522,18 @@ class Engine:
             InstanceNotFound: no instance has this id (none is created).
 
         Example:
-            >>> import memable
-            >>> async def retry(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.resume(wf, "order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.resume(order, "order-o-17")  # replays
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
         """
         self._check_running()
         wf = self._registered(wf)
@@ -467,10 +558,18 @@ class Engine:
             SignalSuperseded: the point already has a payload, or its deadline passed.
 
         Example:
-            >>> import memable
+            >>> import anyio, memable
             >>> approval = memable.SuspendPoint("approval:v1", bool)
-            >>> async def approve(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.signal(wf, "order-o-17", approval, True)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            1250
         """
         self._check_running()
         wf = self._registered(wf)
@@ -490,9 +589,19 @@ class Engine:
             InstanceNotFound: no instance has this id.
 
         Example:
-            >>> import memable
-            >>> async def stop(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.cancel(wf, "order-o-17", reason="customer left")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await invocation.wait()
+            ...         await engine.cancel(order, "order-o-17", reason="customer left")
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Cancelled(reason='customer left')
         """
         self._check_running()
         return await self._control.cancel(self._registered(wf), instance_id, reason)
@@ -507,10 +616,20 @@ class Engine:
         status once.
 
         Example:
-            >>> import memable
-            >>> async def watch(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     async for status in engine.subscribe(wf, "order-o-17"):
-            ...         print(status.status, status.message)
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         await engine.signal(order, "order-o-17", approval, False)
+            ...         async for status in engine.subscribe(order, "order-o-17"):
+            ...             last = status
+            ...         print(last.status)
+            >>> anyio.run(main)
+            completed
         """
         self._check_running()
         wf = self._registered(wf)
@@ -527,10 +646,17 @@ class Engine:
         suspended instances are never purged.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> import memable
-            >>> async def clean(engine: memable.Engine) -> int:
-            ...     return await engine.purge(older_than=timedelta(days=30))
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         print(await engine.purge(older_than=timedelta(days=30)))
+            >>> anyio.run(main)
+            0
         """
         self._check_running()
         if not isinstance(typing.cast(object, older_than), timedelta) or older_than < timedelta(0):
@@ -540,20 +666,29 @@ class Engine:
     # -- reading ----------------------------------------------------------------------------
 
     async def state(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceInfo:
-        """Return what storage knows about an instance.
+        """Return what storage knows about an instance (input and output decoded).
 
         Raises:
             InstanceNotFound: no instance has this id.
             InstanceConflict: the instance belongs to another workflow.
 
         Example:
-            >>> import memable
-            >>> async def status(engine: memable.Engine, wf: memable.Workflow[str, int]) -> str:
-            ...     return (await engine.state(wf, "order-o-17")).status
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         info = await engine.state(order, "order-o-17")
+            ...         print(info.status, info.status_message, info.waiting_on)
+            >>> anyio.run(main)
+            suspended approve? ('approval:v1',)
         """
         self._check_running()
         record = await self._control.record(wf, instance_id)
-        info = InstanceInfo.from_record(record)
+        info = self._describe(record)
         message = self._control.live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
@@ -562,26 +697,77 @@ class Engine:
     async def instances(
         self,
         wf: Workflow[Any, Any] | None = None,
+        *,
         status: InstanceState | None = None,
+        waiting_on: str | None = None,
+        parent_id: str | None = None,
+        created_after: datetime | None = None,
         limit: int | None = 100,
-    ) -> list[InstanceInfo]:
-        """List instances, oldest first, optionally of one workflow and in one status.
+        after: str | None = None,
+    ) -> Page[InstanceInfo]:
+        """List instances, newest first, a page at a time (``page.next`` is the cursor).
+
+        Filters: the workflow, the status, suspended on a key (*waiting_on*), children of
+        *parent_id*, created after a time. Each page is one index range scan, so its cost
+        does not grow with how many instances are stored. ``limit=None`` lists them all.
+
+        Raises:
+            ValueError: a negative limit, a naive datetime, or a cursor not from ``next``.
 
         Example:
-            >>> import memable
-            >>> async def failures(engine: memable.Engine) -> list[str]:
-            ...     return [i.instance_id for i in await engine.instances(status="failed")]
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         print([i.instance_id for i in await engine.instances(status="suspended")])
+            >>> anyio.run(main)
+            ['order-o-17']
         """
         self._check_running()
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, not {limit!r}")
-        records = await self._kernel.store.call(
-            self._storage.list_instances,
-            workflow=None if wf is None else wf.name,
-            status=status,
-            limit=limit,
+        query = _inspect.query(wf, status, waiting_on, parent_id, created_after, limit, after)
+        records, cursor = await self._kernel.store.call(_inspect.load_page, self._storage, **query)
+        return Page(tuple(self._describe(record) for record in records), cursor)
+
+    async def history(self, wf: Workflow[Any, Any], instance_id: str) -> History:
+        """Return what an instance did: steps, signals, timers and children, from storage.
+
+        Works for finished instances too and changes nothing (``resume`` keeps a dead
+        letter it retries, as an earlier attempt of its step).
+
+        Raises:
+            InstanceNotFound: no instance has this id.
+            InstanceConflict: the instance belongs to another workflow.
+
+        Example:
+            >>> import anyio, memable
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     async def price() -> int:
+            ...         return 1250
+            ...     return await ctx.step("price:v1", price)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.run(order, "o-17", instance_id="order-o-17")
+            ...         for step in (await engine.history(order, "order-o-17")).steps:
+            ...             print(step.key, step.state, step.attempts)
+            >>> anyio.run(main)
+            price:v1 completed 1
+        """
+        self._check_running()
+        record = await self._control.record(wf, instance_id)
+        types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
+        build = await self._kernel.store.call(
+            _inspect.load_history, self._storage, record, payload_types=types
         )
-        return [InstanceInfo.from_record(record) for record in records]
+        return build(self._describe)
+
+    def _describe(self, record: InstanceRecord) -> InstanceInfo:
+        wf = self._registry.get(record.workflow)
+        return _inspect.describe(record, self._kernel.serde, wf)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -595,7 +781,7 @@ def kernel_of(engine: Engine) -> Kernel:
 
 
 def _check_owner(phase: _Phase, owner: tuple[int, object] | None) -> None:
-    """Refuse a call unless the engine runs, on this thread and event loop."""
+    """Refuse calls to an engine that does not run, or from another thread or loop."""
     if phase != "running":
         raise NotStarted(
             f"the engine is {phase}; use it inside 'async with engine:'"

@@ -17,8 +17,15 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
 
 import anyio
 
-from ._exceptions import StorageError, TypeMismatch, WorkflowNotFound
-from ._ids import children_waited, public_keys
+from ._exceptions import (
+    InstanceConflict,
+    InstanceNotFound,
+    StorageError,
+    TypeMismatch,
+    WorkflowNotFound,
+)
+from ._ids import children_waited, public_keys, root_of
+from ._keys import check_instance_ref
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Outcome, Suspended
 from ._serde import type_name
 from ._suspend import SuspendPoint
@@ -141,6 +148,28 @@ class Store:
 
     async def get(self, instance_id: str) -> InstanceRecord | None:
         return await self.call(self.storage.get_instance, instance_id)
+
+    async def find(self, workflow: str, instance_id: str) -> InstanceRecord:
+        """The instance *instance_id* of *workflow* (or a child of one of its instances).
+
+        Raises:
+            InstanceNotFound: no instance has this id.
+            InstanceConflict: it belongs to another workflow.
+        """
+        check_instance_ref(instance_id)
+        record = await self.get(instance_id)
+        if record is None:
+            raise InstanceNotFound(f"no instance {instance_id!r}")
+        if record.workflow != workflow and record.parent_id is not None:
+            root = await self.get(root_of(instance_id))
+            if root is not None and root.workflow == workflow:
+                return record
+        if record.workflow != workflow:
+            raise InstanceConflict(
+                f"instance {instance_id!r} belongs to workflow {record.workflow!r},"
+                f" not {workflow!r}"
+            )
+        return record
 
     async def create(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
         return await self.call(self.storage.create_instance, record)

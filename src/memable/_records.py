@@ -8,6 +8,7 @@ import attrs
 
 __all__ = [
     "History",
+    "InboxItem",
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
@@ -253,6 +254,28 @@ class SignalDrop:
 
     instance_id: str
     key: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class InboxItem:
+    """A request another process left for the engine that owns a SQLite file.
+
+    ``verb`` is ``"signal"`` (``payload`` is JSON text), ``"cancel"`` (with ``reason``),
+    ``"resume"``, or ``"purge"`` (``payload`` is the age in seconds).
+
+    Example:
+        >>> from memable.storage import InboxItem
+        >>> InboxItem(id=1, verb="cancel", instance_id="o-1", reason="stuck").verb
+        'cancel'
+    """
+
+    id: int
+    verb: Literal["signal", "cancel", "resume", "purge"]
+    instance_id: str
+    key: str | None = None
+    payload: str | None = None
+    reason: str | None = None
 
 
 #: What :meth:`~memable.storage.Storage.commit` applies in one transaction.

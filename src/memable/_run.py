@@ -56,6 +56,7 @@ class Run:
     __slots__ = (
         "_busy",
         "_idle",
+        "cause",
         "driven",
         "finished",
         "fresh",
@@ -64,6 +65,7 @@ class Run:
         "pending",
         "phase",
         "reason",
+        "replayed",
         "rerun",
         "scope",
         "status_dirty",
@@ -87,6 +89,8 @@ class Run:
         self.status_dirty = False
         self.scope = anyio.CancelScope()
         self.waiting: set[str] = set()
+        self.replayed = 0  # steps served from storage (telemetry counts them)
+        self.cause: object = None  # the span context of what claimed it (a signal)
         self._busy = 0
         self._idle = anyio.Event()
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import anyio
 import anyio.lowlevel
 
-from . import _ids
+from . import _ids, _log, _telemetry
 from ._context import Context
 from ._exceptions import StorageError
 from ._journal import Journal
@@ -55,8 +55,9 @@ class Runner:
         self.runs: dict[str, Run] = {}
         self._troubled: set[str] = set()  # runs that ended because storage failed
 
-    def claimed(self, record: InstanceRecord) -> None:
-        """Run an instance stored as ``running``: recovered, or just claimed.
+    def claimed(self, record: InstanceRecord, cause: object = None) -> None:
+        """Run an instance stored as ``running``: recovered, or just claimed (by what
+        *cause* names: the span context of a signal, for telemetry).
 
         An instance of a queue that was claimed back to ``enqueued`` waits for admission.
         """
@@ -78,16 +79,9 @@ class Runner:
         if run is not None and run.driven:
             run.rerun = True  # still ending its suspended pass: it goes again
             return
-        self.start(self.reserve(record.instance_id, wf), record)
-
-    async def recover(self) -> None:
-        """Run every top-level instance stored as ``running`` (at engine start)."""
-        records = await self._kernel.store.running()
-        for record in records:
-            if record.parent_id is None:  # children are driven by their parent
-                self.claimed(record)
-        if records:
-            logger.info("recovering %d running instances", len(records))
+        run = self.reserve(record.instance_id, wf)
+        run.cause = cause
+        self.start(run, record)
 
     def live(self, instance_id: str) -> Run | None:
         """The run of *instance_id* if a task of this engine runs it."""
@@ -130,6 +124,31 @@ class Runner:
 
     async def drive(self, run: Run, record: InstanceRecord) -> None:
         """Run one instance to its end, suspension or shutdown, healing after storage errors."""
+        wf = run.workflow.name
+        _log.event(_log.INFO, "instance %r of %r %s", run.instance_id, wf,
+                   "started" if run.fresh else "resumed", instance_id=run.instance_id,
+                   workflow=wf)  # fmt: skip
+        attributes = {"memable.instance_id": run.instance_id, "memable.workflow": wf,
+                      "memable.run.fresh": run.fresh}  # fmt: skip
+        if record.parent_id is not None:  # a child: under its parent's fan-out span
+            scope = _telemetry.span(f"memable.run {wf}", attributes)
+        elif run.fresh:  # the first run: a child of the span that invoked it
+            scope = _telemetry.span(f"memable.run {wf}", attributes, parent=record.trace)
+        else:  # a trace of its own, linked to the invoke and to the signal that claimed it
+            links = (_telemetry.link_of(record.trace), run.cause)
+            scope = _telemetry.span(f"memable.run {wf}", attributes, root=True, links=links)
+        run.replayed = 0
+        with scope as span:
+            try:
+                await self._drive(run, record)
+            finally:
+                if span is not None:
+                    span.set_attributes({"memable.run.outcome": run.reason or "unknown",
+                                         "memable.steps.replayed": run.replayed})  # fmt: skip
+                    if isinstance(run.outcome, Failed) and run.outcome.exception is not None:
+                        _telemetry.failed(span, run.outcome.exception)
+
+    async def _drive(self, run: Run, record: InstanceRecord) -> None:
         backoff = Backoff()
         queue = record.queue
         try:
@@ -238,13 +257,6 @@ class Runner:
         error = None
         if isinstance(outcome, Failed):
             error = outcome.error.to_json()
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
-                    "instance %r failed: %s",
-                    run.instance_id,
-                    outcome.error,
-                    extra={"instance_id": run.instance_id},
-                )
         update = InstanceUpdate(
             instance_id=run.instance_id,
             updated_at=now,
@@ -264,6 +276,10 @@ class Runner:
                 self.storage_failed(run, "recording its end")
                 return
         if applied:
+            _log.event(_log.ERROR if status == "failed" else _log.INFO, "instance %r of %r %s%s",
+                       run.instance_id, run.workflow.name, status,
+                       f": {error_of(outcome)}" if isinstance(outcome, Failed) else "",
+                       instance_id=run.instance_id, workflow=run.workflow.name)  # fmt: skip
             run.end("completed" if status == "completed" else "failed", outcome)
             kernel.status.publish(run.instance_id, status, run.status_message)
             return
@@ -283,6 +299,14 @@ class Runner:
         suspension is written once no durable operation is in flight, and written again
         (extended) if a key was registered while it was being written.
         """
+        attributes = {"memable.instance_id": run.instance_id,
+                      "memable.workflow": run.workflow.name}  # fmt: skip
+        with _telemetry.span("memable.suspend", attributes) as span:
+            await self._suspend(run)
+            if span is not None:
+                span.set_attribute("memable.waiting_on", sorted(run.waiting))
+
+    async def _suspend(self, run: Run) -> None:
         kernel = self._kernel
         written: set[str] | None = None
         with anyio.CancelScope(shield=True):  # what storage decided must be known here
@@ -311,6 +335,9 @@ class Runner:
         assert written is not None
         waiting_on = _ids.public_keys(sorted(written))
         children = _ids.children_waited(written)
+        _log.event(_log.INFO, "instance %r of %r suspended on %s", run.instance_id,
+                   run.workflow.name, ", ".join(sorted(written)), instance_id=run.instance_id,
+                   workflow=run.workflow.name)  # fmt: skip
         if run.end(
             "suspended",
             Suspended(waiting_on=waiting_on, status=run.status_message, children=children),
@@ -328,3 +355,8 @@ class Runner:
                 if ancestor is not None:
                     ancestor.end("crashed")
             await anyio.lowlevel.checkpoint()
+
+
+def error_of(outcome: Failed) -> str:
+    """How a failure reads in a log line."""
+    return str(outcome.error)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .._records import Admission as Admission
 from .._records import History as History
+from .._records import InboxItem as InboxItem
 from .._records import InstanceRecord as InstanceRecord
 from .._records import InstanceState as InstanceState
 from .._records import InstanceUpdate as InstanceUpdate
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Admission",
     "History",
+    "InboxItem",
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
@@ -57,6 +59,7 @@ __all__ = [
 for _name in (
     "Admission",
     "History",
+    "InboxItem",
     "InstanceRecord",
     "InstanceUpdate",
     "QueueRecord",

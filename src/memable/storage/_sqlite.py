@@ -7,21 +7,20 @@ leaves it: every one becomes a :class:`~memable.StorageError` with the cause cha
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
 import sqlite3
-import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import IO, Final, Literal, cast, final
+from typing import Final, Literal, cast, final
 
 from .._exceptions import StorageError
 from .._ids import descendant_range
 from .._keys import is_utf8
 from .._records import (
     History,
+    InboxItem,
     InstanceRecord,
     InstanceState,
     QueueRecord,
@@ -33,213 +32,10 @@ from .._records import (
 from .._tx import COLUMNS, Guard
 from ._base import RuleStorage
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "InboxClient", "SQLiteStorage", "owner_of"]
 
-_Migration = Callable[[sqlite3.Connection], None]
-
-
-def _schema_1(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE instances (
-            instance_id    TEXT PRIMARY KEY,
-            workflow       TEXT NOT NULL,
-            status         TEXT NOT NULL,
-            parent_id      TEXT,
-            input          TEXT NOT NULL,
-            output         TEXT,
-            error          TEXT,
-            status_message TEXT,
-            waiting_on     TEXT NOT NULL DEFAULT '[]',
-            created_at     REAL NOT NULL,
-            updated_at     REAL NOT NULL,
-            finished_at    REAL
-        )
-        """
-    )
-    db.execute("CREATE INDEX instances_by_status ON instances (status, workflow, created_at)")
-    db.execute("CREATE INDEX instances_by_workflow ON instances (workflow, created_at)")
-    db.execute(
-        "CREATE INDEX instances_by_parent ON instances (parent_id) WHERE parent_id IS NOT NULL"
-    )
-    db.execute(
-        "CREATE INDEX instances_by_finish ON instances (finished_at) WHERE finished_at IS NOT NULL"
-    )
-    db.execute(
-        """
-        CREATE TABLE steps (
-            instance_id TEXT NOT NULL,
-            key         TEXT NOT NULL,
-            state       TEXT NOT NULL,
-            value       TEXT,
-            error       TEXT,
-            attempts    INTEGER NOT NULL,
-            started_at  REAL NOT NULL,
-            finished_at REAL NOT NULL,
-            PRIMARY KEY (instance_id, key)
-        ) WITHOUT ROWID
-        """
-    )
-
-
-def _schema_2(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE signals (
-            instance_id TEXT NOT NULL,
-            key         TEXT NOT NULL,
-            payload     TEXT,
-            created_at  REAL NOT NULL,
-            PRIMARY KEY (instance_id, key)
-        ) WITHOUT ROWID
-        """
-    )
-    db.execute(
-        """
-        CREATE TABLE timers (
-            instance_id TEXT NOT NULL,
-            key         TEXT NOT NULL,
-            deadline    REAL NOT NULL,
-            kind        TEXT NOT NULL,
-            fired       INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (instance_id, key)
-        ) WITHOUT ROWID
-        """
-    )
-    db.execute("CREATE INDEX timers_due ON timers (deadline) WHERE fired = 0")
-
-
-def _schema_3(db: sqlite3.Connection) -> None:
-    """Operations: trace context, early signals, retired dead letters, newest-first
-    listing, the inbox of other processes, and the stable read-only views."""
-    db.execute("ALTER TABLE instances ADD COLUMN trace TEXT")
-    db.execute("ALTER TABLE signals ADD COLUMN early INTEGER NOT NULL DEFAULT 0")
-    db.execute(
-        """
-        CREATE TABLE retired_steps (
-            instance_id TEXT NOT NULL,
-            key         TEXT NOT NULL,
-            retired_at  REAL NOT NULL,
-            state       TEXT NOT NULL,
-            error       TEXT,
-            attempts    INTEGER NOT NULL,
-            started_at  REAL NOT NULL,
-            finished_at REAL NOT NULL,
-            PRIMARY KEY (instance_id, key, started_at)
-        ) WITHOUT ROWID
-        """
-    )
-    # Pages of newest-first listings are index range scans (no sort, no count).
-    for by in ("workflow", "status"):
-        db.execute(f"DROP INDEX instances_by_{by}")
-        db.execute(f"CREATE INDEX instances_by_{by} ON instances ({by}, created_at, instance_id)")
-    db.execute("CREATE INDEX instances_by_created ON instances (created_at, instance_id)")
-    db.execute(
-        """
-        CREATE TABLE inbox (
-            id          INTEGER PRIMARY KEY AUTOINCREMENT,
-            verb        TEXT NOT NULL,
-            instance_id TEXT NOT NULL,
-            key         TEXT,
-            payload     TEXT,
-            reason      TEXT,
-            created_at  REAL NOT NULL,
-            done_at     REAL,
-            result      TEXT
-        )
-        """
-    )
-    db.execute("CREATE INDEX inbox_pending ON inbox (id) WHERE done_at IS NULL")
-    db.execute(_INSTANCES_VIEW)
-    db.execute(_STEPS_VIEW)
-
-
-def _utc(column: str) -> str:
-    return f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}, 'unixepoch')"
-
-
-_INSTANCES_VIEW: Final = f"""
-    CREATE VIEW memable_instances AS SELECT
-        instance_id, workflow, status, parent_id, status_message,
-        waiting_on,
-        json_extract(input, '$.type') AS input_type,
-        json_extract(input, '$.value') AS input,
-        json_extract(output, '$.type') AS output_type,
-        json_extract(output, '$.value') AS output,
-        json_extract(error, '$.type') AS error_type,
-        json_extract(error, '$.message') AS error_message,
-        {_utc("created_at")} AS created_at,
-        {_utc("updated_at")} AS updated_at,
-        {_utc("finished_at")} AS finished_at
-    FROM instances
-"""
-
-#: Schema 4 adds the queue and priority of an instance to its view (as the last columns).
-_INSTANCES_VIEW_4: Final = _INSTANCES_VIEW.replace(
-    "AS finished_at\n    FROM", "AS finished_at,\n        queue, priority\n    FROM"
-)
-
-_STEPS_VIEW: Final = f"""
-    CREATE VIEW memable_steps AS
-    SELECT
-        instance_id, key, state, attempts,
-        {_utc("started_at")} AS started_at, {_utc("finished_at")} AS finished_at,
-        finished_at - started_at AS duration,
-        json_extract(value, '$.type') AS value_type,
-        json_extract(value, '$.value') AS value,
-        json_extract(error, '$.type') AS error_type,
-        json_extract(error, '$.message') AS error_message
-    FROM steps
-    UNION ALL
-    SELECT
-        instance_id, key, 'retried' AS state, attempts,
-        {_utc("started_at")}, {_utc("finished_at")}, finished_at - started_at,
-        NULL, NULL, json_extract(error, '$.type'), json_extract(error, '$.message')
-    FROM retired_steps
-"""
-
-
-def _schema_4(db: sqlite3.Connection) -> None:
-    """Queues and schedules: an instance's queue and priority, a row per queue and schedule."""
-    db.execute("ALTER TABLE instances ADD COLUMN queue TEXT")
-    db.execute("ALTER TABLE instances ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
-    db.execute("DROP VIEW memable_instances")
-    db.execute(_INSTANCES_VIEW_4)
-    db.execute(
-        "CREATE INDEX instances_queued ON instances (queue, priority DESC, created_at,"
-        " instance_id) WHERE status = 'enqueued'"
-    )
-    db.execute(
-        "CREATE INDEX instances_queue_running ON instances (queue)"
-        " WHERE status = 'running' AND queue IS NOT NULL"
-    )
-    db.execute(
-        """
-        CREATE TABLE queues (
-            name        TEXT PRIMARY KEY,
-            concurrency INTEGER,
-            rate_count  INTEGER,
-            rate_period REAL,
-            paused      INTEGER NOT NULL DEFAULT 0,
-            starts      TEXT NOT NULL DEFAULT '[]'
-        ) WITHOUT ROWID
-        """
-    )
-    db.execute(
-        """
-        CREATE TABLE schedules (
-            name      TEXT PRIMARY KEY,
-            last_tick REAL NOT NULL,
-            last_run  TEXT
-        ) WITHOUT ROWID
-        """
-    )
-
-
-#: Migrations in order; the schema version of a database is how many have run on it.
-#: A new release appends to this list and never edits what is there.
-MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2, _schema_3, _schema_4)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
+from ._sqlfile import InboxClient, connect_existing, own_file, owner_of
+from ._sqlschema import MIGRATIONS, SCHEMA_VERSION
 
 _INSTANCE_COLUMNS: Final = (
     "instance_id, workflow, status, parent_id, input, output, error, status_message,"
@@ -356,9 +152,14 @@ class SQLiteStorage(RuleStorage):
     this process or another, gets a :class:`~memable.StorageError` on entering. Other
     programs (such as the ``memable`` CLI) may read the file meanwhile.
 
+    With ``read_only=True`` it only reads an existing memable database, beside the
+    engine that may own it (never taking the ownership, creating or migrating anything):
+    this is how the ``memable`` command line inspects a live file.
+
     Args:
         path: The database file, or ``":memory:"`` for a private in-memory database.
         synchronous: SQLite's ``synchronous`` level, ``"full"`` (default) or ``"normal"``.
+        read_only: Open a read-only connection, without owning the file.
 
     Example:
         >>> import memable
@@ -367,18 +168,24 @@ class SQLiteStorage(RuleStorage):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: Literal["full", "normal"] = "full"
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["full", "normal"] = "full",
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
         self.path = os.fspath(path)
         self.synchronous = synchronous
+        self.read_only = read_only
         self._db: sqlite3.Connection | None = None
         self._release_file: Callable[[], None] | None = None  # gives up the ownership
         self._mutex = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"SQLiteStorage({self.path!r}, synchronous={self.synchronous!r})"
+        more = ", read_only=True" if self.read_only else ""
+        return f"SQLiteStorage({self.path!r}, synchronous={self.synchronous!r}{more})"
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -386,8 +193,11 @@ class SQLiteStorage(RuleStorage):
         with self._mutex:
             if self._db is not None:
                 raise StorageError(f"{self!r} is already open")
+            if self.read_only:
+                self._db = connect_existing(self.path, read_only=True)
+                return
             if self.path != ":memory:":
-                self._release_file = _own_file(self.path)
+                self._release_file = own_file(self.path)
             try:
                 self._db = self._connect()
             except BaseException:
@@ -447,7 +257,7 @@ class SQLiteStorage(RuleStorage):
                     with self._errors("closing", name_file=True):
                         db.close()
             finally:
-                self._release_ownership()  # after the connection: see _own_file
+                self._release_ownership()  # after the connection: see own_file
 
     def _release_ownership(self) -> None:
         if self._release_file is not None:
@@ -605,6 +415,48 @@ class SQLiteStorage(RuleStorage):
         params.append(limit)
         with self._read("finding instances to purge in") as db:
             return [row[0] for row in db.execute(sql, params)]
+
+    # -- the inbox of other processes ------------------------------------------------------
+
+    @property
+    def has_inbox(self) -> bool:
+        """Whether other processes can steer the owner of this file through its inbox."""
+        return self.path != ":memory:" and not self.read_only
+
+    def take_inbox(self, limit: int = 100) -> list[InboxItem]:
+        """The requests other processes left that are not answered yet, oldest first."""
+        with self._read("reading the inbox of") as db, self._lenient(db):
+            rows = db.execute(
+                "SELECT id, verb, instance_id, key, payload, reason FROM inbox"
+                " WHERE done_at IS NULL ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        items: list[InboxItem] = []
+        for item_id, verb, instance_id, key, payload, reason in rows:
+            try:
+                if verb not in ("signal", "cancel", "resume", "purge"):
+                    raise _Corrupt(f"verb is {_shown(verb)}")
+                items.append(
+                    InboxItem(
+                        id=item_id,
+                        verb=verb,
+                        instance_id=_text(instance_id, "instance"),
+                        key=_text_or_none(key, "key"),
+                        payload=_text_or_none(payload, "payload"),
+                        reason=_text_or_none(reason, "reason"),
+                    )
+                )
+            except _Corrupt as exc:
+                self.answer_inbox(item_id, json.dumps({"ok": False, "message": str(exc)}), 0.0)
+        return items
+
+    def answer_inbox(self, item_id: int, result: str, now: float) -> None:
+        """Record the answer to a request (answers older than an hour are dropped)."""
+        with self._transaction("answering the inbox of") as db:
+            db.execute(
+                "UPDATE inbox SET done_at = ?, result = ? WHERE id = ?", (now, result, item_id)
+            )
+            db.execute("DELETE FROM inbox WHERE done_at < ?", (now - 3600.0,))
 
     # -- the transaction primitives ---------------------------------------------------------
 
@@ -989,129 +841,6 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
 
 def _surrogate_escaped(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
-
-
-def _in_use(path: str, holder: str) -> StorageError:
-    return StorageError(
-        f"SQLite database {path!r} is in use by another engine (process {holder});"
-        " one engine owns a SQLite file at a time (use Postgres to share one database)"
-    )
-
-
-if sys.platform == "linux":
-    import fcntl
-    import struct
-
-    # The owner's lock is one byte of the database file itself, far beyond any byte SQLite
-    # reads, writes or locks (its locks sit at 1 GiB; a database ends before 2**48 bytes).
-    # Whatever name reaches the file (symlink, hard link, bind mount) reaches that byte,
-    # and there is no lock file to delete. It is an open-file-description lock: unlike
-    # flock (emulated by byte-range locks on NFS and SMB, and one with them on the BSDs)
-    # it cannot meet SQLite's own locks, and unlike those it stays held when another
-    # descriptor of the file is closed (SQLite closes its descriptors as it likes).
-    # Beside it the owner locks byte _OWNER_AT + 1 + its pid, for the error message.
-    _OWNER_AT: Final = 1 << 62
-    _FLOCK: Final = "@hhqqi"  # struct flock (flock64): l_type l_whence l_start l_len l_pid
-
-    # fcntl byte-range locks belong to the process: closing *any* descriptor of a file drops
-    # every one of them, SQLite's included. So a descriptor opened here is closed only when
-    # no connection of this process uses the file: one refused because the file is owned
-    # in this process is left to its owner, which closes it after its own connection.
-    _OWNED: dict[tuple[int, int], list[int]] = {}  # (st_dev, st_ino) -> refused descriptors
-    _OWNED_MUTEX = threading.Lock()
-
-    def _range_lock(fd: int, command: int, kind: int, start: int, length: int) -> tuple[int, int]:
-        """fcntl *command* (F_OFD_SETLK or F_OFD_GETLK); returns l_type and l_start."""
-        arg = struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0).ljust(64, b"\0")
-        kind, _, start, _, _ = struct.unpack_from(_FLOCK, fcntl.fcntl(fd, command, arg))
-        return kind, start
-
-    def _holder(fd: int) -> str:
-        try:
-            kind, start = _range_lock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, _OWNER_AT + 1, 1 << 32)
-        except OSError:
-            return "unknown"
-        return "unknown" if kind == fcntl.F_UNLCK else str(start - _OWNER_AT - 1)
-
-    def _own_file(path: str) -> Callable[[], None]:
-        """Own the database file *path* names, or raise StorageError; returns the release."""
-        try:
-            seen = os.stat(path)
-        except OSError:
-            pass  # not there yet (or not usable: os.open says why)
-        else:
-            with _OWNED_MUTEX:
-                if (seen.st_dev, seen.st_ino) in _OWNED:
-                    raise _in_use(path, str(os.getpid()))
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot open SQLite database {path!r}: {exc.strerror}") from exc
-        info = os.fstat(fd)
-        inode = (info.st_dev, info.st_ino)
-        with _OWNED_MUTEX:
-            refused = _OWNED.get(inode)
-            if refused is not None:  # owned here since the stat above
-                refused.append(fd)
-                raise _in_use(path, str(os.getpid()))
-            try:
-                _range_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, _OWNER_AT, 1)
-            except OSError as exc:
-                holder = _holder(fd)
-                os.close(fd)  # no connection of this process uses the file
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise _in_use(path, holder) from exc
-                raise StorageError(f"cannot lock SQLite database {path!r}: {exc.strerror}") from exc
-            with contextlib.suppress(OSError):  # only ever used for the message
-                _range_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, _OWNER_AT + 1 + os.getpid(), 1)
-            _OWNED[inode] = []
-
-        def release() -> None:
-            with _OWNED_MUTEX:
-                for other in _OWNED.pop(inode):
-                    os.close(other)
-                os.close(fd)  # releases both locks
-
-        return release
-
-else:  # pragma: no cover - exercised on macOS, the BSDs and Windows only
-    # No open-file-description locks here: a lock file beside the file's real path. Every
-    # spelling of the path and every symlink meets it; hard links and a deleted lock file
-    # do not (see docs/storage.md).
-
-    def _own_file(path: str) -> Callable[[], None]:
-        """Lock ``{realpath}.lock`` for this process, or raise StorageError naming the holder."""
-        lock_path = os.path.realpath(path) + ".lock"
-        try:
-            handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held while open
-        except OSError as exc:
-            raise StorageError(f"cannot create the lock file {lock_path!r}: {exc}") from exc
-        try:
-            _lock_exclusive(handle)
-        except OSError as exc:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise _in_use(path, holder) from exc
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        return handle.close  # closing the file releases the lock
-
-    if sys.platform == "win32":
-        import msvcrt
-
-        def _lock_exclusive(handle: IO[str]) -> None:
-            handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-
-    else:
-        import fcntl
-
-        def _lock_exclusive(handle: IO[str]) -> None:
-            # flock, not lockf: a second open file in the same process conflicts too.
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 SQLiteStorage.__module__ = "memable.storage"
