@@ -388,6 +388,30 @@ class SQLiteStorage(RuleStorage):
                 db.execute("COMMIT")
         return History(steps=steps, signals=signals, timers=timers)
 
+    def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
+        with self._read("reading queues from") as db:
+            if not _has_table(db, "queues"):  # an older file, read without migrating it
+                return []
+            names = [row[0] for row in db.execute("SELECT name FROM queues ORDER BY name")]
+            counts = db.execute(
+                "SELECT queue, status, count(*) FROM instances WHERE queue IS NOT NULL"
+                " AND status IN ('enqueued', 'running', 'suspended') GROUP BY queue, status"
+            ).fetchall()
+            rows = [_SQLiteTx(db).queue(name) for name in names]
+        return [
+            (row, {status: n for queue, status, n in counts if queue == row.name})
+            for row in rows
+            if row is not None
+        ]
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        with self._read("reading schedules from") as db:
+            if not _has_table(db, "schedules"):
+                return []
+            names = [row[0] for row in db.execute("SELECT name FROM schedules ORDER BY name")]
+            rows = [_SQLiteTx(db).schedule(name) for name in names]
+        return [row for row in rows if row is not None]
+
     def next_deadline(self) -> float | None:
         with self._read("reading timers from") as db:
             # A deadline stored as text, or too late for a datetime, never comes; one too
@@ -672,6 +696,11 @@ def _listing(
         sql += " WHERE " + " AND ".join(where)
     order = " DESC" if newest_first else ""
     return f"{sql} ORDER BY created_at{order}, instance_id{order} LIMIT ?", params
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return db.execute(query, (name,)).fetchone() is not None
 
 
 def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
