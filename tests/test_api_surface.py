@@ -8,6 +8,7 @@ import memable
 import memable._exceptions
 import memable.storage
 import memable.testing
+import memable.web
 
 EXPORTED = [
     "Cancelled", "ChildFailed", "Clock", "Completed", "Context", "DuplicateStepKey", "Engine",
@@ -46,6 +47,7 @@ def test_every_export_is_importable_and_says_memable() -> None:
         "crash_at",
         "run_until_suspended",
     }
+    assert memable.web.__all__ == ["app"]
 
 
 def test_exception_tree_matches_the_design() -> None:

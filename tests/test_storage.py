@@ -733,8 +733,10 @@ def posix_locks(path: Path) -> list[str]:
     """This process's fcntl (POSIX) locks on *path*'s inode, from /proc/locks: SQLite's."""
     info = os.stat(path)
     inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    # Each line starts with its place in the kernel's list ("8:"), which moves whenever
+    # another process takes or drops a lock: compare the locks without it.
     return [
-        line
+        line.split(":", 1)[1].strip()
         for line in Path("/proc/locks").read_text().splitlines()
         if {"POSIX", str(os.getpid()), inode} <= set(line.split())
     ]

@@ -353,6 +353,40 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web(args: argparse.Namespace) -> int:
+    try:
+        from .web._serve import serve
+    except ImportError as exc:  # pragma: no cover - the web extra is missing
+        raise CliError(f"{exc}; install memable[web]") from exc
+    try:
+        return serve(
+            args.db,
+            host=args.host,
+            port=args.port,
+            allow_actions=args.allow_actions,
+            backend=args.backend,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _args_web(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="the address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="the port (default: %(default)s)")
+    p.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="let the dashboard signal, cancel and resume instances (each a POST with a CSRF"
+        " token, handed to the engine that owns the database through its inbox)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="asyncio (served by uvicorn, the default) or trio (served by hypercorn)",
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -424,6 +458,7 @@ COMMANDS: dict[
     "engines": ("the engines that run on the database", _args_none, _engines),
     "queues": ("queues: limits, pause, and instances enqueued and running", _args_none, _queues),
     "schedules": ("schedules: the last tick and the instance it started", _args_none, _schedules),
+    "web": ("serve the dashboard (read-only unless --allow-actions)", _args_web, _web),
     "demo": ("run a durable workflow that survives a killed process", _args_demo, _demo),
 }
 

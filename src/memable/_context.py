@@ -1,8 +1,9 @@
 """The context a workflow receives: its steps, its status, its identity.
 
 ``Context`` keeps only the user-facing verbs; what is recorded lives in the run's
-:class:`~memable._journal.Journal`, the retry loop beside :class:`~memable.RetryPolicy`,
-fan-outs in :mod:`memable._fanout`, and the run's phases in :mod:`memable._run`.
+:class:`~memable._journal.Journal`, the step path (replay, attempts, dead letters) in
+:mod:`memable._steps`, the retry loop beside :class:`~memable.RetryPolicy`, fan-outs in
+:mod:`memable._fanout`, and the run's phases in :mod:`memable._run`.
 """
 
 from __future__ import annotations
@@ -17,23 +18,22 @@ from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar, TypeVarTuple, fina
 import anyio
 import anyio.lowlevel
 
-from . import _log, _telemetry
+from . import _telemetry
 from ._durations import check_deadline, deadline, seconds
 from ._exceptions import (
     SerializationError,
-    StepFailed,
     StorageError,
     SuspendTimeout,
     TypeMismatch,
 )
-from ._failures import dead_letter_error, replayed_failure, step_failure
 from ._fanout import FanOut
 from ._keys import check_text
 from ._outcome import Settled
-from ._records import InstanceUpdate, SignalDrop, StepRecord, TimerRecord, Write
-from ._retry import AttemptsFailed, RetryPolicy, run_attempts
+from ._records import InstanceUpdate, SignalDrop, TimerRecord, Write
+from ._retry import RetryPolicy
 from ._run import unwind
 from ._serde import type_name
+from ._steps import Steps
 from ._suspend import Readable
 from ._workflow import Workflow
 
@@ -49,8 +49,6 @@ I = TypeVar("I")  # noqa: E741
 PosArgsT = TypeVarTuple("PosArgsT")
 
 logger = logging.getLogger("memable")
-
-_NO_RETRY = RetryPolicy.none()
 
 
 @final
@@ -76,7 +74,7 @@ class Context:
         42
     """
 
-    __slots__ = ("_closed", "_journal", "_kernel", "_run", "_runner")
+    __slots__ = ("_closed", "_journal", "_kernel", "_run", "_runner", "_steps")
 
     def __init__(self, kernel: Kernel, runner: Driver, run: Run, journal: Journal) -> None:
         self._kernel = kernel
@@ -84,6 +82,7 @@ class Context:
         self._run = run
         self._journal = journal
         self._closed = False
+        self._steps = Steps(kernel, runner, run, journal, self._write)
 
     def __repr__(self) -> str:
         return f"<memable.Context of {self.workflow_name}/{self.instance_id}>"
@@ -192,7 +191,7 @@ class Context:
         self._journal.claim(key, "step")
         limit = None if timeout is None else seconds(timeout, f"timeout of step {key!r}")
         tp = self._kernel.serde.result_type(key, fn, returns)
-        return await self._step(key, tp, functools.partial(fn, *args), limit, retry)
+        return await self._steps.take(key, tp, functools.partial(fn, *args), limit, retry)
 
     async def step_sync(
         self,
@@ -233,124 +232,7 @@ class Context:
             # Abandoned when cancelled (a timeout, a cancel, shutdown): it runs to its end.
             return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
-        return await self._step(key, tp, in_thread, limit, retry)
-
-    def _what(self, key: str) -> str:
-        return f"step {key!r} of instance {self.instance_id!r}"
-
-    async def _step(
-        self,
-        key: str,
-        tp: object,
-        call: Callable[[], Awaitable[T]],
-        timeout: float | None,
-        retry: RetryPolicy | None,
-    ) -> T:
-        record = self._journal.steps.get(key)
-        if record is not None:
-            self._run.replayed += 1
-            if _log.logger.isEnabledFor(_log.DEBUG):
-                _log.event(
-                    _log.DEBUG,
-                    "step %r of %r replayed",
-                    key,
-                    self.instance_id,
-                    instance_id=self.instance_id,
-                    workflow=self.workflow_name,
-                    step=key,
-                )
-            if record.state == "completed":
-                assert record.value is not None
-                value = self._kernel.serde.decode(record.value, tp, key, self._what(key))
-                return typing.cast(T, value)
-            raise replayed_failure(key, record.attempts, record.error)
-        self._run.enter()
-        try:
-            return await self._attempts(key, tp, call, timeout, retry)
-        finally:
-            self._run.leave()
-
-    async def _attempts(
-        self,
-        key: str,
-        tp: object,
-        call: Callable[[], Awaitable[T]],
-        timeout: float | None,
-        retry: RetryPolicy | None,
-    ) -> T:
-        kernel = self._kernel
-        await self._runner.maybe_crash(self._run, key, "before")
-        policy = retry or kernel.retry or _NO_RETRY
-        started = kernel.now()
-        with _telemetry.span(f"memable.step {key}", {"memable.step.key": key,
-                             **self._attributes()}) as span:  # fmt: skip
-
-            def retrying(attempt: int, exc: Exception) -> None:
-                _log.event(
-                    _log.WARNING,
-                    "step %r of %r failed (attempt %d of %d), retrying: %r",
-                    key,
-                    self.instance_id,
-                    attempt,
-                    policy.attempts,
-                    exc,
-                    instance_id=self.instance_id,
-                    workflow=self.workflow_name,
-                    step=key,
-                )
-                if span is not None:
-                    span.add_event("memable.step.retry", {"memable.step.attempt": attempt,
-                                   "memable.error.type": type(exc).__name__})  # fmt: skip
-
-            try:
-                result, attempts = await run_attempts(policy, call, timeout, retrying)
-            except AttemptsFailed as failed:
-                failure = step_failure(key, failed)
-                _telemetry.failed(span, failure)
-                await self._dead_letter(key, failed.attempts, started, failed.error, failure)
-                raise failure from failed.error
-            try:
-                envelope = kernel.serde.encode(result, tp, key, self._what(key))
-            except (TypeMismatch, SerializationError) as exc:
-                # The body returned what cannot be recorded faithfully: a permanent failure.
-                failure = StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
-                _telemetry.failed(span, failure)
-                await self._dead_letter(key, attempts, started, exc, failure)
-                raise failure from exc
-            if span is not None:
-                span.set_attributes({"memable.step.attempts": attempts,
-                                     "memable.step.outcome": "completed"})  # fmt: skip
-        await self._runner.maybe_crash(self._run, key, "after")
-        record = StepRecord(
-            instance_id=self.instance_id,
-            key=key,
-            state="completed",
-            value=envelope,
-            attempts=attempts,
-            started_at=started,
-            finished_at=kernel.now(),
-        )
-        await self._write([record], "recording a step")
-        self._journal.record_step(record)
-        return result
-
-    async def _dead_letter(
-        self, key: str, attempts: int, started: float, error: BaseException, failure: Exception
-    ) -> None:
-        _log.event(_log.ERROR, "step %r of %r dead-lettered after %d attempts: %s", key,
-                   self.instance_id, attempts, failure, instance_id=self.instance_id,
-                   workflow=self.workflow_name, step=key)  # fmt: skip
-        record = StepRecord(
-            instance_id=self.instance_id,
-            key=key,
-            state="dead",
-            error=dead_letter_error(error, failure),
-            attempts=attempts,
-            started_at=started,
-            finished_at=self._kernel.now(),
-        )  # fmt: skip
-        await self._write([record], "recording a dead letter")
-        self._journal.record_step(record)
+        return await self._steps.take(key, tp, in_thread, limit, retry)
 
     async def _write(self, writes: list[Write], doing: str) -> None:
         """Commit the run's writes (and its changed status); on a storage error the run

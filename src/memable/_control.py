@@ -60,9 +60,11 @@ class Control:
         queue: Queue | None = None,
         priority: int = 0,
     ) -> str:
-        """Create an instance of *wf* (or find the same one) and run it, or enqueue it in
-        *queue*; return its id."""
-        kernel = self._kernel
+        """Create an instance of *wf* (running, or enqueued in *queue*); return its id.
+
+        An id that exists gives the existing instance (nothing runs) if its workflow and
+        input are the same, else :class:`~memable.InstanceConflict`.
+        """
         if queue is not None:
             self._admitter.add(queue)
             if type(priority) is not int or priority not in _PRIORITY_RANGE:
@@ -74,6 +76,7 @@ class Control:
             if input is not NOTHING and input is not None:
                 raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
             input = None
+        kernel = self._kernel
         generated = instance_id is None
         if instance_id is None:
             now_ns = int(kernel.now() * 1_000_000) * 1000
@@ -86,60 +89,57 @@ class Control:
         )
         now = kernel.now()
         attributes = {"memable.workflow": wf.name, "memable.instance_id": instance_id}
-        verb = "invoke" if queue is None else "enqueue"
-        with _telemetry.span(f"memable.{verb} {wf.name}", attributes, kind="PRODUCER"):
-            record = InstanceRecord(instance_id=instance_id, workflow=wf.name,
-                                    status="running" if queue is None else "enqueued",
-                                    input=envelope, created_at=now, updated_at=now,
-                                    trace=_telemetry.current_traceparent(),
-                                    queue=None if queue is None else queue.name,
-                                    priority=priority)  # fmt: skip
+        with _telemetry.span(f"memable.invoke {wf.name}", attributes, kind="PRODUCER"):
+            record = InstanceRecord(
+                instance_id=instance_id,
+                workflow=wf.name,
+                status="running" if queue is None else "enqueued",
+                input=envelope,
+                created_at=now,
+                updated_at=now,
+                queue=None if queue is None else queue.name,
+                priority=priority,
+                trace=_telemetry.current_traceparent(),
+            )
             if queue is None:
-                await self.create(wf, record, generated)
+                created, stored = await self._create_running(wf, record, generated)
             else:
-                await self._enqueue(wf, record, generated, queue)
+                with anyio.CancelScope(shield=True):  # what storage answers must be acted on
+                    stored, created = await self._create(record, generated)
+                if created:
+                    self._admitter.wake(queue.name)
+        if not created:
+            _check_same(stored, wf, envelope)
         return instance_id
 
-    async def _enqueue(
-        self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool, queue: Queue
-    ) -> None:
-        """Store an ``enqueued`` instance and wake admission, or check the existing one."""
-        with anyio.CancelScope(shield=True):  # what storage answers must be acted on
-            if generated:  # new for sure: joins the group commit (see create)
-                await self._kernel.write([record])
-                stored, created = record, True
-            else:
-                stored, created = await self._kernel.store.create(record)
-        if created:
-            self._admitter.wake(queue.name)
-        else:
-            _check_same(stored, wf, record.input)
+    async def _create(self, record: InstanceRecord, generated: bool) -> tuple[InstanceRecord, bool]:
+        if generated:
+            # A generated id is new (a timestamp and 48 random bits), so its row joins
+            # the group commit instead of taking a transaction of its own.
+            await self._kernel.write([record])
+            return record, True
+        return await self._kernel.store.create(record)
 
-    async def create(self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool) -> None:
-        """Create *record* and start it, or check that the instance of its id is the same."""
-        kernel, instance_id, envelope = self._kernel, record.instance_id, record.input
-        run = self._runner.reserve(instance_id, wf)
+    async def _create_running(
+        self, wf: Workflow[Any, Any], record: InstanceRecord, generated: bool
+    ) -> tuple[bool, InstanceRecord]:
+        runner = self._runner
+        run = runner.reserve(record.instance_id, wf)
         run.pending += 1
         try:
             with anyio.CancelScope(shield=True):  # what storage answers must be acted on
-                if generated:
-                    # A generated id is new (a timestamp and 48 random bits), so its row joins
-                    # the group commit instead of taking a transaction of its own.
-                    await kernel.write([record])
-                    stored, created = record, True
-                else:
-                    stored, created = await kernel.store.create(record)
+                stored, created = await self._create(record, generated)
         except BaseException:
             run.pending -= 1
-            self._runner.release(run)  # nothing was created: drop the reservation
+            runner.release(run)  # nothing was created: drop the reservation
             raise
         run.pending -= 1
         if created:
             run.fresh = True
-            self._runner.start(run, stored)
-            return
-        self._runner.release(run)
-        _check_same(stored, wf, envelope)
+            runner.start(run, stored)
+        else:
+            runner.release(run)
+        return created, stored
 
     # -- resuming ---------------------------------------------------------------------------
 

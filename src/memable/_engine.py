@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from . import _inbox, _inspect, _log
+from . import _inbox, _inspect
 from ._background import TimerScheduler, heal, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
@@ -314,11 +314,11 @@ class Engine(_QueueVerbs):
             stack.callback(kernel.status.close)
             system.start_soon(self._timers.run, name="memable timers")
             system.start_soon(heal, kernel, self._runner, name="memable healer")
-            system.start_soon(self._admitter.run, name="memable queues")
-            system.start_soon(self._ticker.run, name="memable schedules")
             if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
                 inbox = typing.cast(_inbox.InboxStorage, self._storage)
                 system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
+            system.start_soon(self._admitter.run, name="memable queues")
+            system.start_soon(self._ticker.run, name="memable schedules")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -336,7 +336,7 @@ class Engine(_QueueVerbs):
         self._phase = "running"
         if self._resume_on_start:
             try:
-                await self._recover()
+                await self._runner.recover()
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
@@ -376,14 +376,6 @@ class Engine(_QueueVerbs):
     async def _close_storage(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._kernel.store.call(self._storage.close)
-
-    async def _recover(self) -> None:
-        for record in await self._kernel.store.running():
-            if record.parent_id is None:  # children are driven by their parent
-                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
-                           record.workflow, instance_id=record.instance_id,
-                           workflow=record.workflow)  # fmt: skip
-                self._runner.claimed(record)
 
     # -- registration -----------------------------------------------------------------------
 

@@ -63,8 +63,8 @@ class Invocation(Generic[O]):
         """Wait until the instance completes, fails, is cancelled or suspends.
 
         With *finished*, wait through suspensions (a durable sleep, a signal to come)
-        until it completes, fails or is cancelled. An ``enqueued`` instance is waited for
-        through its queue until it runs.
+        until it completes, fails or is cancelled. An ``enqueued`` instance is waited
+        for through its queue until it runs.
 
         Raises:
             InstanceNotFound: no instance has this id.

@@ -83,6 +83,15 @@ class Runner:
         run.cause = cause
         self.start(run, record)
 
+    async def recover(self) -> None:
+        """Run every top-level instance stored as ``running`` (at engine start)."""
+        for record in await self._kernel.store.running():
+            if record.parent_id is None:  # children are driven by their parent
+                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
+                           record.workflow, instance_id=record.instance_id,
+                           workflow=record.workflow)  # fmt: skip
+                self.claimed(record)
+
     def live(self, instance_id: str) -> Run | None:
         """The run of *instance_id* if a task of this engine runs it."""
         run = self.runs.get(instance_id)
