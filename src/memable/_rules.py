@@ -52,6 +52,9 @@ __all__ = [
 ]
 
 _LIVE: Final = frozenset[InstanceState]({"enqueued", "running", "suspended"})
+#: The states from which an instance of a queue may be moved to ``running``: ``enqueued``
+#: (admission), and ``running`` (recovery or ``resume`` of one that holds its slot).
+_QUEUED_RUNS_FROM: Final = frozenset[InstanceState]({"enqueued", "running"})
 
 #: How many instances one admission transaction starts at most.
 ADMIT_BATCH: Final = 100
@@ -62,22 +65,16 @@ def move(
 ) -> InstanceRecord | None:
     """Move *record* to *new* (checked against the state table) by compare-and-set.
 
-    An instance of a queue starts ``running`` only by admission (:func:`admit`, which
-    holds the queue's row), so its limits hold. Returns the new row, or ``None`` if the
-    row changed since it was read.
+    An instance of a queue starts ``running`` only from ``enqueued``, which only
+    admission does (:func:`admit`, holding the queue's row), so the queue's limits hold.
+    Returns the new row, or ``None`` if the row changed since it was read.
     """
     check_move(record.instance_id, record.status, new)
-    if new == "running" and record.queue is not None and record.status != "running":
+    if new == "running" and record.queue is not None and record.status not in _QUEUED_RUNS_FROM:
         raise IllegalTransition(
             f"instance {record.instance_id!r} of queue {record.queue!r} can start running"
             " only by admission"
         )
-    return _write(tx, record, new, now, changes)
-
-
-def _write(
-    tx: Tx, record: InstanceRecord, new: InstanceState, now: float, changes: dict[str, object]
-) -> InstanceRecord | None:
     fields = {"status": new, "updated_at": now, **changes}
     if not tx.update(record.instance_id, Guard(frozenset({record.status})), fields):
         return None
@@ -375,8 +372,7 @@ def admit(
     started: list[InstanceRecord] = []
     if free > 0:
         for record in tx.queued(name, workflows, free):
-            check_move(record.instance_id, record.status, "running")
-            moved = _write(tx, record, "running", now, {})
+            moved = move(tx, record, "running", now)
             if moved is not None:
                 started.append(moved)
     retry_at = None
