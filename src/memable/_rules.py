@@ -328,11 +328,14 @@ def _fire(tx: Tx, timer: TimerRecord, now: float) -> None:
 def define_queue(tx: Tx, row: QueueRecord) -> QueueRecord:
     """Store a queue's limits (creating its row), keeping its pause and its rate window."""
     stored = tx.queue(row.name)
-    if stored is not None:
-        row = attrs.evolve(row, paused=stored.paused, starts=stored.starts)
-        if row == stored:
-            return stored
-    tx.put_queue(row)
+    if stored is None:
+        if tx.put_queue(row, replace=False):
+            return row
+        stored = tx.queue(row.name)  # another engine stored it meanwhile
+        assert stored is not None, f"queue {row.name!r} vanished"
+    row = attrs.evolve(row, paused=stored.paused, starts=stored.starts)
+    if row != stored:
+        tx.put_queue(row)
     return row
 
 
@@ -393,7 +396,9 @@ def define_schedule(tx: Tx, name: str, now: float) -> ScheduleRecord:
     row = tx.schedule(name)
     if row is None:
         row = ScheduleRecord(name=name, last_tick=now)
-        tx.put_schedule(row)
+        if not tx.put_schedule(row, replace=False):  # another engine stored it meanwhile
+            row = tx.schedule(name)
+            assert row is not None, f"schedule {name!r} vanished"
     return row
 
 

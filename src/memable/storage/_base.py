@@ -171,8 +171,14 @@ class DictQueues:
     def queue(self, name: str) -> QueueRecord | None:
         return typing.cast("QueueRecord | None", self._named["queues"].get(name))
 
-    def put_queue(self, row: QueueRecord) -> None:
-        self._set(self._named["queues"], row.name, row)
+    def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
+        return self._put(self._named["queues"], row.name, row, replace)
+
+    def _put(self, table: dict[str, Any], name: str, row: object, replace: bool) -> bool:
+        if not replace and name in table:
+            return False
+        self._set(table, name, row)
+        return True
 
     def running_count(self, queue: str) -> int:
         return sum(r.queue == queue and r.status == "running" for r in self._instances.values())
@@ -185,8 +191,8 @@ class DictQueues:
     def schedule(self, name: str) -> ScheduleRecord | None:
         return typing.cast("ScheduleRecord | None", self._named["schedules"].get(name))
 
-    def put_schedule(self, row: ScheduleRecord) -> None:
-        self._set(self._named["schedules"], row.name, row)
+    def put_schedule(self, row: ScheduleRecord, *, replace: bool = True) -> bool:
+        return self._put(self._named["schedules"], row.name, row, replace)
 
     def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
         with self._lock:

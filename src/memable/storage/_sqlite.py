@@ -623,13 +623,13 @@ class _SQLiteTx:
         return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
                            rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
 
-    def put_queue(self, row: QueueRecord) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO queues (name, concurrency, rate_count, rate_period, paused,"
-            " starts) VALUES (?, ?, ?, ?, ?, ?)",
+    def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
+        return bool(self._db.execute(
+            f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO queues (name, concurrency,"
+            " rate_count, rate_period, paused, starts) VALUES (?, ?, ?, ?, ?, ?)",
             (row.name, row.concurrency, row.rate_count, row.rate_period, int(row.paused),
              json.dumps(row.starts)),
-        )  # fmt: skip
+        ).rowcount)  # fmt: skip
 
     def running_count(self, queue: str) -> int:
         row = self._db.execute(
@@ -655,10 +655,13 @@ class _SQLiteTx:
             return None
         return ScheduleRecord(name=name, last_tick=float(row[0]), last_run=row[1])
 
-    def put_schedule(self, row: ScheduleRecord) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO schedules (name, last_tick, last_run) VALUES (?, ?, ?)",
-            (row.name, row.last_tick, row.last_run),
+    def put_schedule(self, row: ScheduleRecord, *, replace: bool = True) -> bool:
+        verb = "REPLACE" if replace else "IGNORE"
+        return bool(
+            self._db.execute(
+                f"INSERT OR {verb} INTO schedules (name, last_tick, last_run) VALUES (?, ?, ?)",
+                (row.name, row.last_tick, row.last_run),
+            ).rowcount
         )
 
 
