@@ -33,6 +33,7 @@ from memable.storage import (
     SQLiteStorage,
     StepRecord,
     Storage,
+    Suspension,
     TimerRecord,
 )
 from memable.storage._sqlite import MIGRATIONS, SCHEMA_VERSION
@@ -389,6 +390,33 @@ def test_signals_timers_and_claims(storage: Storage) -> None:
     storage.commit([InstanceUpdate(instance_id="i", updated_at=11.0, status="completed")])
     late = SignalRecord(instance_id="i", key="z", payload="{}", created_at=0)
     assert storage.deliver_signal(late)[0] == "finished"
+
+
+def test_suspension_is_a_write_of_the_group_commit(storage: Storage) -> None:
+    """A Suspension in a commit suspends beside other writes, and is refused (applied
+    False, nothing suspended) when what it waits for has come in the same transaction."""
+    storage.create_instance(instance("i"))
+    storage.create_instance(instance("j"))
+    wait_k = Suspension(instance_id="i", waiting_on=("k",), status_message="w", now=1.0)
+    [stepped, suspended] = storage.commit([step("j", "s"), wait_k])
+    assert (stepped, suspended) == (True, True)
+    record = storage.get_instance("i")
+    assert record is not None
+    assert (record.status, record.waiting_on, record.status_message) == ("suspended", ("k",), "w")
+    # Extending adds keys registered since; a payload that came first refuses it.
+    extend = Suspension(instance_id="i", waiting_on=("k", "m"), status_message="w", now=2.0,
+                        extend=True)  # fmt: skip
+    assert storage.commit([extend]) == [True]
+    record = storage.get_instance("i")
+    assert record is not None
+    assert record.waiting_on == ("k", "m")
+    payload = SignalRecord(instance_id="j", key="p", payload="{}", created_at=2.0)
+    assert storage.deliver_signal(payload)[0] == "stored"
+    refused = Suspension(instance_id="j", waiting_on=("p",), status_message=None, now=3.0)
+    assert storage.commit([refused]) == [False]
+    again = storage.get_instance("j")
+    assert again is not None
+    assert again.status == "running"
 
 
 def test_cancel_and_purge_take_the_whole_family(storage: Storage) -> None:

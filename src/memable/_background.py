@@ -7,7 +7,7 @@ background task never stops the engine (a bad row fails or skips one instance on
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -22,18 +22,27 @@ __all__ = ["TimerScheduler", "heal", "retain"]
 
 logger = logging.getLogger("memable")
 
+_BATCH = 500  # due timers fired per transaction, at most
+
 
 class TimerScheduler:
     """Sleeps exactly until the earliest unfired timer deadline, fires, repeats.
 
     There is no polling: a timer written with a nearer deadline wakes it early
     (:meth:`added`, the kernel's ``wake_timers``), and overdue timers fire as soon as it
-    starts, in bounded batches.
+    starts, in bounded batches: at most as many as there are free task slots
+    (``max_running``), and at most 500 per transaction.
     """
 
-    def __init__(self, kernel: Kernel, claimed: Callable[[InstanceRecord], None]) -> None:
+    def __init__(
+        self,
+        kernel: Kernel,
+        claimed: Callable[[InstanceRecord], None],
+        room: Callable[[], Awaitable[int]],
+    ) -> None:
         self._kernel = kernel
         self._claimed = claimed
+        self._room = room  # waits for task slots; how many are free
         self.next_deadline: float | None = None  # what it sleeps until (None: no timer)
         self._scope: anyio.CancelScope | None = None  # of its sleep
         self._stale = False  # a nearer timer was written since it read the deadline
@@ -65,8 +74,11 @@ class TimerScheduler:
             self._scope = None
             if scope.cancelled_caught:
                 continue
+            # Claim no more instances than may run now: a burst of due timers (100,000
+            # overdue at start) is fired in bounded batches as running instances end.
+            free = await self._room()
             try:
-                claimed = await kernel.store.fire_timers(kernel.now())
+                claimed = await kernel.store.fire_timers(kernel.now(), min(free, _BATCH))
             except Exception:
                 await storage_trouble(kernel, "firing timers")
                 continue
@@ -132,7 +144,8 @@ async def retain(kernel: Kernel, default: timedelta | None) -> None:
         max(timedelta(seconds=1), min([*own.values(), *([default] if default else [])]) / 10),
     )
     while True:
-        now = kernel.now()
+        started = kernel.clock.now()
+        now = started.timestamp()
         try:
             for name, retention in own.items():
                 await kernel.store.purge(now - retention.total_seconds(), workflow=name)
@@ -140,7 +153,8 @@ async def retain(kernel: Kernel, default: timedelta | None) -> None:
                 await kernel.store.purge(now - default.total_seconds(), exclude=tuple(own))
         except Exception:
             logger.exception("storage failed while purging; trying again later")
-        await kernel.clock.sleep_until(kernel.clock.now() + interval)
+        # From the start of this round: time that passed while purging counts.
+        await kernel.clock.sleep_until(started + interval)
 
 
 async def storage_trouble(kernel: Kernel, doing: str) -> None:

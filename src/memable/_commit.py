@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -14,14 +13,37 @@ from ._records import Write
 __all__ = ["GroupCommitter"]
 
 
-class _Pending:
-    __slots__ = ("applied", "done", "error", "writes")
+class _Batch:
+    """The writes of every caller that shares one transaction, and one event for all of them.
 
-    def __init__(self, writes: Sequence[Write]) -> None:
-        self.writes = writes
+    A caller appends its writes and remembers where they sit (its index and the span of
+    its writes); it waits on the batch's one event, then reads its own answer. Nothing is
+    allocated per caller beyond what the wait itself needs, so thousands of concurrent
+    writers cost the event loop (and the garbage collector) little.
+    """
+
+    __slots__ = ("applied", "callers", "done", "ends", "errors", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[Write] = []
+        self.ends: list[int] = []  # the end of each caller's span in writes
+        self.callers = 0
         self.done = anyio.Event()
-        self.error: BaseException | None = None
         self.applied: list[bool] = []
+        self.errors: list[BaseException | None] | None = None  # per caller, when any failed
+
+    def add(self, writes: Sequence[Write]) -> int:
+        self.writes.extend(writes)
+        self.ends.append(len(self.writes))
+        self.callers += 1
+        return self.callers - 1
+
+    def answer(self, index: int) -> list[bool]:
+        """The caller's applied flags, or its error raised."""
+        if self.errors is not None and (error := self.errors[index]) is not None:
+            raise error
+        start = self.ends[index - 1] if index else 0
+        return self.applied[start : self.ends[index]]
 
 
 class GroupCommitter:
@@ -43,104 +65,102 @@ class GroupCommitter:
     ) -> None:
         self._commit = commit
         self._limiter = limiter
-        self._send, self._receive = anyio.create_memory_object_stream[_Pending](math.inf)
         self._closed = False
         self._in_flight = False  # a commit is running, direct or by the writer task
         self._shared = False  # the last commit served more than one caller
         self._idle: anyio.Event | None = None  # set when a direct commit ends
-        self._queued = 0  # writes handed to the writer task and not yet settled
+        self._next: _Batch | None = None  # the batch forming for the writer task
+        self._wake = anyio.Event()  # set when a batch starts forming (or on close)
 
     async def write(self, writes: Sequence[Write]) -> list[bool]:
         """Commit *writes* (in order, in one transaction); return which of them applied.
 
         Raises StorageError on failure (nothing of *writes* is known to be written).
         """
-        if not (self._in_flight or self._shared or self._closed or self._queued):
-            return await self._direct(writes)
-        pending = _Pending(writes)
-        try:
-            self._send.send_nowait(pending)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise StorageError("the engine's writer has stopped; nothing was written") from None
-        self._queued += 1
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.applied
+        if self._closed:
+            raise StorageError("the engine's writer has stopped; nothing was written")
+        batch = self._next
+        if batch is None:
+            if not (self._in_flight or self._shared):
+                return await self._direct(writes)
+            batch = self._next = _Batch()
+            self._wake.set()
+        index = batch.add(writes)
+        await batch.done.wait()
+        return batch.answer(index)
 
     async def _direct(self, writes: Sequence[Write]) -> list[bool]:
         self._in_flight = True
-        pending = _Pending(writes)
         try:
-            pending.error = await self._try(pending)
+            return await self._try(writes)
         finally:
             self._in_flight = False
             if self._idle is not None:
                 self._idle.set()
-        if pending.error is not None:
-            raise pending.error
-        return pending.applied
 
     def close(self) -> None:
         """Accept no more writes; :meth:`run` returns once the queued ones are committed."""
         self._closed = True
-        self._send.close()
+        self._wake.set()
 
     async def run(self) -> None:
         """The writer task: commit batches until :meth:`close`."""
-        async with self._receive:
-            async for first in self._receive:
-                # One scheduling round (microseconds, no timer): the writers woken by the
-                # previous commit queue their next writes and join this transaction.
-                await anyio.lowlevel.cancel_shielded_checkpoint()
-                while self._in_flight:  # a direct commit is running: wait for its end
-                    self._idle = anyio.Event()
-                    await self._idle.wait()
-                self._idle = None
-                batch = [first]
-                while True:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                await self._commit_batch(batch)
+        while True:
+            if self._next is None:
+                if self._closed:
+                    return
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            # One scheduling round (microseconds, no timer): the writers woken by the
+            # previous commit queue their next writes and join this transaction.
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            while self._in_flight:  # a direct commit is running: wait for its end
+                self._idle = anyio.Event()
+                await self._idle.wait()
+            self._idle = None
+            batch, self._next = self._next, None
+            await self._commit_batch(batch)
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
+    async def _commit_batch(self, batch: _Batch) -> None:
         settled = False
-        self._in_flight, self._shared = True, len(batch) > 1
+        self._in_flight, self._shared = True, batch.callers > 1
         try:
-            whole = _Pending([write for pending in batch for write in pending.writes])
-            error = await self._try(whole)
-            if error is not None and len(batch) > 1:
-                for pending in batch:
-                    pending.error = await self._try(pending)
-            else:
-                start = 0
-                for pending in batch:
-                    pending.error = error
-                    pending.applied = whole.applied[start : start + len(pending.writes)]
-                    start += len(pending.writes)
+            try:
+                batch.applied = await self._try(batch.writes)
+            except StorageError as shared:
+                batch.errors = [shared] * batch.callers
+                if batch.callers > 1:
+                    batch.applied = [False] * len(batch.writes)
+                    for index in range(batch.callers):
+                        start = batch.ends[index - 1] if index else 0
+                        try:
+                            applied = await self._try(batch.writes[start : batch.ends[index]])
+                        except StorageError as own:
+                            batch.errors[index] = own
+                        else:
+                            batch.errors[index] = None
+                            batch.applied[start : batch.ends[index]] = applied
             settled = True
         finally:
             self._in_flight = False
-            self._queued -= len(batch)
-            for pending in batch:
-                if not settled and pending.error is None:
-                    # Cancelled mid-commit: the outcome is unknown, so never report success.
-                    pending.error = StorageError("the engine stopped while committing this write")
-                pending.done.set()
+            if not settled:
+                # Cancelled mid-commit: the outcome is unknown, so never report success.
+                stopped = StorageError("the engine stopped while committing this write")
+                batch.errors = [
+                    stopped if batch.errors is None or batch.errors[i] is None else batch.errors[i]
+                    for i in range(batch.callers)
+                ]
+            batch.done.set()
 
-    async def _try(self, pending: _Pending) -> BaseException | None:
-        writes = pending.writes
+    async def _try(self, writes: Sequence[Write]) -> list[bool]:
         try:
             applied = await anyio.to_thread.run_sync(self._commit, writes, limiter=self._limiter)
-        except StorageError as exc:
-            return exc
+        except StorageError:
+            raise
         except Exception as exc:
             error = StorageError(f"storage failed to commit {len(writes)} writes: {exc!r}")
-            error.__cause__ = exc
-            return error
+            raise error from exc
         # A storage written for the older protocol returns None: every write applied.
         stored: list[bool] | None = applied
-        pending.applied = list(stored) if stored else [True] * len(writes)
-        return None
+        return list(stored) if stored else [True] * len(writes)

@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import threading
 import types
 import typing
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
-import anyio
-import anyio.lowlevel
 import attrs
 
-from . import _inbox, _inspect
-from ._background import TimerScheduler, heal, retain
+from . import _inspect
 from ._clock import Clock, SystemClock
-from ._commit import GroupCommitter
 from ._control import NOTHING, Control
 from ._durations import seconds
-from ._exceptions import (
-    NotStarted,
-)
 from ._inspect import History, Page
 from ._invocation import Invocation
-from ._kernel import Kernel, Registry, Store
+from ._kernel import Kernel, Registry
 from ._keys import check_instance_ref
+from ._lifecycle import Lifecycle
 from ._outcome import InstanceInfo
 from ._queues import Admitter, Queue
 from ._records import (
@@ -37,7 +29,7 @@ from ._records import (
 )
 from ._retry import RetryPolicy
 from ._runner import Runner
-from ._schedule import Schedule, Ticker
+from ._schedule import Schedule
 from ._serde import Serde
 from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
@@ -45,7 +37,6 @@ from ._workflow import Workflow
 from .storage._protocol import Storage
 
 if TYPE_CHECKING:
-    import anyio.abc
     import cattrs
 
 __all__ = ["Engine"]
@@ -57,130 +48,12 @@ T = TypeVar("T")
 
 logger = logging.getLogger("memable")
 
-_Phase = Literal["new", "running", "closing", "closed"]
-
-
-class _QueueVerbs:
-    """The engine's queue verbs (a base of :class:`Engine`, which keeps its size bounded)."""
-
-    __slots__ = ()
-
-    # Provided by Engine:
-    _control: Control
-    _admitter: Admitter
-
-    def _check_running(self) -> None:
-        raise NotImplementedError
-
-    def _registered(self, wf: Workflow[Any, Any]) -> Workflow[Any, Any]:
-        raise NotImplementedError
-
-    def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
-        raise NotImplementedError
-
-    @overload
-    async def enqueue(
-        self,
-        queue: Queue,
-        wf: Workflow[None, O],
-        /,
-        *,
-        instance_id: str | None = None,
-        priority: int = 0,
-    ) -> Invocation[O]: ...
-
-    @overload
-    async def enqueue(
-        self,
-        queue: Queue,
-        wf: Workflow[I, O],
-        input: I,
-        /,
-        *,
-        instance_id: str | None = None,
-        priority: int = 0,
-    ) -> Invocation[O]: ...
-
-    async def enqueue(
-        self,
-        queue: Queue,
-        wf: Workflow[Any, O],
-        input: Any = NOTHING,
-        /,
-        *,
-        instance_id: str | None = None,
-        priority: int = 0,
-    ) -> Invocation[O]:
-        """Record an instance of *wf* as ``enqueued`` in *queue*; it starts when the
-        queue's limits allow, highest *priority* (a 64-bit int) first, then oldest.
-
-        Idempotent by *instance_id*, like :meth:`invoke`. From now on this engine admits
-        work for *queue* (as for the queues given to ``Engine(queues=...)``).
-
-        Raises:
-            ValueError: another queue of this name, with other limits, is known here.
-            InstanceConflict: *instance_id* exists with another input or workflow.
-
-        Example:
-            >>> import anyio, memable
-            >>> emails = memable.Queue("emails", concurrency=2)
-            >>> @memable.workflow("send")
-            ... async def send(ctx: memable.Context, to: str) -> str:
-            ...     return f"sent to {to}"
-            >>> async def main() -> None:
-            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
-            ...         invocation = await engine.enqueue(emails, send, "ann", priority=5)
-            ...         print(await invocation.result())
-            >>> anyio.run(main)
-            sent to ann
-        """
-        self._check_running()
-        wf = self._registered(wf)
-        instance_id = await self._control.start(
-            wf, input, instance_id, queue=queue, priority=priority
-        )
-        return self._invocation(wf, instance_id)
-
-    async def pause_queue(self, queue: Queue | str) -> None:
-        """Start no more instances of *queue* in any engine on this database until
-        :meth:`resume_queue` (stored: it lasts across restarts). Enqueuing goes on and
-        running instances run on.
-
-        Raises:
-            ValueError: the queue has never been used with this database.
-
-        Example:
-            >>> import anyio, memable
-            >>> emails = memable.Queue("emails", concurrency=2)
-            >>> @memable.workflow("send")
-            ... async def send(ctx: memable.Context, to: str) -> str:
-            ...     return f"sent to {to}"
-            >>> async def main() -> None:
-            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
-            ...         await engine.pause_queue(emails)
-            ...         held = await engine.enqueue(emails, send, "bob")
-            ...         print((await engine.state(send, held.instance_id)).status)
-            ...         await engine.resume_queue("emails")
-            ...         print(await held.result())
-            >>> anyio.run(main)
-            enqueued
-            sent to bob
-        """
-        self._check_running()
-        await self._admitter.pause(queue, True)
-
-    async def resume_queue(self, queue: Queue | str) -> None:
-        """Start the instances of a paused *queue* again (see :meth:`pause_queue`).
-
-        Raises:
-            ValueError: the queue has never been used with this database.
-        """
-        self._check_running()
-        await self._admitter.pause(queue, False)
+#: How many top-level instances an engine runs at once unless told otherwise.
+DEFAULT_MAX_RUNNING: Final = 1000
 
 
 @final
-class Engine(_QueueVerbs):
+class Engine:
     """Runs workflows durably and keeps their state in a storage.
 
     ``async with engine:`` opens storage, starts the engine's task group and re-runs
@@ -205,6 +78,9 @@ class Engine(_QueueVerbs):
             one.
         queues: Queues whose instances this engine starts (see :meth:`enqueue`).
         schedules: Schedules this engine runs (their workflows are registered).
+        max_running: At most this many top-level instances run at once (children run
+            inside their parent); the others wait their turn, admitted in order, and due
+            timers are claimed as slots free up (``None``: no bound; see docs/scaling.md).
 
     Example:
         >>> import anyio, memable
@@ -233,6 +109,7 @@ class Engine(_QueueVerbs):
         clock: Clock | None = None,
         queues: Iterable[Queue] = (),
         schedules: Iterable[Schedule[Any]] = (),
+        max_running: int | None = DEFAULT_MAX_RUNNING,
     ) -> None:
         if isinstance(storage, str | os.PathLike):
             from .storage._sqlite import SQLiteStorage  # loaded on first use
@@ -242,12 +119,10 @@ class Engine(_QueueVerbs):
             raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
-        self._shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
+        seconds(shutdown_timeout, "shutdown_timeout")  # checked before anything is made
         if retention is not None and seconds(retention, "retention") <= 0:
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
-        self._retention = retention
         self._storage = storage
-        self._resume_on_start = resume_on_start
         self._registry = Registry()
         self._kernel = Kernel(
             registry=self._registry,
@@ -256,15 +131,15 @@ class Engine(_QueueVerbs):
             retry=retry,
             status=StatusHub(),
         )
-        self._runner = Runner(self._kernel)
-        self._timers = TimerScheduler(self._kernel, self._runner.claimed)
-        self._admitter = Admitter(self._kernel, self._runner.claimed)
-        self._ticker = Ticker(self._kernel, self._runner.claimed)
+        self._runner = Runner(self._kernel, max_running)
+        self._admitter = Admitter(self._kernel, self._runner.claimed, queues)
         self._control = Control(self._kernel, self._runner, self._admitter)
-        self._phase: _Phase = "new"
-        self._stack = contextlib.AsyncExitStack()
-        self._abort = False  # leaving the block by an exception: no grace period
-        self._owner: tuple[int, object] | None = None  # (thread, event loop) it runs on
+        for wf in workflows:
+            self.register(wf)
+        self._life = Lifecycle(storage, self._kernel, self._runner, self._control,
+                               admitter=self._admitter, schedules=schedules,
+                               shutdown_timeout=seconds(shutdown_timeout, "shutdown_timeout"),
+                               resume_on_start=resume_on_start, retention=retention)  # fmt: skip
         self._instances = Instances(
             status=self._kernel.status,
             runs=self._runner.runs,
@@ -274,73 +149,14 @@ class Engine(_QueueVerbs):
             live_message=self._control.live_message,
             settle=self._kernel.settle,
         )
-        for wf in workflows:
-            self.register(wf)
-        for queue in queues:
-            self._admitter.add(queue)
-        for schedule in schedules:
-            self.register(schedule.workflow)
-            self._ticker.add(schedule)
 
     def __repr__(self) -> str:
-        return f"<memable.Engine storage={self._storage!r} phase={self._phase}>"
+        return f"<memable.Engine storage={self._storage!r} phase={self._life.phase}>"
 
     # -- life cycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._phase != "new":
-            raise RuntimeError("an Engine can be entered only once; make a new one")
-        self._phase = "closing"  # until fully started
-        self._owner = (threading.get_ident(), anyio.lowlevel.current_token())
-        kernel = self._kernel
-        # anyio objects are made here, on the event loop that runs the engine.
-        limiter = anyio.CapacityLimiter(max(1, int(getattr(self._storage, "threads", 1))))
-        kernel.store = Store(self._storage, limiter, kernel.trouble)
-        stack = self._stack
-        try:
-            # The life cycle, innermost last: storage ⊃ writer ⊃ system tasks ⊃ instances.
-            # Leaving unwinds it in reverse: instances stop (after the grace period), then
-            # system tasks, then the writer commits what is queued, then storage closes.
-            stack.push_async_callback(self._close_storage)
-            await kernel.store.call(self._storage.open)
-            await self._admitter.store_limits()  # queues and schedules are stored at once,
-            await self._ticker.store_rows()  # so a schedule's first tick is after the start
-            kernel.committer = GroupCommitter(self._storage.commit, limiter)
-            writer = await stack.enter_async_context(anyio.create_task_group())
-            writer.start_soon(kernel.committer.run, name="memable writer")
-            stack.callback(kernel.committer.close)
-            system = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(system.cancel_scope.cancel)
-            stack.callback(kernel.status.close)
-            system.start_soon(self._timers.run, name="memable timers")
-            system.start_soon(heal, kernel, self._runner, name="memable healer")
-            if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
-                inbox = typing.cast(_inbox.InboxStorage, self._storage)
-                system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
-            system.start_soon(self._admitter.run, name="memable queues")
-            system.start_soon(self._ticker.run, name="memable schedules")
-            if self._retention is not None or any(wf.retention for wf in self._registry):
-                system.start_soon(retain, kernel, self._retention, name="memable retention")
-            instances = await stack.enter_async_context(anyio.create_task_group())
-            stack.push_async_callback(self._stop_instances, instances)
-            kernel.open_spawning(instances)
-        except BaseException:
-            self._abort = True
-            with anyio.CancelScope(shield=True):
-                await stack.aclose()
-            self._phase = "closed"
-            raise
-        attach = getattr(kernel.clock, "attach", None)
-        if callable(attach):  # memable.testing.ManualClock waits for our timers
-            attach(self._timers_settled)
-        self._phase = "running"
-        if self._resume_on_start:
-            try:
-                await self._runner.recover()
-            except BaseException as exc:
-                await self.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-        self._kernel.recovered.set()  # queues and schedules start what is due from now on
+        await self._life.enter()
         return self
 
     async def __aexit__(
@@ -349,33 +165,7 @@ class Engine(_QueueVerbs):
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        self._phase = "closing"
-        self._abort = exc_type is not None
-        try:
-            # The engine's own tasks never raise; the body's exception is not handed to
-            # the task groups, so it propagates as itself, not inside an ExceptionGroup.
-            await self._stack.aclose()
-        finally:
-            self._phase = "closed"
-
-    async def _stop_instances(self, instances: anyio.abc.TaskGroup) -> None:
-        if not self._abort:
-            with anyio.move_on_after(self._shutdown_timeout):
-                await self._runner.wait_idle()
-        self._kernel.close_spawning()
-        self._runner.stop_all()
-        instances.cancel_scope.cancel()
-
-    def _timers_settled(self) -> bool:
-        """Whether no timer, queue or schedule has work due at the clock's time that the
-        engine has not done (for ManualClock)."""
-        return self._phase != "running" or (
-            self._timers.settled() and self._admitter.settled() and self._ticker.settled()
-        )
-
-    async def _close_storage(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._kernel.store.call(self._storage.close)
+        await self._life.exit(aborted=exc_type is not None)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -396,9 +186,6 @@ class Engine(_QueueVerbs):
             >>> memable.Engine().register(noop)
         """
         self._registry.add(wf)
-
-    def _registered(self, wf: Workflow[Any, Any]) -> Workflow[Any, Any]:
-        return self._registry.known(wf)
 
     # -- starting instances -----------------------------------------------------------------
 
@@ -445,12 +232,103 @@ class Engine(_QueueVerbs):
             order-o-17
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         instance_id = await self._control.start(wf, input, instance_id)
         return self._invocation(wf, instance_id)
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         return Invocation(self._instances, wf, instance_id)
+
+    # -- queues -----------------------------------------------------------------------------
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[None, O],
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[I, O],
+        input: I,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[Any, O],
+        input: Any = NOTHING,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]:
+        """Record an instance of *wf* as ``enqueued`` in *queue*; it starts when the
+        queue's limits allow, highest *priority* (an int) first, then oldest. Idempotent by
+        *instance_id* like :meth:`invoke`; from now on this engine admits for *queue*.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails", concurrency=10)
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         invocation = await engine.enqueue(emails, send, "ada", priority=5)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            sent to ada
+        """
+        self._check_running()
+        wf = self._registry.known(wf)
+        instance_id = await self._control.start(
+            wf, input, instance_id, queue=queue, priority=priority
+        )
+        return self._invocation(wf, instance_id)
+
+    async def pause_queue(self, queue: Queue | str) -> None:
+        """Start no more instances of *queue* in any engine on this database (stored,
+        until :meth:`resume_queue`); enqueuing goes on, running instances run on.
+
+        Raises:
+            ValueError: the queue has never been used with this database.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails")
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         await engine.pause_queue(emails)
+            ...         invocation = await engine.enqueue(emails, send, "ada", instance_id="e-1")
+            ...         print((await engine.state(send, "e-1")).status)
+            ...         await engine.resume_queue(emails)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            enqueued
+            sent to ada
+        """
+        self._check_running()
+        await self._admitter.pause(queue, True)
+
+    async def resume_queue(self, queue: Queue | str) -> None:
+        """Start instances of a paused *queue* again (:meth:`pause_queue` has an example)."""
+        self._check_running()
+        await self._admitter.pause(queue, False)
 
     @overload
     async def run(self, wf: Workflow[None, O], /, *, instance_id: str | None = None) -> O: ...
@@ -501,7 +379,7 @@ class Engine(_QueueVerbs):
             1250
         """
         check_instance_ref(instance_id)
-        return self._invocation(self._registered(wf), instance_id)
+        return self._invocation(self._registry.known(wf), instance_id)
 
     async def resume(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         """Run a failed or stuck instance again.
@@ -528,7 +406,7 @@ class Engine(_QueueVerbs):
             Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         await self._control.resume(wf, instance_id)
         return self._invocation(wf, instance_id)
 
@@ -564,7 +442,7 @@ class Engine(_QueueVerbs):
             1250
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         await self._control.signal(wf, instance_id, point, payload)
         return self._invocation(wf, instance_id)
 
@@ -596,7 +474,7 @@ class Engine(_QueueVerbs):
             Cancelled(reason='customer left')
         """
         self._check_running()
-        return await self._control.cancel(self._registered(wf), instance_id, reason)
+        return await self._control.cancel(self._registry.known(wf), instance_id, reason)
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
@@ -624,7 +502,7 @@ class Engine(_QueueVerbs):
             completed
         """
         self._check_running()
-        wf = self._registered(wf)
+        wf = self._registry.known(wf)
         check_instance_ref(instance_id)
         return StatusStream(self._instances, wf, instance_id)
 
@@ -634,8 +512,8 @@ class Engine(_QueueVerbs):
         """Delete instances that finished more than *older_than* ago; return how many.
 
         Completed, failed and cancelled top-level instances go with all their steps,
-        signals, timers and children, in one transaction per instance. Running and
-        suspended instances are never purged.
+        signals, timers and children, in short batches that let other writes go between
+        them. Running and suspended instances are never purged.
 
         Example:
             >>> import anyio, memable
@@ -764,35 +642,9 @@ class Engine(_QueueVerbs):
     # -- plumbing ---------------------------------------------------------------------------
 
     def _check_running(self) -> None:
-        _check_owner(self._phase, self._owner)
+        self._life.check_running()
 
 
 def kernel_of(engine: Engine) -> Kernel:
     """The kernel of *engine*, for :mod:`memable.testing` (its test hooks) only."""
     return engine._kernel
-
-
-def _check_owner(phase: _Phase, owner: tuple[int, object] | None) -> None:
-    """Refuse calls to an engine that does not run, or from another thread or loop."""
-    if phase != "running":
-        raise NotStarted(
-            f"the engine is {phase}; use it inside 'async with engine:'"
-            if phase != "new"
-            else "the engine has not started; use it inside 'async with engine:'"
-        )
-    assert owner is not None
-    thread, token = owner
-    if threading.get_ident() != thread:
-        raise RuntimeError(
-            "this Engine runs in another thread; call it from the thread (and event loop)"
-            " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
-        )
-    try:
-        current = anyio.lowlevel.current_token()
-    except RuntimeError:
-        current = None
-    if current != token:
-        raise RuntimeError(
-            "this Engine runs on another event loop; call it from the event loop that"
-            " entered 'async with engine:'"
-        )

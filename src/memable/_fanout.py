@@ -13,7 +13,7 @@ from ._exceptions import ChildFailed, InstanceConflict, StorageError, WorkflowCa
 from ._failures import dead_letter_error, replayed_failure
 from ._kernel import outcome_of
 from ._outcome import Cancelled, Completed, Err, ErrorInfo, Failed, Ok, Outcome
-from ._records import InstanceRecord, StepRecord, Write
+from ._records import InstanceRecord, InstanceState, StepRecord, Write
 from ._run import unwind
 from ._workflow import Workflow
 
@@ -27,6 +27,9 @@ __all__ = ["FanOut"]
 R = TypeVar("R")
 
 _FINISHED = ("completed", "failed", "cancelled")
+_FAILED: frozenset[InstanceState] = frozenset({"failed", "cancelled"})
+_RUNNING: frozenset[InstanceState] = frozenset({"running"})
+_UNFINISHED: frozenset[InstanceState] = frozenset({"running", "suspended"})
 
 Writer = Callable[[list[Write], str], Awaitable[None]]
 Waiter = Callable[[str], Coroutine[Any, Any, NoReturn]]
@@ -65,6 +68,7 @@ class FanOut:
             list[Ok[output_type] | Err] if settle else list[output_type]  # type: ignore[valid-type]
         )
         self._what = f"fan-out {key!r} of instance {run.instance_id!r}"
+        self._woken: dict[str, Outcome[Any]] = {}  # outcomes of the children driven here
 
     async def run(self, limit: int | None, write: Writer, wait: Waiter) -> list[Any]:
         key = self._key
@@ -79,24 +83,26 @@ class FanOut:
 
         self._run.enter()  # the parent does not suspend while its children run
         try:
-            children = await self._children(write)
-            outcomes: list[Outcome[Any] | None] = [
-                None
-                if record.status not in _FINISHED
-                else outcome_of(record, self._kernel.serde, self._wf)
-                for record in children
-            ]
-            if not self._settle:
-                await self._fail_if_failed(children, outcomes, write)
-            runnable = [i for i, record in enumerate(children) if record.status == "running"]
-            if runnable:
-                await self._drive(children, outcomes, runnable, limit)
-            if not self._settle:
-                await self._fail_if_failed(children, outcomes, write)
+            if await self._created():
+                # A wake-up: read only what changed (the children claimed to run, and
+                # for fail-fast the failed ones), whatever the number of siblings.
+                waiting = await self._wake(limit, write)
+                if not waiting:
+                    children, outcomes = await self._all(self._woken)
+            else:
+                children = await self._children(write)
+                outcomes = [self._outcome(record) for record in children]
+                if not self._settle:
+                    await self._fail_if_failed(children, outcomes, write)
+                runnable = [i for i, record in enumerate(children) if record.status == "running"]
+                if runnable:
+                    await self._drive(children, outcomes, runnable, limit)
+                if not self._settle:
+                    await self._fail_if_failed(children, outcomes, write)
+                waiting = sum(1 for outcome in outcomes if not _finished(outcome))
         finally:
             self._run.leave()
 
-        waiting = sum(1 for outcome in outcomes if not _finished(outcome))
         if waiting:
             self._run.set_status(f"waiting for {waiting} {'child' if waiting == 1 else 'children'}")
             self._kernel.status.publish(self._run.instance_id, "running",
@@ -121,6 +127,73 @@ class FanOut:
         await write([step], "recording a fan-out")
         self._journal.record_step(step)
         return results
+
+    def _outcome(self, record: InstanceRecord) -> Outcome[Any] | None:
+        if record.status not in _FINISHED:
+            return None
+        return outcome_of(record, self._kernel.serde, self._wf)
+
+    async def _created(self) -> bool:
+        """Whether every child exists (they are created together, so the last one tells)."""
+        if not self._items:
+            return False
+        last = _ids.child_id(self._run.instance_id, self._key, len(self._items) - 1)
+        return await self._storage(self._kernel.store.get(last)) is not None
+
+    async def _wake(self, limit: int | None, write: Writer) -> int:
+        """Drive the children claimed to run; return how many have not finished.
+
+        Reads only the children in the states that matter (an index range), so a wake-up
+        costs the same for 10 siblings or 100,000.
+        """
+        store, parent_id = self._kernel.store, self._run.instance_id
+        prefix = _ids.child_prefix(parent_id, self._key)
+        if not self._settle:
+            failed = await self._storage(store.fan_out_children(parent_id, prefix, _FAILED))
+            if failed:  # (cancelled from outside): fail fast, with every child read
+                await self._fail_if_failed(*await self._all({}), write)
+        running = await self._storage(store.fan_out_children(parent_id, prefix, _RUNNING))
+        for record in running:
+            self._check_item(record, int(record.instance_id[len(prefix) :]))
+        outcomes: list[Outcome[Any] | None] = [None] * len(running)
+        if running:
+            await self._drive(running, outcomes, list(range(len(running))), limit)
+        self._woken = {
+            record.instance_id: outcome
+            for record, outcome in zip(running, outcomes, strict=True)
+            if outcome is not None
+        }
+        if not self._settle and any(isinstance(o, Failed | Cancelled) for o in outcomes):
+            await self._fail_if_failed(*await self._all(self._woken), write)
+        return await self._storage(store.count_children(parent_id, prefix, _UNFINISHED))
+
+    async def _all(
+        self, live: dict[str, Outcome[Any]]
+    ) -> tuple[list[InstanceRecord], list[Outcome[Any] | None]]:
+        """Every child in item order with its outcome (the *live* one where known)."""
+        parent_id = self._run.instance_id
+        prefix = _ids.child_prefix(parent_id, self._key)
+        stored = {
+            record.instance_id: record
+            for record in await self._storage(self._kernel.store.children(parent_id))
+            if record.instance_id.startswith(prefix)
+        }
+        children = [stored[_ids.child_id(parent_id, self._key, i)] for i in range(len(self._items))]
+        outcomes = [live.get(record.instance_id) or self._outcome(record) for record in children]
+        return children, outcomes
+
+    def _check_item(self, record: InstanceRecord, index: int) -> None:
+        """A child about to run must have been created for the item now at its index."""
+        if index >= len(self._items):
+            return
+        envelope = self._kernel.serde.encode(
+            self._items[index], self._input_type, self._key, f"item {index} of {self._what}"
+        )
+        if json.loads(record.input)["value"] != json.loads(envelope)["value"]:
+            raise InstanceConflict(
+                f"item {index} of {self._what} differs from the one recorded for child"
+                f" {record.instance_id!r}; bump the fan-out key if its items changed"
+            )
 
     async def _drive(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import typing
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
@@ -58,6 +59,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("memable")
+
+_PURGE_SLICE = 0.005  # seconds one purge batch should take
 
 
 @final
@@ -177,6 +180,29 @@ class Store:
     async def children(self, parent_id: str) -> list[InstanceRecord]:
         return await self.call(self.storage.list_instances, parent_id=parent_id)
 
+    async def fan_out_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> list[InstanceRecord]:
+        """The children of a fan-out in one of *status* (an index range where supported)."""
+        method = getattr(self.storage, "list_children", None)
+        if method is not None:
+            found: list[InstanceRecord] = await self.call(method, parent_id, prefix, status)
+            return found
+        return [
+            record
+            for record in await self.children(parent_id)
+            if record.instance_id.startswith(prefix) and record.status in status
+        ]
+
+    async def count_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> int:
+        method = getattr(self.storage, "count_children", None)
+        if method is not None:
+            count: int = await self.call(method, parent_id, prefix, status)
+            return count
+        return len(await self.fan_out_children(parent_id, prefix, status))
+
     async def running(self) -> list[InstanceRecord]:
         return await self.call(self.storage.list_instances, status="running")
 
@@ -185,25 +211,6 @@ class Store:
 
     async def signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
         return await self.call(self.storage.deliver_signal, signal)
-
-    async def suspend(
-        self,
-        instance_id: str,
-        waiting_on: Sequence[str],
-        message: str | None,
-        now: float,
-        extend: bool,
-    ) -> bool:
-        # Only passed when set, so storages written before it existed keep working.
-        more: dict[str, Any] = {"extend": True} if extend else {}
-        return await self.call(
-            self.storage.suspend,
-            instance_id,
-            waiting_on=waiting_on,
-            status_message=message,
-            now=now,
-            **more,
-        )
 
     async def cancel(
         self, instance_id: str, reason: str, now: float
@@ -221,11 +228,28 @@ class Store:
     async def next_deadline(self) -> float | None:
         return await self.call(self.storage.next_deadline)
 
-    async def fire_timers(self, now: float) -> list[InstanceRecord]:
-        return await self.call(self.storage.fire_timers, now)
+    async def fire_timers(self, now: float, limit: int) -> list[InstanceRecord]:
+        return await self.call(self.storage.fire_timers, now, limit)
 
     async def purge(self, finished_before: float, **filters: Any) -> int:
-        return await self.call(self.storage.purge, finished_before=finished_before, **filters)
+        """Purge batch by batch, one storage call each, so that the engine's other writes
+        (which wait for the same storage thread, first come first served) go between
+        batches; a batch is sized to take about 5 ms."""
+        purged, batch = 0, 100
+        while True:
+            started = time.perf_counter()
+            done = await self.call(
+                self.storage.purge,
+                finished_before=finished_before,
+                batch=batch,
+                limit=batch,
+                **filters,
+            )
+            purged += done
+            if done == 0:
+                return purged
+            took = max(time.perf_counter() - started, 1e-4)
+            batch = max(10, min(1000, int(batch * _PURGE_SLICE / took)))
 
     # -- queues and schedules ---------------------------------------------------------------
 
@@ -342,9 +366,9 @@ class Kernel:
         """The engine clock's time, as seconds since the epoch."""
         return self.clock.now().timestamp()
 
-    async def write(self, writes: Sequence[Write]) -> list[bool]:
+    def write(self, writes: Sequence[Write]) -> Coroutine[Any, Any, list[bool]]:
         """Commit *writes* through the group committer; which of them applied."""
-        return await self.committer.write(writes)
+        return self.committer.write(writes)  # no coroutine of its own: the hot path
 
     # -- spawning ---------------------------------------------------------------------------
 

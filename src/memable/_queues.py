@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, final
 
@@ -107,7 +107,12 @@ Queue.__module__ = "memable"
 class Admitter:
     """Starts the queued instances of the queues an engine knows, as their limits allow."""
 
-    def __init__(self, kernel: Kernel, claimed: Callable[[InstanceRecord], None]) -> None:
+    def __init__(
+        self,
+        kernel: Kernel,
+        claimed: Callable[[InstanceRecord], None],
+        queues: Iterable[Queue] = (),
+    ) -> None:
         self._kernel = kernel
         self._claimed = claimed
         self._queues: dict[str, Queue] = {}
@@ -117,6 +122,8 @@ class Admitter:
         self._scope: anyio.CancelScope | None = None  # of its sleep
         self._asleep = False
         kernel.wake_queue = self.wake
+        for queue in queues:
+            self.add(queue)
 
     def __contains__(self, name: str) -> bool:
         return name in self._queues

@@ -17,6 +17,7 @@ __all__ = [
     "SignalOutcome",
     "SignalRecord",
     "StepRecord",
+    "Suspension",
     "TimerRecord",
     "Write",
 ]
@@ -278,5 +279,33 @@ class InboxItem:
     reason: str | None = None
 
 
+@final
+@attrs.frozen(kw_only=True)
+class Suspension:
+    """A write that records a ``running`` instance as ``suspended`` on *waiting_on*.
+
+    It applies (and :meth:`~memable.storage.Storage.commit` reports ``True``) only if
+    nothing it waits for has come: no payload for a waited point, no fired or due timer
+    (a due one is fired by it), no running child of a waited fan-out. With *extend*, the
+    instance was suspended by the same run a moment ago and *waiting_on* adds keys
+    registered since. Written through the group commit, so suspending many instances at
+    once shares transactions as their steps do.
+
+    Example:
+        >>> from memable.storage import Suspension
+        >>> Suspension(instance_id="o-1", waiting_on=("approval:v1",), status_message=None,
+        ...            now=0.0).extend
+        False
+    """
+
+    instance_id: str
+    waiting_on: tuple[str, ...]
+    status_message: str | None
+    now: float
+    extend: bool = False
+
+
 #: What :meth:`~memable.storage.Storage.commit` applies in one transaction.
-Write: TypeAlias = StepRecord | InstanceUpdate | TimerRecord | InstanceRecord | SignalDrop
+Write: TypeAlias = (
+    StepRecord | InstanceUpdate | TimerRecord | InstanceRecord | SignalDrop | Suspension
+)

@@ -28,6 +28,7 @@ from ._records import (
     SignalOutcome,
     SignalRecord,
     StepRecord,
+    Suspension,
     TimerRecord,
     Write,
 )
@@ -58,6 +59,7 @@ _QUEUED_RUNS_FROM: Final = frozenset[InstanceState]({"enqueued", "running"})
 
 #: How many instances one admission transaction starts at most.
 ADMIT_BATCH: Final = 100
+_RUNNING: Final = frozenset[InstanceState]({"running"})
 
 
 def move(
@@ -94,7 +96,8 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
     """Apply the writes of running instances in order; return which of them applied.
 
     A step record never overwrites a completed result; timers, signals and child instances
-    are inserted unless they exist; a signal drop deletes a payload nobody can read; an
+    are inserted unless they exist; a signal drop deletes a payload nobody can read; a
+    suspension applies :func:`suspend` (applied: the instance is suspended); an
     update applies only while its ``only_if`` holds, and one that changes the status is
     checked against the state table. An instance that
     finishes takes its unfinished descendants with it (cancelled: nothing drives them).
@@ -107,6 +110,17 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
             applied.append(_update(tx, write))
         elif isinstance(write, SignalDrop):
             applied.append(tx.delete_signal(write.instance_id, write.key))
+        elif isinstance(write, Suspension):
+            applied.append(
+                suspend(
+                    tx,
+                    write.instance_id,
+                    waiting_on=write.waiting_on,
+                    status_message=write.status_message,
+                    now=write.now,
+                    extend=write.extend,
+                )
+            )
         else:
             applied.append(tx.insert(write))
     return applied
@@ -184,7 +198,7 @@ def suspend(
     for key in waiting_on:
         if _ids.is_children_key(key):
             prefix = _ids.child_prefix(instance_id, _ids.fan_out_of(key))
-            if any(child.status == "running" for child in tx.children(instance_id, prefix)):
+            if tx.children(instance_id, prefix, _RUNNING, limit=1):
                 ready = True
             continue
         if tx.signal(instance_id, key) is not None:

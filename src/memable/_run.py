@@ -55,10 +55,11 @@ class Run:
 
     __slots__ = (
         "_busy",
+        "_done",
+        "_finished",
         "_idle",
         "cause",
         "driven",
-        "finished",
         "fresh",
         "instance_id",
         "outcome",
@@ -80,7 +81,9 @@ class Run:
         self.phase: Phase = "reserved"
         self.reason: EndReason | None = None
         self.outcome: Outcome[Any] | None = None
-        self.finished = anyio.Event()  # set when no task runs it any more
+        # Events are made only when someone waits (thousands of runs live at once).
+        self._finished: anyio.Event | None = None
+        self._done = False
         self.pending = 0  # invoke calls still deciding whether they start this run
         self.rerun = False  # claimed again while ending: run once more
         self.driven = False  # a task of the engine runs it (not only a reservation)
@@ -92,7 +95,7 @@ class Run:
         self.replayed = 0  # steps served from storage (telemetry counts them)
         self.cause: object = None  # the span context of what claimed it (a signal)
         self._busy = 0
-        self._idle = anyio.Event()
+        self._idle: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Run {self.instance_id!r} {self.phase} reason={self.reason}>"
@@ -101,6 +104,21 @@ class Run:
         if new not in _MOVES[self.phase]:
             raise RunStateError(f"run of {self.instance_id!r} cannot go from {self.phase} to {new}")
         self.phase = new
+
+    @property
+    def finished(self) -> anyio.Event:
+        """Set when no task runs it any more."""
+        if self._finished is None:
+            self._finished = anyio.Event()
+            if self._done:
+                self._finished.set()
+        return self._finished
+
+    def set_finished(self) -> None:
+        """No task runs it any more."""
+        self._done = True
+        if self._finished is not None:
+            self._finished.set()
 
     @property
     def live(self) -> bool:
@@ -120,7 +138,7 @@ class Run:
         self.rerun = False
         self.waiting = set()
         self._busy = 0
-        self._idle = anyio.Event()
+        self._idle = None
 
     def end(self, reason: EndReason, outcome: Outcome[Any] | None = None) -> bool:
         """End the pass; return False if it had already ended (the first reason stands).
@@ -156,7 +174,7 @@ class Run:
     def leave(self) -> None:
         """A durable operation ended."""
         self._busy -= 1
-        if not self._busy:
+        if not self._busy and self._idle is not None:
             self._idle.set()
 
     async def until_idle(self) -> None:
@@ -176,6 +194,10 @@ class Run:
             return False
         self._move("suspending")
         return True
+
+    def covered_by(self, written: set[str]) -> bool:
+        """Whether a suspension on *written* covers every waiting task (none is busy)."""
+        return not self._busy and self.waiting <= written
 
     def suspend_failed(self) -> None:
         """Writing the suspension failed: the run may suspend again later."""

@@ -8,7 +8,9 @@ engine heals itself (recorded steps replay; nothing recorded runs twice).
 
 from __future__ import annotations
 
+import collections
 import logging
+import typing
 from typing import Any, Literal
 
 import anyio
@@ -20,7 +22,7 @@ from ._exceptions import StorageError
 from ._journal import Journal
 from ._kernel import Kernel, outcome_of
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended
-from ._records import History, InstanceRecord, InstanceState, InstanceUpdate
+from ._records import History, InstanceRecord, InstanceState, InstanceUpdate, Suspension
 from ._run import Run
 from ._workflow import Workflow
 
@@ -50,10 +52,23 @@ class Runner:
     cancelled or suspends; the engine's group of instances holds its task meanwhile.
     """
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, max_running: int | None = None) -> None:
+        if max_running is not None and (
+            not isinstance(typing.cast(object, max_running), int)
+            or isinstance(max_running, bool)
+            or max_running < 1
+        ):
+            raise ValueError(
+                f"max_running must be an int of at least 1 or None, not {max_running!r}"
+            )
         self._kernel = kernel
         self.runs: dict[str, Run] = {}
         self._troubled: set[str] = set()  # runs that ended because storage failed
+        # At most max_running top-level runs have a task; the others wait here, in order.
+        self._max_running = max_running
+        self._active = 0
+        self._waiting: collections.deque[tuple[Run, InstanceRecord]] = collections.deque()
+        self._room: anyio.Event | None = None  # set when a task slot frees up
 
     def claimed(self, record: InstanceRecord, cause: object = None) -> None:
         """Run an instance stored as ``running``: recovered, or just claimed (by what
@@ -111,16 +126,64 @@ class Runner:
         if not run.driven and run.pending == 0 and self.runs.get(run.instance_id) is run:
             del self.runs[run.instance_id]
             run.release()
-            run.finished.set()
+            run.set_finished()
 
     def start(self, run: Run, record: InstanceRecord) -> None:
+        """Give a top-level run a task now, or when a slot frees up (in order)."""
         run.driven = True
-        if not self._kernel.spawn(self.drive, run, record, name=f"memable {run.instance_id}"):
+        if self._waiting or not self.free():
+            self._waiting.append((run, record))
+            return
+        self._spawn(run, record, waited=False)
+
+    def free(self) -> int:
+        """How many more top-level runs may have a task now."""
+        if self._max_running is None:
+            return 1 << 30
+        return max(0, self._max_running - self._active - len(self._waiting))
+
+    async def room(self) -> int:
+        """Wait until a top-level run may have a task; return how many may."""
+        while not (free := self.free()):
+            self._room = anyio.Event()
+            await self._room.wait()
+        return free
+
+    def _spawn(self, run: Run, record: InstanceRecord, *, waited: bool) -> None:
+        self._active += 1
+        name = f"memable {run.instance_id}"
+        if not self._kernel.spawn(self._admitted, run, record, waited, name=name):
+            self._active -= 1
             run.driven = False
             self.release(run)  # shutting down: the next engine recovers it
 
+    async def _admitted(self, run: Run, record: InstanceRecord, waited: bool) -> None:
+        try:
+            if waited:  # it may have been cancelled (or run elsewhere) while it waited
+                current = await self._reread(run, Backoff())
+                if current is None or current.status != "running":
+                    if current is not None:
+                        run.outcome = outcome_of(current, self._kernel.serde, run.workflow)
+                    if self.runs.get(run.instance_id) is run:
+                        del self.runs[run.instance_id]
+                    run.set_finished()
+                    return
+                record = current
+            await self.drive(run, record)
+        finally:
+            self._active -= 1
+            while self._waiting and (self._max_running is None or self._active < self._max_running):
+                waiting, waiting_record = self._waiting.popleft()
+                self._spawn(waiting, waiting_record, waited=True)
+            if self._room is not None and self.free():
+                self._room.set()
+
     def stop_all(self) -> None:
         """Shutdown: end every pass (the instances stay ``running`` in storage)."""
+        waiting, self._waiting = self._waiting, collections.deque()
+        for run, _ in waiting:  # never started: the next engine recovers them
+            run.driven = False
+            self.release(run)
         for run in list(self.runs.values()):
             if run.live:
                 run.end("shutdown")
@@ -180,7 +243,7 @@ class Runner:
         finally:
             if self.runs.get(run.instance_id) is run:
                 del self.runs[run.instance_id]
-            run.finished.set()
+            run.set_finished()
             if queue is not None:  # its slot may be free: the next one starts at once
                 self._kernel.wake_queue(queue)
 
@@ -321,17 +384,23 @@ class Runner:
         with anyio.CancelScope(shield=True):  # what storage decided must be known here
             while True:
                 await run.until_idle()
-                # One scheduling round: tasks just woken or spawned reach their waits.
-                await anyio.lowlevel.cancel_shielded_checkpoint()
+                # One scheduling round: tasks just woken or spawned reach their waits
+                # (a plain checkpoint: the scope around it is shielded already).
+                await anyio.lowlevel.checkpoint()
                 if run.busy:
                     continue
-                if written is not None and run.waiting <= written:
-                    break
                 keys = tuple(sorted(run.waiting))
+                suspension = Suspension(
+                    instance_id=run.instance_id,
+                    waiting_on=keys,
+                    status_message=run.status_message,
+                    now=kernel.now(),
+                    extend=written is not None,
+                )
                 try:
-                    suspended = await kernel.store.suspend(
-                        run.instance_id, keys, run.status_message, kernel.now(), written is not None
-                    )
+                    # Through the group commit: many instances suspending at once share
+                    # transactions, as their steps do.
+                    (suspended,) = await kernel.write([suspension])
                 except StorageError:
                     run.suspend_failed()
                     self.storage_failed(run, "suspending it")
@@ -341,6 +410,10 @@ class Runner:
                     run.end("restart")  # what it waits for has come, or it was cancelled
                     return
                 written = set(keys)
+                # The write let every other task run: those that registered a key
+                # meanwhile are added by another (extending) write.
+                if run.covered_by(written):
+                    break
         assert written is not None
         waiting_on = _ids.public_keys(sorted(written))
         children = _ids.children_waited(written)

@@ -19,7 +19,7 @@ import types
 import typing
 import weakref
 from collections.abc import Callable, Iterable
-from itertools import chain, cycle
+from itertools import chain, compress, cycle, repeat
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Union, get_args, get_origin
 
 import attrs
@@ -416,14 +416,21 @@ def _json_native(column: Iterable[Any]) -> bool:
             return False
         nested: list[Any] = []
         if list in kinds:
-            nested.extend(chain.from_iterable(v for v in values if type(v) is list))
+            nested.extend(chain.from_iterable(_of_type(values, kinds, list)))
         if dict in kinds:
-            mappings = [v for v in values if type(v) is dict]
+            mappings = _of_type(values, kinds, dict)
             if not {*map(type, chain.from_iterable(mappings))} <= _STR:
                 return False
             nested.extend(chain.from_iterable(map(dict.values, mappings)))
         values = nested
     return False
+
+
+def _of_type(values: list[Any], kinds: set[type], kind: type) -> list[Any]:
+    """The values of exactly type *kind* (filtered at C speed)."""
+    if len(kinds) == 1:
+        return values
+    return [*compress(values, map(operator.is_, map(type, values), repeat(kind)))]
 
 
 def _difference(first: object, read_back: object) -> str | None:
@@ -501,7 +508,9 @@ class Serde:
         self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
             weakref.WeakKeyDictionary()
         )
-        self._plans: dict[object, _Check | None] = {}
+        # Per type: its exact check (or None), and whether the converter unstructures
+        # values of it as themselves (then encoding skips the converter).
+        self._plans: dict[object, tuple[_Check | None, bool]] = {}
 
     def result_type(self, key: str, fn: Callable[..., Any], returns: object) -> Any:
         """The type step *key* stores: *returns*, else *fn*'s return annotation (cached)."""
@@ -532,8 +541,14 @@ class Serde:
                 equal and of the same type.
         """
         name = type_name(tp)
-        check = self._plan(tp)
+        check, as_is = self._plan(tp)
         exact = check is not None and check([value])
+        if exact and as_is:
+            # JSON's own kinds, exactly, which the converter leaves as they are.
+            try:
+                return _dumps({"type": name, "value": value})
+            except Exception:
+                pass  # (a NaN inside, say): the converter's path says what is wrong
         if not exact and not conforms(value, tp):
             found = _describe(value)
             raise TypeMismatch(
@@ -582,6 +597,9 @@ class Serde:
                 f"{what or repr(key)} was recorded as {found} but the code expects {expected};"
                 " bump the key if the type of what it stores changed",
             )
+        check, as_is = self._plan(tp)
+        if as_is and check is not None and check([data]):
+            return data  # JSON's own kinds, which the converter would leave as they are
         try:
             return self._structure(data, tp, expected)
         except Exception as exc:
@@ -594,26 +612,33 @@ class Serde:
             return None
         return self.converter.structure(data, typing.cast(Any, tp))
 
-    def _plan(self, tp: object) -> _Check | None:
-        """The exact-type check of *tp* that this converter was seen to honour, or None."""
+    def _plan(self, tp: object) -> tuple[_Check | None, bool]:
+        """The exact-type check of *tp* that this converter was seen to honour (or None),
+        and whether the converter was seen to unstructure values of *tp* as themselves."""
         try:
             return self._plans[tp]
         except KeyError:
             pass
         except TypeError:
-            return None  # an unhashable type expression: read its values back
-        plan = None
+            return None, False  # an unhashable type expression: read its values back
+        plan: tuple[_Check | None, bool] = (None, False)
         for int_as_float in (True, False):
             exact = _compile(tp, int_as_float)
             if exact is None:
                 break
             if all(self._reads_back(sample, tp) for sample in exact.samples):
-                plan = exact.check
+                plan = (exact.check, all(self._as_is(sample, tp) for sample in exact.samples))
                 break
         if len(self._plans) >= 1024:
             self._plans.clear()
         self._plans[tp] = plan
         return plan
+
+    def _as_is(self, value: object, tp: object) -> bool:
+        try:
+            return _difference(value, self.converter.unstructure(value, unstructure_as=tp)) is None
+        except Exception:
+            return False
 
     def _reads_back(self, value: object, tp: object) -> bool:
         try:

@@ -3,9 +3,12 @@ and record its result or dead letter (:meth:`memable.Context.step` and ``step_sy
 
 from __future__ import annotations
 
+import time
 import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
+
+import anyio.lowlevel
 
 from . import _log, _telemetry
 from ._exceptions import SerializationError, StepFailed, TypeMismatch
@@ -24,11 +27,14 @@ T = TypeVar("T")
 
 _NO_RETRY = RetryPolicy.none()
 
+#: Seconds of replay (recorded steps served without awaiting) between two checkpoints.
+_REPLAY_SLICE = 0.002
+
 
 class Steps:
     """Takes the steps of one run: replayed from its journal, or run and recorded."""
 
-    __slots__ = ("_journal", "_kernel", "_run", "_runner", "_write")
+    __slots__ = ("_journal", "_kernel", "_run", "_runner", "_write", "_yield_at")
 
     def __init__(
         self,
@@ -43,6 +49,7 @@ class Steps:
         self._run = run
         self._journal = journal
         self._write = write
+        self._yield_at = time.perf_counter() + _REPLAY_SLICE
 
     def what(self, key: str) -> str:
         """How messages name step *key* of this run."""
@@ -59,6 +66,10 @@ class Steps:
         """The result of step *key*: replayed if recorded, else run by *call* and recorded."""
         record = self._journal.steps.get(key)
         if record is not None:
+            if time.perf_counter() >= self._yield_at:
+                # A long replay awaits nothing else: let the engine's other tasks run.
+                await anyio.lowlevel.checkpoint()
+                self._yield_at = time.perf_counter() + _REPLAY_SLICE
             self._run.replayed += 1
             if _log.logger.isEnabledFor(_log.DEBUG):
                 _log.event(

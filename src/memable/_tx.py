@@ -61,8 +61,20 @@ class Tx(Protocol):
         """The instance and all its descendants (ids ``{instance_id}/...``), read for update."""
         ...
 
-    def children(self, parent_id: str, prefix: str = "") -> list[InstanceRecord]:
-        """The direct children of *parent_id* whose ids start with *prefix* (if given)."""
+    def children(
+        self,
+        parent_id: str,
+        prefix: str = "",
+        status: frozenset[InstanceState] = frozenset(),
+        limit: int | None = None,
+    ) -> list[InstanceRecord]:
+        """The direct children of *parent_id* whose ids start with *prefix* (if given), in
+        one of the states in *status* (if given), at most *limit* of them (if given).
+
+        A fan-out's wake-up asks only for the children in a few states (``running``),
+        so a backend should serve ``(parent_id, status, instance_id)`` from an index:
+        the cost must not grow with the children in other states.
+        """
         ...
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:

@@ -26,6 +26,7 @@ from .._records import SignalDrop as SignalDrop
 from .._records import SignalOutcome as SignalOutcome
 from .._records import SignalRecord as SignalRecord
 from .._records import StepRecord as StepRecord
+from .._records import Suspension as Suspension
 from .._records import TimerRecord as TimerRecord
 from .._records import Write as Write
 from ._protocol import QueueStorage as QueueStorage
@@ -52,6 +53,7 @@ __all__ = [
     "SignalRecord",
     "StepRecord",
     "Storage",
+    "Suspension",
     "TimerRecord",
     "Write",
 ]
@@ -69,6 +71,7 @@ for _name in (
     "SignalRecord",
     "StepRecord",
     "Storage",
+    "Suspension",
     "TimerRecord",
 ):
     globals()[_name].__module__ = "memable.storage"

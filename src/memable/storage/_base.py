@@ -49,6 +49,18 @@ class RuleStorage:
         """Ids of finished top-level instances older than *finished_before* (a plain read)."""
         raise NotImplementedError
 
+    def list_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> list[InstanceRecord]:
+        """The children of a fan-out (ids starting with *prefix*) in one of *status*."""
+        with self.transaction() as tx:
+            return tx.children(parent_id, prefix, status)
+
+    def count_children(self, parent_id: str, prefix: str, status: frozenset[InstanceState]) -> int:
+        """How many children of a fan-out are in one of *status* (a backend may count
+        without reading the rows)."""
+        return len(self.list_children(parent_id, prefix, status))
+
     def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
         with self.transaction() as tx:
             return _rules.create(tx, record)
@@ -103,20 +115,29 @@ class RuleStorage:
         workflow: str | None = None,
         exclude: Sequence[str] = (),
         batch: int = 100,
+        limit: int | None = None,
     ) -> int:
-        """Delete finished top-level instances in batches of *batch*, a transaction each."""
+        """Delete finished top-level instances in batches of *batch*, a transaction each;
+        at most *limit* of them (one batch when *limit* is *batch*: the engine purges one
+        batch per call, so that other writes go between batches)."""
         purged = 0
-        while True:
+        while limit is None or purged < limit:
+            size = batch if limit is None else min(batch, limit - purged)
             ids = self.purgeable(
-                finished_before=finished_before, workflow=workflow, exclude=exclude, limit=batch
+                finished_before=finished_before, workflow=workflow, exclude=exclude, limit=size
             )
             if not ids:
                 return purged
-            with self.transaction() as tx:
+            with self.purge_transaction() as tx:
                 done = _rules.purge(tx, ids)
             purged += done
             if done == 0:  # every candidate was resumed meanwhile: nothing more to find
                 return purged
+        return purged
+
+    def purge_transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        """The transaction of one purge batch (a backend may make it cheaper to commit)."""
+        return self.transaction()
 
     # -- queues and schedules ---------------------------------------------------------------
 

@@ -62,18 +62,11 @@ class MemoryStorage(DictQueues, RuleStorage):
         with self._lock:
             return self._instances.get(instance_id)
 
-    def list_instances(
-        self,
-        *,
-        workflow: str | None = None,
-        status: InstanceState | None = None,
-        limit: int | None = None,
-        parent_id: str | None = None,
-        waiting_on: str | None = None,
-        created_after: float | None = None,
-        before: tuple[float, str] | None = None,
-        newest_first: bool = False,
-    ) -> list[InstanceRecord]:
+    def list_instances(self, *, workflow: str | None = None, status: InstanceState | None = None,
+                       limit: int | None = None, parent_id: str | None = None,
+                       waiting_on: str | None = None, created_after: float | None = None,
+                       before: tuple[float, str] | None = None,
+                       newest_first: bool = False) -> list[InstanceRecord]:  # fmt: skip
         with self._lock:
             found = [
                 r
@@ -156,9 +149,13 @@ class MemoryStorage(DictQueues, RuleStorage):
     def family(self, instance_id: str) -> list[InstanceRecord]:
         return [self._instances[i] for i in family_ids(iter(self._instances), instance_id)]
 
-    def children(self, parent_id: str, prefix: str = "") -> list[InstanceRecord]:
-        return [r for r in self._instances.values()
-                if r.parent_id == parent_id and r.instance_id.startswith(prefix)]  # fmt: skip
+    def children(self, parent_id: str, prefix: str = "",
+                 status: frozenset[InstanceState] = frozenset(),
+                 limit: int | None = None) -> list[InstanceRecord]:  # fmt: skip
+        found = [r for r in self._instances.values()
+                 if r.parent_id == parent_id and r.instance_id.startswith(prefix)
+                 and (not status or r.status in status)]  # fmt: skip
+        return found[:limit]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         return self._tables["signals"].get(instance_id, {}).get(key)

@@ -166,12 +166,15 @@ class Storage(Protocol):
         workflow: str | None = None,
         exclude: Sequence[str] = (),
         batch: int = 100,
+        limit: int | None = None,
     ) -> int:
         """Delete finished top-level instances with everything of theirs; return how many.
 
         Deletes instances ``completed``, ``failed`` or ``cancelled`` before
         *finished_before* (of *workflow* if given, none of *exclude*), with all their
-        steps, signals, timers and descendants: one transaction per *batch* instances.
+        steps, signals, timers and descendants: one transaction per *batch* instances, at
+        most *limit* instances in all (``None``: every one). The engine asks for one batch
+        per call, so that other writes go between batches.
         Running and suspended instances are never deleted.
         """
         ...

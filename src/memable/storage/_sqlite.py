@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
+import typing
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Final, Literal, cast, final
 
@@ -482,12 +483,38 @@ class SQLiteStorage(RuleStorage):
             )
             db.execute("DELETE FROM inbox WHERE done_at < ?", (now - 3600.0,))
 
+    def list_children(
+        self, parent_id: str, prefix: str, status: frozenset[InstanceState]
+    ) -> list[InstanceRecord]:
+        with self._read("reading") as db, self._lenient(db):
+            rows = _children(db, _INSTANCE_COLUMNS, parent_id, prefix, status, None)
+        return [_instance(row) for row in rows]
+
+    def count_children(self, parent_id: str, prefix: str, status: frozenset[InstanceState]) -> int:
+        with self._read("reading") as db:
+            [(count,)] = _children(db, "COUNT(*)", parent_id, prefix, status, None)
+        return int(typing.cast(int, count))
+
     # -- the transaction primitives ---------------------------------------------------------
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_SQLiteTx]:
         with self._transaction("writing to") as db:
             yield _SQLiteTx(db)
+
+    @contextlib.contextmanager
+    def purge_transaction(self) -> Iterator[_SQLiteTx]:
+        """A purge batch commits without its own fsync (``synchronous=NORMAL``): the next
+        commit of the engine makes it durable with its own; a power cut before then only
+        brings the purged rows back, to be purged again."""
+        with self._read("writing to") as db:
+            db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._transaction("writing to") as db:
+                yield _SQLiteTx(db)
+        finally:
+            with self._read("writing to") as db:
+                db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
 
 
 @final
@@ -510,12 +537,14 @@ class _SQLiteTx:
         ).fetchall()
         return [_instance(row) for row in rows]
 
-    def children(self, parent_id: str, prefix: str = "") -> list[InstanceRecord]:
-        rows = self._db.execute(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE parent_id = ?"
-            " AND substr(instance_id, 1, ?) = ?",
-            (parent_id, len(prefix), prefix),
-        ).fetchall()
+    def children(
+        self,
+        parent_id: str,
+        prefix: str = "",
+        status: frozenset[InstanceState] = frozenset(),
+        limit: int | None = None,
+    ) -> list[InstanceRecord]:
+        rows = _children(self._db, _INSTANCE_COLUMNS, parent_id, prefix, status, limit)
         return [_instance(row) for row in rows]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
@@ -704,6 +733,29 @@ def _listing(
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
     query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
     return db.execute(query, (name,)).fetchone() is not None
+
+
+def _children(
+    db: sqlite3.Connection,
+    columns: str,
+    parent_id: str,
+    prefix: str,
+    status: frozenset[InstanceState],
+    limit: int | None,
+) -> list[tuple[object, ...]]:
+    """Children of *parent_id* by prefix and status: a range of instances_by_parent_status."""
+    sql = f"SELECT {columns} FROM instances WHERE parent_id = ?"
+    params: list[object] = [parent_id]
+    if status:
+        sql += f" AND status IN ({', '.join('?' * len(status))})"
+        params.extend(sorted(status))
+    if prefix:  # ids starting with prefix: from prefix to prefix with its last char bumped
+        sql += " AND instance_id >= ? AND instance_id < ?"
+        params += [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return db.execute(sql, params).fetchall()
 
 
 def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NoReturn, final
 
@@ -34,6 +34,7 @@ from .._engine import Engine, kernel_of
 from .._exceptions import StorageError
 from .._invocation import Invocation
 from .._outcome import Suspended
+from .._records import Suspension, Write
 from ..storage import MemoryStorage, Storage
 
 __all__ = ["FaultyStorage", "ManualClock", "MemoryStorage", "crash_at", "run_until_suspended"]
@@ -249,7 +250,10 @@ class FaultyStorage:
     Args:
         inner: The storage to wrap.
         fail_on: Call numbers that fail.
-        methods: Count only these methods (e.g. ``{"commit"}``).
+        methods: Count only these methods (e.g. ``{"commit"}``). The engine suspends an
+            instance through a commit: with ``"suspend"`` (and not ``"commit"``) in
+            *methods*, a commit that writes a :class:`~memable.storage.Suspension`
+            counts as a ``suspend`` call.
         when: ``"before"`` or ``"after"`` the wrapped call.
         error: The message of the raised error.
 
@@ -289,22 +293,37 @@ class FaultyStorage:
     def __repr__(self) -> str:
         return f"FaultyStorage({self.inner!r}, fail_on={sorted(self.fail_on)})"
 
+    def _counted(self, name: str) -> bool:
+        return name in self._METHODS and (self.methods is None or name in self.methods)
+
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.inner, name)
-        if name not in self._METHODS or (self.methods is not None and name not in self.methods):
+        if name == "commit" and self._counted("suspend") and not self._counted("commit"):
+            # The engine suspends through the group commit: a commit that writes a
+            # suspension counts as a "suspend" call.
+            def commit(writes: Sequence[Write]) -> Any:
+                if any(isinstance(write, Suspension) for write in writes):
+                    return self._call("suspend", method, writes)
+                return method(writes)
+
+            return commit
+        if not self._counted(name):
             return method
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            fail = self.calls in self.fail_on
-            if fail and self.when == "before":
-                self._fail(name)
-            result = method(*args, **kwargs)
-            if fail:
-                self._fail(name)
-            return result
+            return self._call(name, method, *args, **kwargs)
 
         return call
+
+    def _call(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        fail = self.calls in self.fail_on
+        if fail and self.when == "before":
+            self._fail(name)
+        result = method(*args, **kwargs)
+        if fail:
+            self._fail(name)
+        return result
 
     def _fail(self, name: str) -> NoReturn:
         self.failures.append(name)
