@@ -264,7 +264,7 @@ def test_bad_arguments_and_files_exit_2_with_one_line(made: Path, tmp_path: Path
         ("--db", str(made), "signal", "o1", "approval:v1", "yes"): "not JSON",
         ("--db", str(made), "signal", "o1", "_x", "1"): "must not start with '_'",
         ("--db", str(made), "list", "--after", "zzz"): "not a cursor",
-        ("--db", str(made), "queues"): "not available",
+        ("--db", str(made), "list", "--status", "queued"): "invalid choice: 'queued'",
         ("list",): "no database",
     }
     for args, message in cases.items():

@@ -299,3 +299,29 @@ async def test_bad_queue_input_is_refused() -> None:
         with pytest.raises(ValueError, match="no queue 'nope'"):
             await engine.pause_queue("nope")
         assert await (await engine.enqueue(Queue("q", concurrency=1), noop)).result() == 1
+
+
+def test_only_admission_starts_an_instance_of_a_queue() -> None:
+    """The rules refuse to move a queued instance to running except from enqueued, and
+    the state table connects enqueued only to running and cancelled."""
+    from memable._rules import move
+    from memable._state import IllegalTransition, can_move
+    from memable.storage import InstanceRecord, MemoryStorage
+
+    assert [s for s in ("running", "cancelled", "suspended") if can_move("enqueued", s)] == [
+        "running",
+        "cancelled",
+    ]
+    storage = MemoryStorage()
+    record = InstanceRecord(instance_id="q-1", workflow="wf", status="suspended", input="{}",
+                            created_at=0.0, updated_at=0.0, queue="q")  # fmt: skip
+    with storage.transaction() as tx:
+        tx.insert(record)
+        with pytest.raises(IllegalTransition, match="only by admission"):
+            move(tx, record, "running", 1.0)
+        back = move(tx, record, "enqueued", 1.0)
+        assert back is not None
+        assert back.status == "enqueued"
+        started = move(tx, back, "running", 2.0)
+        assert started is not None
+        assert started.status == "running"

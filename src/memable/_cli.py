@@ -323,11 +323,38 @@ def _engines(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise CliError(f"'{name}' is not available in this version of memable")
+def _queues(args: argparse.Namespace) -> int:
+    from . import _cliview
 
-    return run
+    storage = open_reader(args.db)
+    try:
+        reader = getattr(storage, "list_queues", None)
+        if reader is None:
+            raise CliError("this storage has no queues")
+        rows = reader()
+    finally:
+        storage.close()
+    _cliview.print_queues(rows, as_json=args.json)
+    return 0
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    from . import _cliview
+
+    storage = open_reader(args.db)
+    try:
+        reader = getattr(storage, "list_schedules", None)
+        if reader is None:
+            raise CliError("this storage has no schedules")
+        rows = reader()
+        last = {row.name: storage.get_instance(row.last_run) for row in rows if row.last_run}
+    finally:
+        storage.close()
+    statuses: dict[str, str] = {
+        name: record.status for name, record in last.items() if record is not None
+    }
+    _cliview.print_schedules(rows, statuses, as_json=args.json)
+    return 0
 
 
 def _web(args: argparse.Namespace) -> int:
@@ -443,8 +470,8 @@ COMMANDS: dict[
     "resume": ("run a failed or stuck instance again (writes)", _args_id, _resume),
     "purge": ("delete finished instances older than an age (writes)", _args_purge, _purge),
     "engines": ("the engines that run on the database", _args_none, _engines),
-    "queues": ("queues (not available yet)", _args_none, _not_yet("queues")),
-    "schedules": ("schedules (not available yet)", _args_none, _not_yet("schedules")),
+    "queues": ("queues: limits, pause, and instances enqueued and running", _args_none, _queues),
+    "schedules": ("schedules: the last tick and the instance it started", _args_none, _schedules),
     "web": ("serve the dashboard (read-only unless --allow-actions)", _args_web, _web),
     "demo": ("run a durable workflow that survives a killed process", _args_demo, _demo),
 }

@@ -9,8 +9,8 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -18,7 +18,18 @@ from ._inspect import History, SignalInfo, StepInfo
 from ._outcome import InstanceInfo
 from ._serde import UNTYPED
 
-__all__ = ["print_answer", "print_engines", "print_list", "print_show", "to_json"]
+if TYPE_CHECKING:
+    from ._records import QueueRecord, ScheduleRecord
+
+__all__ = [
+    "print_answer",
+    "print_engines",
+    "print_list",
+    "print_queues",
+    "print_schedules",
+    "print_show",
+    "to_json",
+]
 
 
 # -- JSON -----------------------------------------------------------------------------------
@@ -295,3 +306,69 @@ def print_engines(engines: list[dict[str, str]], *, as_json: bool) -> None:
         print("no engine runs on this database")
     else:
         table(["PROCESS", "STORAGE"], [[e["process"], e["storage"]] for e in engines])
+
+
+def print_queues(rows: Sequence[tuple[QueueRecord, dict[str, int]]], *, as_json: bool) -> None:
+    """The ``queues`` command's output: limits, pause, and instances by status."""
+    data = [
+        {
+            "name": row.name,
+            "concurrency": row.concurrency,
+            "rate_limit": None if row.rate_count is None else [row.rate_count, row.rate_period],
+            "paused": row.paused,
+            **{status: counts.get(status, 0) for status in ("enqueued", "running", "suspended")},
+        }
+        for row, counts in rows
+    ]
+    if as_json:
+        _dump({"queues": data})
+    elif not data:
+        print("no queue has been used with this database")
+    else:
+        table(
+            ["QUEUE", "CONCURRENCY", "RATE", "PAUSED", "ENQUEUED", "RUNNING", "SUSPENDED"],
+            [
+                [
+                    str(q["name"]),
+                    "-" if q["concurrency"] is None else str(q["concurrency"]),
+                    "-" if row.rate_count is None else f"{row.rate_count}/{row.rate_period:g}s",
+                    "yes" if q["paused"] else "no",
+                    str(q["enqueued"]),
+                    str(q["running"]),
+                    str(q["suspended"]),
+                ]
+                for q, (row, _) in zip(data, rows, strict=True)
+            ],
+        )
+
+
+def print_schedules(
+    rows: Sequence[ScheduleRecord], statuses: dict[str, str], *, as_json: bool
+) -> None:
+    """The ``schedules`` command's output: each schedule's last tick and latest instance."""
+    data = [
+        {
+            "name": row.name,
+            "last_tick": datetime.fromtimestamp(row.last_tick, UTC).isoformat(),
+            "last_run": row.last_run,
+            "last_run_status": statuses.get(row.name),
+        }
+        for row in rows
+    ]
+    if as_json:
+        _dump({"schedules": data})
+    elif not data:
+        print("no schedule has run on this database")
+    else:
+        table(
+            ["SCHEDULE", "LAST TICK (UTC)", "LAST INSTANCE", "STATUS"],
+            [
+                [
+                    row.name,
+                    _when(datetime.fromtimestamp(row.last_tick, UTC)),
+                    row.last_run or "-",
+                    statuses.get(row.name) or "-",
+                ]
+                for row in rows
+            ],
+        )

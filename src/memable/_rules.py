@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 _LIVE: Final = frozenset[InstanceState]({"enqueued", "running", "suspended"})
+#: The states from which an instance of a queue may be moved to ``running``: ``enqueued``
+#: (admission), and ``running`` (recovery or ``resume`` of one that holds its slot).
+_QUEUED_RUNS_FROM: Final = frozenset[InstanceState]({"enqueued", "running"})
 
 #: How many instances one admission transaction starts at most.
 ADMIT_BATCH: Final = 100
@@ -64,22 +67,16 @@ def move(
 ) -> InstanceRecord | None:
     """Move *record* to *new* (checked against the state table) by compare-and-set.
 
-    An instance of a queue starts ``running`` only by admission (:func:`admit`, which
-    holds the queue's row), so its limits hold. Returns the new row, or ``None`` if the
-    row changed since it was read.
+    An instance of a queue starts ``running`` only from ``enqueued``, which only
+    admission does (:func:`admit`, holding the queue's row), so the queue's limits hold.
+    Returns the new row, or ``None`` if the row changed since it was read.
     """
     check_move(record.instance_id, record.status, new)
-    if new == "running" and record.queue is not None and record.status != "running":
+    if new == "running" and record.queue is not None and record.status not in _QUEUED_RUNS_FROM:
         raise IllegalTransition(
             f"instance {record.instance_id!r} of queue {record.queue!r} can start running"
             " only by admission"
         )
-    return _write(tx, record, new, now, changes)
-
-
-def _write(
-    tx: Tx, record: InstanceRecord, new: InstanceState, now: float, changes: dict[str, object]
-) -> InstanceRecord | None:
     fields = {"status": new, "updated_at": now, **changes}
     if not tx.update(record.instance_id, Guard(frozenset({record.status})), fields):
         return None
@@ -345,11 +342,14 @@ def _fire(tx: Tx, timer: TimerRecord, now: float) -> None:
 def define_queue(tx: Tx, row: QueueRecord) -> QueueRecord:
     """Store a queue's limits (creating its row), keeping its pause and its rate window."""
     stored = tx.queue(row.name)
-    if stored is not None:
-        row = attrs.evolve(row, paused=stored.paused, starts=stored.starts)
-        if row == stored:
-            return stored
-    tx.put_queue(row)
+    if stored is None:
+        if tx.put_queue(row, replace=False):
+            return row
+        stored = tx.queue(row.name)  # another engine stored it meanwhile
+        assert stored is not None, f"queue {row.name!r} vanished"
+    row = attrs.evolve(row, paused=stored.paused, starts=stored.starts)
+    if row != stored:
+        tx.put_queue(row)
     return row
 
 
@@ -389,8 +389,7 @@ def admit(
     started: list[InstanceRecord] = []
     if free > 0:
         for record in tx.queued(name, workflows, free):
-            check_move(record.instance_id, record.status, "running")
-            moved = _write(tx, record, "running", now, {})
+            moved = move(tx, record, "running", now)
             if moved is not None:
                 started.append(moved)
     retry_at = None
@@ -411,7 +410,9 @@ def define_schedule(tx: Tx, name: str, now: float) -> ScheduleRecord:
     row = tx.schedule(name)
     if row is None:
         row = ScheduleRecord(name=name, last_tick=now)
-        tx.put_schedule(row)
+        if not tx.put_schedule(row, replace=False):  # another engine stored it meanwhile
+            row = tx.schedule(name)
+            assert row is not None, f"schedule {name!r} vanished"
     return row
 
 

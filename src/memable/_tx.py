@@ -142,8 +142,11 @@ class Tx(Protocol):
         """
         ...
 
-    def put_queue(self, row: QueueRecord) -> None:
-        """Insert the queue's row, or replace every column of the one of the same name."""
+    def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
+        """Insert the queue's row, or replace every column of the one of the same name;
+        with ``replace=False`` only insert it if there is none (Postgres: ``ON CONFLICT
+        DO NOTHING``, which waits for a concurrent insert to commit). Return whether it
+        was written."""
         ...
 
     def running_count(self, queue: str) -> int:
@@ -166,6 +169,6 @@ class Tx(Protocol):
         ``last_tick``."""
         ...
 
-    def put_schedule(self, row: ScheduleRecord) -> None:
-        """Insert the schedule's row, or replace every column of the one of the same name."""
+    def put_schedule(self, row: ScheduleRecord, *, replace: bool = True) -> bool:
+        """Insert or replace the schedule's row, or only insert it (as :meth:`put_queue`)."""
         ...

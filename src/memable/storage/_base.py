@@ -7,9 +7,12 @@ inherits every state-changing method from here, so it holds no rules of its own.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import threading
+import typing
 from collections.abc import Collection, Iterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .. import _rules
 from .._records import (
@@ -24,7 +27,7 @@ from .._records import (
 )
 from .._tx import Tx
 
-__all__ = ["RuleStorage"]
+__all__ = ["DictQueues", "RuleStorage", "family_ids"]
 
 
 class RuleStorage:
@@ -172,6 +175,59 @@ class RuleStorage:
             return _rules.tick(
                 tx, name, expected=expected, last_tick=last_tick, records=records, overlap=overlap
             )
+
+
+class DictQueues:
+    """The queue and schedule primitives (and reads) of a dict-based backend, whose
+    transactions hold one lock: it holds every row read (see :meth:`Tx.queue`)."""
+
+    # Provided by the backend:
+    _lock: threading.RLock
+    _instances: dict[str, InstanceRecord]
+    _named: dict[str, dict[str, Any]]  # "queues" and "schedules", by name
+
+    def _set(self, table: dict[str, Any], key: str, value: Any) -> None:
+        raise NotImplementedError
+
+    def queue(self, name: str) -> QueueRecord | None:
+        return typing.cast("QueueRecord | None", self._named["queues"].get(name))
+
+    def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
+        return self._put(self._named["queues"], row.name, row, replace)
+
+    def _put(self, table: dict[str, Any], name: str, row: object, replace: bool) -> bool:
+        if not replace and name in table:
+            return False
+        self._set(table, name, row)
+        return True
+
+    def running_count(self, queue: str) -> int:
+        return sum(r.queue == queue and r.status == "running" for r in self._instances.values())
+
+    def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
+        found = [r for r in self._instances.values() if r.queue == queue
+                 and r.status == "enqueued" and r.workflow in workflows]  # fmt: skip
+        return sorted(found, key=lambda r: (-r.priority, r.created_at, r.instance_id))[:limit]
+
+    def schedule(self, name: str) -> ScheduleRecord | None:
+        return typing.cast("ScheduleRecord | None", self._named["schedules"].get(name))
+
+    def put_schedule(self, row: ScheduleRecord, *, replace: bool = True) -> bool:
+        return self._put(self._named["schedules"], row.name, row, replace)
+
+    def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
+        with self._lock:
+            counts = collections.Counter(
+                (r.queue, r.status) for r in self._instances.values() if r.queue is not None
+            )
+            return [
+                (row, {status: n for (name, status), n in counts.items() if name == row.name})
+                for row in sorted(self._named["queues"].values(), key=lambda row: row.name)
+            ]
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        with self._lock:
+            return sorted(self._named["schedules"].values(), key=lambda row: row.name)
 
 
 def family_ids(ids: Iterator[str], instance_id: str) -> list[str]:

@@ -211,6 +211,15 @@ class QueueStorage(Protocol):
         concurrency and rate limit allow, holding the queue's row while it counts."""
         ...
 
+    def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
+        """Every queue's row, by name, with how many of its instances are ``enqueued``,
+        ``running`` and ``suspended`` (statuses with none are left out); a plain read."""
+        ...
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule's row, by name; a plain read."""
+        ...
+
     def define_schedule(self, name: str, now: float) -> ScheduleRecord:
         """The schedule's row, created with ``last_tick`` *now* if it has none."""
         ...

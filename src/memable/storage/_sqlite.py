@@ -408,6 +408,30 @@ class SQLiteStorage(RuleStorage):
                 db.execute("COMMIT")
         return History(steps=steps, signals=signals, timers=timers)
 
+    def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
+        with self._read("reading queues from") as db:
+            if not _has_table(db, "queues"):  # an older file, read without migrating it
+                return []
+            names = [row[0] for row in db.execute("SELECT name FROM queues ORDER BY name")]
+            counts = db.execute(
+                "SELECT queue, status, count(*) FROM instances WHERE queue IS NOT NULL"
+                " AND status IN ('enqueued', 'running', 'suspended') GROUP BY queue, status"
+            ).fetchall()
+            rows = [_SQLiteTx(db).queue(name) for name in names]
+        return [
+            (row, {status: n for queue, status, n in counts if queue == row.name})
+            for row in rows
+            if row is not None
+        ]
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        with self._read("reading schedules from") as db:
+            if not _has_table(db, "schedules"):
+                return []
+            names = [row[0] for row in db.execute("SELECT name FROM schedules ORDER BY name")]
+            rows = [_SQLiteTx(db).schedule(name) for name in names]
+        return [row for row in rows if row is not None]
+
     def next_deadline(self) -> float | None:
         with self._read("reading timers from") as db:
             # A deadline stored as text, or too late for a datetime, never comes; one too
@@ -647,13 +671,13 @@ class _SQLiteTx:
         return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
                            rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
 
-    def put_queue(self, row: QueueRecord) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO queues (name, concurrency, rate_count, rate_period, paused,"
-            " starts) VALUES (?, ?, ?, ?, ?, ?)",
+    def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
+        return bool(self._db.execute(
+            f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO queues (name, concurrency,"
+            " rate_count, rate_period, paused, starts) VALUES (?, ?, ?, ?, ?, ?)",
             (row.name, row.concurrency, row.rate_count, row.rate_period, int(row.paused),
              json.dumps(row.starts)),
-        )  # fmt: skip
+        ).rowcount)  # fmt: skip
 
     def running_count(self, queue: str) -> int:
         row = self._db.execute(
@@ -679,10 +703,13 @@ class _SQLiteTx:
             return None
         return ScheduleRecord(name=name, last_tick=float(row[0]), last_run=row[1])
 
-    def put_schedule(self, row: ScheduleRecord) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO schedules (name, last_tick, last_run) VALUES (?, ?, ?)",
-            (row.name, row.last_tick, row.last_run),
+    def put_schedule(self, row: ScheduleRecord, *, replace: bool = True) -> bool:
+        verb = "REPLACE" if replace else "IGNORE"
+        return bool(
+            self._db.execute(
+                f"INSERT OR {verb} INTO schedules (name, last_tick, last_run) VALUES (?, ?, ?)",
+                (row.name, row.last_tick, row.last_run),
+            ).rowcount
         )
 
 
@@ -721,6 +748,11 @@ def _listing(
         sql += " WHERE " + " AND ".join(where)
     order = " DESC" if newest_first else ""
     return f"{sql} ORDER BY created_at{order}, instance_id{order} LIMIT ?", params
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return db.execute(query, (name,)).fetchone() is not None
 
 
 def _children(
