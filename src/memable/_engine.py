@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._background import TimerScheduler, heal, retain
+from ._background import TimerScheduler, heal, recover, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
 from ._durations import seconds
@@ -41,10 +41,11 @@ from ._records import (
 from ._retry import RetryPolicy
 from ._runner import Runner
 from ._serde import Serde
+from ._shared import Sharing
 from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
-from .storage._protocol import Storage
+from .storage._protocol import SharedStorage, Storage
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -80,7 +81,10 @@ class Engine:
 
     Args:
         storage: A SQLite file path (created if missing), ``":memory:"`` (the default: a
-            private in-memory database), or a :class:`~memable.storage.Storage`.
+            private in-memory database), a PostgreSQL URL (``"postgresql://…"``: a
+            database many engines share, see
+            :class:`~memable.storage.PostgresStorage`), or a
+            :class:`~memable.storage.Storage`.
         workflows: Workflows to register (see :meth:`register`).
         retry: The retry policy of steps that have none of their own.
         resume_on_start: Re-run ``running`` instances on entering.
@@ -119,12 +123,7 @@ class Engine:
         converter: cattrs.Converter | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if isinstance(storage, str | os.PathLike):
-            from .storage._sqlite import SQLiteStorage  # loaded on first use
-
-            storage = SQLiteStorage(storage)
-        if not isinstance(storage, Storage):
-            raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")
+        storage = _storage_of(storage)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
         self._shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
@@ -133,6 +132,7 @@ class Engine:
         self._retention = retention
         self._last_id = 0  # the timestamp of the last generated instance id
         self._storage = storage
+        self._shared = storage if isinstance(storage, SharedStorage) else None
         self._resume_on_start = resume_on_start
         self._registry = Registry()
         self._kernel = Kernel(
@@ -144,6 +144,11 @@ class Engine:
         )
         self._runner = Runner(self._kernel)
         self._timers = TimerScheduler(self._kernel, self._runner.claimed)
+        self._sharing = (
+            None
+            if self._shared is None
+            else Sharing(self._kernel, self._runner, self._shared, claims=resume_on_start)
+        )
         self._phase: _Phase = "new"
         self._stack = contextlib.AsyncExitStack()
         self._abort = False  # leaving the block by an exception: no grace period
@@ -156,6 +161,7 @@ class Engine:
             outcome=self._outcome,
             live_message=self._live_message,
             settle=self._kernel.settle,
+            remote=None if self._sharing is None else self._sharing.changed,
         )
         for wf in workflows:
             self.register(wf)
@@ -173,7 +179,13 @@ class Engine:
         kernel = self._kernel
         # anyio objects are made here, on the event loop that runs the engine.
         limiter = anyio.CapacityLimiter(max(1, int(getattr(self._storage, "threads", 1))))
-        kernel.store = Store(self._storage, limiter, kernel.trouble)
+        kernel.store = Store(
+            self._storage,
+            limiter,
+            kernel.trouble,
+            shared=self._shared,
+            registry=self._registry,
+        )
         stack = self._stack
         try:
             # The life cycle, innermost last: storage ⊃ writer ⊃ system tasks ⊃ instances.
@@ -190,6 +202,8 @@ class Engine:
             stack.callback(kernel.status.close)
             system.start_soon(self._timers.run, name="memable timers")
             system.start_soon(heal, kernel, self._runner, name="memable healer")
+            if self._sharing is not None:
+                system.start_soon(self._sharing.run, name="memable sharing")
             if self._retention is not None or any(wf.retention for wf in self._registry):
                 system.start_soon(retain, kernel, self._retention, name="memable retention")
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -245,12 +259,7 @@ class Engine:
             await self._kernel.store.call(self._storage.close)
 
     async def _recover(self) -> None:
-        records = await self._kernel.store.running()
-        for record in records:
-            if record.parent_id is None:  # children are driven by their parent
-                self._runner.claimed(record)
-        if records:
-            logger.info("recovering %d running instances", len(records))
+        await recover(self._kernel, self._runner, self._storage, shared=self._shared is not None)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -328,6 +337,7 @@ class Engine:
             input, input_type, "input", f"the input of workflow {wf.name!r}"
         )
         now = self._kernel.now()
+        owner = self._kernel.owner  # on a shared database, this engine holds what it starts
         record = InstanceRecord(
             instance_id=instance_id,
             workflow=wf.name,
@@ -335,6 +345,8 @@ class Engine:
             input=envelope,
             created_at=now,
             updated_at=now,
+            owner=owner,
+            epoch=0 if owner is None else 1,
         )
         run = self._runner.reserve(instance_id, wf)
         run.pending += 1
@@ -343,7 +355,7 @@ class Engine:
                 if generated:
                     # A generated id is new (a timestamp and 48 random bits), so its row joins
                     # the group commit instead of taking a transaction of its own.
-                    await self._kernel.write([record])
+                    await self._kernel.write([record], fenced=False)
                     stored, created = record, True
                 else:
                     stored, created = await self._kernel.store.create(record)
@@ -436,6 +448,10 @@ class Engine:
             return invocation
         if record.status not in _RESUMABLE:
             return invocation
+        if record.status == "running" and record.owner is not None:
+            if record.owner == self._kernel.owner:
+                self._runner.claimed(record)  # held here, without a run (crash injection)
+            return invocation  # else another engine runs it (a dead one's is reaped first)
         restarted = await self._kernel.store.restart(instance_id, _RESUMABLE, self._kernel.now())
         if restarted is not None:
             self._runner.claimed(restarted)
@@ -667,6 +683,21 @@ class Engine:
                 "this Engine runs on another event loop; call it from the event loop that"
                 " entered 'async with engine:'"
             )
+
+
+def _storage_of(storage: str | os.PathLike[str] | Storage) -> Storage:
+    """The storage a path, a Postgres URL or a storage object names."""
+    if isinstance(storage, str) and storage.startswith(("postgresql://", "postgres://")):
+        from .storage import PostgresStorage  # loaded on first use
+
+        return PostgresStorage(storage)
+    if isinstance(storage, str | os.PathLike):
+        from .storage._sqlite import SQLiteStorage  # loaded on first use
+
+        return SQLiteStorage(storage)
+    if not isinstance(storage, Storage):
+        raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")
+    return storage
 
 
 def kernel_of(engine: Engine) -> Kernel:

@@ -18,6 +18,7 @@ import attrs
 
 from . import _ids
 from ._records import (
+    Fence,
     InstanceRecord,
     InstanceState,
     InstanceUpdate,
@@ -29,10 +30,11 @@ from ._records import (
     Write,
 )
 from ._state import FINISHED, check_move
-from ._tx import Guard, Tx
+from ._tx import Fenced, Guard, Tx
 
 __all__ = [
     "cancel",
+    "check_fence",
     "commit",
     "create",
     "deliver_signal",
@@ -51,11 +53,18 @@ def move(
 ) -> InstanceRecord | None:
     """Move *record* to *new* (checked against the state table) by compare-and-set.
 
-    Returns the new row, or ``None`` if the row changed since it was read.
+    The compare is on the status and on the holder ``(owner, epoch)`` read with it.
+    Every move lets go of the instance (``owner`` becomes ``None``); a move to
+    ``running`` is a claim and bumps the epoch, so whoever held it before is fenced off
+    and an engine that runs the workflow takes it (on a shared database). Returns the
+    new row, or ``None`` if the row changed since it was read.
     """
     check_move(record.instance_id, record.status, new)
-    fields = {"status": new, "updated_at": now, **changes}
-    if not tx.update(record.instance_id, Guard(frozenset({record.status})), fields):
+    fields = {"status": new, "updated_at": now, "owner": None, **changes}
+    if new == "running":
+        fields["epoch"] = record.epoch + 1
+    guard = Guard(frozenset({record.status}), holder=(record.owner, record.epoch))
+    if not tx.update(record.instance_id, guard, fields):
         return None
     return attrs.evolve(record, **fields)  # type: ignore[arg-type]
 
@@ -63,10 +72,12 @@ def move(
 def create(tx: Tx, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
     """Insert a new instance unless its id exists: the stored one, and whether it is new."""
     existing = tx.instance(record.instance_id)
-    if existing is not None:
-        return existing, False
-    tx.insert(record)
-    return record, True
+    if existing is None and tx.insert(record):
+        return record, True
+    # It exists, or another transaction inserted it since the read (a shared database).
+    existing = existing or tx.instance(record.instance_id)
+    assert existing is not None
+    return existing, False
 
 
 def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
@@ -77,10 +88,15 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
     update applies only while its ``only_if`` holds, and one that changes the status is
     checked against the state table. An instance that
     finishes takes its unfinished descendants with it (cancelled: nothing drives them).
+    A :class:`~memable.storage.Fence` refuses the whole commit (:class:`Fenced`) unless
+    its engine still holds the instance at its epoch.
     """
     applied: list[bool] = []
     for write in writes:
-        if isinstance(write, StepRecord):
+        if isinstance(write, Fence):
+            check_fence(tx, write)
+            applied.append(True)
+        elif isinstance(write, StepRecord):
             applied.append(tx.put_step(write))
         elif isinstance(write, InstanceUpdate):
             applied.append(_update(tx, write))
@@ -89,6 +105,25 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
         else:
             applied.append(tx.insert(write))
     return applied
+
+
+def check_fence(tx: Tx, fence: Fence, *, suspended: bool = False) -> None:
+    """Raise :class:`Fenced` unless *fence*'s engine holds its instance at its epoch.
+
+    With *suspended*, the run itself suspended the instance a moment ago (letting it
+    go): then only the epoch must be the same (nobody claimed it since).
+    """
+    record = tx.instance(fence.instance_id)
+    holder_ok = record is not None and (
+        record.owner == fence.owner or (suspended and record.owner is None)
+    )
+    if holder_ok and record is not None and record.epoch == fence.epoch:
+        return
+    raise Fenced(
+        f"instance {fence.instance_id!r} is no longer held by this engine (another engine"
+        " claimed it, it was cancelled, or this engine's lease expired); its write is"
+        " refused and its run here stops"
+    )
 
 
 def _update(tx: Tx, update: InstanceUpdate) -> bool:
@@ -127,9 +162,11 @@ def deliver_signal(tx: Tx, signal: SignalRecord) -> tuple[SignalOutcome, Instanc
     record = tx.instance(signal.instance_id)
     if record is None:
         return "not_found", None
-    if record.status in FINISHED:
-        return "finished", record
     existing = tx.signal(signal.instance_id, signal.key)
+    if record.status in FINISHED:
+        # The point's deadline came first, and the instance went on to its end: say so.
+        timed_out = existing is not None and existing.timed_out
+        return ("timed_out" if timed_out else "finished"), record
     if existing is not None:
         return ("timed_out" if existing.timed_out else "superseded"), record
     tx.insert(signal)
@@ -146,6 +183,7 @@ def suspend(
     status_message: str | None,
     now: float,
     extend: bool = False,
+    fence: Fence | None = None,
 ) -> bool:
     """Record a running instance as suspended on *waiting_on*, unless one has come.
 
@@ -153,7 +191,11 @@ def suspend(
     waited timer has fired or is due at *now* (firing it here), or a child the instance
     waits for is running. With *extend*, the instance was just suspended by the same run
     and *waiting_on* adds keys registered meanwhile (refused if it was claimed since).
+    With *fence*, the run's engine must still hold the top-level instance
+    (:class:`Fenced` otherwise).
     """
+    if fence is not None:
+        check_fence(tx, fence, suspended=extend or fence.instance_id != instance_id)
     record = tx.instance(instance_id)
     if record is None or record.status != ("suspended" if extend else "running"):
         return False
@@ -179,7 +221,8 @@ def suspend(
     changes: dict[str, object] = {"waiting_on": tuple(waiting_on), "status_message": status_message}
     if extend:
         changes["updated_at"] = now
-        return tx.update(instance_id, Guard(frozenset({"suspended"})), changes)
+        guard = Guard(frozenset({"suspended"}), holder=(record.owner, record.epoch))
+        return tx.update(instance_id, guard, changes)
     return move(tx, record, "suspended", now, **changes) is not None
 
 
@@ -224,6 +267,8 @@ def restart(
     record = tx.instance(instance_id)
     if record is None or record.status not in only_if:
         return None
+    if record.status == "running" and record.owner is not None:
+        return None  # an engine holds it (runs it, or is reaped first if it died)
     restarted: InstanceRecord | None = None
     for member in tx.family(instance_id):
         is_self = member.instance_id == instance_id

@@ -1,9 +1,10 @@
 """Storage backends: where an engine keeps its instances and step records.
 
 ``Engine("orders.db")`` is short for ``Engine(SQLiteStorage("orders.db"))``;
-``Engine()`` uses a private in-memory SQLite database. :class:`MemoryStorage` keeps
-everything in dictionaries, for tests. Any object that implements :class:`Storage` can be
-given to an engine.
+``Engine()`` uses a private in-memory SQLite database; ``Engine("postgresql://…")`` is
+short for ``Engine(PostgresStorage("postgresql://…"))``, a database many engines share.
+:class:`MemoryStorage` keeps everything in dictionaries, for tests. Any object that
+implements :class:`Storage` can be given to an engine.
 
 Example:
     >>> import memable
@@ -14,6 +15,7 @@ Example:
 
 from typing import TYPE_CHECKING
 
+from .._records import Fence as Fence
 from .._records import History as History
 from .._records import InstanceRecord as InstanceRecord
 from .._records import InstanceState as InstanceState
@@ -24,19 +26,24 @@ from .._records import SignalRecord as SignalRecord
 from .._records import StepRecord as StepRecord
 from .._records import TimerRecord as TimerRecord
 from .._records import Write as Write
+from ._protocol import SharedStorage as SharedStorage
 from ._protocol import Storage as Storage
 
 if TYPE_CHECKING:
     from ._memory import MemoryStorage as MemoryStorage
+    from ._postgres import PostgresStorage as PostgresStorage
     from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
+    "Fence",
     "History",
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
     "MemoryStorage",
+    "PostgresStorage",
     "SQLiteStorage",
+    "SharedStorage",
     "SignalDrop",
     "SignalOutcome",
     "SignalRecord",
@@ -47,12 +54,14 @@ __all__ = [
 ]
 
 for _name in (
+    "Fence",
     "History",
     "InstanceRecord",
     "InstanceUpdate",
     "SignalDrop",
     "SignalRecord",
     "StepRecord",
+    "SharedStorage",
     "Storage",
     "TimerRecord",
 ):
@@ -66,6 +75,14 @@ def __getattr__(name: str) -> object:
         from ._sqlite import SQLiteStorage
 
         return SQLiteStorage
+    if name == "PostgresStorage":
+        try:
+            from ._postgres import PostgresStorage
+        except ImportError as exc:
+            raise ImportError(
+                "PostgresStorage needs psycopg 3 and psycopg-pool: pip install 'memable[postgres]'"
+            ) from exc
+        return PostgresStorage
     if name == "MemoryStorage":
         from ._memory import MemoryStorage
 

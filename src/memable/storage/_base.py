@@ -8,11 +8,12 @@ inherits every state-changing method from here, so it holds no rules of its own.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from .. import _rules
 from .._records import (
+    Fence,
     InstanceRecord,
     InstanceState,
     SignalOutcome,
@@ -23,6 +24,8 @@ from .._tx import Tx
 
 __all__ = ["RuleStorage"]
 
+R = TypeVar("R")
+
 
 class RuleStorage:
     """The state-changing half of :class:`~memable.storage.Storage`, over :class:`Tx`.
@@ -31,7 +34,7 @@ class RuleStorage:
     """
 
     #: How many worker threads the engine may use for this storage at once.
-    threads: ClassVar[int] = 1
+    threads: int = 1
 
     def transaction(self) -> contextlib.AbstractContextManager[Tx]:
         """Open one transaction: committed when the block ends, rolled back on an error."""
@@ -43,17 +46,21 @@ class RuleStorage:
         """Ids of finished top-level instances older than *finished_before* (a plain read)."""
         raise NotImplementedError
 
-    def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    def atomically(self, decide: Callable[[Tx], R]) -> R:
+        """Run *decide* in one transaction. A backend whose transactions can deadlock
+        (row locks on a shared database) runs it again after one; the rules are pure
+        over :class:`Tx`, so running them again is safe."""
         with self.transaction() as tx:
-            return _rules.create(tx, record)
+            return decide(tx)
+
+    def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        return self.atomically(lambda tx: _rules.create(tx, record))
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
-        with self.transaction() as tx:
-            return _rules.commit(tx, writes)
+        return self.atomically(lambda tx: _rules.commit(tx, writes))
 
     def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
-        with self.transaction() as tx:
-            return _rules.deliver_signal(tx, signal)
+        return self.atomically(lambda tx: _rules.deliver_signal(tx, signal))
 
     def suspend(
         self,
@@ -63,32 +70,35 @@ class RuleStorage:
         status_message: str | None,
         now: float,
         extend: bool = False,
+        fence: Fence | None = None,
     ) -> bool:
-        with self.transaction() as tx:
-            return _rules.suspend(
+        return self.atomically(
+            lambda tx: _rules.suspend(
                 tx,
                 instance_id,
                 waiting_on=waiting_on,
                 status_message=status_message,
                 now=now,
                 extend=extend,
+                fence=fence,
             )
+        )
 
     def fire_timers(self, now: float, limit: int = 500) -> list[InstanceRecord]:
-        with self.transaction() as tx:
-            return _rules.fire_timers(tx, now, limit)
+        return self.atomically(lambda tx: _rules.fire_timers(tx, now, limit))
 
     def cancel(
         self, instance_id: str, *, reason: str, now: float
     ) -> tuple[InstanceRecord | None, InstanceRecord | None]:
-        with self.transaction() as tx:
-            return _rules.cancel(tx, instance_id, reason=reason, now=now)
+        return self.atomically(lambda tx: _rules.cancel(tx, instance_id, reason=reason, now=now))
 
     def restart(
         self, instance_id: str, *, only_if: Sequence[InstanceState], updated_at: float
     ) -> InstanceRecord | None:
-        with self.transaction() as tx:
-            return _rules.restart(tx, instance_id, only_if=tuple(only_if), now=updated_at)
+        only = tuple(only_if)
+        return self.atomically(
+            lambda tx: _rules.restart(tx, instance_id, only_if=only, now=updated_at)
+        )
 
     def purge(
         self,
@@ -106,8 +116,7 @@ class RuleStorage:
             )
             if not ids:
                 return purged
-            with self.transaction() as tx:
-                done = _rules.purge(tx, ids)
+            done = self.atomically(lambda tx: _rules.purge(tx, ids))  # noqa: B023
             purged += done
             if done == 0:  # every candidate was resumed meanwhile: nothing more to find
                 return purged

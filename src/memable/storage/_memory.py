@@ -194,6 +194,8 @@ class MemoryStorage(RuleStorage):
         record = self._instances.get(instance_id)
         if record is None or not guard.allows(record.status):
             return False
+        if not guard.holds(record.owner, record.epoch):
+            return False
         self._set(self._instances, instance_id, attrs.evolve(record, **changes))  # type: ignore[arg-type]
         return True
 

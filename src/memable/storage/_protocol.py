@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from .._records import (
+    Fence,
     History,
     InstanceRecord,
     InstanceState,
@@ -15,7 +16,7 @@ from .._records import (
     Write,
 )
 
-__all__ = ["Storage"]
+__all__ = ["SharedStorage", "Storage"]
 
 
 @runtime_checkable
@@ -104,11 +105,14 @@ class Storage(Protocol):
         status_message: str | None,
         now: float,
         extend: bool = False,
+        fence: Fence | None = None,
     ) -> bool:
         """Record a ``running`` instance as ``suspended`` on *waiting_on*; one transaction.
 
         With *extend*, the instance is ``suspended`` already (by the same run, a moment
         ago) and *waiting_on* adds keys registered since; refused if it was claimed.
+        With *fence* (shared databases), the run's engine must still hold the top-level
+        instance, else :class:`~memable.StorageError` and nothing changes.
 
         Refused (``False``, nothing suspended) when any key in *waiting_on* already has a
         signal, or a timer that fired or is due at *now* (which this call fires: a due
@@ -168,4 +172,52 @@ class Storage(Protocol):
         Its ``failed`` and ``cancelled`` descendants are set ``running`` again too (their
         dead letters deleted), so a fan-out that failed runs those children again.
         """
+        ...
+
+
+@runtime_checkable
+class SharedStorage(Storage, Protocol):
+    """A storage several engines share (each in its own process or machine).
+
+    An engine that finds these methods runs its instances under claims: each engine
+    registers a row with a fresh id (:attr:`engine_id`, set by ``open``) and renews it
+    with :meth:`heartbeat`; instances it creates or claims are held by it at an epoch,
+    and every write of a run carries that claim (:class:`~memable.storage.Fence`), so a
+    paused engine's late writes are refused. :meth:`claim` reaps engines whose lease
+    expired and claims what is claimable; :meth:`hints` waits for another engine's
+    writes. ``close`` hands the engine's instances back at once.
+    """
+
+    #: This engine's id while open (a fresh one per ``open``), else ``None``.
+    engine_id: str | None
+    #: Seconds an engine may go without a heartbeat before others reap it.
+    lease: float
+    #: Seconds between polls for work when no hint comes.
+    poll_interval: float
+
+    def claim(
+        self, workflows: Sequence[str], limit: int, *, held: bool = True
+    ) -> list[InstanceRecord]:
+        """Reap expired engines; claim up to *limit* claimable top-level ``running``
+        instances of *workflows*; return them (with *held*, also the ``running`` ones
+        this engine holds already)."""
+        ...
+
+    def acquire(self, instance_id: str) -> InstanceRecord | None:
+        """Claim one claimable top-level instance (or find it held here); else ``None``."""
+        ...
+
+    def heartbeat(self, held: Sequence[tuple[str, int]]) -> list[str] | None:
+        """Renew this engine's lease (on a connection of its own).
+
+        Returns the ids among *held* (``(instance_id, epoch)`` pairs) that this engine
+        no longer holds, or ``None`` if the engine was reaped: then a new
+        :attr:`engine_id` is registered and the engine must stop every run.
+        """
+        ...
+
+    def hints(self, timeout: float) -> list[str] | None:
+        """Wait up to *timeout* seconds for another engine's changes (a dedicated
+        connection, not the pool); return the instance ids they name (``""``: any), or
+        ``None`` after the listener reconnected (everything must be polled again)."""
         ...

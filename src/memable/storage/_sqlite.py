@@ -541,6 +541,8 @@ class _SQLiteTx:
         for name, value in changes.items():
             if name not in COLUMNS:
                 raise ValueError(f"not an instance column: {name!r}")
+            if name in ("owner", "epoch"):
+                continue  # one engine owns a SQLite file: there is no holder to record
             columns.append(f"{name} = ?")
             params.append(json.dumps(value) if name == "waiting_on" else value)
         sql = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = ?"
