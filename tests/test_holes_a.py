@@ -332,3 +332,46 @@ async def test_a_bumped_fan_out_key_does_not_livelock(make_storage: StorageFacto
         async with Engine(make_storage(), workflows=[new]) as engine:
             assert list(await engine.instances(status="running")) == []
             assert (await engine.state(new, "p")).status == "completed"
+
+
+async def test_resuming_past_a_settled_fan_out_does_not_livelock(
+    make_storage: StorageFactory,
+) -> None:
+    """``resume`` restarts a settled fan-out's failed child, but nothing drives it any more
+    (the fan-out's result is recorded): the parent completes, the child ends cancelled, and
+    neither leaving the engine block nor the next engine's start waits on it."""
+    attempts = {"after": 0, "child": 0}
+
+    async def flaky_child(ctx: Context, n: int) -> int:
+        if n == 1:
+            attempts["child"] += 1
+            raise RuntimeError("child boom")
+        return n
+
+    async def after() -> str:
+        attempts["after"] += 1
+        if attempts["after"] == 1:
+            raise memable.Permanent("not yet")
+        return "done"
+
+    async def parent(ctx: Context) -> str:
+        settled = await ctx.fan_out("kids", flaky_child, range(3), settle=True)
+        oks = sum(isinstance(s, memable.Ok) for s in settled)
+        return f"{oks} ok, {await ctx.step('after:v1', after)}"
+
+    wf = memable.Workflow("settled-resume", parent)
+    with anyio.fail_after(20):
+        async with Engine(make_storage(), workflows=[wf], shutdown_timeout=5) as engine:
+            outcome = await (await engine.invoke(wf, instance_id="p")).wait()
+            assert isinstance(outcome, memable.Failed), outcome
+            assert (await engine.state(wf, "p/kids-1")).status == "failed"
+            handle = await engine.resume(wf, "p")
+            assert await handle.result() == "2 ok, done"
+            # The restarted child is not run again (its fan-out is recorded): it is ended.
+            assert (await engine.state(wf, "p/kids-1")).status == "cancelled"
+            assert attempts["child"] == 1
+    with anyio.fail_after(20):
+        async with Engine(make_storage(), workflows=[wf]) as engine:
+            assert list(await engine.instances(status="running")) == []
+            assert (await engine.state(wf, "p")).status == "completed"
+    assert attempts == {"after": 2, "child": 1}

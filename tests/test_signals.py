@@ -398,10 +398,12 @@ async def test_suspended_instances_hold_no_memory(make_storage: StorageFactory) 
         await suspend_many(engine, 0, 10)
         while len(await engine.instances(status="suspended", limit=None)) < 10:
             await anyio.sleep(0.01)
+        await engine._runner.wait_idle()  # the last runs end just after their writes
         small = (len(engine._runner.runs), len(engine._kernel.status), engine_objects())
         await suspend_many(engine, 10, 2000)
         while len(await engine.instances(status="suspended", limit=None)) < 2010:
             await anyio.sleep(0.05)
+        await engine._runner.wait_idle()
         large = (len(engine._runner.runs), len(engine._kernel.status), engine_objects())
     assert small == large == (0, 0, 0)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -11,7 +10,7 @@ import types
 import typing
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
@@ -20,23 +19,17 @@ import attrs
 from ._background import TimerScheduler, heal, recover, retain
 from ._clock import Clock, SystemClock
 from ._commit import GroupCommitter
+from ._control import NOTHING, Control
 from ._durations import seconds
 from ._exceptions import (
-    InstanceConflict,
-    InstanceNotFound,
     NotStarted,
-    SignalRejected,
-    SignalSuperseded,
 )
-from ._ids import root_of
 from ._invocation import Invocation
-from ._kernel import Kernel, Registry, Store, outcome_of
-from ._keys import check_instance_ref, check_key, check_text, new_instance_id
-from ._outcome import InstanceInfo, Outcome
+from ._kernel import Kernel, Registry, Store
+from ._keys import check_instance_ref
+from ._outcome import InstanceInfo
 from ._records import (
-    InstanceRecord,
     InstanceState,
-    SignalRecord,
 )
 from ._retry import RetryPolicy
 from ._runner import Runner
@@ -60,13 +53,7 @@ T = TypeVar("T")
 
 logger = logging.getLogger("memable")
 
-_NOTHING: Final = object()
-
-
 _Phase = Literal["new", "running", "closing", "closed"]
-
-#: What ``resume`` restarts: a failed instance, and one stuck running or suspended.
-_RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
 
 
 @final
@@ -130,7 +117,6 @@ class Engine:
         if retention is not None and seconds(retention, "retention") <= 0:
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
         self._retention = retention
-        self._last_id = 0  # the timestamp of the last generated instance id
         self._storage = storage
         self._shared = storage if isinstance(storage, SharedStorage) else None
         self._resume_on_start = resume_on_start
@@ -143,6 +129,7 @@ class Engine:
             status=StatusHub(),
         )
         self._runner = Runner(self._kernel)
+        self._control = Control(self._kernel, self._runner)
         self._timers = TimerScheduler(self._kernel, self._runner.claimed)
         self._sharing = (
             None
@@ -157,9 +144,9 @@ class Engine:
             status=self._kernel.status,
             runs=self._runner.runs,
             check_running=self._check_running,
-            record=self._record,
-            outcome=self._outcome,
-            live_message=self._live_message,
+            record=self._control.record,
+            outcome=self._control.outcome,
+            live_message=self._control.live_message,
             settle=self._kernel.settle,
             remote=None if self._sharing is None else self._sharing.changed,
         )
@@ -297,7 +284,7 @@ class Engine:
     ) -> Invocation[O]: ...
 
     async def invoke(
-        self, wf: Workflow[Any, O], input: Any = _NOTHING, /, *, instance_id: str | None = None
+        self, wf: Workflow[Any, O], input: Any = NOTHING, /, *, instance_id: str | None = None
     ) -> Invocation[O]:
         """Start an instance of *wf* with *input*; return its :class:`Invocation`.
 
@@ -320,65 +307,7 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        if wf.takes_input and input is _NOTHING:
-            raise TypeError(f"workflow {wf.name!r} takes an input; pass it to invoke()")
-        if not wf.takes_input:
-            if input is not _NOTHING and input is not None:
-                raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
-            input = None
-        generated = instance_id is None
-        if instance_id is None:
-            now_ns = int(self._kernel.now() * 1_000_000) * 1000
-            instance_id, self._last_id = new_instance_id(now_ns, self._last_id)
-        else:
-            check_key(instance_id, "instance id")
-        input_type, _ = wf.types()
-        envelope = self._kernel.serde.encode(
-            input, input_type, "input", f"the input of workflow {wf.name!r}"
-        )
-        now = self._kernel.now()
-        owner = self._kernel.owner  # on a shared database, this engine holds what it starts
-        record = InstanceRecord(
-            instance_id=instance_id,
-            workflow=wf.name,
-            status="running",
-            input=envelope,
-            created_at=now,
-            updated_at=now,
-            owner=owner,
-            epoch=0 if owner is None else 1,
-        )
-        run = self._runner.reserve(instance_id, wf)
-        run.pending += 1
-        try:
-            with anyio.CancelScope(shield=True):  # what storage answers must be acted on
-                if generated:
-                    # A generated id is new (a timestamp and 48 random bits), so its row joins
-                    # the group commit instead of taking a transaction of its own.
-                    await self._kernel.write([record], fenced=False)
-                    stored, created = record, True
-                else:
-                    stored, created = await self._kernel.store.create(record)
-        except BaseException:
-            run.pending -= 1
-            self._runner.release(run)  # nothing was created: drop the reservation
-            raise
-        run.pending -= 1
-        if created:
-            run.fresh = True
-            self._runner.start(run, stored)
-        else:
-            self._runner.release(run)
-            if stored.workflow != wf.name:
-                raise InstanceConflict(
-                    f"instance id {instance_id!r} belongs to workflow {stored.workflow!r},"
-                    f" not {wf.name!r}"
-                )
-            if json.loads(stored.input)["value"] != json.loads(envelope)["value"]:
-                raise InstanceConflict(
-                    f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
-                    " use another instance_id, or the same input to attach to it"
-                )
+        instance_id = await self._control.start(wf, input, instance_id)
         return self._invocation(wf, instance_id)
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
@@ -393,7 +322,7 @@ class Engine:
     ) -> O: ...
 
     async def run(
-        self, wf: Workflow[Any, O], input: Any = _NOTHING, /, *, instance_id: str | None = None
+        self, wf: Workflow[Any, O], input: Any = NOTHING, /, *, instance_id: str | None = None
     ) -> O:
         """:meth:`invoke`, then :meth:`Invocation.result`.
 
@@ -434,28 +363,8 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        check_instance_ref(instance_id)
-        invocation = self._invocation(wf, instance_id)
-        if self._runner.live(instance_id) is not None:
-            return invocation
-        record = await self._record(wf, instance_id)
-        if record.parent_id is not None:
-            # A child runs inside its parent: resuming it resumes its top-level instance.
-            root = await self._kernel.store.get(root_of(instance_id))
-            root_wf = None if root is None else self._registry.get(root.workflow)
-            if root is not None and root_wf is not None:
-                await self.resume(root_wf, root.instance_id)
-            return invocation
-        if record.status not in _RESUMABLE:
-            return invocation
-        if record.status == "running" and record.owner is not None:
-            if record.owner == self._kernel.owner:
-                self._runner.claimed(record)  # held here, without a run (crash injection)
-            return invocation  # else another engine runs it (a dead one's is reaped first)
-        restarted = await self._kernel.store.restart(instance_id, _RESUMABLE, self._kernel.now())
-        if restarted is not None:
-            self._runner.claimed(restarted)
-        return invocation
+        await self._control.resume(wf, instance_id)
+        return self._invocation(wf, instance_id)
 
     # -- signals, cancellation, status -------------------------------------------------------
 
@@ -482,37 +391,7 @@ class Engine:
         """
         self._check_running()
         wf = self._registered(wf)
-        check_instance_ref(instance_id)
-        self._kernel.check_point(wf, point)
-        envelope = self._kernel.serde.encode(
-            payload, point.payload_type, point.key, f"the payload of signal {point.key!r}"
-        )
-        signal = SignalRecord(
-            instance_id=instance_id, key=point.key, payload=envelope, created_at=self._kernel.now()
-        )
-        await self._record(wf, instance_id)  # unknown id or another workflow: nothing stored
-        outcome, record = await self._kernel.store.signal(signal)
-        match outcome:
-            case "not_found":
-                raise InstanceNotFound(f"no instance {instance_id!r}")
-            case "finished":
-                assert record is not None
-                raise SignalRejected(point.key, f"instance {instance_id!r} is {record.status}")
-            case "superseded":
-                raise SignalSuperseded(
-                    point.key,
-                    f"suspend point {point.key!r} of instance {instance_id!r} already has a"
-                    " payload (another signal came first); this one is not used",
-                )
-            case "timed_out":
-                raise SignalSuperseded(
-                    point.key,
-                    f"the deadline of suspend point {point.key!r} of instance {instance_id!r}"
-                    " passed before this signal; it is not used",
-                )
-            case "claimed":
-                assert record is not None
-                self._runner.claimed(record)
+        await self._control.signal(wf, instance_id, point, payload)
         return self._invocation(wf, instance_id)
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> bool:
@@ -533,19 +412,7 @@ class Engine:
             ...     await engine.cancel(wf, "order-o-17", reason="customer left")
         """
         self._check_running()
-        wf = self._registered(wf)
-        check_text(reason, f"the cancel reason for {instance_id!r}")
-        record = await self._record(wf, instance_id)
-        before, to_run = await self._kernel.store.cancel(instance_id, reason, self._kernel.now())
-        if before is None:
-            return False  # already finished
-        prefix = record.instance_id + "/"
-        for run_id in [i for i in self._runner.runs if i == instance_id or i.startswith(prefix)]:
-            self._runner.cancel_live(run_id, reason)
-        self._kernel.status.publish(record.instance_id, "cancelled", reason)
-        if to_run is not None:  # a parent waited for this child: it runs on
-            self._runner.claimed(to_run)
-        return True
+        return await self._control.cancel(self._registered(wf), instance_id, reason)
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
@@ -566,10 +433,6 @@ class Engine:
         wf = self._registered(wf)
         check_instance_ref(instance_id)
         return StatusStream(self._instances, wf, instance_id)
-
-    def _live_message(self, record: InstanceRecord) -> str | None:
-        run = self._runner.live(record.instance_id)
-        return record.status_message if run is None else run.status_message
 
     # -- retention --------------------------------------------------------------------------
 
@@ -606,9 +469,9 @@ class Engine:
             ...     return (await engine.state(wf, "order-o-17")).status
         """
         self._check_running()
-        record = await self._record(wf, instance_id)
+        record = await self._control.record(wf, instance_id)
         info = InstanceInfo.from_record(record)
-        message = self._live_message(record)
+        message = self._control.live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
         )
@@ -636,27 +499,6 @@ class Engine:
             limit=limit,
         )
         return [InstanceInfo.from_record(record) for record in records]
-
-    async def _record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
-        check_instance_ref(instance_id)
-        record = await self._kernel.store.get(instance_id)
-        if record is None:
-            raise InstanceNotFound(f"no instance {instance_id!r}")
-        if record.workflow != wf.name and not (
-            record.parent_id is not None and await self._root_is(instance_id, wf)
-        ):
-            raise InstanceConflict(
-                f"instance {instance_id!r} belongs to workflow {record.workflow!r}, not {wf.name!r}"
-            )
-        return record
-
-    async def _root_is(self, instance_id: str, wf: Workflow[Any, Any]) -> bool:
-        """Whether the top-level ancestor of a child instance is an instance of *wf*."""
-        root = await self._kernel.store.get(root_of(instance_id))
-        return root is not None and root.workflow == wf.name
-
-    def _outcome(self, wf: Workflow[Any, O], record: InstanceRecord) -> Outcome[O] | None:
-        return outcome_of(record, self._kernel.serde, wf)
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -56,6 +56,8 @@ class InstanceRecord:
     #: claimed (the fencing token). Single-process backends leave both alone.
     owner: str | None = None
     epoch: int = 0
+    #: The W3C ``traceparent`` of the span that started the instance (OpenTelemetry).
+    trace: str | None = None
 
 
 @final
@@ -121,6 +123,8 @@ class SignalRecord:
     key: str
     payload: str | None
     created_at: float
+    #: Whether it came before the instance waited on its key (set by the storage).
+    early: bool = False
 
     @property
     def timed_out(self) -> bool:

@@ -169,9 +169,10 @@ def deliver_signal(tx: Tx, signal: SignalRecord) -> tuple[SignalOutcome, Instanc
         return ("timed_out" if timed_out else "finished"), record
     if existing is not None:
         return ("timed_out" if existing.timed_out else "superseded"), record
-    tx.insert(signal)
     if record.status == "suspended" and signal.key in record.waiting_on:
+        tx.insert(attrs.evolve(signal, early=False))
         return "claimed", _claim(tx, record, signal.created_at)
+    tx.insert(attrs.evolve(signal, early=True))
     return "stored", record
 
 
@@ -259,10 +260,11 @@ def cancel(
 def restart(
     tx: Tx, instance_id: str, *, only_if: Sequence[InstanceState], now: float
 ) -> InstanceRecord | None:
-    """Set an instance running again and delete its dead letters (``resume``).
+    """Set an instance running again and retire its dead letters (``resume``).
 
     Only from a state in *only_if*. Its failed and cancelled descendants run again too
-    (their dead letters deleted), so a fan-out that failed runs those children again.
+    (their dead letters retired: kept for the history as earlier attempts), so a fan-out
+    that failed runs those children again.
     """
     record = tx.instance(instance_id)
     if record is None or record.status not in only_if:
@@ -274,7 +276,7 @@ def restart(
         is_self = member.instance_id == instance_id
         if is_self or member.status in ("failed", "cancelled"):
             moved = move(tx, member, "running", now, error=None, finished_at=None)
-            tx.delete_dead_steps(member.instance_id)
+            tx.retire_dead_steps(member.instance_id)
             if is_self:
                 restarted = moved
     return restarted

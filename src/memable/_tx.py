@@ -119,8 +119,12 @@ class Tx(Protocol):
         """Delete the payload stored for a suspend point; return whether there was one."""
         ...
 
-    def delete_dead_steps(self, instance_id: str) -> None:
-        """Delete the dead letters of an instance (its completed results stay)."""
+    def retire_dead_steps(self, instance_id: str) -> None:
+        """Move the dead letters of an instance out of its steps (``resume``).
+
+        Its completed results stay. The dead letters are kept as earlier attempts, for
+        :meth:`~memable.storage.Storage.load_retired` (the history), never replayed.
+        """
         ...
 
     def delete_family(self, instance_id: str) -> None:

@@ -37,7 +37,7 @@ class MemoryStorage(RuleStorage):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._instances: dict[str, InstanceRecord] = {}
-        self._tables: dict[str, _Rows] = {"steps": {}, "signals": {}, "timers": {}}
+        self._tables: dict[str, _Rows] = {"steps": {}, "signals": {}, "timers": {}, "retired": {}}
         self._undo: list[Callable[[], None]] | None = None
         self._owned = False
 
@@ -67,16 +67,23 @@ class MemoryStorage(RuleStorage):
         status: InstanceState | None = None,
         limit: int | None = None,
         parent_id: str | None = None,
+        waiting_on: str | None = None,
+        created_after: float | None = None,
+        before: tuple[float, str] | None = None,
+        newest_first: bool = False,
     ) -> list[InstanceRecord]:
         with self._lock:
             found = [
-                record
-                for record in self._instances.values()
-                if (workflow is None or record.workflow == workflow)
-                and (status is None or record.status == status)
-                and (parent_id is None or record.parent_id == parent_id)
+                r
+                for r in self._instances.values()
+                if workflow in (None, r.workflow)
+                and status in (None, r.status)
+                and parent_id in (None, r.parent_id)
+                and (waiting_on is None or (r.status == "suspended" and waiting_on in r.waiting_on))
+                and (created_after is None or r.created_at > created_after)
+                and (before is None or (r.created_at, r.instance_id) < before)
             ]
-        found.sort(key=lambda r: (r.created_at, r.instance_id))
+        found.sort(key=lambda r: (r.created_at, r.instance_id), reverse=newest_first)
         return found if limit is None else found[:limit]
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:
@@ -87,6 +94,10 @@ class MemoryStorage(RuleStorage):
         with self._lock:
             rows = {name: list(t.get(instance_id, {}).values()) for name, t in self._tables.items()}
         return History(steps=rows["steps"], signals=rows["signals"], timers=rows["timers"])
+
+    def load_retired(self, instance_id: str) -> list[StepRecord]:
+        with self._lock:
+            return list(self._tables["retired"].get(instance_id, {}).values())
 
     def next_deadline(self) -> float | None:
         with self._lock:
@@ -210,9 +221,10 @@ class MemoryStorage(RuleStorage):
         self._set(signals, key, None)
         return True
 
-    def delete_dead_steps(self, instance_id: str) -> None:
-        steps = self._rows("steps", instance_id)
+    def retire_dead_steps(self, instance_id: str) -> None:
+        steps, retired = self._rows("steps", instance_id), self._rows("retired", instance_id)
         for key in [key for key, step in steps.items() if step.state == "dead"]:
+            self._set(retired, f"{len(retired)}", steps[key])
             self._set(steps, key, None)
 
     def delete_family(self, instance_id: str) -> None:

@@ -71,11 +71,13 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         created_at     double precision NOT NULL,
         updated_at     double precision NOT NULL,
         finished_at    double precision,
+        trace          text,
         owner          text REFERENCES engines (engine_id) ON DELETE SET NULL,
         epoch          bigint NOT NULL DEFAULT 0
     );
-    CREATE INDEX instances_by_status ON instances (status, workflow, created_at);
-    CREATE INDEX instances_by_workflow ON instances (workflow, created_at);
+    CREATE INDEX instances_by_status ON instances (status, created_at, instance_id);
+    CREATE INDEX instances_by_workflow ON instances (workflow, created_at, instance_id);
+    CREATE INDEX instances_by_created ON instances (created_at, instance_id);
     CREATE INDEX instances_by_parent ON instances (parent_id) WHERE parent_id IS NOT NULL;
     CREATE INDEX instances_by_finish ON instances (finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX instances_by_owner ON instances (owner) WHERE owner IS NOT NULL;
@@ -97,7 +99,19 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         key         text NOT NULL,
         payload     text,
         created_at  double precision NOT NULL,
+        early       boolean NOT NULL DEFAULT false,
         PRIMARY KEY (instance_id, key)
+    );
+    CREATE TABLE retired_steps (
+        instance_id text COLLATE "C" NOT NULL,
+        key         text NOT NULL,
+        retired_at  double precision NOT NULL,
+        state       text NOT NULL,
+        error       text,
+        attempts    integer NOT NULL,
+        started_at  double precision NOT NULL,
+        finished_at double precision NOT NULL,
+        PRIMARY KEY (instance_id, key, started_at)
     );
     CREATE TABLE timers (
         instance_id text COLLATE "C" NOT NULL,
@@ -108,6 +122,36 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (instance_id, key)
     );
     CREATE INDEX timers_due ON timers (deadline) WHERE NOT fired;
+    CREATE VIEW memable_instances AS SELECT
+        instance_id, workflow, status, parent_id, status_message,
+        waiting_on,
+        input::jsonb ->> 'type' AS input_type,
+        input::jsonb -> 'value' AS input,
+        output::jsonb ->> 'type' AS output_type,
+        output::jsonb -> 'value' AS output,
+        error::jsonb ->> 'type' AS error_type,
+        error::jsonb ->> 'message' AS error_message,
+        to_timestamp(created_at) AS created_at,
+        to_timestamp(updated_at) AS updated_at,
+        to_timestamp(finished_at) AS finished_at,
+        owner, epoch
+    FROM instances;
+    CREATE VIEW memable_steps AS
+    SELECT
+        instance_id, key, state, attempts,
+        to_timestamp(started_at) AS started_at, to_timestamp(finished_at) AS finished_at,
+        finished_at - started_at AS duration,
+        value::jsonb ->> 'type' AS value_type,
+        value::jsonb -> 'value' AS value,
+        error::jsonb ->> 'type' AS error_type,
+        error::jsonb ->> 'message' AS error_message
+    FROM steps
+    UNION ALL
+    SELECT
+        instance_id, key, 'retried' AS state, attempts,
+        to_timestamp(started_at), to_timestamp(finished_at), finished_at - started_at,
+        NULL, NULL, error::jsonb ->> 'type', error::jsonb ->> 'message'
+    FROM retired_steps;
     """,
 )
 #: Migrations in order; the schema version of a database is how many have run on it.
@@ -115,7 +159,7 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 _INSTANCE_COLUMNS: Final = (
     "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at, owner, epoch"
+    " waiting_on, created_at, updated_at, finished_at, owner, epoch, trace"
 )
 _STATES: Final = frozenset(("running", "suspended", "completed", "failed", "cancelled"))
 _UPSERT_STEP: Final = """
@@ -154,6 +198,7 @@ def _instance(row: Sequence[Any]) -> InstanceRecord:
         finished_at=f,
         owner=row[12],
         epoch=row[13],
+        trace=row[14],
     )
 
 
@@ -413,6 +458,10 @@ class PostgresStorage(RuleStorage):
         status: InstanceState | None = None,
         limit: int | None = None,
         parent_id: str | None = None,
+        waiting_on: str | None = None,
+        created_after: float | None = None,
+        before: tuple[float, str] | None = None,
+        newest_first: bool = False,
     ) -> list[InstanceRecord]:
         where: list[str] = []
         params: list[object] = []
@@ -421,14 +470,37 @@ class PostgresStorage(RuleStorage):
             if value is not None:
                 where.append(f"{column} = %s")
                 params.append(value)
+        if waiting_on is not None:
+            where.append("status = 'suspended' AND waiting_on::jsonb ? %s")
+            params.append(waiting_on)
+        if created_after is not None:
+            where.append("created_at > %s")
+            params.append(created_after)
+        if before is not None:
+            where.append("(created_at, instance_id) < (%s, %s)")
+            params.extend(before)
         query = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
         if where:
             query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY created_at, instance_id LIMIT %s"
+        order = " DESC" if newest_first else ""
+        query += f" ORDER BY created_at{order}, instance_id{order} LIMIT %s"
         params.append(limit)
         with self._conn("listing instances in") as conn:
             rows = conn.execute(query, params).fetchall()
         return [_instance(row) for row in rows]
+
+    def load_retired(self, instance_id: str) -> list[StepRecord]:
+        with self._conn("loading retired steps from") as conn:
+            rows = conn.execute(
+                "SELECT key, error, attempts, started_at, finished_at FROM retired_steps"
+                " WHERE instance_id = %s ORDER BY started_at",
+                (instance_id,),
+            ).fetchall()
+        return [
+            StepRecord(instance_id=instance_id, key=key, state="dead", error=error,
+                       attempts=attempts, started_at=started, finished_at=finished)
+            for key, error, attempts, started, finished in rows
+        ]  # fmt: skip
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:
         with self._conn("loading steps from") as conn:
@@ -683,19 +755,19 @@ class _PostgresTx:
         if isinstance(row, InstanceRecord):
             query = (
                 f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             )
             params: tuple[object, ...] = (
                 row.instance_id, row.workflow, row.status, row.parent_id, row.input, row.output,
                 row.error, row.status_message, json.dumps(row.waiting_on), row.created_at,
-                row.updated_at, row.finished_at, row.owner, row.epoch,
+                row.updated_at, row.finished_at, row.owner, row.epoch, row.trace,
             )  # fmt: skip
         elif isinstance(row, SignalRecord):
             query = (
-                "INSERT INTO signals (instance_id, key, payload, created_at)"
-                " VALUES (%s, %s, %s, %s)"
+                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
+                " VALUES (%s, %s, %s, %s, %s)"
             )
-            params = (row.instance_id, row.key, row.payload, row.created_at)
+            params = (row.instance_id, row.key, row.payload, row.created_at, row.early)
         else:
             query = (
                 "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
@@ -741,12 +813,21 @@ class _PostgresTx:
             self._run("DELETE FROM signals WHERE instance_id = %s AND key = %s", (instance_id, key))
         )
 
-    def delete_dead_steps(self, instance_id: str) -> None:
+    def retire_dead_steps(self, instance_id: str) -> None:
+        self._run(
+            "INSERT INTO retired_steps (instance_id, key, retired_at, state, error, attempts,"
+            " started_at, finished_at) SELECT instance_id, key, finished_at, state, error,"
+            " attempts, started_at, finished_at FROM steps WHERE instance_id = %s"
+            " AND state = 'dead' ON CONFLICT (instance_id, key, started_at) DO UPDATE SET"
+            " retired_at = excluded.retired_at, state = excluded.state, error = excluded.error,"
+            " attempts = excluded.attempts, finished_at = excluded.finished_at",
+            (instance_id,),
+        )
         self._run("DELETE FROM steps WHERE instance_id = %s AND state = 'dead'", (instance_id,))
 
     def delete_family(self, instance_id: str) -> None:
         family = (instance_id, *descendant_range(instance_id))
-        for table in ("steps", "signals", "timers", "instances"):
+        for table in ("steps", "retired_steps", "signals", "timers", "instances"):
             self._run(
                 f"DELETE FROM {table} WHERE instance_id = %s"
                 " OR (instance_id > %s AND instance_id < %s)",
@@ -777,11 +858,14 @@ def _steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:
 
 def _signals(conn: psycopg.Connection[Any], instance_id: str) -> list[SignalRecord]:
     rows = conn.execute(
-        "SELECT key, payload, created_at FROM signals WHERE instance_id = %s", (instance_id,)
+        "SELECT key, payload, created_at, early FROM signals WHERE instance_id = %s",
+        (instance_id,),
     ).fetchall()
     return [
-        SignalRecord(instance_id=instance_id, key=key, payload=payload, created_at=created_at)
-        for key, payload, created_at in rows
+        SignalRecord(
+            instance_id=instance_id, key=key, payload=payload, created_at=created, early=early
+        )
+        for key, payload, created, early in rows
     ]
 
 

@@ -58,8 +58,22 @@ class Storage(Protocol):
         status: InstanceState | None = None,
         limit: int | None = None,
         parent_id: str | None = None,
+        waiting_on: str | None = None,
+        created_after: float | None = None,
+        before: tuple[float, str] | None = None,
+        newest_first: bool = False,
     ) -> list[InstanceRecord]:
-        """Return instances, oldest first, filtered by workflow, status and parent."""
+        """Return instances, oldest first, filtered by workflow, status and parent.
+
+        *waiting_on* keeps the instances suspended on that key; *created_after* those
+        created later than that time. With *newest_first* they come newest first, ordered
+        by ``(created_at, instance_id)``, starting after the *before* position (a page's
+        cursor): a page costs one index range scan, whatever the table holds.
+        """
+        ...
+
+    def load_retired(self, instance_id: str) -> list[StepRecord]:
+        """Return the dead letters that ``resume`` retired (earlier attempts; history only)."""
         ...
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:

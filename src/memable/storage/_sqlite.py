@@ -107,14 +107,98 @@ def _schema_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX timers_due ON timers (deadline) WHERE fired = 0")
 
 
+def _schema_3(db: sqlite3.Connection) -> None:
+    """Operations: trace context, early signals, retired dead letters, newest-first
+    listing, the inbox of other processes, and the stable read-only views."""
+    db.execute("ALTER TABLE instances ADD COLUMN trace TEXT")
+    db.execute("ALTER TABLE signals ADD COLUMN early INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """
+        CREATE TABLE retired_steps (
+            instance_id TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            retired_at  REAL NOT NULL,
+            state       TEXT NOT NULL,
+            error       TEXT,
+            attempts    INTEGER NOT NULL,
+            started_at  REAL NOT NULL,
+            finished_at REAL NOT NULL,
+            PRIMARY KEY (instance_id, key, started_at)
+        ) WITHOUT ROWID
+        """
+    )
+    # Pages of newest-first listings are index range scans (no sort, no count).
+    for by in ("workflow", "status"):
+        db.execute(f"DROP INDEX instances_by_{by}")
+        db.execute(f"CREATE INDEX instances_by_{by} ON instances ({by}, created_at, instance_id)")
+    db.execute("CREATE INDEX instances_by_created ON instances (created_at, instance_id)")
+    db.execute(
+        """
+        CREATE TABLE inbox (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            verb        TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            key         TEXT,
+            payload     TEXT,
+            reason      TEXT,
+            created_at  REAL NOT NULL,
+            done_at     REAL,
+            result      TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX inbox_pending ON inbox (id) WHERE done_at IS NULL")
+    db.execute(_INSTANCES_VIEW)
+    db.execute(_STEPS_VIEW)
+
+
+def _utc(column: str) -> str:
+    return f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}, 'unixepoch')"
+
+
+_INSTANCES_VIEW: Final = f"""
+    CREATE VIEW memable_instances AS SELECT
+        instance_id, workflow, status, parent_id, status_message,
+        waiting_on,
+        json_extract(input, '$.type') AS input_type,
+        json_extract(input, '$.value') AS input,
+        json_extract(output, '$.type') AS output_type,
+        json_extract(output, '$.value') AS output,
+        json_extract(error, '$.type') AS error_type,
+        json_extract(error, '$.message') AS error_message,
+        {_utc("created_at")} AS created_at,
+        {_utc("updated_at")} AS updated_at,
+        {_utc("finished_at")} AS finished_at
+    FROM instances
+"""
+
+_STEPS_VIEW: Final = f"""
+    CREATE VIEW memable_steps AS
+    SELECT
+        instance_id, key, state, attempts,
+        {_utc("started_at")} AS started_at, {_utc("finished_at")} AS finished_at,
+        finished_at - started_at AS duration,
+        json_extract(value, '$.type') AS value_type,
+        json_extract(value, '$.value') AS value,
+        json_extract(error, '$.type') AS error_type,
+        json_extract(error, '$.message') AS error_message
+    FROM steps
+    UNION ALL
+    SELECT
+        instance_id, key, 'retried' AS state, attempts,
+        {_utc("started_at")}, {_utc("finished_at")}, finished_at - started_at,
+        NULL, NULL, json_extract(error, '$.type'), json_extract(error, '$.message')
+    FROM retired_steps
+"""
+
 #: Migrations in order; the schema version of a database is how many have run on it.
 #: A new release appends to this list and never edits what is there.
-MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2)
+MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2, _schema_3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _INSTANCE_COLUMNS: Final = (
     "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at"
+    " waiting_on, created_at, updated_at, finished_at, trace"
 )
 _UPSERT_STEP: Final = """
     INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
@@ -180,7 +264,8 @@ def _keys(value: object) -> tuple[str, ...]:
 
 def _instance(row: Sequence[object]) -> InstanceRecord:
     """Decode an instance row, or raise StorageError naming the instance."""
-    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f) = row
+    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f, *more) = row
+    trace = more[0] if more else None
     try:
         if status not in _STATES:
             raise _Corrupt(f"status is {_shown(status)}, not one of {', '.join(sorted(_STATES))}")
@@ -197,6 +282,7 @@ def _instance(row: Sequence[object]) -> InstanceRecord:
             created_at=_time(c, "created_at"),
             updated_at=_time(u, "updated_at"),
             finished_at=_time_or_none(f, "finished_at"),
+            trace=trace if type(trace) is str else None,  # telemetry only: never fatal
         )
     except _Corrupt as exc:
         raise _corrupt(iid, str(exc)) from exc.__cause__
@@ -390,22 +476,15 @@ class SQLiteStorage(RuleStorage):
         status: InstanceState | None = None,
         limit: int | None = None,
         parent_id: str | None = None,
+        waiting_on: str | None = None,
+        created_after: float | None = None,
+        before: tuple[float, str] | None = None,
+        newest_first: bool = False,
     ) -> list[InstanceRecord]:
-        where: list[str] = []
-        params: list[object] = []
-        if parent_id is not None:
-            where.append("parent_id = ?")
-            params.append(parent_id)
-        if workflow is not None:
-            where.append("workflow = ?")
-            params.append(workflow)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at, instance_id LIMIT ?"
+        sql, params = _listing(
+            workflow=workflow, status=status, parent_id=parent_id, waiting_on=waiting_on,
+            created_after=created_after, before=before, newest_first=newest_first,
+        )  # fmt: skip
         params.append(-1 if limit is None else limit)
         with self._read("listing instances in") as db, self._lenient(db):
             rows = db.execute(sql, params).fetchall()
@@ -425,6 +504,18 @@ class SQLiteStorage(RuleStorage):
     def load_steps(self, instance_id: str) -> list[StepRecord]:
         with self._read("loading steps from") as db:
             return _steps(db, instance_id)
+
+    def load_retired(self, instance_id: str) -> list[StepRecord]:
+        with self._read("loading retired steps from") as db:
+            rows = db.execute(
+                "SELECT key, error, attempts, started_at, finished_at FROM retired_steps"
+                " WHERE instance_id = ? ORDER BY started_at",
+                (instance_id,),
+            ).fetchall()
+        return [
+            _checked_step(instance_id, key, "dead", None, error, attempts, started, finished)
+            for key, error, attempts, started, finished in rows
+        ]
 
     def load_history(self, instance_id: str) -> History:
         with self._read(f"loading the history of instance {instance_id!r} from") as db:
@@ -520,8 +611,13 @@ class _SQLiteTx:
         if isinstance(row, InstanceRecord):
             return _insert(self._db, row)
         if isinstance(row, SignalRecord):
-            sql = "INSERT INTO signals (instance_id, key, payload, created_at) VALUES (?, ?, ?, ?)"
-            params: tuple[object, ...] = (row.instance_id, row.key, row.payload, row.created_at)
+            sql = (
+                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
+                " VALUES (?, ?, ?, ?, ?)"
+            )
+            params: tuple[object, ...] = (
+                row.instance_id, row.key, row.payload, row.created_at, int(row.early)
+            )  # fmt: skip
         else:
             sql = (
                 "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
@@ -563,19 +659,62 @@ class _SQLiteTx:
         )
         return cursor.rowcount > 0
 
-    def delete_dead_steps(self, instance_id: str) -> None:
+    def retire_dead_steps(self, instance_id: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO retired_steps (instance_id, key, retired_at, state, error,"
+            " attempts, started_at, finished_at) SELECT instance_id, key, finished_at, state,"
+            " error, attempts, started_at, finished_at FROM steps"
+            " WHERE instance_id = ? AND state = 'dead'",
+            (instance_id,),
+        )
         self._db.execute(
             "DELETE FROM steps WHERE instance_id = ? AND state = 'dead'", (instance_id,)
         )
 
     def delete_family(self, instance_id: str) -> None:
         family = (instance_id, *descendant_range(instance_id))
-        for table in ("steps", "signals", "timers", "instances"):
+        for table in ("steps", "retired_steps", "signals", "timers", "instances"):
             self._db.execute(
                 f"DELETE FROM {table} WHERE instance_id = ?"
                 " OR (instance_id > ? AND instance_id < ?)",
                 family,
             )
+
+
+def _listing(
+    *,
+    workflow: str | None,
+    status: str | None,
+    parent_id: str | None,
+    waiting_on: str | None,
+    created_after: float | None,
+    before: tuple[float, str] | None,
+    newest_first: bool,
+) -> tuple[str, list[object]]:
+    """The query of a listing (its LIMIT parameter still to append)."""
+    where: list[str] = []
+    params: list[object] = []
+    for column, value in (("parent_id", parent_id), ("workflow", workflow), ("status", status)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if waiting_on is not None:
+        where.append(
+            "status = 'suspended' AND EXISTS (SELECT 1 FROM json_each(instances.waiting_on)"
+            " WHERE value = ?)"
+        )
+        params.append(waiting_on)
+    if created_after is not None:
+        where.append("created_at > ?")
+        params.append(created_after)
+    if before is not None:
+        where.append("(created_at, instance_id) < (?, ?)")
+        params.extend(before)
+    sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    order = " DESC" if newest_first else ""
+    return f"{sql} ORDER BY created_at{order}, instance_id{order} LIMIT ?", params
 
 
 def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
@@ -643,8 +782,9 @@ def _checked_step(instance_id: str, key: object, state: object, *rest: object) -
 
 def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
     records: list[SignalRecord] = []
-    for key, payload, created_at in db.execute(
-        "SELECT key, payload, created_at FROM signals WHERE instance_id = ?", (instance_id,)
+    for key, payload, created_at, early in db.execute(
+        "SELECT key, payload, created_at, early FROM signals WHERE instance_id = ?",
+        (instance_id,),
     ):
         try:
             record = SignalRecord(
@@ -652,6 +792,7 @@ def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
                 key=_text(key, "key"),
                 payload=_text_or_none(payload, "payload"),
                 created_at=_time(created_at, "created_at"),
+                early=early == 1,
             )
         except _Corrupt as exc:
             raise _corrupt(instance_id, f"signal {_shown(key)}: {exc}") from None
@@ -719,7 +860,7 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
     return bool(
         db.execute(
             f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 record.instance_id,
                 record.workflow,
@@ -733,6 +874,7 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
                 record.created_at,
                 record.updated_at,
                 record.finished_at,
+                record.trace,
             ),
         ).rowcount
     )
