@@ -60,10 +60,13 @@ def move(
     new row, or ``None`` if the row changed since it was read.
     """
     check_move(record.instance_id, record.status, new)
-    fields = {"status": new, "updated_at": now, "owner": None, **changes}
-    if new == "running":
-        fields["epoch"] = record.epoch + 1
-    guard = Guard(frozenset({record.status}), holder=(record.owner, record.epoch))
+    fields: dict[str, object] = {"status": new, "updated_at": now, **changes}
+    guard = Guard(frozenset({record.status}))
+    if tx.holds_claims:
+        fields["owner"] = None
+        if new == "running":
+            fields["epoch"] = record.epoch + 1
+        guard = Guard(guard.status, holder=(record.owner, record.epoch))
     if not tx.update(record.instance_id, guard, fields):
         return None
     return attrs.evolve(record, **fields)  # type: ignore[arg-type]
@@ -162,11 +165,9 @@ def deliver_signal(tx: Tx, signal: SignalRecord) -> tuple[SignalOutcome, Instanc
     record = tx.instance(signal.instance_id)
     if record is None:
         return "not_found", None
-    existing = tx.signal(signal.instance_id, signal.key)
     if record.status in FINISHED:
-        # The point's deadline came first, and the instance went on to its end: say so.
-        timed_out = existing is not None and existing.timed_out
-        return ("timed_out" if timed_out else "finished"), record
+        return "finished", record
+    existing = tx.signal(signal.instance_id, signal.key)
     if existing is not None:
         return ("timed_out" if existing.timed_out else "superseded"), record
     if record.status == "suspended" and signal.key in record.waiting_on:
@@ -222,8 +223,8 @@ def suspend(
     changes: dict[str, object] = {"waiting_on": tuple(waiting_on), "status_message": status_message}
     if extend:
         changes["updated_at"] = now
-        guard = Guard(frozenset({"suspended"}), holder=(record.owner, record.epoch))
-        return tx.update(instance_id, guard, changes)
+        holder = (record.owner, record.epoch) if tx.holds_claims else None
+        return tx.update(instance_id, Guard(frozenset({"suspended"}), holder=holder), changes)
     return move(tx, record, "suspended", now, **changes) is not None
 
 

@@ -75,6 +75,11 @@ class Tx(Protocol):
     row (``FOR SHARE``) before any write, so an engine whose lease expired writes nothing.
     """
 
+    #: Whether rows record who holds them (``owner``, ``epoch``): a database shared by
+    #: several engines. The rules then let go of an instance on every move, bump the
+    #: epoch on every claim, and compare-and-set on the holder too.
+    holds_claims: bool
+
     def instance(self, instance_id: str) -> InstanceRecord | None:
         """The instance's row, read for update (``None`` if there is none)."""
         ...

@@ -694,6 +694,7 @@ class _PostgresTx:
     """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction."""
 
     __slots__ = ("_conn", "changed")
+    holds_claims = True
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn

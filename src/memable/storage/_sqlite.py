@@ -569,6 +569,7 @@ class _SQLiteTx:
     """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction."""
 
     __slots__ = ("_db",)
+    holds_claims = False  # one engine owns a SQLite file
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -637,8 +638,6 @@ class _SQLiteTx:
         for name, value in changes.items():
             if name not in COLUMNS:
                 raise ValueError(f"not an instance column: {name!r}")
-            if name in ("owner", "epoch"):
-                continue  # one engine owns a SQLite file: there is no holder to record
             columns.append(f"{name} = ?")
             params.append(json.dumps(value) if name == "waiting_on" else value)
         sql = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = ?"
