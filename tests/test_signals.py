@@ -147,7 +147,8 @@ async def test_racing_signallers_exactly_one_wins(make_storage: StorageFactory) 
             except memable.SignalRejected as exc:
                 # Storage that commits in parallel (Postgres) may finish the winner's run
                 # before a losing signal is looked at: then it is rejected as finished.
-                assert exc.key == "pick:v1" and "completed" in str(exc)
+                assert exc.key == "pick:v1"
+                assert "completed" in str(exc)
                 losers.append(n)
             else:
                 winners.append(n)
