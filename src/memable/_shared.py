@@ -61,9 +61,17 @@ class Sharing:
         run it (nobody holds it, and this engine does not take instances over)."""
         if record.owner is None and not self._claims:
             return False
-        if record.owner is not None and record.owner == self._storage.engine_id:
-            return False  # held here, but its run ended (crash injection): nobody runs it
         instance_id = record.instance_id
+        if record.owner is not None and record.owner == self._storage.engine_id:
+            # Held here without a run: a stale read (its run just ended), or a run that
+            # ended without letting go (crash injection): then nobody will run it.
+            fresh = await self._kernel.store.get(instance_id)
+            return not (
+                fresh is not None
+                and fresh.status == "running"
+                and fresh.owner == record.owner
+                and instance_id not in self._runner.runs
+            )
         event = self._changed.get(instance_id)
         if event is None:
             event = self._changed[instance_id] = anyio.Event()

@@ -652,8 +652,7 @@ class PostgresStorage(RuleStorage):
             rows = conn.execute(
                 "SELECT h.id FROM unnest(%s::text[], %s::bigint[]) AS h (id, epoch)"
                 " LEFT JOIN instances i ON i.instance_id = h.id"
-                " WHERE i.instance_id IS NULL OR i.owner <> %s OR i.epoch <> h.epoch"
-                " OR i.status = 'cancelled'",
+                " WHERE i.instance_id IS NULL OR i.owner <> %s OR i.status = 'cancelled'",
                 ([i for i, _ in held], [e for _, e in held], engine_id),
             ).fetchall()
         return [row[0] for row in rows]
