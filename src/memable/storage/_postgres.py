@@ -8,7 +8,7 @@ engine's worker threads (its async API does not run on trio).
 Ownership: every engine registers a row in ``engines`` with a fresh id and renews its
 heartbeat on a connection of its own. Instances it creates or claims carry its id
 (``owner``) and an ``epoch`` that every claim bumps. Every write transaction first locks
-the engine's own row ``FOR SHARE``: once another engine has reaped it (its heartbeat is
+the engine's own row (``FOR KEY SHARE``): once another engine has reaped it (its heartbeat is
 older than the lease, by the database clock), it writes nothing more, and instances are
 changed only by compare-and-set on ``(owner, epoch)``.
 """
@@ -172,6 +172,11 @@ _UPSERT_STEP: Final = """
     WHERE steps.state != 'completed'
 """
 _RETRIES: Final = 5  # attempts of a transaction the server aborted for a deadlock
+_TRANSIENT: Final = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.LockNotAvailable,
+)
 _NOTIFY_LIMIT: Final = 7000  # bytes of instance ids in one notification (Postgres: 8000)
 
 
@@ -549,9 +554,7 @@ class PostgresStorage(RuleStorage):
                 return super().atomically(decide)
             except StorageError as exc:
                 cause = exc.__cause__
-                if attempt + 1 == _RETRIES or not isinstance(
-                    cause, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
-                ):
+                if attempt + 1 == _RETRIES or not isinstance(cause, _TRANSIENT):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -562,8 +565,11 @@ class PostgresStorage(RuleStorage):
             with conn.transaction():
                 if self.engine_id is not None:
                     # Fencing: an engine that was reaped writes nothing more.
+                    # KEY SHARE: it blocks the reaper's DELETE until this commits (and a
+                    # reaped engine finds no row), but not the heartbeat's UPDATE.
                     row = conn.execute(
-                        "SELECT 1 FROM engines WHERE engine_id = %s FOR SHARE", (self.engine_id,)
+                        "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE",
+                        (self.engine_id,),
                     ).fetchone()
                     if row is None:
                         raise Fenced(
