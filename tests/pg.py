@@ -60,8 +60,12 @@ class PostgresServer:
         self._pg_ctl("-w", "-l", str(self.data.parent / "server.log"), "start")
 
 
-def server() -> Generator[PostgresServer]:
-    """Start a throwaway server (stopped when the generator ends), or use the given one."""
+def server(*, fsync: bool = False) -> Generator[PostgresServer]:
+    """Start a throwaway server (stopped when the generator ends), or use the given one.
+
+    The tests' server runs with ``fsync = off`` (nothing here survives a power cut, and
+    no test cuts power); the benchmarks ask for ``fsync``.
+    """
     given = os.environ.get("MEMABLE_TEST_POSTGRES")
     if given:
         yield PostgresServer(given)
@@ -86,9 +90,10 @@ def server() -> Generator[PostgresServer]:
     )  # fmt: skip
     with open(data / "postgresql.conf", "a", encoding="utf-8") as conf:
         conf.write(
-            f"listen_addresses = ''\nunix_socket_directories = '{root}'\n"
-            "max_connections = 300\nfsync = off\nfull_page_writes = off\n"
+            f"listen_addresses = ''\nunix_socket_directories = '{root}'\nmax_connections = 300\n"
         )
+        if not fsync:
+            conf.write("fsync = off\nfull_page_writes = off\n")
     pg.start()
     try:
         yield pg
