@@ -562,22 +562,32 @@ class PostgresStorage(RuleStorage):
     def transaction(self) -> Iterator[_PostgresTx]:
         with self._conn("writing to") as conn:
             tx = _PostgresTx(conn)
-            with conn.transaction():
-                if self.engine_id is not None:
+            engine_id = self.engine_id
+            row: tuple[Any, ...] | None = None
+            # BEGIN and the engine lock travel in one round trip (pipeline mode).
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                if engine_id is not None:
                     # Fencing: an engine that was reaped writes nothing more.
                     # KEY SHARE: it blocks the reaper's DELETE until this commits (and a
                     # reaped engine finds no row), but not the heartbeat's UPDATE.
                     row = conn.execute(
-                        "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE",
-                        (self.engine_id,),
+                        "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE", (engine_id,)
                     ).fetchone()
-                    if row is None:
-                        raise Fenced(
-                            "this engine's lease expired (another engine reaped it); nothing"
-                            " was written and its runs stop"
-                        )
+            try:
+                if engine_id is not None and row is None:
+                    raise Fenced(
+                        "this engine's lease expired (another engine reaped it); nothing"
+                        " was written and its runs stop"
+                    )
                 yield tx
-            self._notify(conn, tx.changed)
+            except BaseException:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):  # keep the original error
+                        conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            self._notify(conn, tx.changed)  # after the commit, never inside it
 
     # -- sharing (memable.storage.SharedStorage) --------------------------------------------
 
