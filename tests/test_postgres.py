@@ -354,3 +354,27 @@ async def test_signals_arrive_after_the_listener_is_killed(shared: Factory) -> N
         await b.signal(wf, "l", GO, 1)
         with anyio.fail_after(10):
             assert await invocation.result() == 2
+
+
+async def test_an_engine_that_cannot_renew_its_lease_stops_its_runs(shared: Factory) -> None:
+    """Heartbeats fail (a partition): once the lease has passed since the last renewal the
+    engine stops its runs itself, before another engine may take them; one does."""
+    gate = Gate()
+    wf = gated(gate)
+    storage = shared(lease=1.0)
+    async with Engine(storage, workflows=[wf]) as a:
+        invocation = await a.invoke(wf, 1, instance_id="p")
+        await gate.reached.wait()
+
+        def partitioned(held: object) -> list[str] | None:
+            raise memable.StorageError("the network is down (injected)")
+
+        storage.heartbeat = partitioned  # type: ignore[method-assign]
+        with anyio.fail_after(10):
+            while a._runner.live("p") is not None:
+                await anyio.sleep(0.05)
+        async with Engine(shared(lease=1.0), workflows=[wf]) as b:
+            gate.release.set()
+            with anyio.fail_after(10):
+                assert await b.handle(wf, "p").result() == 20
+                assert await invocation.result() == 20
