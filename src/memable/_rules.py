@@ -94,19 +94,30 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
     A :class:`~memable.storage.Fence` refuses the whole commit (:class:`Fenced`) unless
     its engine still holds the instance at its epoch.
     """
+    fences = [write for write in writes if isinstance(write, Fence)]
+    if fences:  # every claim checked up front, in one read
+        holders = tx.holders(sorted({fence.instance_id for fence in fences}))
+        for fence in fences:
+            _check_holder(fence, holders.get(fence.instance_id))
     applied: list[bool] = []
+    steps: list[StepRecord] = []  # consecutive step records go in one call
     for write in writes:
+        if isinstance(write, StepRecord):
+            steps.append(write)
+            continue
+        if steps:
+            applied += tx.put_steps(steps)
+            steps = []
         if isinstance(write, Fence):
-            check_fence(tx, write)
             applied.append(True)
-        elif isinstance(write, StepRecord):
-            applied.append(tx.put_step(write))
         elif isinstance(write, InstanceUpdate):
             applied.append(_update(tx, write))
         elif isinstance(write, SignalDrop):
             applied.append(tx.delete_signal(write.instance_id, write.key))
         else:
             applied.append(tx.insert(write))
+    if steps:
+        applied += tx.put_steps(steps)
     return applied
 
 
@@ -116,12 +127,16 @@ def check_fence(tx: Tx, fence: Fence, *, suspended: bool = False) -> None:
     With *suspended*, the run itself suspended the instance a moment ago (letting it
     go): then only the epoch must be the same (nobody claimed it since).
     """
-    record = tx.instance(fence.instance_id)
-    holder_ok = record is not None and (
-        record.owner == fence.owner or (suspended and record.owner is None)
-    )
-    if holder_ok and record is not None and record.epoch == fence.epoch:
-        return
+    _check_holder(fence, tx.holders([fence.instance_id]).get(fence.instance_id), suspended)
+
+
+def _check_holder(
+    fence: Fence, holder: tuple[str | None, int] | None, suspended: bool = False
+) -> None:
+    if holder is not None:
+        owner, epoch = holder
+        if epoch == fence.epoch and (owner == fence.owner or (suspended and owner is None)):
+            return
     raise Fenced(
         f"instance {fence.instance_id!r} is no longer held by this engine (another engine"
         " claimed it, it was cancelled, or this engine's lease expired); its write is"

@@ -7,7 +7,7 @@ suspend, a cancel, a resume, a purge or a child's end does is decided once, in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final, Protocol, final
 
 import attrs
@@ -108,8 +108,13 @@ class Tx(Protocol):
         """Insert *row* unless its key exists; return whether it was inserted."""
         ...
 
-    def put_step(self, step: StepRecord) -> bool:
-        """Insert a step record, or replace a dead letter; never a completed result."""
+    def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
+        """Insert step records, or replace dead letters, never a completed result (the
+        first writer wins); return which of them were written."""
+        ...
+
+    def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
+        """``(owner, epoch)`` of each of these instances that exists, read for update."""
         ...
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:

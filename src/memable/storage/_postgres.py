@@ -792,10 +792,30 @@ class _PostgresTx:
             params = (row.instance_id, row.key, row.deadline, row.kind, row.fired)
         return bool(self._run(query + " ON CONFLICT DO NOTHING", params))
 
-    def put_step(self, step: StepRecord) -> bool:
-        params = (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
-                  step.started_at, step.finished_at)  # fmt: skip
-        return bool(self._run(_UPSERT_STEP, params))
+    def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
+        params = [
+            (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
+             step.started_at, step.finished_at)
+            for step in steps
+        ]  # fmt: skip
+        if len(params) == 1:
+            return [bool(self._run(_UPSERT_STEP, params[0]))]
+        # One round trip for all of them (executemany pipelines the statements).
+        with self._conn.cursor() as cursor:
+            cursor.executemany(_UPSERT_STEP + " RETURNING 1", params, returning=True)
+            applied: list[bool] = []
+            while True:
+                applied.append(cursor.fetchone() is not None)
+                if not cursor.nextset():
+                    return applied
+
+    def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
+        rows = self._all(
+            "SELECT instance_id, owner, epoch FROM instances WHERE instance_id = ANY(%s)"
+            " ORDER BY instance_id FOR UPDATE",
+            (list(instance_ids),),
+        )
+        return {iid: (owner, epoch) for iid, owner, epoch in rows}
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
         columns: list[str] = []

@@ -627,10 +627,18 @@ class _SQLiteTx:
             params = (row.instance_id, row.key, row.deadline, row.kind, row.fired)
         return bool(self._db.execute(sql + " ON CONFLICT DO NOTHING", params).rowcount)
 
-    def put_step(self, step: StepRecord) -> bool:
-        params = (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
-                  step.started_at, step.finished_at)  # fmt: skip
-        return bool(self._db.execute(_UPSERT_STEP, params).rowcount)
+    def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
+        applied: list[bool] = []
+        for step in steps:
+            params = (step.instance_id, step.key, step.state, step.value, step.error,
+                      step.attempts, step.started_at, step.finished_at)  # fmt: skip
+            applied.append(bool(self._db.execute(_UPSERT_STEP, params).rowcount))
+        return applied
+
+    def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
+        # One engine owns a SQLite file: nobody else holds anything in it.
+        records = (_get(self._db, i) for i in instance_ids)
+        return {r.instance_id: (None, 0) for r in records if r is not None}
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
         columns: list[str] = []
