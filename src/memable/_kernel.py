@@ -158,6 +158,7 @@ class Store:
         if self.shared is None:
             return await self.call(self.storage.list_instances, status="running")
         names = [wf.name for wf in self._registry or ()]
+        self.shared.runs = frozenset(names)
         return await self.call(self.shared.claim, names, 1000)
 
     async def claim(self) -> list[InstanceRecord]:

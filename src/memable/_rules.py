@@ -55,8 +55,9 @@ def move(
 
     The compare is on the status and on the holder ``(owner, epoch)`` read with it.
     Every move lets go of the instance (``owner`` becomes ``None``); a move to
-    ``running`` is a claim and bumps the epoch, so whoever held it before is fenced off
-    and an engine that runs the workflow takes it (on a shared database). Returns the
+    ``running`` is a claim and bumps the epoch, so whoever held it before is fenced off;
+    the engine whose transaction this is takes a top-level instance if it runs the
+    workflow, else one that does claims it later (on a shared database). Returns the
     new row, or ``None`` if the row changed since it was read.
     """
     check_move(record.instance_id, record.status, new)
@@ -66,6 +67,8 @@ def move(
         fields["owner"] = None
         if new == "running":
             fields["epoch"] = record.epoch + 1
+            if record.parent_id is None:  # the engine deciding takes it, if it runs it
+                fields["owner"] = tx.claimant(record.workflow)
         guard = Guard(guard.status, holder=(record.owner, record.epoch))
     if not tx.update(record.instance_id, guard, fields):
         return None

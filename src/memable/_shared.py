@@ -47,8 +47,13 @@ class Sharing:
         self._beat_limiter = anyio.CapacityLimiter(1)
         self._listen_limiter = anyio.CapacityLimiter(1)
 
+    def _runs(self) -> None:
+        """Tell the storage which workflows this engine runs (registered ones)."""
+        self._storage.runs = frozenset(wf.name for wf in self._kernel.registry)
+
     async def run(self) -> None:
         """Run the heartbeat, the claimer and (if the storage listens) the listener."""
+        self._runs()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeat, name="memable heartbeat")
             tg.start_soon(self._claimer, name="memable claimer")
@@ -85,6 +90,7 @@ class Sharing:
         storage = self._storage
         interval = storage.lease / 3
         last = anyio.current_time()  # of the last renewal (the loop clock: a duration)
+        stopped = False  # it stopped its runs, not knowing whether it was reaped
         while True:
             await anyio.sleep(interval)
             held = [(fence.instance_id, fence.epoch) for fence in self._kernel.fences.values()]
@@ -98,9 +104,16 @@ class Sharing:
                 if anyio.current_time() - last >= storage.lease:
                     # Others may reap this engine at any moment: stop before they run them.
                     self._runner.lose()
+                    stopped = True
                 continue
             last = anyio.current_time()
+            if stopped and lost is not None:
+                # Renewed in time after all: run again what it still holds (the healer's
+                # re-scan claims what this engine holds without a run).
+                stopped = False
+                self._kernel.trouble()
             if lost is None:
+                stopped = False
                 logger.error("this engine's lease expired and others took its instances over")
                 self._runner.lose()
                 self._wake.set()
@@ -118,6 +131,7 @@ class Sharing:
             with anyio.move_on_after(self._storage.poll_interval):
                 await self._wake.wait()
             self._wake = anyio.Event()
+            self._runs()  # workflows may be registered while the engine runs
             kernel.wake_timers(float("-inf"))  # another engine may have written a timer
             await self._refresh(None)
             if not self._claims:

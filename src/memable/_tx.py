@@ -80,6 +80,11 @@ class Tx(Protocol):
     #: epoch on every claim, and compare-and-set on the holder too.
     holds_claims: bool
 
+    def claimant(self, workflow: str) -> str | None:
+        """The engine that takes an instance of *workflow* this transaction claims: its
+        own engine if that runs the workflow, else ``None`` (if rows hold claims)."""
+        ...
+
     def instance(self, instance_id: str) -> InstanceRecord | None:
         """The instance's row, read for update (``None`` if there is none)."""
         ...

@@ -156,6 +156,9 @@ class MemoryStorage(RuleStorage):
             self._set(table, instance_id, {})
         return table[instance_id]
 
+    def claimant(self, workflow: str) -> str | None:
+        return None
+
     def instance(self, instance_id: str) -> InstanceRecord | None:
         return self._instances.get(instance_id)
 

@@ -172,11 +172,9 @@ _UPSERT_STEP: Final = """
     WHERE steps.state != 'completed'
 """
 _RETRIES: Final = 5  # attempts of a transaction the server aborted for a deadlock
-_TRANSIENT: Final = (
-    psycopg.errors.DeadlockDetected,
-    psycopg.errors.SerializationFailure,
-    psycopg.errors.LockNotAvailable,
-)
+# (Not a lock timeout: that is a paused peer holding rows, and waiting again only ties up
+# the pool; the engine's healing retries later.)
+_TRANSIENT: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _NOTIFY_LIMIT: Final = 7000  # bytes of instance ids in one notification (Postgres: 8000)
 
 
@@ -280,6 +278,9 @@ class PostgresStorage(RuleStorage):
         self.statement_timeout = float(statement_timeout)
         self.name = name if name is not None else f"memable@{socket.gethostname()}:{os.getpid()}"
         self.engine_id: str | None = None
+        #: The workflows this engine runs (set by the engine): instances of these that a
+        #: transaction of this engine claims are taken by this engine at once.
+        self.runs: frozenset[str] = frozenset()
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
         self._beat: psycopg.Connection[Any] | None = None  # heartbeats: never starved
         self._listener: psycopg.Connection[Any] | None = None
@@ -295,7 +296,10 @@ class PostgresStorage(RuleStorage):
     def _connect_kwargs(self) -> dict[str, Any]:
         ms = int(self.statement_timeout * 1000)
         lock_ms = int(min(self.statement_timeout, self.lease / 2) * 1000)
-        idle_ms = int(max(self.statement_timeout, self.lease) * 1000)
+        # A paused engine (SIGSTOP, a frozen VM) must not hold its locks past its lease:
+        # its open transaction would keep others from reaping it (its engine row is
+        # locked) and from the rows it locked. Our transactions are never idle for long.
+        idle_ms = int(self.lease / 2 * 1000)
         return {
             "autocommit": True,
             "application_name": self.name[:63],
@@ -512,13 +516,33 @@ class PostgresStorage(RuleStorage):
             return _steps(conn, instance_id)
 
     def load_history(self, instance_id: str) -> History:
-        doing = f"loading the history of instance {instance_id!r} from"
-        with self._conn(doing) as conn, conn.transaction():  # one snapshot of three tables
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            steps = _steps(conn, instance_id)
-            signals = _signals(conn, instance_id)
-            timers = _timers(conn, "WHERE instance_id = %s", (instance_id,))
-        return History(steps=steps, signals=signals, timers=timers)
+        # One statement: one snapshot of the three tables, in one round trip.
+        with self._conn(f"loading the history of instance {instance_id!r} from") as conn:
+            rows = conn.execute(
+                "SELECT 0, key, state, value, error, attempts, started_at, finished_at, NULL"
+                " FROM steps WHERE instance_id = %s UNION ALL"
+                " SELECT 1, key, NULL, payload, NULL, NULL, created_at, NULL, early"
+                " FROM signals WHERE instance_id = %s UNION ALL"
+                " SELECT 2, key, kind, NULL, NULL, NULL, deadline, NULL, fired"
+                " FROM timers WHERE instance_id = %s",
+                (instance_id, instance_id, instance_id),
+            ).fetchall()
+        history = History(steps=[], signals=[], timers=[])
+        for table, key, kind, value, error, attempts, at, finished, flag in rows:
+            if table == 0:
+                history.steps.append(StepRecord(
+                    instance_id=instance_id, key=key, state=kind, value=value, error=error,
+                    attempts=attempts, started_at=at, finished_at=finished,
+                ))  # fmt: skip
+            elif table == 1:
+                history.signals.append(SignalRecord(
+                    instance_id=instance_id, key=key, payload=value, created_at=at, early=flag
+                ))  # fmt: skip
+            else:
+                history.timers.append(TimerRecord(
+                    instance_id=instance_id, key=key, deadline=at, kind=kind, fired=flag
+                ))  # fmt: skip
+        return history
 
     def next_deadline(self) -> float | None:
         with self._conn("reading timers from") as conn:
@@ -561,19 +585,20 @@ class PostgresStorage(RuleStorage):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_PostgresTx]:
         with self._conn("writing to") as conn:
-            tx = _PostgresTx(conn)
             engine_id = self.engine_id
+            tx = _PostgresTx(conn, engine_id, self.runs)
             row: tuple[Any, ...] | None = None
-            # BEGIN and the engine lock travel in one round trip (pipeline mode).
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                if engine_id is not None:
-                    # Fencing: an engine that was reaped writes nothing more.
-                    # KEY SHARE: it blocks the reaper's DELETE until this commits (and a
-                    # reaped engine finds no row), but not the heartbeat's UPDATE.
-                    row = conn.execute(
-                        "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE", (engine_id,)
-                    ).fetchone()
+            # No pipeline mode here: between pipelined messages the server waits for the
+            # client with no timeout armed, so a client paused there (SIGSTOP) would hold
+            # its locks — and keep others from reaping it — for as long as it is paused.
+            conn.execute("BEGIN")
+            if engine_id is not None:
+                # Fencing: an engine that was reaped writes nothing more.
+                # KEY SHARE: it blocks the reaper's DELETE until this commits (and a
+                # reaped engine finds no row), but not the heartbeat's UPDATE.
+                row = conn.execute(
+                    "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE", (engine_id,)
+                ).fetchone()
             try:
                 if engine_id is not None and row is None:
                     raise Fenced(
@@ -598,17 +623,7 @@ class PostgresStorage(RuleStorage):
         if engine_id is None:
             raise StorageError("this PostgresStorage is not open")
         with self._conn("claiming instances in") as conn:
-            with conn.transaction():
-                reaped = conn.execute(
-                    "DELETE FROM engines WHERE heartbeat < now() - make_interval(secs => %s)"
-                    " RETURNING engine_id",
-                    (self.lease,),
-                ).fetchall()
-            if reaped:
-                logger.warning(
-                    "reaped %d engines whose lease expired; their instances are claimable",
-                    len(reaped),
-                )
+            self._reap(conn)
             with conn.transaction():
                 claimed = conn.execute(
                     f"UPDATE instances SET owner = %s, epoch = epoch + 1 WHERE instance_id IN"
@@ -630,6 +645,25 @@ class PostgresStorage(RuleStorage):
         records = {row[0]: _instance(row) for row in mine}
         records.update((row[0], _instance(row)) for row in claimed)
         return list(records.values())
+
+    def _reap(self, conn: psycopg.Connection[Any]) -> int:
+        """Delete the engines whose heartbeat is older than the lease (database clock):
+        their instances become claimable (``ON DELETE SET NULL``). How many."""
+        # SKIP LOCKED: an engine paused inside a transaction holds its row until the
+        # server ends that transaction (idle_in_transaction_session_timeout); wait for
+        # nobody meanwhile, the next round reaps it.
+        reaped = conn.execute(
+            "DELETE FROM engines WHERE engine_id IN (SELECT engine_id FROM engines"
+            " WHERE heartbeat < now() - make_interval(secs => %s) FOR UPDATE SKIP LOCKED)"
+            " RETURNING engine_id",
+            (self.lease,),
+        ).fetchall()
+        if reaped:
+            logger.warning(
+                "reaped %d engines whose lease expired; their instances are claimable",
+                len(reaped),
+            )
+        return len(reaped)
 
     def acquire(self, instance_id: str) -> InstanceRecord | None:
         engine_id = self.engine_id
@@ -663,6 +697,11 @@ class PostgresStorage(RuleStorage):
             if not updated:  # reaped: a new identity; the engine stops its runs
                 self.engine_id = self._register(conn)
                 return None
+            # Reaping on this connection too: a pool full of transactions waiting on the
+            # locks of a paused engine cannot keep the others from reaping it.
+            with contextlib.suppress(psycopg.errors.LockNotAvailable):
+                if self._reap(conn):
+                    conn.execute("SELECT pg_notify(%s, '')", (self._channel,))
             if not held:
                 return []
             rows = conn.execute(
@@ -708,12 +747,19 @@ class PostgresStorage(RuleStorage):
 class _PostgresTx:
     """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction."""
 
-    __slots__ = ("_conn", "changed")
+    __slots__ = ("_conn", "_engine_id", "_runs", "changed")
     holds_claims = True
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], engine_id: str | None, runs: frozenset[str]
+    ) -> None:
         self._conn = conn
+        self._engine_id = engine_id
+        self._runs = runs
         self.changed: set[str] = set()  # instances whose status changed: hinted after commit
+
+    def claimant(self, workflow: str) -> str | None:
+        return self._engine_id if workflow in self._runs else None
 
     def _one(self, query: str, params: Sequence[object]) -> tuple[Any, ...] | None:
         return self._conn.execute(query, params).fetchone()
@@ -793,21 +839,35 @@ class _PostgresTx:
         return bool(self._run(query + " ON CONFLICT DO NOTHING", params))
 
     def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
-        params = [
+        keys = [(step.instance_id, step.key) for step in steps]
+        if len(steps) == 1 or len(set(keys)) < len(keys):
+            return [self._put_step(step) for step in steps]
+        # One statement for all of them (not executemany: its pipeline would leave the
+        # server waiting with no timeout armed, see PostgresStorage.transaction).
+        columns = list(zip(*(
             (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
              step.started_at, step.finished_at)
             for step in steps
-        ]  # fmt: skip
-        if len(params) == 1:
-            return [bool(self._run(_UPSERT_STEP, params[0]))]
-        # One round trip for all of them (executemany pipelines the statements).
-        with self._conn.cursor() as cursor:
-            cursor.executemany(_UPSERT_STEP + " RETURNING 1", params, returning=True)
-            applied: list[bool] = []
-            while True:
-                applied.append(cursor.fetchone() is not None)
-                if not cursor.nextset():
-                    return applied
+        ), strict=True))  # fmt: skip
+        rows = self._all(
+            "INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at,"
+            " finished_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::text[], %s::integer[], %s::double precision[],"
+            " %s::double precision[])"
+            " ON CONFLICT (instance_id, key) DO UPDATE SET"
+            " state = excluded.state, value = excluded.value, error = excluded.error,"
+            " attempts = excluded.attempts, started_at = excluded.started_at,"
+            " finished_at = excluded.finished_at WHERE steps.state != 'completed'"
+            " RETURNING instance_id, key",
+            [list(column) for column in columns],
+        )
+        written = set(rows)
+        return [key in written for key in keys]
+
+    def _put_step(self, step: StepRecord) -> bool:
+        params = (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
+                  step.started_at, step.finished_at)  # fmt: skip
+        return bool(self._run(_UPSERT_STEP, params))
 
     def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
         rows = self._all(
@@ -889,19 +949,6 @@ def _steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:
             finished_at=finished_at,
         )
         for key, state, value, error, attempts, started_at, finished_at in rows
-    ]
-
-
-def _signals(conn: psycopg.Connection[Any], instance_id: str) -> list[SignalRecord]:
-    rows = conn.execute(
-        "SELECT key, payload, created_at, early FROM signals WHERE instance_id = %s",
-        (instance_id,),
-    ).fetchall()
-    return [
-        SignalRecord(
-            instance_id=instance_id, key=key, payload=payload, created_at=created, early=early
-        )
-        for key, payload, created, early in rows
     ]
 
 

@@ -208,6 +208,9 @@ class SharedStorage(Storage, Protocol):
     lease: float
     #: Seconds between polls for work when no hint comes.
     poll_interval: float
+    #: The names of the workflows this engine runs (the engine sets it): an instance of
+    #: one that this engine's transaction claims is held by this engine at once.
+    runs: frozenset[str]
 
     def claim(
         self, workflows: Sequence[str], limit: int, *, held: bool = True

@@ -574,6 +574,9 @@ class _SQLiteTx:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
+    def claimant(self, workflow: str) -> str | None:
+        return None
+
     def instance(self, instance_id: str) -> InstanceRecord | None:
         return _get(self._db, instance_id)
 
