@@ -11,12 +11,13 @@ import collections
 import contextlib
 import threading
 import typing
-from collections.abc import Collection, Iterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, TypeVar
 
 from .. import _rules
 from .._records import (
     Admission,
+    Fence,
     InstanceRecord,
     InstanceState,
     QueueRecord,
@@ -29,6 +30,8 @@ from .._tx import Tx
 
 __all__ = ["DictQueues", "RuleStorage", "family_ids"]
 
+R = TypeVar("R")
+
 
 class RuleStorage:
     """The state-changing half of :class:`~memable.storage.Storage`, over :class:`Tx`.
@@ -37,7 +40,7 @@ class RuleStorage:
     """
 
     #: How many worker threads the engine may use for this storage at once.
-    threads: ClassVar[int] = 1
+    threads: int = 1
 
     def transaction(self) -> contextlib.AbstractContextManager[Tx]:
         """Open one transaction: committed when the block ends, rolled back on an error."""
@@ -61,17 +64,21 @@ class RuleStorage:
         without reading the rows)."""
         return len(self.list_children(parent_id, prefix, status))
 
-    def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    def atomically(self, decide: Callable[[Tx], R]) -> R:
+        """Run *decide* in one transaction. A backend whose transactions can deadlock
+        (row locks on a shared database) runs it again after one; the rules are pure
+        over :class:`Tx`, so running them again is safe."""
         with self.transaction() as tx:
-            return _rules.create(tx, record)
+            return decide(tx)
+
+    def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        return self.atomically(lambda tx: _rules.create(tx, record))
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
-        with self.transaction() as tx:
-            return _rules.commit(tx, writes)
+        return self.atomically(lambda tx: _rules.commit(tx, writes))
 
     def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
-        with self.transaction() as tx:
-            return _rules.deliver_signal(tx, signal)
+        return self.atomically(lambda tx: _rules.deliver_signal(tx, signal))
 
     def suspend(
         self,
@@ -81,32 +88,35 @@ class RuleStorage:
         status_message: str | None,
         now: float,
         extend: bool = False,
+        fence: Fence | None = None,
     ) -> bool:
-        with self.transaction() as tx:
-            return _rules.suspend(
+        return self.atomically(
+            lambda tx: _rules.suspend(
                 tx,
                 instance_id,
                 waiting_on=waiting_on,
                 status_message=status_message,
                 now=now,
                 extend=extend,
+                fence=fence,
             )
+        )
 
     def fire_timers(self, now: float, limit: int = 500) -> list[InstanceRecord]:
-        with self.transaction() as tx:
-            return _rules.fire_timers(tx, now, limit)
+        return self.atomically(lambda tx: _rules.fire_timers(tx, now, limit))
 
     def cancel(
         self, instance_id: str, *, reason: str, now: float
     ) -> tuple[InstanceRecord | None, InstanceRecord | None]:
-        with self.transaction() as tx:
-            return _rules.cancel(tx, instance_id, reason=reason, now=now)
+        return self.atomically(lambda tx: _rules.cancel(tx, instance_id, reason=reason, now=now))
 
     def restart(
         self, instance_id: str, *, only_if: Sequence[InstanceState], updated_at: float
     ) -> InstanceRecord | None:
-        with self.transaction() as tx:
-            return _rules.restart(tx, instance_id, only_if=tuple(only_if), now=updated_at)
+        only = tuple(only_if)
+        return self.atomically(
+            lambda tx: _rules.restart(tx, instance_id, only_if=only, now=updated_at)
+        )
 
     def purge(
         self,
@@ -143,23 +153,19 @@ class RuleStorage:
 
     def define_queue(self, row: QueueRecord) -> QueueRecord:
         """Store a queue's limits (its pause and rate window stay); return its row."""
-        with self.transaction() as tx:
-            return _rules.define_queue(tx, row)
+        return self.atomically(lambda tx: _rules.define_queue(tx, row))
 
     def pause_queue(self, name: str, paused: bool) -> bool:
         """Pause or resume a queue's admission; whether the queue has a row."""
-        with self.transaction() as tx:
-            return _rules.pause_queue(tx, name, paused)
+        return self.atomically(lambda tx: _rules.pause_queue(tx, name, paused))
 
     def admit(self, name: str, *, now: float, workflows: Collection[str]) -> Admission:
         """Start the queue's next instances that its limits allow (one transaction)."""
-        with self.transaction() as tx:
-            return _rules.admit(tx, name, now=now, workflows=workflows)
+        return self.atomically(lambda tx: _rules.admit(tx, name, now=now, workflows=workflows))
 
     def define_schedule(self, name: str, now: float) -> ScheduleRecord:
         """The schedule's row, created at *now* if it has none."""
-        with self.transaction() as tx:
-            return _rules.define_schedule(tx, name, now)
+        return self.atomically(lambda tx: _rules.define_schedule(tx, name, now))
 
     def tick_schedule(
         self,
@@ -171,10 +177,11 @@ class RuleStorage:
         overlap: bool,
     ) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
         """Handle due ticks by compare-and-set on the schedule's last tick (see _rules.tick)."""
-        with self.transaction() as tx:
-            return _rules.tick(
+        return self.atomically(
+            lambda tx: _rules.tick(
                 tx, name, expected=expected, last_tick=last_tick, records=records, overlap=overlap
             )
+        )
 
 
 class DictQueues:

@@ -34,6 +34,7 @@ class MemoryStorage(DictQueues, RuleStorage):
     """
 
     threads = 1
+    holds_claims = False  # one engine at a time
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -143,6 +144,9 @@ class MemoryStorage(DictQueues, RuleStorage):
             self._set(table, instance_id, {})
         return table[instance_id]
 
+    def claimant(self, workflow: str) -> str | None:
+        return None
+
     def instance(self, instance_id: str) -> InstanceRecord | None:
         return self._instances.get(instance_id)
 
@@ -181,12 +185,19 @@ class MemoryStorage(DictQueues, RuleStorage):
         self._set(table, key, row)
         return True
 
-    def put_step(self, step: StepRecord) -> bool:
-        steps = self._rows("steps", step.instance_id)
-        if (old := steps.get(step.key)) is not None and old.state == "completed":
+    def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
+        return [self._put_step(step) for step in steps]
+
+    def _put_step(self, step: StepRecord) -> bool:
+        rows = self._rows("steps", step.instance_id)
+        if (old := rows.get(step.key)) is not None and old.state == "completed":
             return False
-        self._set(steps, step.key, step)
+        self._set(rows, step.key, step)
         return True
+
+    def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
+        found = [self._instances.get(i) for i in instance_ids]
+        return {r.instance_id: (r.owner, r.epoch) for r in found if r is not None}
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
         assert set(changes) <= COLUMNS, sorted(set(changes) - COLUMNS)

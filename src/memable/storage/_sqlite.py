@@ -541,9 +541,13 @@ class _SQLiteTx:
     """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction."""
 
     __slots__ = ("_db",)
+    holds_claims = False  # one engine owns a SQLite file
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+
+    def claimant(self, workflow: str) -> str | None:
+        return None
 
     def instance(self, instance_id: str) -> InstanceRecord | None:
         return _get(self._db, instance_id)
@@ -600,10 +604,18 @@ class _SQLiteTx:
             params = (row.instance_id, row.key, row.deadline, row.kind, row.fired)
         return bool(self._db.execute(sql + " ON CONFLICT DO NOTHING", params).rowcount)
 
-    def put_step(self, step: StepRecord) -> bool:
-        params = (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
-                  step.started_at, step.finished_at)  # fmt: skip
-        return bool(self._db.execute(_UPSERT_STEP, params).rowcount)
+    def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
+        applied: list[bool] = []
+        for step in steps:
+            params = (step.instance_id, step.key, step.state, step.value, step.error,
+                      step.attempts, step.started_at, step.finished_at)  # fmt: skip
+            applied.append(bool(self._db.execute(_UPSERT_STEP, params).rowcount))
+        return applied
+
+    def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
+        # One engine owns a SQLite file: nobody else holds anything in it.
+        records = (_get(self._db, i) for i in instance_ids)
+        return {r.instance_id: (None, 0) for r in records if r is not None}
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
         columns: list[str] = []
