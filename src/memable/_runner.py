@@ -111,13 +111,16 @@ class Runner:
             )
             for record in listed:
                 if record.parent_id is None and record.owner is None:
-                    self.claimed(record)  # claims it, or logs that it cannot run it
+                    self._recovered(record)  # claims it, or logs that it cannot run it
         for record in await kernel.store.running():
             if record.parent_id is None:  # children are driven by their parent
-                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
-                           record.workflow, instance_id=record.instance_id,
-                           workflow=record.workflow)  # fmt: skip
-                self.claimed(record)
+                self._recovered(record)
+
+    def _recovered(self, record: InstanceRecord) -> None:
+        _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
+                   record.workflow, instance_id=record.instance_id,
+                   workflow=record.workflow)  # fmt: skip
+        self.claimed(record)
 
     def live(self, instance_id: str) -> Run | None:
         """The run of *instance_id* if a task of this engine runs it."""
