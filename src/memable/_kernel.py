@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
 
 import anyio
+import attrs
 
 from ._exceptions import (
     InstanceConflict,
@@ -431,20 +432,23 @@ class Kernel:
         return fence
 
     def write(
-        self, writes: Sequence[Write], *, fenced: bool = True
+        self, writes: Sequence[Write], *, fenced: bool = True, suspending: bool = False
     ) -> Coroutine[Any, Any, list[bool]]:
         """Commit *writes* through the group committer; which of them applied.
 
         On a shared database the writes of a run carry its claim (*fenced*): they apply
-        only while this engine still holds the instance.
+        only while this engine still holds the instance (or, while the run is
+        *suspending*, while nobody claimed it since the run's own suspension let it go).
         """
         if fenced and writes and self.store.shared is not None:
-            return self._write_fenced(writes)
+            return self._write_fenced(writes, suspending)
         return self.committer.write(writes)  # no coroutine of its own: the hot path
 
-    async def _write_fenced(self, writes: Sequence[Write]) -> list[bool]:
+    async def _write_fenced(self, writes: Sequence[Write], suspending: bool) -> list[bool]:
         fence = self.fence(writes[0].instance_id)
         assert fence is not None
+        if suspending:
+            fence = attrs.evolve(fence, suspended=True)
         return (await self.committer.write([fence, *writes]))[1:]
 
     # -- spawning ---------------------------------------------------------------------------

@@ -330,6 +330,9 @@ class Fence:
     instance_id: str
     owner: str
     epoch: int
+    #: Written while the run is suspending: the run's own suspension may have let go of
+    #: the instance (``owner`` ``None``), which still passes at the same epoch.
+    suspended: bool = False
 
 
 #: What :meth:`~memable.storage.Storage.commit` applies in one transaction.

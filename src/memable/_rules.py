@@ -126,7 +126,7 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
     if fences:  # every claim checked up front, in one read
         holders = tx.holders(sorted({fence.instance_id for fence in fences}))
         for fence in fences:
-            _check_holder(fence, holders.get(fence.instance_id))
+            _check_holder(fence, holders.get(fence.instance_id), fence.suspended)
     applied: list[bool] = []
     steps: list[StepRecord] = []  # consecutive step records go in one call
     for write in writes:

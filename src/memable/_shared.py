@@ -30,6 +30,9 @@ __all__ = ["Sharing"]
 
 logger = logging.getLogger("memable")
 
+#: Seconds a claim made by this engine may take to get its run (an error path only).
+_CLAIM_SETTLES = 0.25
+
 
 class Sharing:
     """The heartbeat, claimer and listener of one engine on a shared database."""
@@ -73,8 +76,12 @@ class Sharing:
             return False
         instance_id = record.instance_id
         if record.owner is not None and record.owner == self._storage.engine_id:
-            # Held here without a run: a stale read (its run just ended), or a run that
-            # ended without letting go (crash injection): then nobody will run it.
+            # Held here without a run: a stale read (its run just ended), a claim whose
+            # run starts in a moment (admission, a signal answered on another thread), or
+            # a run that ended without letting go (crash injection): then nobody will.
+            with anyio.move_on_after(_CLAIM_SETTLES):
+                while instance_id not in self._runner.runs:
+                    await anyio.sleep(0.005)
             fresh = await self._kernel.store.get(instance_id)
             return not (
                 fresh is not None
