@@ -219,13 +219,11 @@ def deliver_signal(tx: Tx, signal: SignalRecord) -> tuple[SignalOutcome, Instanc
     record = tx.instance(signal.instance_id)
     if record is None:
         return "not_found", None
-    # A payload (or the deadline) that came first answers before the instance's end: the
-    # loser of two racing signals is superseded even if the winner's run finished already.
+    if record.status in FINISHED:
+        return "finished", record
     existing = tx.signal(signal.instance_id, signal.key)
     if existing is not None:
         return ("timed_out" if existing.timed_out else "superseded"), record
-    if record.status in FINISHED:
-        return "finished", record
     if record.status == "suspended" and signal.key in record.waiting_on:
         tx.insert(attrs.evolve(signal, early=False))
         return "claimed", _claim(tx, record, signal.created_at)
