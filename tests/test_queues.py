@@ -155,6 +155,8 @@ async def test_start_order_is_priority_then_age(make_storage: StorageFactory) ->
             for i, (name, priority) in enumerate(plan)
         ]
         assert {(await engine.state(wf, name)).status for name, _ in plan} == {"enqueued"}
+        info = await engine.state(wf, "b")
+        assert (info.queue, info.priority) == ("ordered", 5)
         await engine.resume_queue("ordered")
         for invocation in invocations:
             await invocation.result()

@@ -103,7 +103,7 @@ async def test_missed_ticks_run_the_latest_only(make_storage: StorageFactory) ->
 
 
 async def test_catch_up_runs_every_missed_tick_up_to_the_cap(
-    make_storage: StorageFactory,
+    make_storage: StorageFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """catch_up=True: each missed tick of an hour runs; of a day, the latest 100."""
     runs: list[str] = []
@@ -124,6 +124,7 @@ async def test_catch_up_runs_every_missed_tick_up_to_the_cap(
         make_storage(), schedules=[schedule()], clock=ManualClock(T0 + timedelta(days=1, hours=1))
     ):
         await settle(runs, CATCH_UP_LIMIT)
+    assert "missed more than 100 ticks; the older ones are dropped" in caplog.text
     latest = range(60 * 25 - 5 * (CATCH_UP_LIMIT - 1), 60 * 25 + 1, 5)
     assert sorted(runs) == ticks(*latest)
     assert len(stored_ids(make_storage)) == 12 + CATCH_UP_LIMIT
