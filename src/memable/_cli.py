@@ -15,9 +15,12 @@ import os
 import re
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from ._records import InstanceState
 
 if TYPE_CHECKING:
     from ._inspect import History
@@ -229,7 +232,7 @@ def _steer_sqlite(path: str, verb: str, instance_id: str, **request: Any) -> str
     from .storage._sqlite import InboxClient, SQLiteStorage, owner_of
 
     open_reader(path).close()  # a missing file or another kind of database: say so first
-    while True:
+    for attempt in range(3):
         owner = owner_of(path)  # before any connection of ours (see owner_of)
         if owner is not None:
             try:
@@ -244,13 +247,14 @@ def _steer_sqlite(path: str, verb: str, instance_id: str, **request: Any) -> str
         try:
             storage.open()
         except StorageError as exc:
-            if "in use by another engine" in str(exc):
+            if "in use by another engine" in str(exc) and attempt < 2:
                 continue  # an engine started meanwhile: hand it the request
             raise CliError(str(exc)) from exc
         try:
             return _direct(storage, verb, instance_id, **request)
         finally:
             storage.close()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _through_inbox(client: Any, owner: str, verb: str, instance_id: str, **request: Any) -> str:
@@ -365,6 +369,7 @@ def _web(args: argparse.Namespace) -> int:
             port=args.port,
             allow_actions=args.allow_actions,
             backend=args.backend,
+            imports=args.imports,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -385,6 +390,15 @@ def _args_web(p: argparse.ArgumentParser) -> None:
         default="asyncio",
         help="asyncio (served by uvicorn, the default) or trio (served by hypercorn)",
     )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (repeatable) to know the payload types of its suspend points:"
+        " the dashboard shows them and checks signal payloads against them",
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -398,7 +412,7 @@ def _args_list(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--status",
         "-s",
-        choices=["enqueued", "running", "suspended", "completed", "failed", "cancelled"],
+        choices=typing.get_args(InstanceState),
         help="only instances in this status",
     )
     p.add_argument("--waiting-on", metavar="KEY", help="only instances suspended on KEY")

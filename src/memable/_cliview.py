@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._inspect import History, StepInfo
+from ._inspect import History, SignalInfo, StepInfo
 from ._outcome import InstanceInfo
+from ._serde import UNTYPED
 
 if TYPE_CHECKING:
     from ._records import QueueRecord, ScheduleRecord
@@ -163,7 +164,9 @@ def print_show(history: History, tree: list[Any], *, as_json: bool, now: float) 
         _dump(data)
         return
     info = history.instance
-    status = info.status + (f" — {info.status_message}" if info.status_message else "")
+    status: str = info.status
+    if info.status_message and info.status in ("running", "suspended", "cancelled"):
+        status += f" — {info.status_message}"
     header = [
         ("instance", info.instance_id),
         ("workflow", info.workflow),
@@ -186,15 +189,20 @@ def print_show(history: History, tree: list[Any], *, as_json: bool, now: float) 
     _print_waits(history, now)
     _print_steps(history)
     if history.signals:
-        rows = [
-            [s.key, s.state, _when(s.received_at), f"{s.payload or '-'} ({s.payload_type})"]
-            for s in history.signals
-        ]
+        rows = [[s.key, s.state, _when(s.received_at), _payload(s)] for s in history.signals]
         print()
         table(["KEY", "STATE", "RECEIVED (UTC)", "PAYLOAD"], rows, title="signals")
     if history.timers:
-        rows = [[t.key, t.kind, _when(t.deadline), _left(t.deadline, t.fired, now)]
-                for t in history.timers]  # fmt: skip
+        signalled = {s.key for s in history.signals if s.state != "timed_out"}
+        finished = info.status in ("completed", "failed", "cancelled")
+        rows = []
+        for t in history.timers:
+            state = _left(t.deadline, t.fired, now)
+            if not t.fired and t.key in signalled:
+                state = "unused: the signal came first"
+            elif not t.fired and finished:
+                state = f"unused: the instance {info.status}"
+            rows.append([t.key, t.kind, _when(t.deadline), state])
         print()
         table(["KEY", "KIND", "DEADLINE (UTC)", "STATE"], rows, title="timers")
     if tree:
@@ -202,6 +210,13 @@ def print_show(history: History, tree: list[Any], *, as_json: bool, now: float) 
         print("children")
         _print_tree(tree, "")
     _print_errors(history)
+
+
+def _payload(signal: SignalInfo) -> str:
+    if signal.payload is None:
+        return "-"
+    kind = "sent as JSON" if signal.payload_type == UNTYPED else signal.payload_type
+    return f"{signal.payload} ({kind})"
 
 
 def _left(deadline: datetime, fired: bool, now: float) -> str:

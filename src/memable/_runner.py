@@ -197,11 +197,13 @@ class Runner:
     async def drive(self, run: Run, record: InstanceRecord) -> None:
         """Run one instance to its end, suspension or shutdown, healing after storage errors."""
         wf = run.workflow.name
+        # A child the fan-out just created has not been touched since (it is new).
+        new = run.fresh or (record.parent_id is not None and record.updated_at == record.created_at)
         _log.event(_log.INFO, "instance %r of %r %s", run.instance_id, wf,
-                   "started" if run.fresh else "resumed", instance_id=run.instance_id,
+                   "started" if new else "resumed", instance_id=run.instance_id,
                    workflow=wf)  # fmt: skip
         attributes = {"memable.instance_id": run.instance_id, "memable.workflow": wf,
-                      "memable.run.fresh": run.fresh}  # fmt: skip
+                      "memable.run.fresh": new}  # fmt: skip
         if record.parent_id is not None:  # a child: under its parent's fan-out span
             scope = _telemetry.span(f"memable.run {wf}", attributes)
         elif run.fresh:  # the first run: a child of the span that invoked it

@@ -362,6 +362,25 @@ class SQLiteStorage(RuleStorage):
                 )
         return records
 
+    def count_instances(
+        self,
+        *,
+        workflow: str | None = None,
+        status: InstanceState | None = None,
+        waiting_on: str | None = None,
+        created_after: float | None = None,
+        limit: int,
+    ) -> int:
+        """How many instances :meth:`list_instances` would list with these filters,
+        counting at most *limit* (an index range scan; the dashboard's counts)."""
+        sql, params = _listing(
+            workflow=workflow, status=status, parent_id=None, waiting_on=waiting_on,
+            created_after=created_after, before=None, newest_first=False, columns="1",
+        )  # fmt: skip
+        params.append(limit)
+        with self._read("counting instances in") as db:
+            return int(db.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0])
+
     def load_steps(self, instance_id: str) -> list[StepRecord]:
         with self._read("loading steps from") as db:
             return _steps(db, instance_id)
@@ -703,6 +722,7 @@ def _listing(
     created_after: float | None,
     before: tuple[float, str] | None,
     newest_first: bool,
+    columns: str = _INSTANCE_COLUMNS,
 ) -> tuple[str, list[object]]:
     """The query of a listing (its LIMIT parameter still to append)."""
     where: list[str] = []
@@ -723,7 +743,7 @@ def _listing(
     if before is not None:
         where.append("(created_at, instance_id) < (?, ?)")
         params.extend(before)
-    sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
+    sql = f"SELECT {columns} FROM instances"
     if where:
         sql += " WHERE " + " AND ".join(where)
     order = " DESC" if newest_first else ""
