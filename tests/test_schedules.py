@@ -224,3 +224,24 @@ async def test_bad_schedules_are_refused() -> None:
         Engine(schedules=[Schedule(needs, every=5, input="five")])
     with pytest.raises(ValueError, match="two schedules are named 'tick'"):
         Engine(schedules=[Schedule(tick, every=5), Schedule(tick, every=7)])
+
+
+async def test_a_lost_tick_answer_neither_repeats_nor_strands_the_tick(
+    make_storage: StorageFactory,
+) -> None:
+    """The first tick commits but its answer is lost: the tick is not made again, and its
+    instance (stored running, without a task) is run by the re-scan after the trouble."""
+    from memable.testing import FaultyStorage
+
+    runs: list[str] = []
+    tick = make_tick(runs)
+    clock = ManualClock(T0)
+    storage = FaultyStorage(make_storage(), fail_on={1}, methods={"tick_schedule"}, when="after")
+    schedule = Schedule(tick, every=FIVE, overlap="allow")
+    async with Engine(storage, schedules=[schedule], clock=clock) as engine:
+        await clock.advance(FIVE)
+        assert isinstance(await engine.handle(tick, ticks(5)[0]).wait(), memable.Completed)
+        await clock.advance(FIVE)
+        await settle(runs, 2)
+    assert storage.failures == ["tick_schedule"]
+    assert runs == ticks(5, 10)
