@@ -155,6 +155,8 @@ async def test_start_order_is_priority_then_age(make_storage: StorageFactory) ->
             for i, (name, priority) in enumerate(plan)
         ]
         assert {(await engine.state(wf, name)).status for name, _ in plan} == {"enqueued"}
+        info = await engine.state(wf, "b")
+        assert (info.queue, info.priority) == ("ordered", 5)
         await engine.resume_queue("ordered")
         for invocation in invocations:
             await invocation.result()
@@ -325,3 +327,23 @@ def test_only_admission_starts_an_instance_of_a_queue() -> None:
         started = move(tx, back, "running", 2.0)
         assert started is not None
         assert started.status == "running"
+
+
+async def test_a_lost_admission_answer_heals(make_storage: StorageFactory) -> None:
+    """The first admission commits but its answer is lost (a storage error after the
+    write): the started instance is not left running without a task — the engine's
+    re-scan after storage trouble runs it, and the next admissions go on."""
+    from memable.testing import FaultyStorage
+
+    flight = InFlight()
+    flight.gate.set()
+    wf = gated(flight)
+    queue = Queue("healing", concurrency=1)
+    storage = FaultyStorage(make_storage(), fail_on={1}, methods={"admit"}, when="after")
+    async with Engine(storage, workflows=[wf], queues=[queue]) as engine:
+        first = await engine.enqueue(queue, wf, 1, instance_id="first")
+        second = await engine.enqueue(queue, wf, 2, instance_id="second")
+        assert [await first.result(), await second.result()] == [1, 2]
+    assert storage.failures == ["admit"]
+    assert flight.started == ["first", "second"]
+    assert flight.peak == 1

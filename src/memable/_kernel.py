@@ -359,6 +359,7 @@ class Kernel:
         "status",
         "store",
         "wake_queue",
+        "wake_queues",
         "wake_timers",
     )
 
@@ -382,6 +383,8 @@ class Kernel:
         self.wake_timers: Callable[[float], None] = lambda deadline: None
         # Admission of a queue may start something: a slot freed, or work came back.
         self.wake_queue: Callable[[str], None] = lambda name: None
+        # Every queue: another engine on a shared database changed something (its hint).
+        self.wake_queues: Callable[[], None] = lambda: None
         self.recovered = anyio.Event()  # set once the engine has re-run its running instances
         self._alarm = anyio.Event()
         self._healed = anyio.Event()  # unset from trouble() to the end of the next re-scan
