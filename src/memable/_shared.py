@@ -200,11 +200,14 @@ class Sharing:
             delay = 0.05
             if ids is None:  # (re)connected: anything may have happened meanwhile
                 self._wake.set()
+                self._kernel.wake_queues()
                 await self._refresh(None)
                 continue
             if not ids:
                 continue
             self._wake.set()
+            # Another engine's change may have freed a queue slot or enqueued work.
+            self._kernel.wake_queues()
             for instance_id in ids:
                 if instance_id and self._runner.live(instance_id) is not None:
                     await self._check_run(instance_id)
