@@ -272,6 +272,7 @@ class Ticker:
     async def _tick(self, schedule: Schedule[Any], due: Sequence[float], now: float) -> bool:
         """Handle *due* ticks; False if the stored last tick was not the one expected."""
         name = schedule.name
+        owner = self._kernel.owner  # on a shared database, this engine holds what it starts
         records = [
             InstanceRecord(
                 instance_id=tick_id(name, tick),
@@ -280,6 +281,8 @@ class Ticker:
                 input=self._inputs[name],
                 created_at=now,
                 updated_at=now,
+                owner=owner,
+                epoch=0 if owner is None else 1,
             )
             for tick in due
         ]
