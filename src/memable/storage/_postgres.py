@@ -16,15 +16,14 @@ changed only by compare-and-set on ``(owner, epoch)``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any, Final, TypeVar, cast, final
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, TypeVar, final
 
 import psycopg
 import psycopg.errors
@@ -32,7 +31,6 @@ import psycopg_pool
 from psycopg import sql
 
 from .._exceptions import StorageError
-from .._ids import descendant_range
 from .._records import (
     History,
     InstanceRecord,
@@ -43,8 +41,16 @@ from .._records import (
     StepRecord,
     TimerRecord,
 )
-from .._tx import COLUMNS, Fenced, Guard, Tx
+from .._tx import Fenced, Tx
 from ._base import RuleStorage
+from ._pgschema import MIGRATIONS, SCHEMA_VERSION
+from ._pgtx import (
+    INSTANCE_COLUMNS,
+    PostgresTx,
+    instance_row,
+    load_steps,
+    queue_row,
+)
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
 
@@ -52,198 +58,11 @@ logger = logging.getLogger("memable")
 
 R = TypeVar("R")
 
-_MIGRATIONS: Final[tuple[str, ...]] = (
-    """
-    CREATE TABLE engines (
-        engine_id  text PRIMARY KEY,
-        name       text NOT NULL,
-        started_at timestamptz NOT NULL DEFAULT now(),
-        heartbeat  timestamptz NOT NULL DEFAULT now()
-    );
-    CREATE TABLE instances (
-        instance_id    text COLLATE "C" PRIMARY KEY,
-        workflow       text NOT NULL,
-        status         text NOT NULL,
-        parent_id      text COLLATE "C",
-        input          text NOT NULL,
-        output         text,
-        error          text,
-        status_message text,
-        waiting_on     text NOT NULL DEFAULT '[]',
-        created_at     double precision NOT NULL,
-        updated_at     double precision NOT NULL,
-        finished_at    double precision,
-        trace          text,
-        owner          text REFERENCES engines (engine_id) ON DELETE SET NULL,
-        epoch          bigint NOT NULL DEFAULT 0
-    );
-    CREATE INDEX instances_by_status ON instances (status, created_at, instance_id);
-    CREATE INDEX instances_by_workflow ON instances (workflow, created_at, instance_id);
-    CREATE INDEX instances_by_created ON instances (created_at, instance_id);
-    CREATE INDEX instances_by_parent ON instances (parent_id) WHERE parent_id IS NOT NULL;
-    CREATE INDEX instances_by_finish ON instances (finished_at) WHERE finished_at IS NOT NULL;
-    CREATE INDEX instances_by_owner ON instances (owner) WHERE owner IS NOT NULL;
-    CREATE INDEX instances_claimable ON instances (workflow, created_at)
-        WHERE status = 'running' AND owner IS NULL AND parent_id IS NULL;
-    CREATE TABLE steps (
-        instance_id text COLLATE "C" NOT NULL,
-        key         text NOT NULL,
-        state       text NOT NULL,
-        value       text,
-        error       text,
-        attempts    integer NOT NULL,
-        started_at  double precision NOT NULL,
-        finished_at double precision NOT NULL,
-        PRIMARY KEY (instance_id, key)
-    );
-    CREATE TABLE signals (
-        instance_id text COLLATE "C" NOT NULL,
-        key         text NOT NULL,
-        payload     text,
-        created_at  double precision NOT NULL,
-        early       boolean NOT NULL DEFAULT false,
-        PRIMARY KEY (instance_id, key)
-    );
-    CREATE TABLE retired_steps (
-        instance_id text COLLATE "C" NOT NULL,
-        key         text NOT NULL,
-        retired_at  double precision NOT NULL,
-        state       text NOT NULL,
-        error       text,
-        attempts    integer NOT NULL,
-        started_at  double precision NOT NULL,
-        finished_at double precision NOT NULL,
-        PRIMARY KEY (instance_id, key, started_at)
-    );
-    CREATE TABLE timers (
-        instance_id text COLLATE "C" NOT NULL,
-        key         text NOT NULL,
-        deadline    double precision NOT NULL,
-        kind        text NOT NULL,
-        fired       boolean NOT NULL DEFAULT false,
-        PRIMARY KEY (instance_id, key)
-    );
-    CREATE INDEX timers_due ON timers (deadline) WHERE NOT fired;
-    CREATE VIEW memable_instances AS SELECT
-        instance_id, workflow, status, parent_id, status_message,
-        waiting_on,
-        input::jsonb ->> 'type' AS input_type,
-        input::jsonb -> 'value' AS input,
-        output::jsonb ->> 'type' AS output_type,
-        output::jsonb -> 'value' AS output,
-        error::jsonb ->> 'type' AS error_type,
-        error::jsonb ->> 'message' AS error_message,
-        to_timestamp(created_at) AS created_at,
-        to_timestamp(updated_at) AS updated_at,
-        to_timestamp(finished_at) AS finished_at,
-        owner, epoch
-    FROM instances;
-    CREATE VIEW memable_steps AS
-    SELECT
-        instance_id, key, state, attempts,
-        to_timestamp(started_at) AS started_at, to_timestamp(finished_at) AS finished_at,
-        finished_at - started_at AS duration,
-        value::jsonb ->> 'type' AS value_type,
-        value::jsonb -> 'value' AS value,
-        error::jsonb ->> 'type' AS error_type,
-        error::jsonb ->> 'message' AS error_message
-    FROM steps
-    UNION ALL
-    SELECT
-        instance_id, key, 'retried' AS state, attempts,
-        to_timestamp(started_at), to_timestamp(finished_at), finished_at - started_at,
-        NULL, NULL, error::jsonb ->> 'type', error::jsonb ->> 'message'
-    FROM retired_steps;
-    """,
-    """
-    ALTER TABLE instances ADD COLUMN queue text;
-    ALTER TABLE instances ADD COLUMN priority bigint NOT NULL DEFAULT 0;
-    CREATE INDEX instances_queued ON instances (queue, priority DESC, created_at, instance_id)
-        WHERE status = 'enqueued';
-    CREATE INDEX instances_queue_running ON instances (queue)
-        WHERE status = 'running' AND queue IS NOT NULL;
-    CREATE INDEX instances_by_parent_status ON instances (parent_id, status, instance_id)
-        WHERE parent_id IS NOT NULL;
-    CREATE TABLE queues (
-        name        text PRIMARY KEY,
-        concurrency integer,
-        rate_count  integer,
-        rate_period double precision,
-        paused      boolean NOT NULL DEFAULT false,
-        starts      text NOT NULL DEFAULT '[]'
-    );
-    CREATE TABLE schedules (
-        name      text PRIMARY KEY,
-        last_tick double precision NOT NULL,
-        last_run  text
-    );
-    CREATE OR REPLACE VIEW memable_instances AS SELECT
-        instance_id, workflow, status, parent_id, status_message,
-        waiting_on,
-        input::jsonb ->> 'type' AS input_type,
-        input::jsonb -> 'value' AS input,
-        output::jsonb ->> 'type' AS output_type,
-        output::jsonb -> 'value' AS output,
-        error::jsonb ->> 'type' AS error_type,
-        error::jsonb ->> 'message' AS error_message,
-        to_timestamp(created_at) AS created_at,
-        to_timestamp(updated_at) AS updated_at,
-        to_timestamp(finished_at) AS finished_at,
-        owner, epoch, queue, priority
-    FROM instances;
-    """,
-)
-#: Migrations in order; the schema version of a database is how many have run on it.
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-
-_INSTANCE_COLUMNS: Final = (
-    "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at, owner, epoch, trace, queue, priority"
-)
-_STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
-_UPSERT_STEP: Final = """
-    INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (instance_id, key) DO UPDATE SET
-        state = excluded.state, value = excluded.value, error = excluded.error,
-        attempts = excluded.attempts, started_at = excluded.started_at,
-        finished_at = excluded.finished_at
-    WHERE steps.state != 'completed'
-"""
 _RETRIES: Final = 5  # attempts of a transaction the server aborted for a deadlock
 # (Not a lock timeout: that is a paused peer holding rows, and waiting again only ties up
 # the pool; the engine's healing retries later.)
 _TRANSIENT: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _NOTIFY_LIMIT: Final = 7000  # bytes of instance ids in one notification (Postgres: 8000)
-
-
-def _instance(row: Sequence[Any]) -> InstanceRecord:
-    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f) = row[:12]
-    if status not in _STATES:
-        raise StorageError(f"instance {iid!r} is corrupt: status is {status!r}")
-    try:
-        keys = json.loads(waiting)
-    except ValueError as exc:
-        raise StorageError(f"instance {iid!r} is corrupt: waiting_on is not JSON") from exc
-    return InstanceRecord(
-        instance_id=iid,
-        workflow=workflow,
-        status=cast(InstanceState, status),
-        parent_id=parent,
-        input=input_,
-        output=output,
-        error=error,
-        status_message=message,
-        waiting_on=tuple(keys),
-        created_at=c,
-        updated_at=u,
-        finished_at=f,
-        owner=row[12],
-        epoch=row[13],
-        trace=row[14],
-        queue=row[15],
-        priority=row[16],
-    )
 
 
 def _redacted(dsn: str) -> str:
@@ -408,7 +227,7 @@ class PostgresStorage(RuleStorage):
                     f"the memable schema {self.schema!r} has version {version}, newer than this"
                     f" memable knows ({SCHEMA_VERSION}); upgrade memable to use it"
                 )
-            for migration in _MIGRATIONS[version:]:
+            for migration in MIGRATIONS[version:]:
                 conn.execute(migration)
             if version < SCHEMA_VERSION:
                 conn.execute(sql.SQL("DELETE FROM {}.schema_version").format(schema))
@@ -496,10 +315,10 @@ class PostgresStorage(RuleStorage):
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         with self._conn("reading") as conn:
             row = conn.execute(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s",
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s",
                 (instance_id,),
             ).fetchone()
-        return None if row is None else _instance(row)
+        return None if row is None else instance_row(row)
 
     def list_instances(
         self,
@@ -529,7 +348,7 @@ class PostgresStorage(RuleStorage):
         if before is not None:
             where.append("(created_at, instance_id) < (%s, %s)")
             params.extend(before)
-        query = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
+        query = f"SELECT {INSTANCE_COLUMNS} FROM instances"
         if where:
             query += " WHERE " + " AND ".join(where)
         order = " DESC" if newest_first else ""
@@ -537,7 +356,7 @@ class PostgresStorage(RuleStorage):
         params.append(limit)
         with self._conn("listing instances in") as conn:
             rows = conn.execute(query, params).fetchall()
-        return [_instance(row) for row in rows]
+        return [instance_row(row) for row in rows]
 
     def load_retired(self, instance_id: str) -> list[StepRecord]:
         with self._conn("loading retired steps from") as conn:
@@ -554,7 +373,7 @@ class PostgresStorage(RuleStorage):
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:
         with self._conn("loading steps from") as conn:
-            return _steps(conn, instance_id)
+            return load_steps(conn, instance_id)
 
     def load_history(self, instance_id: str) -> History:
         # One statement: one snapshot of the three tables, in one round trip.
@@ -596,8 +415,8 @@ class PostgresStorage(RuleStorage):
                 " AND status IN ('enqueued', 'running', 'suspended') GROUP BY queue, status"
             ).fetchall()
         return [
-            (_queue(row[0], row[1:]), {status: n for queue, status, n in counts if queue == row[0]})
-            for row in rows
+            (queue_row(name, rest), {status: n for queue, status, n in counts if queue == name})
+            for name, *rest in rows
         ]
 
     def list_schedules(self) -> list[ScheduleRecord]:
@@ -646,10 +465,10 @@ class PostgresStorage(RuleStorage):
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[_PostgresTx]:
+    def transaction(self) -> Iterator[PostgresTx]:
         with self._conn("writing to") as conn:
             engine_id = self.engine_id
-            tx = _PostgresTx(conn, engine_id, self.runs)
+            tx = PostgresTx(conn, engine_id, self.runs)
             row: tuple[Any, ...] | None = None
             # No pipeline mode here: between pipelined messages the server waits for the
             # client with no timeout armed, so a client paused there (SIGSTOP) would hold
@@ -693,20 +512,20 @@ class PostgresStorage(RuleStorage):
                     " (SELECT instance_id FROM instances WHERE status = 'running'"
                     " AND owner IS NULL AND parent_id IS NULL AND workflow = ANY(%s)"
                     " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-                    f" RETURNING {_INSTANCE_COLUMNS}",
+                    f" RETURNING {INSTANCE_COLUMNS}",
                     (engine_id, list(workflows), limit),
                 ).fetchall()
             mine = (
                 conn.execute(
-                    f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE owner = %s"
+                    f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE owner = %s"
                     " AND status = 'running' AND parent_id IS NULL",
                     (engine_id,),
                 ).fetchall()
                 if held
                 else []
             )
-        records = {row[0]: _instance(row) for row in mine}
-        records.update((row[0], _instance(row)) for row in claimed)
+        records = {row[0]: instance_row(row) for row in mine}
+        records.update((row[0], instance_row(row)) for row in claimed)
         return list(records.values())
 
     def _reap(self, conn: psycopg.Connection[Any]) -> int:
@@ -736,16 +555,16 @@ class PostgresStorage(RuleStorage):
             row = conn.execute(
                 "UPDATE instances SET owner = %s, epoch = epoch + 1 WHERE instance_id = %s"
                 " AND status = 'running' AND owner IS NULL AND parent_id IS NULL"
-                f" RETURNING {_INSTANCE_COLUMNS}",
+                f" RETURNING {INSTANCE_COLUMNS}",
                 (engine_id, instance_id),
             ).fetchone()
             if row is None:
                 row = conn.execute(
-                    f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s"
+                    f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s"
                     " AND owner = %s AND status = 'running'",
                     (instance_id, engine_id),
                 ).fetchone()
-        return None if row is None else _instance(row)
+        return None if row is None else instance_row(row)
 
     def heartbeat(self, held: Sequence[tuple[str, int]]) -> list[str] | None:
         with self._mutex, self._errors("renewing this engine's lease in"):
@@ -804,312 +623,6 @@ class PostgresStorage(RuleStorage):
                 "PostgreSQL error while listening to the database: the connection was lost"
             ) from exc
         return sorted(ids)
-
-
-@final
-class _PostgresTx:
-    """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction."""
-
-    __slots__ = ("_conn", "_engine_id", "_runs", "changed")
-    holds_claims = True
-
-    def __init__(
-        self, conn: psycopg.Connection[Any], engine_id: str | None, runs: frozenset[str]
-    ) -> None:
-        self._conn = conn
-        self._engine_id = engine_id
-        self._runs = runs
-        self.changed: set[str] = set()  # instances whose status changed: hinted after commit
-
-    def claimant(self, workflow: str) -> str | None:
-        return self._engine_id if workflow in self._runs else None
-
-    def _one(self, query: str, params: Sequence[object]) -> tuple[Any, ...] | None:
-        return self._conn.execute(query, params).fetchone()
-
-    def _all(self, query: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-        return self._conn.execute(query, params).fetchall()
-
-    def _run(self, query: str, params: Sequence[object]) -> int:
-        return self._conn.execute(query, params).rowcount
-
-    def instance(self, instance_id: str) -> InstanceRecord | None:
-        row = self._one(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s FOR UPDATE",
-            (instance_id,),
-        )
-        return None if row is None else _instance(row)
-
-    def family(self, instance_id: str) -> list[InstanceRecord]:
-        rows = self._all(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s"
-            " OR (instance_id > %s AND instance_id < %s) ORDER BY instance_id FOR UPDATE",
-            (instance_id, *descendant_range(instance_id)),
-        )
-        return [_instance(row) for row in rows]
-
-    def children(
-        self,
-        parent_id: str,
-        prefix: str = "",
-        status: frozenset[InstanceState] = frozenset(),
-        limit: int | None = None,
-    ) -> list[InstanceRecord]:
-        query = (
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE parent_id = %s"
-            " AND starts_with(instance_id, %s)"
-        )
-        params: list[object] = [parent_id, prefix]
-        if status:
-            query += " AND status = ANY(%s)"
-            params.append(sorted(status))
-        if limit is not None:
-            query += " LIMIT %s"
-            params.append(limit)
-        return [_instance(row) for row in self._all(query, params)]
-
-    def signal(self, instance_id: str, key: str) -> SignalRecord | None:
-        row = self._one(
-            "SELECT payload, created_at FROM signals WHERE instance_id = %s AND key = %s",
-            (instance_id, key),
-        )
-        if row is None:
-            return None
-        return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
-
-    def timers(self, instance_id: str) -> list[TimerRecord]:
-        return _timers(self._conn, "WHERE instance_id = %s", (instance_id,))
-
-    def due_timers(self, now: float, limit: int) -> list[TimerRecord]:
-        # SKIP LOCKED: engines firing timers at once share them out, never both fire one.
-        return _timers(
-            self._conn,
-            "WHERE NOT fired AND deadline <= %s ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED",
-            (now, limit),
-        )
-
-    def insert(self, row: InstanceRecord | SignalRecord | TimerRecord) -> bool:
-        if isinstance(row, InstanceRecord):
-            query = f"INSERT INTO instances ({_INSTANCE_COLUMNS}) VALUES ({', '.join(['%s'] * 17)})"
-            params: tuple[object, ...] = (
-                row.instance_id, row.workflow, row.status, row.parent_id, row.input, row.output,
-                row.error, row.status_message, json.dumps(row.waiting_on), row.created_at,
-                row.updated_at, row.finished_at, row.owner, row.epoch, row.trace, row.queue,
-                row.priority,
-            )  # fmt: skip
-        elif isinstance(row, SignalRecord):
-            query = (
-                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
-                " VALUES (%s, %s, %s, %s, %s)"
-            )
-            params = (row.instance_id, row.key, row.payload, row.created_at, row.early)
-        else:
-            query = (
-                "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
-                " VALUES (%s, %s, %s, %s, %s)"
-            )
-            params = (row.instance_id, row.key, row.deadline, row.kind, row.fired)
-        return bool(self._run(query + " ON CONFLICT DO NOTHING", params))
-
-    def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
-        keys = [(step.instance_id, step.key) for step in steps]
-        if len(steps) == 1 or len(set(keys)) < len(keys):
-            return [self._put_step(step) for step in steps]
-        # One statement for all of them (not executemany: its pipeline would leave the
-        # server waiting with no timeout armed, see PostgresStorage.transaction).
-        columns = list(zip(*(
-            (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
-             step.started_at, step.finished_at)
-            for step in steps
-        ), strict=True))  # fmt: skip
-        rows = self._all(
-            "INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at,"
-            " finished_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::text[], %s::integer[], %s::double precision[],"
-            " %s::double precision[])"
-            " ON CONFLICT (instance_id, key) DO UPDATE SET"
-            " state = excluded.state, value = excluded.value, error = excluded.error,"
-            " attempts = excluded.attempts, started_at = excluded.started_at,"
-            " finished_at = excluded.finished_at WHERE steps.state != 'completed'"
-            " RETURNING instance_id, key",
-            [list(column) for column in columns],
-        )
-        written = set(rows)
-        return [key in written for key in keys]
-
-    def _put_step(self, step: StepRecord) -> bool:
-        params = (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
-                  step.started_at, step.finished_at)  # fmt: skip
-        return bool(self._run(_UPSERT_STEP, params))
-
-    def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
-        rows = self._all(
-            "SELECT instance_id, owner, epoch FROM instances WHERE instance_id = ANY(%s)"
-            " ORDER BY instance_id FOR UPDATE",
-            (list(instance_ids),),
-        )
-        return {iid: (owner, epoch) for iid, owner, epoch in rows}
-
-    def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
-        columns: list[str] = []
-        params: list[object] = []
-        for name, value in changes.items():
-            if name not in COLUMNS:
-                raise ValueError(f"not an instance column: {name!r}")
-            columns.append(f"{name} = %s")
-            params.append(json.dumps(value) if name == "waiting_on" else value)
-        query = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = %s"
-        params.append(instance_id)
-        if guard.status:
-            query += " AND status = ANY(%s)"
-            params.append(sorted(guard.status))
-        if guard.holder is not None:
-            query += " AND owner IS NOT DISTINCT FROM %s AND epoch = %s"
-            params.extend(guard.holder)
-        applied = bool(self._run(query, params))
-        if applied and "status" in changes:
-            self.changed.add(instance_id)
-        return applied
-
-    def fire(self, instance_id: str, key: str) -> None:
-        self._run(
-            "UPDATE timers SET fired = true WHERE instance_id = %s AND key = %s",
-            (instance_id, key),
-        )
-
-    def delete_signal(self, instance_id: str, key: str) -> bool:
-        return bool(
-            self._run("DELETE FROM signals WHERE instance_id = %s AND key = %s", (instance_id, key))
-        )
-
-    def retire_dead_steps(self, instance_id: str) -> None:
-        self._run(
-            "INSERT INTO retired_steps (instance_id, key, retired_at, state, error, attempts,"
-            " started_at, finished_at) SELECT instance_id, key, finished_at, state, error,"
-            " attempts, started_at, finished_at FROM steps WHERE instance_id = %s"
-            " AND state = 'dead' ON CONFLICT (instance_id, key, started_at) DO UPDATE SET"
-            " retired_at = excluded.retired_at, state = excluded.state, error = excluded.error,"
-            " attempts = excluded.attempts, finished_at = excluded.finished_at",
-            (instance_id,),
-        )
-        self._run("DELETE FROM steps WHERE instance_id = %s AND state = 'dead'", (instance_id,))
-
-    def delete_family(self, instance_id: str) -> None:
-        family = (instance_id, *descendant_range(instance_id))
-        for table in ("steps", "retired_steps", "signals", "timers", "instances"):
-            self._run(
-                f"DELETE FROM {table} WHERE instance_id = %s"
-                " OR (instance_id > %s AND instance_id < %s)",
-                family,
-            )
-
-    # -- queues and schedules: the queue's row is held FOR UPDATE while admission counts
-
-    def queue(self, name: str) -> QueueRecord | None:
-        row = self._one(
-            "SELECT concurrency, rate_count, rate_period, paused, starts FROM queues"
-            " WHERE name = %s FOR UPDATE",
-            (name,),
-        )
-        return None if row is None else _queue(name, row)
-
-    def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
-        conflict = (
-            "DO UPDATE SET concurrency = excluded.concurrency, rate_count = excluded.rate_count,"
-            " rate_period = excluded.rate_period, paused = excluded.paused,"
-            " starts = excluded.starts"
-            if replace
-            else "DO NOTHING"
-        )
-        return bool(self._run(
-            "INSERT INTO queues (name, concurrency, rate_count, rate_period, paused, starts)"
-            f" VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) {conflict}",
-            (row.name, row.concurrency, row.rate_count, row.rate_period, row.paused,
-             json.dumps(row.starts)),
-        ))  # fmt: skip
-
-    def running_count(self, queue: str) -> int:
-        row = self._one(
-            "SELECT count(*) FROM instances WHERE queue = %s AND status = 'running'", (queue,)
-        )
-        return 0 if row is None else int(row[0])
-
-    def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
-        rows = self._all(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE queue = %s"
-            " AND status = 'enqueued' AND workflow = ANY(%s)"
-            " ORDER BY priority DESC, created_at, instance_id LIMIT %s FOR UPDATE SKIP LOCKED",
-            (queue, sorted(workflows), limit),
-        )
-        return [_instance(row) for row in rows]
-
-    def schedule(self, name: str) -> ScheduleRecord | None:
-        row = self._one(
-            "SELECT last_tick, last_run FROM schedules WHERE name = %s FOR UPDATE", (name,)
-        )
-        if row is None:
-            return None
-        return ScheduleRecord(name=name, last_tick=float(row[0]), last_run=row[1])
-
-    def put_schedule(self, row: ScheduleRecord, *, replace: bool = True) -> bool:
-        conflict = (
-            "DO UPDATE SET last_tick = excluded.last_tick, last_run = excluded.last_run"
-            if replace
-            else "DO NOTHING"
-        )
-        return bool(
-            self._run(
-                "INSERT INTO schedules (name, last_tick, last_run) VALUES (%s, %s, %s)"
-                f" ON CONFLICT (name) {conflict}",
-                (row.name, row.last_tick, row.last_run),
-            )
-        )
-
-
-def _queue(name: str, row: Sequence[Any]) -> QueueRecord:
-    concurrency, rate_count, rate_period, paused, starts = row
-    try:
-        times = tuple(float(t) for t in json.loads(starts))
-    except (TypeError, ValueError) as exc:
-        raise StorageError(
-            f"queue {name!r} has a corrupt row: starts is not a JSON list of times"
-            " (fix or delete the row)"
-        ) from exc
-    return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
-                       rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
-
-
-def _steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:
-    rows = conn.execute(
-        "SELECT key, state, value, error, attempts, started_at, finished_at FROM steps"
-        " WHERE instance_id = %s",
-        (instance_id,),
-    ).fetchall()
-    return [
-        StepRecord(
-            instance_id=instance_id,
-            key=key,
-            state=state,
-            value=value,
-            error=error,
-            attempts=attempts,
-            started_at=started_at,
-            finished_at=finished_at,
-        )
-        for key, state, value, error, attempts, started_at, finished_at in rows
-    ]
-
-
-def _timers(
-    conn: psycopg.Connection[Any], where: str, params: Sequence[object]
-) -> list[TimerRecord]:
-    rows = conn.execute(
-        f"SELECT instance_id, key, deadline, kind, fired FROM timers {where}", params
-    ).fetchall()
-    return [
-        TimerRecord(instance_id=iid, key=key, deadline=deadline, kind=kind, fired=fired)
-        for iid, key, deadline, kind, fired in rows
-    ]
 
 
 PostgresStorage.__module__ = "memable.storage"
