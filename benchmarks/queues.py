@@ -1,6 +1,7 @@
 """Queues: throughput through a concurrency-10 queue, and how soon a freed slot is reused.
 
-``python benchmarks/queues.py [--count 1000] [--backend asyncio|trio] [--storage sqlite|memory]``
+``python benchmarks/queues.py [--count 1000] [--backend asyncio|trio]
+[--storage sqlite|memory|postgres] [--engines 1|2]``
 
 - **throughput**: *count* trivial workflows (one step each) enqueued by 100 tasks into a
   paused queue of concurrency 10 (enqueues per second), then the queue is resumed:
@@ -11,6 +12,10 @@
   slot is freed by committing the first's completion, then admission starts the next):
   p50 and p99 in milliseconds.
 
+On Postgres (a throwaway server with fsync, as ``benchmarks/postgres.py`` starts, or
+``MEMABLE_BENCH_POSTGRES``), ``--engines 2`` drains the queue with two engines (two storages
+on one schema, in this process).
+
 The issue's reference: DBOS Transact 3.4 on Postgres, ``Queue(global_concurrency=10)``,
 completes 10 workflows/s with its default 1 s poll (131-224/s with a 10 ms poll).
 """
@@ -18,10 +23,15 @@ completes 10 workflows/s with its default 1 s poll (131-224/s with a 10 ms poll)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import os
 import statistics
+import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -53,8 +63,39 @@ async def marked(ctx: Context, n: int) -> int:
     return value
 
 
-def make_storage(kind: str, folder: str, name: str) -> Storage:
-    return SQLiteStorage(Path(folder) / name) if kind == "sqlite" else MemoryStorage()
+POSTGRES: list[str] = []  # the server's URL, once started
+
+
+def make_storage(kind: str, folder: str, name: str) -> Callable[[], Storage]:
+    """A factory of storages on one database (each call: another engine's storage)."""
+    if kind == "postgres":
+        from memable.storage import PostgresStorage
+
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        return lambda: PostgresStorage(POSTGRES[0], schema=schema)
+    if kind == "sqlite":
+        path = Path(folder) / name
+        return lambda: SQLiteStorage(path)
+    memory = MemoryStorage()
+    return lambda: memory
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[None]:
+    given = os.environ.get("MEMABLE_BENCH_POSTGRES")
+    if given:
+        POSTGRES.append(given)
+        yield
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests import pg  # the test suite's throwaway cluster
+
+    servers = pg.server(fsync=True)
+    POSTGRES.append(next(servers).dsn)
+    try:
+        yield
+    finally:
+        servers.close()
 
 
 async def enqueue_all(engine: Engine, queue: Queue, count: int) -> list[memable.Invocation[int]]:
@@ -71,19 +112,26 @@ async def enqueue_all(engine: Engine, queue: Queue, count: int) -> list[memable.
     return invocations
 
 
-async def throughput(kind: str, count: int) -> tuple[float, float]:
+async def throughput(kind: str, count: int, engines: int = 1) -> tuple[float, float]:
     """(enqueued per second, completed per second once the paused queue is resumed)."""
     queue = Queue("ten", concurrency=10)
     with tempfile.TemporaryDirectory() as folder:
-        storage = make_storage(kind, folder, "throughput.db")
-        async with Engine(storage, workflows=[trivial], queues=[queue]) as engine:
+        storages = make_storage(kind, folder, "throughput.db")
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(engines - 1):  # helpers: they admit and run too
+                await stack.enter_async_context(
+                    Engine(storages(), workflows=[trivial], queues=[queue])
+                )
+            engine = await stack.enter_async_context(
+                Engine(storages(), workflows=[trivial], queues=[queue])
+            )
             await engine.pause_queue(queue)
             started = time.perf_counter()
             invocations = await enqueue_all(engine, queue, count)
             enqueued = time.perf_counter()
             await engine.resume_queue(queue)
             for invocation in invocations:
-                await invocation.result()
+                await invocation.result(finished=True)
             done = time.perf_counter()
     return count / (enqueued - started), count / (done - enqueued)
 
@@ -92,7 +140,7 @@ async def slot_reuse(kind: str, count: int) -> list[float]:
     queue = Queue("one", concurrency=1)
     marks.clear()
     with tempfile.TemporaryDirectory() as folder:
-        storage = make_storage(kind, folder, "reuse.db")
+        storage = make_storage(kind, folder, "reuse.db")()
         async with Engine(storage, workflows=[marked], queues=[queue]) as engine:
             await engine.pause_queue(queue)
             invocations = [await engine.enqueue(queue, marked, n) for n in range(count)]
@@ -107,14 +155,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    parser.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite")
+    parser.add_argument("--storage", choices=["sqlite", "memory", "postgres"], default="sqlite")
+    parser.add_argument("--engines", type=int, choices=[1, 2], default=1)
     args = parser.parse_args()
-    enqueue_rate, rate = anyio.run(throughput, args.storage, args.count, backend=args.backend)
-    gaps = anyio.run(slot_reuse, args.storage, 300, backend=args.backend)
+    with postgres() if args.storage == "postgres" else contextlib.nullcontext():
+        enqueue_rate, rate = anyio.run(
+            throughput, args.storage, args.count, args.engines, backend=args.backend
+        )
+        gaps = anyio.run(slot_reuse, args.storage, 300, backend=args.backend)
     p99 = statistics.quantiles(gaps, n=100)[98]
     print(f"{args.backend}/{args.storage}: {args.count} enqueued at {enqueue_rate:,.0f}/s")
     print(
-        f"{args.backend}/{args.storage}: {args.count} workflows through concurrency 10:"
+        f"{args.backend}/{args.storage}: {args.count} workflows through concurrency 10"
+        f" ({args.engines} engine{'s' if args.engines > 1 else ''}):"
         f" {rate:,.0f}/s = {rate / DBOS_DEFAULT_PER_S:.0f}x DBOS's default (10/s; target >= 10x)"
     )
     print(
