@@ -6,12 +6,13 @@ background task never stops the engine (a bad row fails or skips one instance on
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import anyio
+
+from ._log import logger
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TimerScheduler", "heal", "retain"]
 
-logger = logging.getLogger("memable")
 
 _BATCH = 500  # due timers fired per transaction, at most
 

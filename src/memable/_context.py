@@ -8,7 +8,6 @@ fan-outs in :mod:`memable._fanout`, and the run's phases in :mod:`memable._run`.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,6 +28,7 @@ from ._exceptions import (
 from ._failures import dead_letter_error, replayed_failure, step_failure
 from ._fanout import FanOut
 from ._keys import check_text
+from ._log import INFO, logger
 from ._outcome import Settled
 from ._records import InstanceUpdate, SignalDrop, StepRecord, TimerRecord, Write
 from ._retry import AttemptsFailed, RetryPolicy, run_attempts
@@ -48,7 +48,6 @@ T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741
 PosArgsT = TypeVarTuple("PosArgsT")
 
-logger = logging.getLogger("memable")
 
 _NO_RETRY = RetryPolicy.none()
 
@@ -252,7 +251,7 @@ class Context:
         started = kernel.now()
 
         def retrying(attempt: int, exc: Exception) -> None:
-            if logger.isEnabledFor(logging.INFO):
+            if logger.isEnabledFor(INFO):
                 logger.info(
                     "step %r of %r failed (attempt %d of %d), retrying: %r",
                     key, self.instance_id, attempt, policy.attempts, exc,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import threading
 import types
@@ -32,6 +31,7 @@ from ._ids import root_of
 from ._invocation import Invocation
 from ._kernel import Kernel, Registry, Store, outcome_of
 from ._keys import check_instance_ref, check_key, check_text, new_instance_id
+from ._log import logger
 from ._outcome import InstanceInfo, Outcome
 from ._records import (
     InstanceRecord,
@@ -57,7 +57,6 @@ O = TypeVar("O")  # noqa: E741
 R = TypeVar("R")
 T = TypeVar("T")
 
-logger = logging.getLogger("memable")
 
 _NOTHING: Final = object()
 
@@ -126,11 +125,9 @@ class Engine:
         clock: Clock | None = None,
         max_running: int | None = DEFAULT_MAX_RUNNING,
     ) -> None:
-        if isinstance(storage, str | os.PathLike):
-            from .storage._sqlite import SQLiteStorage  # loaded on first use
-
-            storage = SQLiteStorage(storage)
-        if not isinstance(storage, Storage):
+        if isinstance(storage, os.PathLike):
+            storage = os.fspath(storage)
+        if not isinstance(storage, str | Storage):
             raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
@@ -139,7 +136,7 @@ class Engine:
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
         self._retention = retention
         self._last_id = 0  # the timestamp of the last generated instance id
-        self._storage = storage
+        self._spec = storage  # a path becomes a SQLiteStorage on entering (sqlite3 loads then)
         self._resume_on_start = resume_on_start
         self._registry = Registry()
         self._kernel = Kernel(
@@ -168,7 +165,7 @@ class Engine:
             self.register(wf)
 
     def __repr__(self) -> str:
-        return f"<memable.Engine storage={self._storage!r} phase={self._phase}>"
+        return f"<memable.Engine storage={self._spec!r} phase={self._phase}>"
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -177,6 +174,7 @@ class Engine:
             raise RuntimeError("an Engine can be entered only once; make a new one")
         self._phase = "closing"  # until fully started
         self._owner = (threading.get_ident(), anyio.lowlevel.current_token())
+        self._storage = _storage_of(self._spec)
         kernel = self._kernel
         # anyio objects are made here, on the event loop that runs the engine.
         limiter = anyio.CapacityLimiter(max(1, int(getattr(self._storage, "threads", 1))))
@@ -671,6 +669,15 @@ class Engine:
                 "this Engine runs on another event loop; call it from the event loop that"
                 " entered 'async with engine:'"
             )
+
+
+def _storage_of(spec: str | Storage) -> Storage:
+    """The storage an engine was given: a path is a SQLite file (or ``":memory:"``)."""
+    if isinstance(spec, str):
+        from .storage._sqlite import SQLiteStorage  # loaded on first use
+
+        return SQLiteStorage(spec)
+    return spec
 
 
 def kernel_of(engine: Engine) -> Kernel:

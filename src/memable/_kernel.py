@@ -10,7 +10,6 @@ the test hooks. The engine builds it and owns its life cycle.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 import typing
 from collections.abc import Callable, Coroutine, Sequence
@@ -48,7 +47,6 @@ __all__ = ["Kernel", "Registry", "Store", "outcome_of"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-logger = logging.getLogger("memable")
 
 _PURGE_SLICE = 0.005  # seconds one purge batch should take
 
@@ -258,9 +256,9 @@ class Kernel:
         # The payload type (canonical name) each workflow was seen waiting for at a key.
         self.points: dict[tuple[str, str], str] = {}
         self.wake_timers: Callable[[float], None] = lambda deadline: None
-        self._alarm = anyio.Event()
-        self._healed = anyio.Event()  # unset from trouble() to the end of the next re-scan
-        self._healed.set()
+        # Made on first use, on the engine's loop (anyio's events load with them).
+        self._alarm: anyio.Event | None = None
+        self._healed: anyio.Event | None = None  # unset from trouble() to the next re-scan
         self._spawner: anyio.abc.TaskGroup | None = None
         # Made when the engine starts (on its event loop):
         self.store: Store
@@ -311,23 +309,27 @@ class Kernel:
 
     def trouble(self) -> None:
         """Storage failed somewhere: ask the healer to re-scan once storage works again."""
+        if self._alarm is None:
+            self._alarm = anyio.Event()
         self._alarm.set()
-        if self._healed.is_set():
+        if self._healed is None or self._healed.is_set():
             self._healed = anyio.Event()
 
     async def wait_trouble(self) -> None:
+        if self._alarm is None:
+            self._alarm = anyio.Event()
         await self._alarm.wait()
         self._alarm = anyio.Event()
 
     def rescanned(self, *, final: bool = False) -> None:
         """The healer finished a re-scan (or stopped, *final*): waiters of :meth:`settle`
         go on, unless new trouble came during the re-scan."""
-        if final or not self._alarm.is_set():
+        if self._healed is not None and (final or self._alarm is None or not self._alarm.is_set()):
             self._healed.set()
 
     async def settle(self) -> bool:
         """Wait for a pending re-scan after storage trouble; whether there was one."""
-        if self._healed.is_set():
+        if self._healed is None or self._healed.is_set():
             return False
         await self._healed.wait()
         return True

@@ -9,7 +9,6 @@ engine heals itself (recorded steps replay; nothing recorded runs twice).
 from __future__ import annotations
 
 import collections
-import logging
 import typing
 from typing import Any, Literal
 
@@ -21,14 +20,13 @@ from ._context import Context
 from ._exceptions import StorageError
 from ._journal import Journal
 from ._kernel import Kernel, outcome_of
+from ._log import INFO, logger
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended
 from ._records import History, InstanceRecord, InstanceState, InstanceUpdate, Suspension
 from ._run import Run
 from ._workflow import Workflow
 
 __all__ = ["Backoff", "Runner"]
-
-logger = logging.getLogger("memable")
 
 
 class Backoff:
@@ -282,7 +280,7 @@ class Runner:
         error = None
         if isinstance(outcome, Failed):
             error = outcome.error.to_json()
-            if logger.isEnabledFor(logging.INFO):
+            if logger.isEnabledFor(INFO):
                 logger.info(
                     "instance %r failed: %s",
                     run.instance_id,
