@@ -32,9 +32,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation, failing on warnings, and run its doctests."""
-    session.install(".[docs]")
+    """Build the documentation, failing on warnings, and run every code block in it."""
+    session.install(".[docs,tests]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.run("pytest", "-p", "no:cacheprovider", "tests/test_docs.py", "tests/test_docstrings.py")
 
 
 @nox.session

@@ -1,6 +1,6 @@
 """Fan out to child workflows with a concurrency limit, then sum their results.
 
-``python examples/fan_out.py``: each page is its own durable instance (``album/pages-0`` …);
+``python examples/fan_out.py``: each page is its own durable instance (``album/pages:v1-0`` …);
 kill the process half-way and run it again, and only the unfinished pages run.
 """
 

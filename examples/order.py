@@ -54,10 +54,12 @@ async def main(path: str = "orders.db") -> Receipt:
         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
         outcome = await invocation.wait()
         print(outcome)
-        if isinstance(outcome, memable.Suspended):
+        # Signal only while it waits for approval: after a crash in the cool-off, a rerun
+        # finds it suspended on the timer, and a second approval would be SignalSuperseded.
+        if isinstance(outcome, memable.Suspended) and approval.key in outcome.waiting_on:
             await engine.signal(order, "order-o-17", approval, True)  # checked against bool
-            async for status in invocation.status():  # ends when the instance finishes
-                print(status.status, status.message)
+        async for status in invocation.status():  # ends when the instance finishes
+            print(status.status, status.message)
         receipt = await invocation.result()
         print(receipt)
         return receipt

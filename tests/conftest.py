@@ -10,6 +10,8 @@ from memable.storage import MemoryStorage, SQLiteStorage
 
 from .helpers import StorageFactory
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:

@@ -8,14 +8,17 @@ import memable
 import memable._exceptions
 import memable.storage
 import memable.testing
+import memable.web
 
 EXPORTED = [
     "Cancelled", "ChildFailed", "Clock", "Completed", "Context", "DuplicateStepKey", "Engine",
-    "Err", "ErrorInfo", "Failed", "InstanceConflict", "InstanceInfo", "InstanceNotFound",
-    "InvalidKey", "Invocation", "MemableError", "NotStarted", "Ok", "Outcome", "Permanent",
-    "RetriesExhausted", "RetryPolicy", "SerializationError", "Settled", "SignalRejected",
-    "SignalSuperseded", "Status", "StepFailed", "StepTimeout", "StorageError", "SuspendPoint",
-    "SuspendTimeout", "Suspended", "SuspendedStepConflict", "TypeMismatch", "Workflow",
+    "Err", "ErrorInfo", "Failed", "History", "InstanceConflict", "InstanceInfo",
+    "InstanceNotFound", "InvalidKey", "Invocation", "MemableError", "NotStarted", "Ok",
+    "Outcome", "Page", "Permanent", "Queue", "RetriesExhausted", "RetryPolicy", "Schedule",
+    "SerializationError", "Settled", "SignalInfo", "SignalRejected", "SignalSuperseded",
+    "Status", "StepFailed", "StepInfo", "StepTimeout", "StorageError", "SuspendPoint",
+    "SuspendTimeout", "Suspended", "SuspendedStepConflict", "TimerInfo", "TypeMismatch",
+    "Workflow",
     "WorkflowCancelled", "WorkflowFailed", "WorkflowNotFound", "WorkflowSuspended",
     "configure_converter", "workflow",
 ]  # fmt: skip
@@ -42,7 +45,9 @@ def test_every_export_is_importable_and_says_memable() -> None:
         "ManualClock",
         "MemoryStorage",
         "crash_at",
+        "run_until_suspended",
     }
+    assert memable.web.__all__ == ["app"]
 
 
 def test_exception_tree_matches_the_design() -> None:

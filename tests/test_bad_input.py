@@ -154,7 +154,7 @@ async def test_unencodable_keys_are_refused_on_every_storage(make_storage: Stora
                 await engine.state(target, bad)
             with pytest.raises(memable.InvalidKey, match="instance id"):
                 await engine.signal(target, bad, POINT, 1)
-        assert await engine.instances() == []
+        assert list(await engine.instances()) == []
         refused = await engine.run(keys, instance_id="k")
         assert len(refused) == 3, refused
         assert all("lone surrogate" in message for message in refused), refused

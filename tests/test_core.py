@@ -556,16 +556,17 @@ async def test_invalid_instance_ids_store_nothing(
     async with Engine(make_storage(), workflows=[echo]) as engine:
         with pytest.raises(memable.InvalidKey):
             await engine.invoke(echo, "x", instance_id=bad_id)  # type: ignore[call-overload]
-        assert await engine.instances() == []
+        assert list(await engine.instances()) == []
 
 
 async def test_generated_ids_are_unique_and_time_ordered(make_storage: StorageFactory) -> None:
-    """Without an id, each invoke makes a new one; they sort by creation."""
+    """Without an id, each invoke makes a new one; they sort by creation (listed newest
+    first)."""
     async with Engine(make_storage(), workflows=[echo]) as engine:
         ids = [(await engine.invoke(echo, "a")).instance_id for _ in range(5)]
         listed = [info.instance_id for info in await engine.instances(echo)]
     assert len(set(ids)) == 5
-    assert sorted(ids) == ids == listed
+    assert sorted(ids) == ids == listed[::-1]
 
 
 async def test_a_workflow_that_raises_ends_failed(make_storage: StorageFactory) -> None:
@@ -679,17 +680,17 @@ async def test_resume_handle_state_and_instances(make_storage: StorageFactory) -
             await engine.handle(echo, "nope").wait()
         with pytest.raises(memable.InstanceNotFound):
             await engine.state(echo, "nope")
-        assert await engine.instances() == []
+        assert list(await engine.instances()) == []
         await engine.run(echo, "a", instance_id="e1")
         await engine.run(echo, "b", instance_id="e2")
         resumed = await engine.resume(echo, "e1")  # completed: nothing runs
         assert await resumed.result() == "A"
         assert [i.instance_id for i in await engine.instances(echo, status="completed")] == [
-            "e1",
             "e2",
+            "e1",
         ]
         assert len(await engine.instances(limit=1)) == 1
-        assert await engine.instances(status="failed") == []
+        assert list(await engine.instances(status="failed")) == []
 
         @memable.workflow("other")
         async def other(ctx: Context) -> None:
@@ -732,7 +733,7 @@ async def test_registration_rules() -> None:
             await running.invoke(unregistered)
         with pytest.raises(memable.TypeMismatch):
             await running.invoke(echo, 5)  # type: ignore[misc]
-        assert await running.instances() == []
+        assert list(await running.instances()) == []
         running.register(unregistered)  # while running
         await running.run(unregistered, instance_id="late")
         assert (await running.state(unregistered, "late")).status == "completed"

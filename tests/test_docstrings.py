@@ -6,7 +6,9 @@ import doctest
 import importlib
 import inspect
 import pkgutil
+import re
 import tempfile
+import types
 
 import pytest
 
@@ -22,6 +24,27 @@ MODULES = sorted(
 )
 
 
+def method_tests(module: types.ModuleType) -> list[doctest.DocTest]:
+    """The examples of the methods and properties of classes defined in *module*.
+
+    ``doctest.testmod`` skips them for public classes, whose ``__module__`` is ``memable``
+    rather than the module that defines them."""
+    finder = doctest.DocTestFinder()
+    found = []
+    for cls_name, cls in sorted(vars(module).items()):
+        if not inspect.isclass(cls):
+            continue
+        for attr, value in sorted(vars(cls).items()):
+            func = getattr(value, "fget", None) or getattr(value, "__func__", value)
+            if getattr(func, "__globals__", None) is not vars(module) or not func.__doc__:
+                continue
+            if cls.__module__ == module.__name__:
+                continue  # testmod finds these itself
+            qualname = f"{module.__name__}.{cls_name}.{attr}"
+            found += finder.find(func, qualname, module=False, globs=dict(vars(module)))
+    return [test for test in found if test.examples]
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The examples of each module pass as doctests (run in a scratch directory)."""
@@ -29,6 +52,30 @@ def test_docstring_examples(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} failing examples in {name}"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in method_tests(module):
+        runner.run(test)
+    assert runner.failures == 0, f"{runner.failures} failing method examples in {name}"
+
+
+def all_tests() -> list[doctest.DocTest]:
+    found = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        found += doctest.DocTestFinder().find(module) + method_tests(module)
+    return [test for test in found if test.examples]
+
+
+def test_examples_run_what_they_define() -> None:
+    """No example defines a coroutine function at top level and leaves it unused: an
+    example that never runs its ``async def`` shows nothing and proves nothing."""
+    unrun = []
+    for test in all_tests():
+        source = "".join(example.source for example in test.examples)
+        for name in re.findall(r"^async def (\w+)", source, flags=re.MULTILINE):
+            if not re.search(rf"\b{name}\b", source.split(f"async def {name}", 1)[1]):
+                unrun.append(f"{test.name}: {name}")
+    assert unrun == []
 
 
 def test_public_objects_have_examples() -> None:

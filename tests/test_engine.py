@@ -128,7 +128,7 @@ async def test_input_is_required_exactly_when_the_workflow_takes_one(
             await engine.invoke(double_wf)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="takes no input"):
             await engine.invoke(hello_wf, "surprise")  # type: ignore[misc]
-        assert await engine.instances() == []
+        assert list(await engine.instances()) == []
 
 
 async def test_generated_ids_are_unique_time_ordered_valid_keys(
@@ -140,7 +140,7 @@ async def test_generated_ids_are_unique_time_ordered_valid_keys(
         assert len(set(ids)) == 20
         assert sorted(ids) == ids
         listed = [info.instance_id for info in await engine.instances(hello_wf, limit=None)]
-        assert listed == ids
+        assert listed == ids[::-1]  # newest first
         for instance_id in ids:
             assert 0 < len(instance_id) <= 255
             # A generated id is a valid caller id: passing it back attaches to the instance.
@@ -239,7 +239,7 @@ async def test_invalid_instance_ids_raise_and_store_nothing(
         assert isinstance(caught.value, ValueError)
         with pytest.raises(memable.InvalidKey):
             await engine.run(hello_wf, instance_id=bad_id)  # type: ignore[call-overload]
-        assert await engine.instances() == []
+        assert list(await engine.instances()) == []
 
 
 async def test_any_valid_key_is_an_instance_id(make_storage: StorageFactory) -> None:
@@ -585,7 +585,7 @@ async def test_resume_of_an_unknown_id_creates_nothing(make_storage: StorageFact
     async with Engine(make_storage(), workflows=[upper_wf]) as engine:
         with pytest.raises(memable.InstanceNotFound):
             await engine.resume(upper_wf, "never-made")
-        assert await engine.instances() == []
+        assert list(await engine.instances()) == []
 
 
 async def test_resume_of_a_completed_instance_runs_nothing(make_storage: StorageFactory) -> None:
@@ -696,13 +696,13 @@ async def test_handles_and_state_name_unknown_ids_and_wrong_workflows(
             await engine.handle(hello_wf, "u").wait()
         with pytest.raises(memable.InstanceConflict):
             await engine.resume(hello_wf, "u")
-        assert await engine.instances() != []
+        assert list(await engine.instances()) != []
 
 
-async def test_instances_filter_by_workflow_and_status_oldest_first(
+async def test_instances_filter_by_workflow_and_status_newest_first(
     make_storage: StorageFactory,
 ) -> None:
-    """instances() lists oldest first, filtered by workflow and status, up to limit."""
+    """instances() lists newest first, filtered by workflow and status, up to limit."""
     clock = ManualClock()
     start = clock.now()
     async with Engine(
@@ -718,19 +718,19 @@ async def test_instances_filter_by_workflow_and_status_oldest_first(
         def ids(infos: Sequence[memable.InstanceInfo]) -> list[str]:
             return [info.instance_id for info in infos]
 
-        assert ids(await engine.instances()) == ["c", "a", "d", "b"]
-        assert ids(await engine.instances(limit=None)) == ["c", "a", "d", "b"]
-        assert ids(await engine.instances(limit=2)) == ["c", "a"]
-        assert await engine.instances(limit=0) == []
-        assert ids(await engine.instances(upper_wf)) == ["c", "d"]
+        assert ids(await engine.instances()) == ["b", "d", "a", "c"]
+        assert ids(await engine.instances(limit=None)) == ["b", "d", "a", "c"]
+        assert ids(await engine.instances(limit=2)) == ["b", "d"]
+        assert list(await engine.instances(limit=0)) == []
+        assert ids(await engine.instances(upper_wf)) == ["d", "c"]
         assert ids(await engine.instances(status="failed")) == ["a"]
-        assert ids(await engine.instances(status="completed")) == ["c", "d", "b"]
+        assert ids(await engine.instances(status="completed")) == ["b", "d", "c"]
         assert ids(await engine.instances(upper_wf, status="failed")) == []
         assert ids(await engine.instances(failing_wf, status="failed", limit=5)) == ["a"]
-        assert await engine.instances(status="running") == []
+        assert list(await engine.instances(status="running")) == []
         with pytest.raises(ValueError, match="limit"):
             await engine.instances(limit=-1)
-        [first, *_] = await engine.instances()
+        *_, first = await engine.instances()
         assert first.workflow == "upper"
         assert first.created_at == start
         assert first.created_at.tzinfo is UTC
@@ -855,7 +855,7 @@ async def test_unregistered_workflows_and_wrong_inputs_are_refused(
         assert mismatch.value.expected == "int"
         with pytest.raises(memable.TypeMismatch):
             await engine.invoke(double_wf, "21", instance_id="typed")  # type: ignore[misc]
-        assert await engine.instances() == []
+        assert list(await engine.instances()) == []
         engine.register(upper_wf)  # allowed while running
         assert await engine.run(upper_wf, "late") == "LATE"
 

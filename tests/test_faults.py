@@ -144,7 +144,7 @@ async def test_storage_errors_of_every_kind_are_storage_errors(tmp_path: Path) -
         async with Engine(faulty, workflows=[wf]) as engine:
             with pytest.raises(memable.StorageError, match=message):
                 await engine.invoke(wf, 1, instance_id=instance_id)
-            assert await engine.instances() == []
+            assert list(await engine.instances()) == []
             retried = await engine.invoke(wf, 1, instance_id=instance_id)  # storage is back
             assert isinstance(await retried.wait(), memable.Suspended)
             assert len(await engine.instances()) == 1

@@ -43,6 +43,11 @@ from ._exceptions import WorkflowCancelled as WorkflowCancelled
 from ._exceptions import WorkflowFailed as WorkflowFailed
 from ._exceptions import WorkflowNotFound as WorkflowNotFound
 from ._exceptions import WorkflowSuspended as WorkflowSuspended
+from ._inspect import History as History
+from ._inspect import Page as Page
+from ._inspect import SignalInfo as SignalInfo
+from ._inspect import StepInfo as StepInfo
+from ._inspect import TimerInfo as TimerInfo
 from ._invocation import Invocation as Invocation
 from ._outcome import Cancelled as Cancelled
 from ._outcome import Completed as Completed
@@ -54,7 +59,9 @@ from ._outcome import Ok as Ok
 from ._outcome import Outcome as Outcome
 from ._outcome import Settled as Settled
 from ._outcome import Suspended as Suspended
+from ._queues import Queue as Queue
 from ._retry import RetryPolicy as RetryPolicy
+from ._schedule import Schedule as Schedule
 from ._serde import configure_converter as configure_converter
 from ._suspend import Status as Status
 from ._suspend import SuspendPoint as SuspendPoint
@@ -72,6 +79,7 @@ __all__ = [
     "Err",
     "ErrorInfo",
     "Failed",
+    "History",
     "InstanceConflict",
     "InstanceInfo",
     "InstanceNotFound",
@@ -81,21 +89,27 @@ __all__ = [
     "NotStarted",
     "Ok",
     "Outcome",
+    "Page",
     "Permanent",
+    "Queue",
     "RetriesExhausted",
     "RetryPolicy",
+    "Schedule",
     "SerializationError",
     "Settled",
+    "SignalInfo",
     "SignalRejected",
     "SignalSuperseded",
     "Status",
     "StepFailed",
+    "StepInfo",
     "StepTimeout",
     "StorageError",
     "SuspendPoint",
     "SuspendTimeout",
     "Suspended",
     "SuspendedStepConflict",
+    "TimerInfo",
     "TypeMismatch",
     "Workflow",
     "WorkflowCancelled",

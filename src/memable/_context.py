@@ -1,14 +1,14 @@
 """The context a workflow receives: its steps, its status, its identity.
 
 ``Context`` keeps only the user-facing verbs; what is recorded lives in the run's
-:class:`~memable._journal.Journal`, the retry loop beside :class:`~memable.RetryPolicy`,
-fan-outs in :mod:`memable._fanout`, and the run's phases in :mod:`memable._run`.
+:class:`~memable._journal.Journal`, the step path (replay, attempts, dead letters) in
+:mod:`memable._steps`, the retry loop beside :class:`~memable.RetryPolicy`, fan-outs in
+:mod:`memable._fanout`, and the run's phases in :mod:`memable._run`.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
@@ -17,23 +17,23 @@ from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar, TypeVarTuple, fina
 import anyio
 import anyio.lowlevel
 
+from . import _telemetry
 from ._durations import check_deadline, deadline, seconds
 from ._exceptions import (
     SerializationError,
-    StepFailed,
     StorageError,
     SuspendTimeout,
     TypeMismatch,
 )
-from ._failures import dead_letter_error, replayed_failure, step_failure
 from ._fanout import FanOut
 from ._keys import check_text
-from ._log import INFO, logger
+from ._log import logger
 from ._outcome import Settled
-from ._records import InstanceUpdate, SignalDrop, StepRecord, TimerRecord, Write
-from ._retry import AttemptsFailed, RetryPolicy, run_attempts
+from ._records import InstanceUpdate, SignalDrop, TimerRecord, Write
+from ._retry import RetryPolicy
 from ._run import unwind
 from ._serde import type_name
+from ._steps import Steps
 from ._suspend import Readable
 from ._workflow import Workflow
 
@@ -47,12 +47,6 @@ __all__ = ["Context"]
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741
 PosArgsT = TypeVarTuple("PosArgsT")
-
-
-_NO_RETRY = RetryPolicy.none()
-
-#: Seconds of replay (recorded steps served without awaiting) between two checkpoints.
-_REPLAY_SLICE = 0.002
 
 
 @final
@@ -78,7 +72,7 @@ class Context:
         42
     """
 
-    __slots__ = ("_closed", "_journal", "_kernel", "_run", "_runner", "_yield_at")
+    __slots__ = ("_closed", "_journal", "_kernel", "_run", "_runner", "_steps")
 
     def __init__(self, kernel: Kernel, runner: Driver, run: Run, journal: Journal) -> None:
         self._kernel = kernel
@@ -86,7 +80,7 @@ class Context:
         self._run = run
         self._journal = journal
         self._closed = False
-        self._yield_at = time.perf_counter() + _REPLAY_SLICE
+        self._steps = Steps(kernel, runner, run, journal, self._write)
 
     def __repr__(self) -> str:
         return f"<memable.Context of {self.workflow_name}/{self.instance_id}>"
@@ -120,8 +114,17 @@ class Context:
         write of this instance (its next step result, or its end).
 
         Example:
-            >>> async def body(ctx: Context) -> None:
+            >>> import anyio, memable
+            >>> @memable.workflow("pack")
+            ... async def pack(ctx: memable.Context) -> None:
             ...     ctx.set_status("waiting for the warehouse")
+            ...     await ctx.sleep("wait:v1", 3600)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[pack]) as engine:
+            ...         await (await engine.invoke(pack, instance_id="p-1")).wait()
+            ...         print((await engine.state(pack, "p-1")).status_message)
+            >>> anyio.run(main)
+            waiting for the warehouse
         """
         self._check_open()
         check_text(message, f"the status message of {self.instance_id!r}")
@@ -164,16 +167,29 @@ class Context:
             TypeMismatch: the recorded result has another type than *fn* returns.
 
         Example:
+            >>> import anyio, memable
+            >>> calls = []
             >>> async def charge(order_id: str, cents: int) -> str:
-            ...     return "receipt-1"
-            >>> async def body(ctx: Context) -> str:
-            ...     return await ctx.step("charge:v1", charge, "o-17", 1250, timeout=5)
+            ...     calls.append(order_id)
+            ...     return f"ch-{order_id}-{cents}"
+            >>> @memable.workflow("pay")
+            ... async def pay(ctx: memable.Context, order_id: str) -> str:
+            ...     return await ctx.step("charge:v1", charge, order_id, 1250, timeout=5)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[pay]) as engine:
+            ...         print(await engine.run(pay, "o-17", instance_id="pay-1"))
+            ...         print(await engine.run(pay, "o-17", instance_id="pay-1"))  # recorded
+            >>> anyio.run(main)
+            ch-o-17-1250
+            ch-o-17-1250
+            >>> calls
+            ['o-17']
         """
         self._check_open()
         self._journal.claim(key, "step")
         limit = None if timeout is None else seconds(timeout, f"timeout of step {key!r}")
         tp = self._kernel.serde.result_type(key, fn, returns)
-        return await self._step(key, tp, functools.partial(fn, *args), limit, retry)
+        return await self._steps.take(key, tp, functools.partial(fn, *args), limit, retry)
 
     async def step_sync(
         self,
@@ -191,11 +207,18 @@ class Context:
         it and moves on (retrying or failing the step), but the thread runs to its end.
 
         Example:
+            >>> import anyio, memable
             >>> import hashlib
             >>> def digest(data: bytes) -> str:
-            ...     return hashlib.sha256(data).hexdigest()
-            >>> async def body(ctx: Context) -> str:
+            ...     return hashlib.sha256(data).hexdigest()[:12]
+            >>> @memable.workflow("digest")
+            ... async def body(ctx: memable.Context) -> str:
             ...     return await ctx.step_sync("digest:v1", digest, b"report")
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[body]) as engine:
+            ...         print(await engine.run(body))
+            >>> anyio.run(main)
+            845e91831319
         """
         self._check_open()
         self._journal.claim(key, "step")
@@ -207,98 +230,7 @@ class Context:
             # Abandoned when cancelled (a timeout, a cancel, shutdown): it runs to its end.
             return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
-        return await self._step(key, tp, in_thread, limit, retry)
-
-    def _what(self, key: str) -> str:
-        return f"step {key!r} of instance {self.instance_id!r}"
-
-    async def _step(
-        self,
-        key: str,
-        tp: object,
-        call: Callable[[], Awaitable[T]],
-        timeout: float | None,
-        retry: RetryPolicy | None,
-    ) -> T:
-        record = self._journal.steps.get(key)
-        if record is not None:
-            if time.perf_counter() >= self._yield_at:
-                # A long replay awaits nothing else: let the engine's other tasks run.
-                await anyio.lowlevel.checkpoint()
-                self._yield_at = time.perf_counter() + _REPLAY_SLICE
-            if record.state == "completed":
-                assert record.value is not None
-                value = self._kernel.serde.decode(record.value, tp, key, self._what(key))
-                return typing.cast(T, value)
-            raise replayed_failure(key, record.attempts, record.error)
-        self._run.enter()
-        try:
-            return await self._attempts(key, tp, call, timeout, retry)
-        finally:
-            self._run.leave()
-
-    async def _attempts(
-        self,
-        key: str,
-        tp: object,
-        call: Callable[[], Awaitable[T]],
-        timeout: float | None,
-        retry: RetryPolicy | None,
-    ) -> T:
-        kernel = self._kernel
-        await self._runner.maybe_crash(self._run, key, "before")
-        policy = retry or kernel.retry or _NO_RETRY
-        started = kernel.now()
-
-        def retrying(attempt: int, exc: Exception) -> None:
-            if logger.isEnabledFor(INFO):
-                logger.info(
-                    "step %r of %r failed (attempt %d of %d), retrying: %r",
-                    key, self.instance_id, attempt, policy.attempts, exc,
-                    extra={"instance_id": self.instance_id, "step": key},
-                )  # fmt: skip
-
-        try:
-            result, attempts = await run_attempts(policy, call, timeout, retrying)
-        except AttemptsFailed as failed:
-            failure = step_failure(key, failed)
-            await self._dead_letter(key, failed.attempts, started, failed.error, failure)
-            raise failure from failed.error
-        try:
-            envelope = kernel.serde.encode(result, tp, key, self._what(key))
-        except (TypeMismatch, SerializationError) as exc:
-            # The body returned what cannot be recorded faithfully: a permanent failure.
-            failure = StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
-            await self._dead_letter(key, attempts, started, exc, failure)
-            raise failure from exc
-        await self._runner.maybe_crash(self._run, key, "after")
-        record = StepRecord(
-            instance_id=self.instance_id,
-            key=key,
-            state="completed",
-            value=envelope,
-            attempts=attempts,
-            started_at=started,
-            finished_at=kernel.now(),
-        )
-        await self._write([record], "recording a step")
-        self._journal.record_step(record)
-        return result
-
-    async def _dead_letter(
-        self, key: str, attempts: int, started: float, error: BaseException, failure: Exception
-    ) -> None:
-        record = StepRecord(
-            instance_id=self.instance_id,
-            key=key,
-            state="dead",
-            error=dead_letter_error(error, failure),
-            attempts=attempts,
-            started_at=started,
-            finished_at=self._kernel.now(),
-        )  # fmt: skip
-        await self._write([record], "recording a dead letter")
-        self._journal.record_step(record)
+        return await self._steps.take(key, tp, in_thread, limit, retry)
 
     async def _write(self, writes: list[Write], doing: str) -> None:
         """Commit the run's writes (and its changed status); on a storage error the run
@@ -327,9 +259,20 @@ class Context:
             ChildFailed: the child failed or was cancelled (its error chained).
 
         Example:
-            >>> import memable
-            >>> async def parent(ctx: Context, wf: memable.Workflow[str, int]) -> int:
-            ...     return await ctx.child("invoice:v1", wf, "o-17")
+            >>> import anyio, memable
+            >>> @memable.workflow("invoice")
+            ... async def invoice(ctx: memable.Context, order_id: str) -> str:
+            ...     return f"INV-{order_id}"
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> str:
+            ...     return await ctx.child("invoice:v1", invoice, order_id)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order, invoice]) as engine:
+            ...         print(await engine.run(order, "o-17", instance_id="o-17"))
+            ...         print((await engine.state(invoice, "o-17/invoice:v1-0")).parent_id)
+            >>> anyio.run(main)
+            INV-o-17
+            o-17
         """
         results = await self.fan_out(key, wf, [input])
         return results[0]
@@ -389,10 +332,17 @@ class Context:
             ChildFailed: a child failed or was cancelled (unless ``settle=True``).
 
         Example:
-            >>> async def label(ctx: Context, sku: str) -> str:
+            >>> import anyio, memable
+            >>> async def label(ctx: memable.Context, sku: str) -> str:
             ...     return f"label for {sku}"
-            >>> async def body(ctx: Context) -> list[str]:
+            >>> @memable.workflow("labels")
+            ... async def labels(ctx: memable.Context) -> list[str]:
             ...     return await ctx.fan_out("label:v1", label, ["a", "b", "c"], limit=2)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[labels]) as engine:
+            ...         print(await engine.run(labels, instance_id="l"))  # ids l/label:v1-0 ...
+            >>> anyio.run(main)
+            ['label for a', 'label for b', 'label for c']
         """
         self._check_open()
         self._journal.claim(key, "fan-out")
@@ -400,10 +350,17 @@ class Context:
             not isinstance(typing.cast(object, limit), int) or isinstance(limit, bool) or limit < 1
         ):
             raise ValueError(f"fan_out limit must be an int of at least 1, not {limit!r}")
+        children = list(items)
         fan_out = FanOut(
-            self._kernel, self._runner, self._run, self._journal, key, fn, list(items), settle
+            self._kernel, self._runner, self._run, self._journal, key, fn, children, settle
         )
-        return await fan_out.run(limit, self._write, self._wait)
+        attributes = {"memable.fan_out.key": key, "memable.fan_out.children": len(children),
+                      **self._attributes()}  # fmt: skip
+        with _telemetry.span(f"memable.fan_out {key}", attributes):
+            return await fan_out.run(limit, self._write, self._wait)
+
+    def _attributes(self) -> dict[str, str]:
+        return {"memable.instance_id": self.instance_id, "memable.workflow": self.workflow_name}
 
     # -- suspension ---------------------------------------------------------------------------
 
@@ -431,12 +388,22 @@ class Context:
         Suspending is not an exception: ``except Exception`` cannot catch it.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> from memable import SuspendPoint
-            >>> approval = SuspendPoint("approval:v1", bool)
-            >>> async def body(ctx: Context) -> bool:
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context) -> bool:
             ...     return await ctx.suspend(approval, status="waiting for a manager",
             ...                              timeout=timedelta(days=2))
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, instance_id="o-1")
+            ...         print(await invocation.wait())
+            ...         await engine.signal(order, "o-1", approval, True)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='waiting for a manager', children=0)
+            True
         """
         self._check_open()
         key = point.key
@@ -482,9 +449,23 @@ class Context:
         task. Later runs see the deadline has passed and return at once.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> async def body(ctx: Context) -> None:
+            >>> from memable.testing import ManualClock
+            >>> @memable.workflow("cool")
+            ... async def cool(ctx: memable.Context) -> str:
             ...     await ctx.sleep("cool-off:v1", timedelta(hours=1))
+            ...     return "cooled"
+            >>> async def main() -> None:
+            ...     clock = ManualClock()
+            ...     async with memable.Engine(workflows=[cool], clock=clock) as engine:
+            ...         invocation = await engine.invoke(cool)
+            ...         print(await invocation.wait())
+            ...         await clock.advance(timedelta(hours=1))
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('cool-off:v1',), status=None, children=0)
+            cooled
         """
         self._check_open()
         self._journal.claim(key, "timer")
@@ -498,9 +479,22 @@ class Context:
         """Sleep durably until *when* (a timezone-aware datetime).
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import UTC, datetime
-            >>> async def body(ctx: Context) -> None:
+            >>> from memable.testing import ManualClock
+            >>> @memable.workflow("party")
+            ... async def party(ctx: memable.Context) -> str:
             ...     await ctx.sleep_until("new-year:v1", datetime(2027, 1, 1, tzinfo=UTC))
+            ...     return "happy new year"
+            >>> async def main() -> None:
+            ...     clock = ManualClock(datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+            ...     async with memable.Engine(workflows=[party], clock=clock) as engine:
+            ...         invocation = await engine.invoke(party)
+            ...         await invocation.wait()
+            ...         await clock.set(datetime(2027, 1, 1, tzinfo=UTC))
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            happy new year
         """
         self._check_open()
         check_deadline(when, f"deadline of timer {key!r}")
@@ -522,6 +516,12 @@ class Context:
         timer = TimerRecord(
             instance_id=self.instance_id, key=key, deadline=when.timestamp(), kind=kind
         )
+        attributes = {"memable.timer.key": key, "memable.timer.kind": kind,
+                      "memable.timer.deadline": when.isoformat(), **self._attributes()}  # fmt: skip
+        with _telemetry.span(f"memable.timer {key}", attributes):
+            return await self._write_timer(timer)
+
+    async def _write_timer(self, timer: TimerRecord) -> TimerRecord:
         self._run.enter()  # registered before the run may suspend
         try:
             await self._write([timer], "recording a timer")
@@ -532,7 +532,13 @@ class Context:
         return timer
 
     async def _wait(self, key: str) -> NoReturn:
-        """Wait on *key* until the instance suspends (and this run is cancelled)."""
+        """Wait on *key* until the instance suspends (and this run is cancelled).
+
+        A task whose own scope is already cancelled (a sibling that the workflow cancelled
+        because it no longer needs what it waits for) is cancelled here instead: it must
+        not suspend the instance.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if self._run.wait_on(key):  # the first waiter writes the suspension
             await self._runner.suspend(self._run)
         await unwind()

@@ -2,44 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import threading
 import types
 import typing
 from collections.abc import AsyncIterator, Iterable
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, final, overload
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
-import anyio
-import anyio.lowlevel
 import attrs
 
-from ._background import TimerScheduler, heal, retain
+from . import _inspect
 from ._clock import Clock, SystemClock
-from ._commit import GroupCommitter
+from ._control import NOTHING, Control
 from ._durations import seconds
-from ._exceptions import (
-    InstanceConflict,
-    InstanceNotFound,
-    NotStarted,
-    SignalRejected,
-    SignalSuperseded,
-)
-from ._ids import root_of
+from ._inspect import History, Page
 from ._invocation import Invocation
-from ._kernel import Kernel, Registry, Store, outcome_of
-from ._keys import check_instance_ref, check_key, check_text, new_instance_id
-from ._log import logger
-from ._outcome import InstanceInfo, Outcome
+from ._kernel import Kernel, Registry
+from ._keys import check_instance_ref
+from ._lifecycle import Lifecycle
+from ._outcome import InstanceInfo
+from ._queues import Admitter, Queue
 from ._records import (
     InstanceRecord,
     InstanceState,
-    SignalRecord,
 )
 from ._retry import RetryPolicy
 from ._runner import Runner
+from ._schedule import Schedule
 from ._serde import Serde
 from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
@@ -47,7 +36,6 @@ from ._workflow import Workflow
 from .storage._protocol import Storage
 
 if TYPE_CHECKING:
-    import anyio.abc
     import cattrs
 
 __all__ = ["Engine"]
@@ -58,16 +46,8 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-_NOTHING: Final = object()
-
 #: How many top-level instances an engine runs at once unless told otherwise.
 DEFAULT_MAX_RUNNING: Final = 1000
-
-
-_Phase = Literal["new", "running", "closing", "closed"]
-
-#: What ``resume`` restarts: a failed instance, and one stuck running or suspended.
-_RESUMABLE: Final[tuple[InstanceState, ...]] = ("failed", "running", "suspended")
 
 
 @final
@@ -94,6 +74,8 @@ class Engine:
             own; the global converter is never used).
         clock: The source of stored time (UTC); :class:`memable.testing` has a controllable
             one.
+        queues: Queues whose instances this engine starts (see :meth:`enqueue`).
+        schedules: Schedules this engine runs (their workflows are registered).
         max_running: At most this many top-level instances run at once (children run
             inside their parent); the others wait their turn, admitted in order, and due
             timers are claimed as slots free up (``None``: no bound; see docs/scaling.md).
@@ -123,21 +105,20 @@ class Engine:
         retention: timedelta | None = None,
         converter: cattrs.Converter | None = None,
         clock: Clock | None = None,
+        queues: Iterable[Queue] = (),
+        schedules: Iterable[Schedule[Any]] = (),
         max_running: int | None = DEFAULT_MAX_RUNNING,
     ) -> None:
         if isinstance(storage, os.PathLike):
-            storage = os.fspath(storage)
+            storage = os.fspath(storage)  # a SQLite file, opened (sqlite3 loaded) on entering
         if not isinstance(storage, str | Storage):
             raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
-        self._shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
+        seconds(shutdown_timeout, "shutdown_timeout")  # checked before anything is made
         if retention is not None and seconds(retention, "retention") <= 0:
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
-        self._retention = retention
-        self._last_id = 0  # the timestamp of the last generated instance id
-        self._spec = storage  # a path becomes a SQLiteStorage on entering (sqlite3 loads then)
-        self._resume_on_start = resume_on_start
+        self._storage = storage
         self._registry = Registry()
         self._kernel = Kernel(
             registry=self._registry,
@@ -147,75 +128,31 @@ class Engine:
             status=StatusHub(),
         )
         self._runner = Runner(self._kernel, max_running)
-        self._timers = TimerScheduler(self._kernel, self._runner.claimed, self._runner.room)
-        self._phase: _Phase = "new"
-        self._stack = contextlib.AsyncExitStack()
-        self._abort = False  # leaving the block by an exception: no grace period
-        self._owner: tuple[int, object] | None = None  # (thread, event loop) it runs on
+        self._admitter = Admitter(self._kernel, self._runner.claimed, queues)
+        self._control = Control(self._kernel, self._runner, self._admitter)
+        for wf in workflows:
+            self.register(wf)
+        self._life = Lifecycle(storage, self._kernel, self._runner, self._control,
+                               admitter=self._admitter, schedules=schedules,
+                               shutdown_timeout=seconds(shutdown_timeout, "shutdown_timeout"),
+                               resume_on_start=resume_on_start, retention=retention)  # fmt: skip
         self._instances = Instances(
             status=self._kernel.status,
             runs=self._runner.runs,
             check_running=self._check_running,
-            record=self._record,
-            outcome=self._outcome,
-            live_message=self._live_message,
+            record=self._control.record,
+            outcome=self._control.outcome,
+            live_message=self._control.live_message,
             settle=self._kernel.settle,
         )
-        for wf in workflows:
-            self.register(wf)
 
     def __repr__(self) -> str:
-        return f"<memable.Engine storage={self._spec!r} phase={self._phase}>"
+        return f"<memable.Engine storage={self._storage!r} phase={self._life.phase}>"
 
     # -- life cycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._phase != "new":
-            raise RuntimeError("an Engine can be entered only once; make a new one")
-        self._phase = "closing"  # until fully started
-        self._owner = (threading.get_ident(), anyio.lowlevel.current_token())
-        self._storage = _storage_of(self._spec)
-        kernel = self._kernel
-        # anyio objects are made here, on the event loop that runs the engine.
-        limiter = anyio.CapacityLimiter(max(1, int(getattr(self._storage, "threads", 1))))
-        kernel.store = Store(self._storage, limiter, kernel.trouble)
-        stack = self._stack
-        try:
-            # The life cycle, innermost last: storage ⊃ writer ⊃ system tasks ⊃ instances.
-            # Leaving unwinds it in reverse: instances stop (after the grace period), then
-            # system tasks, then the writer commits what is queued, then storage closes.
-            stack.push_async_callback(self._close_storage)
-            await kernel.store.call(self._storage.open)
-            kernel.committer = GroupCommitter(self._storage.commit, limiter)
-            writer = await stack.enter_async_context(anyio.create_task_group())
-            writer.start_soon(kernel.committer.run, name="memable writer")
-            stack.callback(kernel.committer.close)
-            system = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(system.cancel_scope.cancel)
-            stack.callback(kernel.status.close)
-            system.start_soon(self._timers.run, name="memable timers")
-            system.start_soon(heal, kernel, self._runner, name="memable healer")
-            if self._retention is not None or any(wf.retention for wf in self._registry):
-                system.start_soon(retain, kernel, self._retention, name="memable retention")
-            instances = await stack.enter_async_context(anyio.create_task_group())
-            stack.push_async_callback(self._stop_instances, instances)
-            kernel.open_spawning(instances)
-        except BaseException:
-            self._abort = True
-            with anyio.CancelScope(shield=True):
-                await stack.aclose()
-            self._phase = "closed"
-            raise
-        attach = getattr(kernel.clock, "attach", None)
-        if callable(attach):  # memable.testing.ManualClock waits for our timers
-            attach(self._timers_settled)
-        self._phase = "running"
-        if self._resume_on_start:
-            try:
-                await self._recover()
-            except BaseException as exc:
-                await self.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
+        await self._life.enter()
         return self
 
     async def __aexit__(
@@ -224,38 +161,7 @@ class Engine:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        self._phase = "closing"
-        self._abort = exc_type is not None
-        try:
-            # The engine's own tasks never raise; the body's exception is not handed to
-            # the task groups, so it propagates as itself, not inside an ExceptionGroup.
-            await self._stack.aclose()
-        finally:
-            self._phase = "closed"
-
-    async def _stop_instances(self, instances: anyio.abc.TaskGroup) -> None:
-        if not self._abort:
-            with anyio.move_on_after(self._shutdown_timeout):
-                await self._runner.wait_idle()
-        self._kernel.close_spawning()
-        self._runner.stop_all()
-        instances.cancel_scope.cancel()
-
-    def _timers_settled(self) -> bool:
-        """Whether no timer is due that the scheduler has not fired (for ManualClock)."""
-        return self._phase != "running" or self._timers.settled()
-
-    async def _close_storage(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._kernel.store.call(self._storage.close)
-
-    async def _recover(self) -> None:
-        records = await self._kernel.store.running()
-        for record in records:
-            if record.parent_id is None:  # children are driven by their parent
-                self._runner.claimed(record)
-        if records:
-            logger.info("recovering %d running instances", len(records))
+        await self._life.exit(aborted=exc_type is not None)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -290,7 +196,7 @@ class Engine:
     ) -> Invocation[O]: ...
 
     async def invoke(
-        self, wf: Workflow[Any, O], input: Any = _NOTHING, /, *, instance_id: str | None = None
+        self, wf: Workflow[Any, O], input: Any = NOTHING, /, *, instance_id: str | None = None
     ) -> Invocation[O]:
         """Start an instance of *wf* with *input*; return its :class:`Invocation`.
 
@@ -306,73 +212,119 @@ class Engine:
             InstanceConflict: *instance_id* exists with another input or workflow.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.invoke(wf, "o-17", instance_id="order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         print(await invocation.wait())
+            ...         again = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         print(again.instance_id)
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
+            order-o-17
         """
         self._check_running()
         wf = self._registry.known(wf)
-        if wf.takes_input and input is _NOTHING:
-            raise TypeError(f"workflow {wf.name!r} takes an input; pass it to invoke()")
-        if not wf.takes_input:
-            if input is not _NOTHING and input is not None:
-                raise TypeError(f"workflow {wf.name!r} takes no input, got {input!r}")
-            input = None
-        generated = instance_id is None
-        if instance_id is None:
-            now_ns = int(self._kernel.now() * 1_000_000) * 1000
-            instance_id, self._last_id = new_instance_id(now_ns, self._last_id)
-        else:
-            check_key(instance_id, "instance id")
-        input_type, _ = wf.types()
-        envelope = self._kernel.serde.encode(
-            input, input_type, "input", f"the input of workflow {wf.name!r}"
-        )
-        now = self._kernel.now()
-        record = InstanceRecord(
-            instance_id=instance_id,
-            workflow=wf.name,
-            status="running",
-            input=envelope,
-            created_at=now,
-            updated_at=now,
-        )
-        run = self._runner.reserve(instance_id, wf)
-        run.pending += 1
-        try:
-            with anyio.CancelScope(shield=True):  # what storage answers must be acted on
-                if generated:
-                    # A generated id is new (a timestamp and 48 random bits), so its row joins
-                    # the group commit instead of taking a transaction of its own.
-                    await self._kernel.write([record])
-                    stored, created = record, True
-                else:
-                    stored, created = await self._kernel.store.create(record)
-        except BaseException:
-            run.pending -= 1
-            self._runner.release(run)  # nothing was created: drop the reservation
-            raise
-        run.pending -= 1
-        if created:
-            run.fresh = True
-            self._runner.start(run, stored)
-        else:
-            self._runner.release(run)
-            if stored.workflow != wf.name:
-                raise InstanceConflict(
-                    f"instance id {instance_id!r} belongs to workflow {stored.workflow!r},"
-                    f" not {wf.name!r}"
-                )
-            if json.loads(stored.input)["value"] != json.loads(envelope)["value"]:
-                raise InstanceConflict(
-                    f"instance {instance_id!r} of {wf.name!r} exists with a different input;"
-                    " use another instance_id, or the same input to attach to it"
-                )
+        instance_id = await self._control.start(wf, input, instance_id)
         return self._invocation(wf, instance_id)
 
     def _invocation(self, wf: Workflow[Any, O], instance_id: str) -> Invocation[O]:
         return Invocation(self._instances, wf, instance_id)
+
+    # -- queues -----------------------------------------------------------------------------
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[None, O],
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    @overload
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[I, O],
+        input: I,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]: ...
+
+    async def enqueue(
+        self,
+        queue: Queue,
+        wf: Workflow[Any, O],
+        input: Any = NOTHING,
+        /,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+    ) -> Invocation[O]:
+        """Record an instance of *wf* as ``enqueued`` in *queue*; it starts when the
+        queue's limits allow, highest *priority* (an int) first, then oldest. Idempotent by
+        *instance_id* like :meth:`invoke`; from now on this engine admits for *queue*.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails", concurrency=10)
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         invocation = await engine.enqueue(emails, send, "ada", priority=5)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            sent to ada
+        """
+        self._check_running()
+        wf = self._registry.known(wf)
+        instance_id = await self._control.start(
+            wf, input, instance_id, queue=queue, priority=priority
+        )
+        return self._invocation(wf, instance_id)
+
+    async def pause_queue(self, queue: Queue | str) -> None:
+        """Start no more instances of *queue* in any engine on this database (stored,
+        until :meth:`resume_queue`); enqueuing goes on, running instances run on.
+
+        Raises:
+            ValueError: the queue has never been used with this database.
+
+        Example:
+            >>> import anyio, memable
+            >>> emails = memable.Queue("emails")
+            >>> @memable.workflow("send")
+            ... async def send(ctx: memable.Context, to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[send], queues=[emails]) as engine:
+            ...         await engine.pause_queue(emails)
+            ...         invocation = await engine.enqueue(emails, send, "ada", instance_id="e-1")
+            ...         print((await engine.state(send, "e-1")).status)
+            ...         await engine.resume_queue(emails)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            enqueued
+            sent to ada
+        """
+        self._check_running()
+        await self._admitter.pause(queue, True)
+
+    async def resume_queue(self, queue: Queue | str) -> None:
+        """Start instances of a paused *queue* again (:meth:`pause_queue` has an example)."""
+        self._check_running()
+        await self._admitter.pause(queue, False)
 
     @overload
     async def run(self, wf: Workflow[None, O], /, *, instance_id: str | None = None) -> O: ...
@@ -383,14 +335,24 @@ class Engine:
     ) -> O: ...
 
     async def run(
-        self, wf: Workflow[Any, O], input: Any = _NOTHING, /, *, instance_id: str | None = None
+        self, wf: Workflow[Any, O], input: Any = NOTHING, /, *, instance_id: str | None = None
     ) -> O:
         """:meth:`invoke`, then :meth:`Invocation.result`.
 
         Example:
-            >>> import memable
-            >>> async def start(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.run(wf, "o-17")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         try:
+            ...             await engine.run(order, "o-17")
+            ...         except memable.WorkflowSuspended as exc:
+            ...             print("suspended on", exc.key)
+            >>> anyio.run(main)
+            suspended on approval:v1
         """
         invocation = await self.invoke(wf, input, instance_id=instance_id)
         return await invocation.result()
@@ -399,9 +361,18 @@ class Engine:
         """Return an :class:`Invocation` for an existing instance (checked when used).
 
         Example:
-            >>> import memable
-            >>> async def receipt(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     return await engine.handle(wf, "order-o-17").result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await engine.handle(order, "order-o-17").result())
+            >>> anyio.run(main)
+            1250
         """
         check_instance_ref(instance_id)
         return self._invocation(self._registry.known(wf), instance_id)
@@ -417,31 +388,23 @@ class Engine:
             InstanceNotFound: no instance has this id (none is created).
 
         Example:
-            >>> import memable
-            >>> async def retry(engine: memable.Engine, wf: memable.Workflow[str, int]) -> int:
-            ...     invocation = await engine.resume(wf, "order-o-17")
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.resume(order, "order-o-17")  # replays
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Suspended(waiting_on=('approval:v1',), status='approve?', children=0)
         """
         self._check_running()
         wf = self._registry.known(wf)
-        check_instance_ref(instance_id)
-        invocation = self._invocation(wf, instance_id)
-        if self._runner.live(instance_id) is not None:
-            return invocation
-        record = await self._record(wf, instance_id)
-        if record.parent_id is not None:
-            # A child runs inside its parent: resuming it resumes its top-level instance.
-            root = await self._kernel.store.get(root_of(instance_id))
-            root_wf = None if root is None else self._registry.get(root.workflow)
-            if root is not None and root_wf is not None:
-                await self.resume(root_wf, root.instance_id)
-            return invocation
-        if record.status not in _RESUMABLE:
-            return invocation
-        restarted = await self._kernel.store.restart(instance_id, _RESUMABLE, self._kernel.now())
-        if restarted is not None:
-            self._runner.claimed(restarted)
-        return invocation
+        await self._control.resume(wf, instance_id)
+        return self._invocation(wf, instance_id)
 
     # -- signals, cancellation, status -------------------------------------------------------
 
@@ -461,44 +424,22 @@ class Engine:
             SignalSuperseded: the point already has a payload, or its deadline passed.
 
         Example:
-            >>> import memable
+            >>> import anyio, memable
             >>> approval = memable.SuspendPoint("approval:v1", bool)
-            >>> async def approve(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.signal(wf, "order-o-17", approval, True)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         invocation = await engine.signal(order, "order-o-17", approval, True)
+            ...         print(await invocation.result())
+            >>> anyio.run(main)
+            1250
         """
         self._check_running()
         wf = self._registry.known(wf)
-        check_instance_ref(instance_id)
-        self._kernel.check_point(wf, point)
-        envelope = self._kernel.serde.encode(
-            payload, point.payload_type, point.key, f"the payload of signal {point.key!r}"
-        )
-        signal = SignalRecord(
-            instance_id=instance_id, key=point.key, payload=envelope, created_at=self._kernel.now()
-        )
-        await self._record(wf, instance_id)  # unknown id or another workflow: nothing stored
-        outcome, record = await self._kernel.store.signal(signal)
-        match outcome:
-            case "not_found":
-                raise InstanceNotFound(f"no instance {instance_id!r}")
-            case "finished":
-                assert record is not None
-                raise SignalRejected(point.key, f"instance {instance_id!r} is {record.status}")
-            case "superseded":
-                raise SignalSuperseded(
-                    point.key,
-                    f"suspend point {point.key!r} of instance {instance_id!r} already has a"
-                    " payload (another signal came first); this one is not used",
-                )
-            case "timed_out":
-                raise SignalSuperseded(
-                    point.key,
-                    f"the deadline of suspend point {point.key!r} of instance {instance_id!r}"
-                    " passed before this signal; it is not used",
-                )
-            case "claimed":
-                assert record is not None
-                self._runner.claimed(record)
+        await self._control.signal(wf, instance_id, point, payload)
         return self._invocation(wf, instance_id)
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str = "") -> bool:
@@ -514,24 +455,22 @@ class Engine:
             InstanceNotFound: no instance has this id.
 
         Example:
-            >>> import memable
-            >>> async def stop(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     await engine.cancel(wf, "order-o-17", reason="customer left")
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         invocation = await engine.invoke(order, "o-17", instance_id="order-o-17")
+            ...         await invocation.wait()
+            ...         await engine.cancel(order, "order-o-17", reason="customer left")
+            ...         print(await invocation.wait())
+            >>> anyio.run(main)
+            Cancelled(reason='customer left')
         """
         self._check_running()
-        wf = self._registry.known(wf)
-        check_text(reason, f"the cancel reason for {instance_id!r}")
-        record = await self._record(wf, instance_id)
-        before, to_run = await self._kernel.store.cancel(instance_id, reason, self._kernel.now())
-        if before is None:
-            return False  # already finished
-        prefix = record.instance_id + "/"
-        for run_id in [i for i in self._runner.runs if i == instance_id or i.startswith(prefix)]:
-            self._runner.cancel_live(run_id, reason)
-        self._kernel.status.publish(record.instance_id, "cancelled", reason)
-        if to_run is not None:  # a parent waited for this child: it runs on
-            self._runner.claimed(to_run)
-        return True
+        return await self._control.cancel(self._registry.known(wf), instance_id, reason)
 
     def subscribe(self, wf: Workflow[Any, Any], instance_id: str) -> AsyncIterator[Status]:
         """Iterate over the status changes of an instance.
@@ -543,19 +482,25 @@ class Engine:
         status once.
 
         Example:
-            >>> import memable
-            >>> async def watch(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-            ...     async for status in engine.subscribe(wf, "order-o-17"):
-            ...         print(status.status, status.message)
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         await engine.signal(order, "order-o-17", approval, False)
+            ...         async for status in engine.subscribe(order, "order-o-17"):
+            ...             last = status
+            ...         print(last.status)
+            >>> anyio.run(main)
+            completed
         """
         self._check_running()
         wf = self._registry.known(wf)
         check_instance_ref(instance_id)
         return StatusStream(self._instances, wf, instance_id)
-
-    def _live_message(self, record: InstanceRecord) -> str | None:
-        run = self._runner.live(record.instance_id)
-        return record.status_message if run is None else run.status_message
 
     # -- retention --------------------------------------------------------------------------
 
@@ -567,10 +512,17 @@ class Engine:
         them. Running and suspended instances are never purged.
 
         Example:
+            >>> import anyio, memable
             >>> from datetime import timedelta
-            >>> import memable
-            >>> async def clean(engine: memable.Engine) -> int:
-            ...     return await engine.purge(older_than=timedelta(days=30))
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         print(await engine.purge(older_than=timedelta(days=30)))
+            >>> anyio.run(main)
+            0
         """
         self._check_running()
         if not isinstance(typing.cast(object, older_than), timedelta) or older_than < timedelta(0):
@@ -580,21 +532,30 @@ class Engine:
     # -- reading ----------------------------------------------------------------------------
 
     async def state(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceInfo:
-        """Return what storage knows about an instance.
+        """Return what storage knows about an instance (input and output decoded).
 
         Raises:
             InstanceNotFound: no instance has this id.
             InstanceConflict: the instance belongs to another workflow.
 
         Example:
-            >>> import memable
-            >>> async def status(engine: memable.Engine, wf: memable.Workflow[str, int]) -> str:
-            ...     return (await engine.state(wf, "order-o-17")).status
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         info = await engine.state(order, "order-o-17")
+            ...         print(info.status, info.status_message, info.waiting_on)
+            >>> anyio.run(main)
+            suspended approve? ('approval:v1',)
         """
         self._check_running()
-        record = await self._record(wf, instance_id)
-        info = InstanceInfo.from_record(record)
-        message = self._live_message(record)
+        record = await self._control.record(wf, instance_id)
+        info = self._describe(record)
+        message = self._control.live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
         )
@@ -602,82 +563,84 @@ class Engine:
     async def instances(
         self,
         wf: Workflow[Any, Any] | None = None,
+        *,
         status: InstanceState | None = None,
+        waiting_on: str | None = None,
+        parent_id: str | None = None,
+        created_after: datetime | None = None,
         limit: int | None = 100,
-    ) -> list[InstanceInfo]:
-        """List instances, oldest first, optionally of one workflow and in one status.
+        after: str | None = None,
+    ) -> Page[InstanceInfo]:
+        """List instances, newest first, a page at a time (``page.next`` is the cursor).
+
+        Filters: the workflow, the status, suspended on a key (*waiting_on*), children of
+        *parent_id*, created after a time. Each page is one index range scan, so its cost
+        does not grow with how many instances are stored. ``limit=None`` lists them all.
+
+        Raises:
+            ValueError: a negative limit, a naive datetime, or a cursor not from ``next``.
 
         Example:
-            >>> import memable
-            >>> async def failures(engine: memable.Engine) -> list[str]:
-            ...     return [i.instance_id for i in await engine.instances(status="failed")]
+            >>> import anyio, memable
+            >>> approval = memable.SuspendPoint("approval:v1", bool)
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     return 1250 if await ctx.suspend(approval, status="approve?") else 0
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await (await engine.invoke(order, "o-17", instance_id="order-o-17")).wait()
+            ...         print([i.instance_id for i in await engine.instances(status="suspended")])
+            >>> anyio.run(main)
+            ['order-o-17']
         """
         self._check_running()
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, not {limit!r}")
-        records = await self._kernel.store.call(
-            self._storage.list_instances,
-            workflow=None if wf is None else wf.name,
-            status=status,
-            limit=limit,
+        query = _inspect.query(wf, status, waiting_on, parent_id, created_after, limit, after)
+        records, cursor = await self._kernel.store.call(
+            _inspect.load_page, self._kernel.store.storage, **query
         )
-        return [InstanceInfo.from_record(record) for record in records]
+        return Page(tuple(self._describe(record) for record in records), cursor)
 
-    async def _record(self, wf: Workflow[Any, Any], instance_id: str) -> InstanceRecord:
-        check_instance_ref(instance_id)
-        record = await self._kernel.store.get(instance_id)
-        if record is None:
-            raise InstanceNotFound(f"no instance {instance_id!r}")
-        if record.workflow != wf.name and not (
-            record.parent_id is not None and await self._root_is(instance_id, wf)
-        ):
-            raise InstanceConflict(
-                f"instance {instance_id!r} belongs to workflow {record.workflow!r}, not {wf.name!r}"
-            )
-        return record
+    async def history(self, wf: Workflow[Any, Any], instance_id: str) -> History:
+        """Return what an instance did: steps, signals, timers and children, from storage.
 
-    async def _root_is(self, instance_id: str, wf: Workflow[Any, Any]) -> bool:
-        """Whether the top-level ancestor of a child instance is an instance of *wf*."""
-        root = await self._kernel.store.get(root_of(instance_id))
-        return root is not None and root.workflow == wf.name
+        Works for finished instances too and changes nothing (``resume`` keeps a dead
+        letter it retries, as an earlier attempt of its step).
 
-    def _outcome(self, wf: Workflow[Any, O], record: InstanceRecord) -> Outcome[O] | None:
-        return outcome_of(record, self._kernel.serde, wf)
+        Raises:
+            InstanceNotFound: no instance has this id.
+            InstanceConflict: the instance belongs to another workflow.
+
+        Example:
+            >>> import anyio, memable
+            >>> @memable.workflow("order")
+            ... async def order(ctx: memable.Context, order_id: str) -> int:
+            ...     async def price() -> int:
+            ...         return 1250
+            ...     return await ctx.step("price:v1", price)
+            >>> async def main() -> None:
+            ...     async with memable.Engine(workflows=[order]) as engine:
+            ...         await engine.run(order, "o-17", instance_id="order-o-17")
+            ...         for step in (await engine.history(order, "order-o-17")).steps:
+            ...             print(step.key, step.state, step.attempts)
+            >>> anyio.run(main)
+            price:v1 completed 1
+        """
+        self._check_running()
+        record = await self._control.record(wf, instance_id)
+        types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
+        build = await self._kernel.store.call(
+            _inspect.load_history, self._kernel.store.storage, record, payload_types=types
+        )
+        return build(self._describe)
+
+    def _describe(self, record: InstanceRecord) -> InstanceInfo:
+        wf = self._registry.get(record.workflow)
+        return _inspect.describe(record, self._kernel.serde, wf)
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _check_running(self) -> None:
-        if self._phase != "running":
-            raise NotStarted(
-                f"the engine is {self._phase}; use it inside 'async with engine:'"
-                if self._phase != "new"
-                else "the engine has not started; use it inside 'async with engine:'"
-            )
-        assert self._owner is not None
-        thread, token = self._owner
-        if threading.get_ident() != thread:
-            raise RuntimeError(
-                "this Engine runs in another thread; call it from the thread (and event loop)"
-                " that entered 'async with engine:' (anyio.from_thread.run() gets you there)"
-            )
-        try:
-            current = anyio.lowlevel.current_token()
-        except RuntimeError:
-            current = None
-        if current != token:
-            raise RuntimeError(
-                "this Engine runs on another event loop; call it from the event loop that"
-                " entered 'async with engine:'"
-            )
-
-
-def _storage_of(spec: str | Storage) -> Storage:
-    """The storage an engine was given: a path is a SQLite file (or ``":memory:"``)."""
-    if isinstance(spec, str):
-        from .storage._sqlite import SQLiteStorage  # loaded on first use
-
-        return SQLiteStorage(spec)
-    return spec
+        self._life.check_running()
 
 
 def kernel_of(engine: Engine) -> Kernel:

@@ -401,11 +401,25 @@ class Permanent(Exception):
     ``Permanent(exc)`` chains ``exc``; ``Permanent("message")`` carries a message.
 
     Example:
-        >>> import memable
+        >>> import anyio, memable
         >>> async def charge(card: str) -> int:
         ...     if card == "expired":
-        ...         raise memable.Permanent("card expired")
+        ...         raise memable.Permanent("card expired")  # no retry will help
         ...     return 42
+        >>> @memable.workflow("pay")
+        ... async def pay(ctx: memable.Context, card: str) -> int:
+        ...     retry = memable.RetryPolicy.fixed(attempts=5, delay=1.0)
+        ...     try:
+        ...         return await ctx.step("charge:v1", charge, card, retry=retry)
+        ...     except memable.StepFailed as exc:
+        ...         print(f"{exc.attempts} attempt: {exc.__cause__!r}")
+        ...         return 0
+        >>> async def main() -> int:
+        ...     async with memable.Engine(workflows=[pay]) as engine:
+        ...         return await engine.run(pay, "expired")
+        >>> anyio.run(main)
+        1 attempt: Permanent('card expired')
+        0
     """
 
     def __init__(self, exc_or_message: BaseException | str) -> None:

@@ -5,12 +5,15 @@ key) makes it unmistakable, and a family (an instance and its descendants) is ev
 equal to the instance's or starting with it and ``/``. A parent that waits for the
 children of fan-out *key* records the reserved key ``"_children:{key}"`` among the keys
 it waits on (``"_children:{key}:{n}"`` with the number of unfinished children); user keys
-never start with ``_``, so no signal or timer can match it, and it is never shown.
+never start with ``_``, so no signal or timer can match it, and it is never shown. The
+instance a schedule starts for a tick is ``"{schedule}@{tick}"``, the tick in UTC ISO 8601:
+the same tick always gives the same id, on every engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Final
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "is_children_key",
     "public_keys",
     "root_of",
+    "tick_id",
 ]
 
 _CHILDREN: Final = "_children:"
@@ -86,3 +90,16 @@ def children_waited(keys: Iterable[str]) -> int:
 def public_keys(keys: Iterable[str]) -> tuple[str, ...]:
     """*keys* without the engine's reserved ones: what users see as ``waiting_on``."""
     return tuple(key for key in keys if not is_children_key(key))
+
+
+def tick_id(schedule: str, tick: float) -> str:
+    """The id of the instance schedule *schedule* starts for *tick* (seconds, UTC).
+
+    >>> tick_id("report", 1767225900.0)
+    'report@2026-01-01T00:05:00Z'
+    >>> tick_id("fast", 1767225900.25)
+    'fast@2026-01-01T00:05:00.250000Z'
+    """
+    when = datetime.fromtimestamp(tick, UTC)
+    fraction = f".{when.microsecond:06d}" if when.microsecond else ""
+    return f"{schedule}@{when:%Y-%m-%dT%H:%M:%S}{fraction}Z"

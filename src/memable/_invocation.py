@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typing
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
+
+import anyio
 
 from ._exceptions import NotStarted, WorkflowCancelled, WorkflowFailed, WorkflowSuspended
 from ._outcome import Cancelled, Completed, Failed, Outcome, Suspended
@@ -17,6 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Invocation"]
 
+#: Real seconds between reads of an enqueued instance that ``wait()`` waits for.
+_ENQUEUED_POLL: Final = 1.0
+
 O = TypeVar("O", covariant=True)  # noqa: E741 - an Invocation[bool] is an Invocation[object]
 
 
@@ -25,16 +30,22 @@ class Invocation(Generic[O]):
     """A handle on one instance: wait for it, or get its result.
 
     Example:
-        >>> import memable
-        >>> async def outcome(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-        ...     invocation = await engine.invoke(wf, "o-17")
-        ...     match await invocation.wait():
-        ...         case memable.Completed(output=n):
-        ...             print("done", n)
-        ...         case memable.Failed(error=error):
-        ...             print("failed", error)
-        ...         case _:
-        ...             print("suspended or cancelled")
+        >>> import anyio, memable
+        >>> @memable.workflow("double")
+        ... async def double(ctx: memable.Context, n: int) -> int:
+        ...     return 2 * n
+        >>> async def outcome() -> None:
+        ...     async with memable.Engine(workflows=[double]) as engine:
+        ...         invocation = await engine.invoke(double, 21)
+        ...         match await invocation.wait():
+        ...             case memable.Completed(output=n):
+        ...                 print("done", n)
+        ...             case memable.Failed(error=error):
+        ...                 print("failed", error)
+        ...             case _:
+        ...                 print("suspended or cancelled")
+        >>> anyio.run(outcome)
+        done 42
     """
 
     __slots__ = ("_failure", "_instances", "instance_id", "workflow")
@@ -48,8 +59,12 @@ class Invocation(Generic[O]):
     def __repr__(self) -> str:
         return f"<memable.Invocation {self.workflow.name}/{self.instance_id}>"
 
-    async def wait(self) -> Outcome[O]:
+    async def wait(self, *, finished: bool = False) -> Outcome[O]:
         """Wait until the instance completes, fails, is cancelled or suspends.
+
+        With *finished*, wait through suspensions (a durable sleep, a signal to come)
+        until it completes, fails or is cancelled. An ``enqueued`` instance is waited
+        for through its queue until it runs.
 
         Raises:
             InstanceNotFound: no instance has this id.
@@ -58,9 +73,31 @@ class Invocation(Generic[O]):
                 down first); ``engine.resume()`` starts it.
 
         Example:
-            >>> async def show(invocation: Invocation[int]) -> None:
-            ...     print(await invocation.wait())
+            >>> import anyio, memable
+            >>> point = memable.SuspendPoint("go:v1", bool)
+            >>> @memable.workflow("wait")
+            ... async def wait(ctx: memable.Context) -> bool:
+            ...     return await ctx.suspend(point, status="say go")
+            >>> async def show() -> None:
+            ...     async with memable.Engine(workflows=[wait]) as engine:
+            ...         invocation = await engine.invoke(wait, instance_id="w-1")
+            ...         print(await invocation.wait())
+            ...         await engine.signal(wait, "w-1", point, True)
+            ...         print(await invocation.wait())
+            >>> anyio.run(show)
+            Suspended(waiting_on=('go:v1',), status='say go', children=0)
+            Completed(output=True)
         """
+        while True:
+            outcome = await self._wait()
+            if not finished or not isinstance(outcome, Suspended):
+                return outcome
+            # Suspended: wait for it to run again (a signal, a timer, resume), then go on.
+            async for status in StatusStream(self._instances, self.workflow, self.instance_id):
+                if status.status != "suspended":
+                    break
+
+    async def _wait(self) -> Outcome[O]:
         instances = self._instances
         while True:
             instances.check_running()
@@ -72,6 +109,9 @@ class Invocation(Generic[O]):
                         self._failure = run.outcome
                     return run.outcome
             record = await instances.record(self.workflow, self.instance_id)
+            if record.status == "enqueued":
+                await self._until_started()
+                continue
             outcome = instances.outcome(self.workflow, record)
             failure = self._failure
             if isinstance(outcome, Failed) and failure and outcome.error == failure.error:
@@ -88,30 +128,61 @@ class Invocation(Generic[O]):
                 " engine.resume() starts it"
             )
 
+    async def _until_started(self) -> None:
+        """Wait while the instance is ``enqueued``: until a status change here, or a short
+        poll (another engine sharing the database may start it)."""
+        instances = self._instances
+        subscriber = instances.status.follow(self.instance_id)
+        try:
+            record = await instances.record(self.workflow, self.instance_id)
+            if record.status == "enqueued":
+                with anyio.move_on_after(_ENQUEUED_POLL):
+                    await subscriber.get()
+        finally:
+            instances.status.drop(self.instance_id, subscriber)
+
     def status(self) -> AsyncIterator[Status]:
         """Iterate over the instance's status changes (see :meth:`Engine.subscribe`).
 
         Example:
-            >>> async def watch(invocation: Invocation[int]) -> None:
-            ...     async for status in invocation.status():
-            ...         print(status.status)
+            >>> import anyio, memable
+            >>> @memable.workflow("double")
+            ... async def double(ctx: memable.Context, n: int) -> int:
+            ...     return 2 * n
+            >>> async def watch() -> None:
+            ...     async with memable.Engine(workflows=[double]) as engine:
+            ...         invocation = await engine.invoke(double, 21)
+            ...         async for status in invocation.status():  # ends when it finishes
+            ...             last = status.status
+            ...         print(last)
+            >>> anyio.run(watch)
+            completed
         """
         self._instances.check_running()
         return StatusStream(self._instances, self.workflow, self.instance_id)
 
-    async def result(self) -> O:
+    async def result(self, *, finished: bool = False) -> O:
         """Wait for the instance and return its output.
+
+        With *finished*, wait through suspensions (see :meth:`wait`).
 
         Raises:
             WorkflowFailed: it failed (the exception chained where it ran in this process).
-            WorkflowSuspended: it is suspended.
+            WorkflowSuspended: it is suspended (never with *finished*).
             WorkflowCancelled: it was cancelled.
 
         Example:
-            >>> async def total(invocation: Invocation[int]) -> int:
-            ...     return await invocation.result()
+            >>> import anyio, memable
+            >>> @memable.workflow("double")
+            ... async def double(ctx: memable.Context, n: int) -> int:
+            ...     return 2 * n
+            >>> async def total() -> int:
+            ...     async with memable.Engine(workflows=[double]) as engine:
+            ...         return await (await engine.invoke(double, 21)).result()
+            >>> anyio.run(total)
+            42
         """
-        outcome = await self.wait()
+        outcome = await self.wait(finished=finished)
         match outcome:
             case Completed(output=output):
                 return output

@@ -3,8 +3,8 @@
 Runners, contexts, fan-outs and the engine's background tasks are handed a
 :class:`Kernel` (as svcs hands a container its registry, not the application): the
 storage façade, the group committer, serde, the clock, the registry of workflows, the
-default retry policy, the status hub, the timer wake-up, spawning, the healer's alarm and
-the test hooks. The engine builds it and owns its life cycle.
+default retry policy, the status hub, the timer and queue wake-ups, spawning, the
+healer's alarm and the test hooks. The engine builds it and owns its life cycle.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
 
 import anyio
 
-from ._exceptions import StorageError, TypeMismatch, WorkflowNotFound
-from ._ids import children_waited, public_keys
+from ._exceptions import (
+    InstanceConflict,
+    InstanceNotFound,
+    StorageError,
+    TypeMismatch,
+    WorkflowNotFound,
+)
+from ._ids import children_waited, public_keys, root_of
+from ._keys import check_instance_ref
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Outcome, Suspended
 from ._serde import type_name
 from ._suspend import SuspendPoint
@@ -30,9 +37,12 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._commit import GroupCommitter
     from ._records import (
+        Admission,
         History,
         InstanceRecord,
         InstanceState,
+        QueueRecord,
+        ScheduleRecord,
         SignalOutcome,
         SignalRecord,
         Write,
@@ -40,7 +50,7 @@ if TYPE_CHECKING:
     from ._retry import RetryPolicy
     from ._serde import Serde
     from ._status import StatusHub
-    from .storage._protocol import Storage
+    from .storage._protocol import QueueStorage, Storage
 
 __all__ = ["Kernel", "Registry", "Store", "outcome_of"]
 
@@ -140,6 +150,28 @@ class Store:
     async def get(self, instance_id: str) -> InstanceRecord | None:
         return await self.call(self.storage.get_instance, instance_id)
 
+    async def find(self, workflow: str, instance_id: str) -> InstanceRecord:
+        """The instance *instance_id* of *workflow* (or a child of one of its instances).
+
+        Raises:
+            InstanceNotFound: no instance has this id.
+            InstanceConflict: it belongs to another workflow.
+        """
+        check_instance_ref(instance_id)
+        record = await self.get(instance_id)
+        if record is None:
+            raise InstanceNotFound(f"no instance {instance_id!r}")
+        if record.workflow != workflow and record.parent_id is not None:
+            root = await self.get(root_of(instance_id))
+            if root is not None and root.workflow == workflow:
+                return record
+        if record.workflow != workflow:
+            raise InstanceConflict(
+                f"instance {instance_id!r} belongs to workflow {record.workflow!r},"
+                f" not {workflow!r}"
+            )
+        return record
+
     async def create(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
         return await self.call(self.storage.create_instance, record)
 
@@ -217,6 +249,47 @@ class Store:
             took = max(time.perf_counter() - started, 1e-4)
             batch = max(10, min(1000, int(batch * _PURGE_SLICE / took)))
 
+    # -- queues and schedules ---------------------------------------------------------------
+
+    def queues(self) -> QueueStorage:
+        """The storage as a :class:`QueueStorage`, or a clear error if it is not one."""
+        if not callable(getattr(self.storage, "admit", None)):
+            raise TypeError(
+                f"{type(self.storage).__name__} does not support queues and schedules;"
+                " use a built-in storage (SQLite, memory or Postgres)"
+            )
+        return typing.cast("QueueStorage", self.storage)
+
+    async def define_queue(self, row: QueueRecord) -> QueueRecord:
+        return await self.call(self.queues().define_queue, row)
+
+    async def pause_queue(self, name: str, paused: bool) -> bool:
+        return await self.call(self.queues().pause_queue, name, paused)
+
+    async def admit(self, name: str, now: float, workflows: Sequence[str]) -> Admission:
+        return await self.call(self.queues().admit, name, now=now, workflows=workflows)
+
+    async def define_schedule(self, name: str, now: float) -> ScheduleRecord:
+        return await self.call(self.queues().define_schedule, name, now)
+
+    async def tick_schedule(
+        self,
+        name: str,
+        *,
+        expected: float,
+        last_tick: float,
+        records: Sequence[InstanceRecord],
+        overlap: bool,
+    ) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
+        return await self.call(
+            self.queues().tick_schedule,
+            name,
+            expected=expected,
+            last_tick=last_tick,
+            records=records,
+            overlap=overlap,
+        )
+
 
 @final
 class Kernel:
@@ -230,11 +303,13 @@ class Kernel:
         "committer",
         "crash_points",
         "points",
+        "recovered",
         "registry",
         "retry",
         "serde",
         "status",
         "store",
+        "wake_queue",
         "wake_timers",
     )
 
@@ -256,6 +331,9 @@ class Kernel:
         # The payload type (canonical name) each workflow was seen waiting for at a key.
         self.points: dict[tuple[str, str], str] = {}
         self.wake_timers: Callable[[float], None] = lambda deadline: None
+        # Admission of a queue may start something: a slot freed, or work came back.
+        self.wake_queue: Callable[[str], None] = lambda name: None
+        self.recovered = anyio.Event()  # set once the engine has re-run its running instances
         # Made on first use, on the engine's loop (anyio's events load with them).
         self._alarm: anyio.Event | None = None
         self._healed: anyio.Event | None = None  # unset from trouble() to the next re-scan

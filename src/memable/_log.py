@@ -1,4 +1,11 @@
-"""The ``memable`` logger, made on first use (``logging`` loads only when memable logs)."""
+"""Lifecycle log records of instances and steps, on ``logging.getLogger("memable")``.
+
+Every record carries ``instance_id``, ``workflow`` and ``step`` (``None`` where none) in
+its ``extra`` fields, for structured handlers. Nothing is formatted or allocated when the
+level is off: each call checks :meth:`logging.Logger.isEnabledFor` first.
+
+The logger is made on first use, so ``import memable`` does not load :mod:`logging`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,13 @@ from typing import TYPE_CHECKING, Any, Final, final
 if TYPE_CHECKING:
     import logging
 
-__all__ = ["INFO", "logger"]
+__all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "event", "logger"]
 
-INFO: Final = 20  # logging.INFO, without importing logging
+# logging's levels, without importing logging
+DEBUG: Final = 10
+INFO: Final = 20
+WARNING: Final = 30
+ERROR: Final = 40
 
 
 @final
@@ -30,3 +41,23 @@ class _Logger:
 
 
 logger: Final[logging.Logger] = _Logger()  # type: ignore[assignment]
+
+
+def event(
+    level: int,
+    message: str,
+    *args: object,
+    instance_id: str,
+    workflow: str,
+    step: str | None = None,
+    exc_info: BaseException | None = None,
+) -> None:
+    """Log *message* % *args* at *level* with the instance's fields, if enabled."""
+    if logger.isEnabledFor(level):
+        logger.log(
+            level,
+            message,
+            *args,
+            exc_info=exc_info,
+            extra={"instance_id": instance_id, "workflow": workflow, "step": step},
+        )

@@ -2,7 +2,7 @@
 
 import json
 from datetime import UTC, datetime
-from typing import Generic, TypeAlias, TypeVar, final
+from typing import Any, Generic, TypeAlias, TypeVar, final
 
 import attrs
 
@@ -157,13 +157,23 @@ Outcome: TypeAlias = Completed[O_co] | Suspended | Failed | Cancelled
 class InstanceInfo:
     """What storage knows about an instance (``Engine.state``, ``Engine.instances``).
 
-    Times are timezone-aware UTC datetimes.
+    Times are timezone-aware UTC datetimes. ``input`` and ``output`` (``None`` until it
+    completes) are decoded where the engine has the workflow registered; otherwise (and
+    in the ``memable`` command line) they are the stored JSON values.
 
     Example:
-        >>> import memable
-        >>> async def show(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-        ...     info = await engine.state(wf, "o-1")
-        ...     print(info.status, info.status_message, info.created_at)
+        >>> import anyio, memable
+        >>> @memable.workflow("greet")
+        ... async def greet(ctx: memable.Context, name: str) -> str:
+        ...     ctx.set_status("greeting")
+        ...     return f"hello {name}"
+        >>> async def show() -> None:
+        ...     async with memable.Engine(workflows=[greet]) as engine:
+        ...         await engine.run(greet, "ada", instance_id="g-1")
+        ...         info = await engine.state(greet, "g-1")
+        ...         print(info.status, info.status_message, info.finished_at is not None)
+        >>> anyio.run(show)
+        completed greeting True
     """
 
     instance_id: str
@@ -176,10 +186,12 @@ class InstanceInfo:
     error: ErrorInfo | None
     waiting_on: tuple[str, ...]
     parent_id: str | None
+    input: Any = None
+    output: Any = None
 
     @classmethod
     def from_record(cls, record: InstanceRecord) -> "InstanceInfo":
-        """Describe a stored instance (times as UTC datetimes)."""
+        """Describe a stored instance (times as UTC datetimes; input and output as JSON)."""
         return cls(
             instance_id=record.instance_id,
             workflow=record.workflow,
@@ -193,7 +205,19 @@ class InstanceInfo:
             error=None if record.error is None else ErrorInfo.from_json(record.error),
             waiting_on=public_keys(record.waiting_on) if record.status == "suspended" else (),
             parent_id=record.parent_id,
+            input=_json_value(record.input),
+            output=_json_value(record.output),
         )
+
+
+def _json_value(envelope: str | None) -> Any:
+    """The JSON value inside a stored envelope (``None`` if absent or unreadable)."""
+    if envelope is None:
+        return None
+    try:
+        return json.loads(envelope)["value"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
 
 
 @final

@@ -8,9 +8,12 @@ import attrs
 
 __all__ = [
     "History",
+    "InboxItem",
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
+    "QueueRecord",
+    "ScheduleRecord",
     "SignalOutcome",
     "SignalRecord",
     "StepRecord",
@@ -20,7 +23,9 @@ __all__ = [
 ]
 
 #: The persisted state of an instance.
-InstanceState: TypeAlias = Literal["running", "suspended", "completed", "failed", "cancelled"]
+InstanceState: TypeAlias = Literal[
+    "enqueued", "running", "suspended", "completed", "failed", "cancelled"
+]
 
 
 @final
@@ -29,7 +34,10 @@ class InstanceRecord:
     """One workflow instance as stored.
 
     ``input`` and ``output`` are envelopes (JSON text); ``error`` is the JSON text of an
-    :class:`~memable.ErrorInfo`. Times are seconds since the epoch, UTC.
+    :class:`~memable.ErrorInfo`. Times are seconds since the epoch, UTC. An instance
+    started through a queue (top-level only) names it in ``queue``, with its
+    ``priority``; its place in the queue is (``priority`` highest first, ``created_at``,
+    ``instance_id``), which it keeps for life.
 
     Example:
         >>> from memable.storage import InstanceRecord
@@ -51,6 +59,70 @@ class InstanceRecord:
     status_message: str | None = None
     waiting_on: tuple[str, ...] = ()
     finished_at: float | None = None
+    #: The W3C ``traceparent`` of the span that started the instance (OpenTelemetry).
+    trace: str | None = None
+    queue: str | None = None
+    priority: int = 0
+
+
+@final
+@attrs.frozen(kw_only=True)
+class QueueRecord:
+    """A queue's row: its limits, whether it is paused, and its rate-limit window.
+
+    ``starts`` holds the times of the queue's latest starts, at most ``rate_count`` of
+    them, oldest first: a sliding-window log, so that no window of ``rate_period``
+    seconds ever holds more than ``rate_count`` starts. ``None`` limits are no limit.
+
+    Example:
+        >>> from memable.storage import QueueRecord
+        >>> QueueRecord(name="emails", concurrency=10).paused
+        False
+    """
+
+    name: str
+    concurrency: int | None = None
+    rate_count: int | None = None
+    rate_period: float | None = None
+    paused: bool = False
+    starts: tuple[float, ...] = ()
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ScheduleRecord:
+    """A schedule's row: every tick up to ``last_tick`` (seconds since the epoch, UTC)
+    has been handled, and ``last_run`` is the id of the latest instance it started.
+
+    Example:
+        >>> from memable.storage import ScheduleRecord
+        >>> ScheduleRecord(name="report", last_tick=0.0).last_run is None
+        True
+    """
+
+    name: str
+    last_tick: float
+    last_run: str | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Admission:
+    """What one admission transaction of a queue did.
+
+    ``started`` are the instances it moved from ``enqueued`` to ``running`` (to run now);
+    ``full`` says it stopped at its *limit* argument (more may be waiting: admit again);
+    ``retry_at`` is when the rate limit lets the next one start, if it held one back.
+
+    Example:
+        >>> from memable.storage import Admission
+        >>> Admission().started
+        ()
+    """
+
+    started: tuple[InstanceRecord, ...] = ()
+    full: bool = False
+    retry_at: float | None = None
 
 
 @final
@@ -116,6 +188,8 @@ class SignalRecord:
     key: str
     payload: str | None
     created_at: float
+    #: Whether it came before the instance waited on its key (set by the storage).
+    early: bool = False
 
     @property
     def timed_out(self) -> bool:
@@ -181,6 +255,28 @@ class SignalDrop:
 
     instance_id: str
     key: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class InboxItem:
+    """A request another process left for the engine that owns a SQLite file.
+
+    ``verb`` is ``"signal"`` (``payload`` is JSON text), ``"cancel"`` (with ``reason``),
+    ``"resume"``, or ``"purge"`` (``payload`` is the age in seconds).
+
+    Example:
+        >>> from memable.storage import InboxItem
+        >>> InboxItem(id=1, verb="cancel", instance_id="o-1", reason="stuck").verb
+        'cancel'
+    """
+
+    id: int
+    verb: Literal["signal", "cancel", "resume", "purge"]
+    instance_id: str
+    key: str | None = None
+    payload: str | None = None
+    reason: str | None = None
 
 
 @final

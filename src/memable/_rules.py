@@ -11,16 +11,19 @@ transition is an internal error naming the instance, never a silent write.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Final
 
 import attrs
 
 from . import _ids
 from ._records import (
+    Admission,
     InstanceRecord,
     InstanceState,
     InstanceUpdate,
+    QueueRecord,
+    ScheduleRecord,
     SignalDrop,
     SignalOutcome,
     SignalRecord,
@@ -29,22 +32,30 @@ from ._records import (
     TimerRecord,
     Write,
 )
-from ._state import FINISHED, check_move
+from ._state import FINISHED, IllegalTransition, check_move
 from ._tx import Guard, Tx
 
 __all__ = [
+    "admit",
     "cancel",
     "commit",
     "create",
+    "define_queue",
+    "define_schedule",
     "deliver_signal",
     "fire_timers",
     "move",
+    "pause_queue",
     "purge",
     "restart",
     "suspend",
+    "tick",
 ]
 
-_LIVE: Final = frozenset[InstanceState]({"running", "suspended"})
+_LIVE: Final = frozenset[InstanceState]({"enqueued", "running", "suspended"})
+
+#: How many instances one admission transaction starts at most.
+ADMIT_BATCH: Final = 100
 _RUNNING: Final = frozenset[InstanceState]({"running"})
 
 
@@ -53,9 +64,22 @@ def move(
 ) -> InstanceRecord | None:
     """Move *record* to *new* (checked against the state table) by compare-and-set.
 
-    Returns the new row, or ``None`` if the row changed since it was read.
+    An instance of a queue starts ``running`` only by admission (:func:`admit`, which
+    holds the queue's row), so its limits hold. Returns the new row, or ``None`` if the
+    row changed since it was read.
     """
     check_move(record.instance_id, record.status, new)
+    if new == "running" and record.queue is not None and record.status != "running":
+        raise IllegalTransition(
+            f"instance {record.instance_id!r} of queue {record.queue!r} can start running"
+            " only by admission"
+        )
+    return _write(tx, record, new, now, changes)
+
+
+def _write(
+    tx: Tx, record: InstanceRecord, new: InstanceState, now: float, changes: dict[str, object]
+) -> InstanceRecord | None:
     fields = {"status": new, "updated_at": now, **changes}
     if not tx.update(record.instance_id, Guard(frozenset({record.status})), fields):
         return None
@@ -146,9 +170,10 @@ def deliver_signal(tx: Tx, signal: SignalRecord) -> tuple[SignalOutcome, Instanc
     existing = tx.signal(signal.instance_id, signal.key)
     if existing is not None:
         return ("timed_out" if existing.timed_out else "superseded"), record
-    tx.insert(signal)
     if record.status == "suspended" and signal.key in record.waiting_on:
+        tx.insert(attrs.evolve(signal, early=False))
         return "claimed", _claim(tx, record, signal.created_at)
+    tx.insert(attrs.evolve(signal, early=True))
     return "stored", record
 
 
@@ -188,7 +213,8 @@ def suspend(
             ready = True
     if ready:
         if extend:  # it was suspended a moment ago: take it back to run it again
-            move(tx, record, "running", now)
+            # (an instance of a queue gave its slot back: it waits for admission again)
+            move(tx, record, "enqueued" if record.queue is not None else "running", now)
         return False
     changes: dict[str, object] = {"waiting_on": tuple(waiting_on), "status_message": status_message}
     if extend:
@@ -230,10 +256,12 @@ def cancel(
 def restart(
     tx: Tx, instance_id: str, *, only_if: Sequence[InstanceState], now: float
 ) -> InstanceRecord | None:
-    """Set an instance running again and delete its dead letters (``resume``).
+    """Set an instance running again and retire its dead letters (``resume``).
 
     Only from a state in *only_if*. Its failed and cancelled descendants run again too
-    (their dead letters deleted), so a fan-out that failed runs those children again.
+    (their dead letters retired: kept for the history as earlier attempts), so a fan-out
+    that failed runs those children again. An instance of a queue that is not running
+    goes back to its place in the queue.
     """
     record = tx.instance(instance_id)
     if record is None or record.status not in only_if:
@@ -242,8 +270,10 @@ def restart(
     for member in tx.family(instance_id):
         is_self = member.instance_id == instance_id
         if is_self or member.status in ("failed", "cancelled"):
-            moved = move(tx, member, "running", now, error=None, finished_at=None)
-            tx.delete_dead_steps(member.instance_id)
+            queued = member.queue is not None and member.status != "running"
+            new: InstanceState = "enqueued" if queued else "running"
+            moved = move(tx, member, new, now, error=None, finished_at=None)
+            tx.retire_dead_steps(member.instance_id)
             if is_self:
                 restarted = moved
     return restarted
@@ -282,11 +312,13 @@ def _child_ended(tx: Tx, child: InstanceRecord, now: float) -> InstanceRecord | 
 def _claim(tx: Tx, record: InstanceRecord, now: float) -> InstanceRecord:
     """Claim a suspended instance and its suspended ancestors; return the one to run.
 
-    A child runs inside its parent, so the top-level ancestor is what runs.
+    A child runs inside its parent, so the top-level ancestor is what runs. A
+    top-level instance of a queue is returned ``enqueued``: admission starts it.
     """
     while True:
         # waiting_on stays: the run reads which keys were points (shown only while suspended).
-        moved = move(tx, record, "running", now)
+        # An instance of a queue goes back to its place in the queue instead.
+        moved = move(tx, record, "enqueued" if record.queue is not None else "running", now)
         record = moved if moved is not None else record
         if record.parent_id is None:
             return record
@@ -305,3 +337,115 @@ def _fire(tx: Tx, timer: TimerRecord, now: float) -> None:
     if timer.kind == "timeout":
         tx.insert(SignalRecord(instance_id=timer.instance_id, key=timer.key, payload=None,
                                created_at=now))  # fmt: skip
+
+
+# -- queues -------------------------------------------------------------------------------
+
+
+def define_queue(tx: Tx, row: QueueRecord) -> QueueRecord:
+    """Store a queue's limits (creating its row), keeping its pause and its rate window."""
+    stored = tx.queue(row.name)
+    if stored is not None:
+        row = attrs.evolve(row, paused=stored.paused, starts=stored.starts)
+        if row == stored:
+            return stored
+    tx.put_queue(row)
+    return row
+
+
+def pause_queue(tx: Tx, name: str, paused: bool) -> bool:
+    """Pause or resume admission of a queue; whether it has a row (it is known)."""
+    stored = tx.queue(name)
+    if stored is None:
+        return False
+    if stored.paused != paused:
+        tx.put_queue(attrs.evolve(stored, paused=paused))
+    return True
+
+
+def admit(
+    tx: Tx, name: str, *, now: float, workflows: Collection[str], limit: int = ADMIT_BATCH
+) -> Admission:
+    """Start the queue's next instances, as many as its free slots and rate allow.
+
+    The queue's row is held first (:meth:`Tx.queue`), then the running instances are
+    counted: under that lock no other admission can start one, so the count is exact.
+    At most *limit* are started, in start order, of *workflows* only (the engine runs
+    only what it registered). The rate limit is a sliding-window log in the row: a start
+    at *now* is allowed while fewer than ``rate_count`` starts lie in the last
+    ``rate_period`` seconds, so no window of that length ever holds more.
+    """
+    row = tx.queue(name)
+    if row is None or row.paused:
+        return Admission()
+    free = limit
+    if row.concurrency is not None:
+        free = min(free, row.concurrency - tx.running_count(name))
+    starts = row.starts
+    count, period = row.rate_count, row.rate_period
+    if count is not None and period is not None:
+        starts = tuple(t for t in starts if t > now - period)
+        free = min(free, count - len(starts))
+    started: list[InstanceRecord] = []
+    if free > 0:
+        for record in tx.queued(name, workflows, free):
+            check_move(record.instance_id, record.status, "running")
+            moved = _write(tx, record, "running", now, {})
+            if moved is not None:
+                started.append(moved)
+    retry_at = None
+    if count is not None and period is not None:
+        starts = (*starts, *(now for _ in started))[-count:]
+        if starts != row.starts:
+            tx.put_queue(attrs.evolve(row, starts=starts))
+        if len(starts) >= count:
+            retry_at = starts[-count] + period
+    return Admission(started=tuple(started), full=len(started) == limit, retry_at=retry_at)
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+
+def define_schedule(tx: Tx, name: str, now: float) -> ScheduleRecord:
+    """The schedule's row; a new schedule starts at *now* (no tick before it is due)."""
+    row = tx.schedule(name)
+    if row is None:
+        row = ScheduleRecord(name=name, last_tick=now)
+        tx.put_schedule(row)
+    return row
+
+
+def tick(
+    tx: Tx,
+    name: str,
+    *,
+    expected: float,
+    last_tick: float,
+    records: Sequence[InstanceRecord],
+    overlap: bool,
+) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
+    """Handle a schedule's due ticks by compare-and-set on its last tick.
+
+    Applies only while the stored ``last_tick`` is still *expected* (else returns the
+    stored row and ``None``: another engine, or an earlier run, handled them; the caller
+    recomputes from that row). Then sets ``last_tick`` to *last_tick* and creates the
+    instances of the ticks (*records*, ids unique per tick), unless *overlap* is false and
+    the schedule's previous instance has not finished: then the ticks are skipped. Returns
+    the new row and the instances created (to run).
+    """
+    row = tx.schedule(name)
+    if row is None or row.last_tick != expected:
+        return row, None
+    if not overlap and row.last_run is not None:
+        previous = tx.instance(row.last_run)
+        if previous is not None and previous.status not in FINISHED:
+            records = ()
+    created: list[InstanceRecord] = []
+    for record in records:
+        stored, new = create(tx, record)
+        if new:
+            created.append(stored)
+    last_run = records[-1].instance_id if records else row.last_run
+    row = ScheduleRecord(name=name, last_tick=last_tick, last_run=last_run)
+    tx.put_schedule(row)
+    return row, created

@@ -58,6 +58,7 @@ class Run:
         "_done",
         "_finished",
         "_idle",
+        "cause",
         "driven",
         "fresh",
         "instance_id",
@@ -65,6 +66,7 @@ class Run:
         "pending",
         "phase",
         "reason",
+        "replayed",
         "rerun",
         "scope",
         "status_dirty",
@@ -90,6 +92,8 @@ class Run:
         self.status_dirty = False
         self.scope = anyio.CancelScope()
         self.waiting: set[str] = set()
+        self.replayed = 0  # steps served from storage (telemetry counts them)
+        self.cause: object = None  # the span context of what claimed it (a signal)
         self._busy = 0
         self._idle: anyio.Event | None = None
 

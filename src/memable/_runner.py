@@ -15,12 +15,12 @@ from typing import Any, Literal
 import anyio
 import anyio.lowlevel
 
-from . import _ids
+from . import _ids, _log, _telemetry
 from ._context import Context
 from ._exceptions import StorageError
 from ._journal import Journal
 from ._kernel import Kernel, outcome_of
-from ._log import INFO, logger
+from ._log import logger
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended
 from ._records import History, InstanceRecord, InstanceState, InstanceUpdate, Suspension
 from ._run import Run
@@ -68,8 +68,16 @@ class Runner:
         self._waiting: collections.deque[tuple[Run, InstanceRecord]] = collections.deque()
         self._room: anyio.Event | None = None  # set when a task slot frees up
 
-    def claimed(self, record: InstanceRecord) -> None:
-        """Run an instance stored as ``running``: recovered, or just claimed."""
+    def claimed(self, record: InstanceRecord, cause: object = None) -> None:
+        """Run an instance stored as ``running``: recovered, or just claimed (by what
+        *cause* names: the span context of a signal, for telemetry).
+
+        An instance of a queue that was claimed back to ``enqueued`` waits for admission.
+        """
+        if record.status == "enqueued":
+            if record.queue is not None:
+                self._kernel.wake_queue(record.queue)
+            return
         wf = self._kernel.registry.get(record.workflow)
         if wf is None:
             logger.warning(
@@ -84,7 +92,18 @@ class Runner:
         if run is not None and run.driven:
             run.rerun = True  # still ending its suspended pass: it goes again
             return
-        self.start(self.reserve(record.instance_id, wf), record)
+        run = self.reserve(record.instance_id, wf)
+        run.cause = cause
+        self.start(run, record)
+
+    async def recover(self) -> None:
+        """Run every top-level instance stored as ``running`` (at engine start)."""
+        for record in await self._kernel.store.running():
+            if record.parent_id is None:  # children are driven by their parent
+                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
+                           record.workflow, instance_id=record.instance_id,
+                           workflow=record.workflow)  # fmt: skip
+                self.claimed(record)
 
     def live(self, instance_id: str) -> Run | None:
         """The run of *instance_id* if a task of this engine runs it."""
@@ -175,7 +194,33 @@ class Runner:
 
     async def drive(self, run: Run, record: InstanceRecord) -> None:
         """Run one instance to its end, suspension or shutdown, healing after storage errors."""
+        wf = run.workflow.name
+        _log.event(_log.INFO, "instance %r of %r %s", run.instance_id, wf,
+                   "started" if run.fresh else "resumed", instance_id=run.instance_id,
+                   workflow=wf)  # fmt: skip
+        attributes = {"memable.instance_id": run.instance_id, "memable.workflow": wf,
+                      "memable.run.fresh": run.fresh}  # fmt: skip
+        if record.parent_id is not None:  # a child: under its parent's fan-out span
+            scope = _telemetry.span(f"memable.run {wf}", attributes)
+        elif run.fresh:  # the first run: a child of the span that invoked it
+            scope = _telemetry.span(f"memable.run {wf}", attributes, parent=record.trace)
+        else:  # a trace of its own, linked to the invoke and to the signal that claimed it
+            links = (_telemetry.link_of(record.trace), run.cause)
+            scope = _telemetry.span(f"memable.run {wf}", attributes, root=True, links=links)
+        run.replayed = 0
+        with scope as span:
+            try:
+                await self._drive(run, record)
+            finally:
+                if span is not None:
+                    span.set_attributes({"memable.run.outcome": run.reason or "unknown",
+                                         "memable.steps.replayed": run.replayed})  # fmt: skip
+                    if isinstance(run.outcome, Failed) and run.outcome.exception is not None:
+                        _telemetry.failed(span, run.outcome.exception)
+
+    async def _drive(self, run: Run, record: InstanceRecord) -> None:
         backoff = Backoff()
+        queue = record.queue
         try:
             run.status_message = record.status_message
             while True:
@@ -197,6 +242,8 @@ class Runner:
             if self.runs.get(run.instance_id) is run:
                 del self.runs[run.instance_id]
             run.set_finished()
+            if queue is not None:  # its slot may be free: the next one starts at once
+                self._kernel.wake_queue(queue)
 
     async def _reread(self, run: Run, backoff: Backoff) -> InstanceRecord | None:
         while True:
@@ -280,13 +327,6 @@ class Runner:
         error = None
         if isinstance(outcome, Failed):
             error = outcome.error.to_json()
-            if logger.isEnabledFor(INFO):
-                logger.info(
-                    "instance %r failed: %s",
-                    run.instance_id,
-                    outcome.error,
-                    extra={"instance_id": run.instance_id},
-                )
         update = InstanceUpdate(
             instance_id=run.instance_id,
             updated_at=now,
@@ -306,6 +346,10 @@ class Runner:
                 self.storage_failed(run, "recording its end")
                 return
         if applied:
+            _log.event(_log.ERROR if status == "failed" else _log.INFO, "instance %r of %r %s%s",
+                       run.instance_id, run.workflow.name, status,
+                       f": {error_of(outcome)}" if isinstance(outcome, Failed) else "",
+                       instance_id=run.instance_id, workflow=run.workflow.name)  # fmt: skip
             run.end("completed" if status == "completed" else "failed", outcome)
             kernel.status.publish(run.instance_id, status, run.status_message)
             return
@@ -325,6 +369,14 @@ class Runner:
         suspension is written once no durable operation is in flight, and written again
         (extended) if a key was registered while it was being written.
         """
+        attributes = {"memable.instance_id": run.instance_id,
+                      "memable.workflow": run.workflow.name}  # fmt: skip
+        with _telemetry.span("memable.suspend", attributes) as span:
+            await self._suspend(run)
+            if span is not None:
+                span.set_attribute("memable.waiting_on", sorted(run.waiting))
+
+    async def _suspend(self, run: Run) -> None:
         kernel = self._kernel
         written: set[str] | None = None
         with anyio.CancelScope(shield=True):  # what storage decided must be known here
@@ -363,6 +415,9 @@ class Runner:
         assert written is not None
         waiting_on = _ids.public_keys(sorted(written))
         children = _ids.children_waited(written)
+        _log.event(_log.INFO, "instance %r of %r suspended on %s", run.instance_id,
+                   run.workflow.name, ", ".join(sorted(written)), instance_id=run.instance_id,
+                   workflow=run.workflow.name)  # fmt: skip
         if run.end(
             "suspended",
             Suspended(waiting_on=waiting_on, status=run.status_message, children=children),
@@ -380,3 +435,8 @@ class Runner:
                 if ancestor is not None:
                     ancestor.end("crashed")
             await anyio.lowlevel.checkpoint()
+
+
+def error_of(outcome: Failed) -> str:
+    """How a failure reads in a log line."""
+    return str(outcome.error)

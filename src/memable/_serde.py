@@ -30,7 +30,11 @@ if TYPE_CHECKING:
 
 from ._exceptions import SerializationError, TypeMismatch
 
-__all__ = ["Serde", "configure_converter", "conforms", "make_converter", "type_name"]
+__all__ = ["UNTYPED", "Serde", "configure_converter", "conforms", "make_converter", "type_name"]
+
+#: The type name of a payload sent as plain JSON by a program without the workflow's
+#: code (the ``memable signal`` command): it is read as whatever type its point expects.
+UNTYPED: Final = "?"
 
 _NONE_TYPE: Final = type(None)
 _dumps: Final = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps makes one per call
@@ -593,7 +597,7 @@ class Serde:
         """
         found, data = self.open(envelope, key, what)
         expected = type_name(tp)
-        if found != expected:
+        if found != expected and found != UNTYPED:
             raise TypeMismatch(
                 key,
                 expected,

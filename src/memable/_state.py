@@ -13,10 +13,14 @@ __all__ = ["FINISHED", "TRANSITIONS", "IllegalTransition", "can_move", "check_mo
 #: ``resume`` of a stuck instance); ``failed -> running`` is ``resume``;
 #: ``cancelled -> running`` happens only to the children of a fan-out whose failed parent
 #: is resumed (a top-level cancelled instance is never resumed: the rules refuse it).
+#: An instance of a queue waits ``enqueued`` until admission starts it; it goes back to
+#: ``enqueued`` (keeping its place) when a signal, a timer or ``resume`` would run it
+#: again after it suspended or failed, so that only admission ever starts it.
 TRANSITIONS: Final[Mapping[InstanceState, frozenset[InstanceState]]] = {
+    "enqueued": frozenset({"running", "cancelled"}),
     "running": frozenset({"running", "suspended", "completed", "failed", "cancelled"}),
-    "suspended": frozenset({"running", "cancelled"}),
-    "failed": frozenset({"running"}),
+    "suspended": frozenset({"running", "enqueued", "cancelled"}),
+    "failed": frozenset({"running", "enqueued"}),
     "completed": frozenset(),
     "cancelled": frozenset({"running"}),
 }
@@ -51,6 +55,6 @@ def sources(new: InstanceState) -> tuple[InstanceState, ...]:
     """Every state from which an instance may move to *new*, in a stable order.
 
     >>> sources("running")
-    ('cancelled', 'failed', 'running', 'suspended')
+    ('cancelled', 'enqueued', 'failed', 'running', 'suspended')
     """
     return tuple(sorted(old for old, targets in TRANSITIONS.items() if new in targets))

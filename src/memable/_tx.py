@@ -7,12 +7,20 @@ suspend, a cancel, a resume, a purge or a child's end does is decided once, in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Final, Protocol, final
 
 import attrs
 
-from ._records import InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
+from ._records import (
+    InstanceRecord,
+    InstanceState,
+    QueueRecord,
+    ScheduleRecord,
+    SignalRecord,
+    StepRecord,
+    TimerRecord,
+)
 
 __all__ = ["COLUMNS", "Guard", "Tx"]
 
@@ -101,10 +109,63 @@ class Tx(Protocol):
         """Delete the payload stored for a suspend point; return whether there was one."""
         ...
 
-    def delete_dead_steps(self, instance_id: str) -> None:
-        """Delete the dead letters of an instance (its completed results stay)."""
+    def retire_dead_steps(self, instance_id: str) -> None:
+        """Move the dead letters of an instance out of its steps (``resume``).
+
+        Its completed results stay. The dead letters are kept as earlier attempts, for
+        :meth:`~memable.storage.Storage.load_retired` (the history), never replayed.
+        """
         ...
 
     def delete_family(self, instance_id: str) -> None:
         """Delete an instance and its descendants with their steps, signals and timers."""
+        ...
+
+    # -- queues and schedules ----------------------------------------------------------------
+    #
+    # Admission (memable._rules.admit) is exact because every move of a queue's instance
+    # into ``running`` happens in a transaction that first holds the queue's row: there
+    # the running instances are counted and the free slots filled. Instances leave
+    # ``running`` anywhere (finish, suspend, cancel), which only frees slots.
+
+    def queue(self, name: str) -> QueueRecord | None:
+        """The queue's row, read for update (``None`` if there is none).
+
+        The row stays locked against every other transaction that reads it this way
+        until this one ends, and whatever is read *after* this call (the count of running
+        instances, the queued instances) must see every transaction committed before the
+        lock was granted. SQLite and memory: the engine's single write lock does it.
+        Postgres: ``SELECT ... FROM queues WHERE name = %s FOR UPDATE`` (blocking, not
+        ``SKIP LOCKED``: the holder is another admission that ends in milliseconds, and
+        a waiter that skipped would leave a slot it just freed to the next poll), with
+        the following statements run after it under READ COMMITTED.
+        """
+        ...
+
+    def put_queue(self, row: QueueRecord) -> None:
+        """Insert the queue's row, or replace every column of the one of the same name."""
+        ...
+
+    def running_count(self, queue: str) -> int:
+        """How many instances of *queue* are ``running`` (top-level ones: only they have
+        a queue). Must count rows, never a cached number, after :meth:`queue`."""
+        ...
+
+    def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
+        """At most *limit* ``enqueued`` instances of *queue* whose workflow is one of
+        *workflows*, in start order: ``priority`` highest first, then ``created_at``,
+        then ``instance_id`` (both ascending). Postgres may add ``FOR UPDATE``; the rows
+        are changed only by compare-and-set (:meth:`update` guarded on ``enqueued``)."""
+        ...
+
+    def schedule(self, name: str) -> ScheduleRecord | None:
+        """The schedule's row, read for update (``None`` if there is none).
+
+        Locked as :meth:`queue` locks a queue's row (Postgres: ``FOR UPDATE``), so two
+        engines handling the same tick serialise here and the second sees the first's
+        ``last_tick``."""
+        ...
+
+    def put_schedule(self, row: ScheduleRecord) -> None:
+        """Insert the schedule's row, or replace every column of the one of the same name."""
         ...

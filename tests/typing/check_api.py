@@ -116,3 +116,37 @@ def retry_checks() -> None:
     RetryPolicy.fixed(3, "1")  # type: ignore[arg-type]
     RetryPolicy.exponential(3, base=None)  # type: ignore[arg-type]
     RetryPolicy(attempts=2, delay="1")  # type: ignore[arg-type]
+
+
+async def queue_checks(engine: Engine) -> None:
+    emails = memable.Queue("emails", concurrency=10, rate_limit=(100, timedelta(minutes=1)))
+    assert_type(emails.rate_limit, tuple[int, float] | None)
+    assert_type(await engine.enqueue(emails, order, "x"), memable.Invocation[Receipt])
+    assert_type(await engine.enqueue(emails, tick), memable.Invocation[int])
+    assert_type(
+        await engine.enqueue(emails, order, "x", instance_id="o-1", priority=5),
+        memable.Invocation[Receipt],
+    )
+    assert_type(await (await engine.enqueue(emails, order, "x")).result(), Receipt)
+    assert_type(await engine.pause_queue(emails), None)
+    assert_type(await engine.resume_queue("emails"), None)
+    queued: list[memable.Invocation[object]] = [await engine.enqueue(emails, tick)]
+    print(queued)
+
+    await engine.enqueue(emails, order, 5)  # type: ignore[misc]
+    await engine.enqueue(emails, order)  # type: ignore[arg-type]
+    await engine.enqueue(emails, tick, "extra")  # type: ignore[misc]
+    await engine.enqueue(order, "x")  # type: ignore[call-overload]
+    await engine.enqueue(emails, order, "x", priority="high")  # type: ignore[call-overload]
+    memable.Queue("q", concurrency="3")  # type: ignore[arg-type]
+    memable.Queue("q", rate_limit=(1, "s"))  # type: ignore[arg-type]
+
+
+def schedule_checks() -> None:
+    nightly = memable.Schedule(order, cron="0 3 * * *", input="nightly", tz="Europe/Paris")
+    assert_type(nightly, memable.Schedule[str])
+    assert_type(memable.Schedule(tick, every=timedelta(minutes=5)), memable.Schedule[None])
+    Engine(schedules=[nightly, memable.Schedule(tick, every=300.0, catch_up=True)])
+
+    memable.Schedule(order, every="5m")  # type: ignore[arg-type]
+    memable.Schedule(tick, every=5, overlap="queue")  # type: ignore[arg-type]

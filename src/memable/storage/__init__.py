@@ -14,10 +14,14 @@ Example:
 
 from typing import TYPE_CHECKING
 
+from .._records import Admission as Admission
 from .._records import History as History
+from .._records import InboxItem as InboxItem
 from .._records import InstanceRecord as InstanceRecord
 from .._records import InstanceState as InstanceState
 from .._records import InstanceUpdate as InstanceUpdate
+from .._records import QueueRecord as QueueRecord
+from .._records import ScheduleRecord as ScheduleRecord
 from .._records import SignalDrop as SignalDrop
 from .._records import SignalOutcome as SignalOutcome
 from .._records import SignalRecord as SignalRecord
@@ -25,6 +29,7 @@ from .._records import StepRecord as StepRecord
 from .._records import Suspension as Suspension
 from .._records import TimerRecord as TimerRecord
 from .._records import Write as Write
+from ._protocol import QueueStorage as QueueStorage
 from ._protocol import Storage as Storage
 
 if TYPE_CHECKING:
@@ -32,12 +37,17 @@ if TYPE_CHECKING:
     from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
+    "Admission",
     "History",
+    "InboxItem",
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
     "MemoryStorage",
+    "QueueRecord",
+    "QueueStorage",
     "SQLiteStorage",
+    "ScheduleRecord",
     "SignalDrop",
     "SignalOutcome",
     "SignalRecord",
@@ -49,9 +59,14 @@ __all__ = [
 ]
 
 for _name in (
+    "Admission",
     "History",
+    "InboxItem",
     "InstanceRecord",
     "InstanceUpdate",
+    "QueueRecord",
+    "QueueStorage",
+    "ScheduleRecord",
     "SignalDrop",
     "SignalRecord",
     "StepRecord",

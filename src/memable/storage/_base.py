@@ -8,13 +8,16 @@ inherits every state-changing method from here, so it holds no rules of its own.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import ClassVar
 
 from .. import _rules
 from .._records import (
+    Admission,
     InstanceRecord,
     InstanceState,
+    QueueRecord,
+    ScheduleRecord,
     SignalOutcome,
     SignalRecord,
     Write,
@@ -132,6 +135,43 @@ class RuleStorage:
     def purge_transaction(self) -> contextlib.AbstractContextManager[Tx]:
         """The transaction of one purge batch (a backend may make it cheaper to commit)."""
         return self.transaction()
+
+    # -- queues and schedules ---------------------------------------------------------------
+
+    def define_queue(self, row: QueueRecord) -> QueueRecord:
+        """Store a queue's limits (its pause and rate window stay); return its row."""
+        with self.transaction() as tx:
+            return _rules.define_queue(tx, row)
+
+    def pause_queue(self, name: str, paused: bool) -> bool:
+        """Pause or resume a queue's admission; whether the queue has a row."""
+        with self.transaction() as tx:
+            return _rules.pause_queue(tx, name, paused)
+
+    def admit(self, name: str, *, now: float, workflows: Collection[str]) -> Admission:
+        """Start the queue's next instances that its limits allow (one transaction)."""
+        with self.transaction() as tx:
+            return _rules.admit(tx, name, now=now, workflows=workflows)
+
+    def define_schedule(self, name: str, now: float) -> ScheduleRecord:
+        """The schedule's row, created at *now* if it has none."""
+        with self.transaction() as tx:
+            return _rules.define_schedule(tx, name, now)
+
+    def tick_schedule(
+        self,
+        name: str,
+        *,
+        expected: float,
+        last_tick: float,
+        records: Sequence[InstanceRecord],
+        overlap: bool,
+    ) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
+        """Handle due ticks by compare-and-set on the schedule's last tick (see _rules.tick)."""
+        with self.transaction() as tx:
+            return _rules.tick(
+                tx, name, expected=expected, last_tick=last_tick, records=records, overlap=overlap
+            )
 
 
 def family_ids(ids: Iterator[str], instance_id: str) -> list[str]:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, final
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
 from .._exceptions import StorageError
 from .._records import History, InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
+from .._state import FINISHED
 from .._tx import COLUMNS, Guard
 from ._base import RuleStorage, family_ids
+
+if TYPE_CHECKING:
+    from .._records import QueueRecord, ScheduleRecord
 
 __all__ = ["MemoryStorage"]
 
@@ -37,7 +41,8 @@ class MemoryStorage(RuleStorage):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._instances: dict[str, InstanceRecord] = {}
-        self._tables: dict[str, _Rows] = {"steps": {}, "signals": {}, "timers": {}}
+        self._tables: dict[str, _Rows] = {"steps": {}, "signals": {}, "timers": {}, "retired": {}}
+        self._named: dict[str, dict[str, Any]] = {"queues": {}, "schedules": {}}  # by name
         self._undo: list[Callable[[], None]] | None = None
         self._owned = False
 
@@ -60,23 +65,23 @@ class MemoryStorage(RuleStorage):
         with self._lock:
             return self._instances.get(instance_id)
 
-    def list_instances(
-        self,
-        *,
-        workflow: str | None = None,
-        status: InstanceState | None = None,
-        limit: int | None = None,
-        parent_id: str | None = None,
-    ) -> list[InstanceRecord]:
+    def list_instances(self, *, workflow: str | None = None, status: InstanceState | None = None,
+                       limit: int | None = None, parent_id: str | None = None,
+                       waiting_on: str | None = None, created_after: float | None = None,
+                       before: tuple[float, str] | None = None,
+                       newest_first: bool = False) -> list[InstanceRecord]:  # fmt: skip
         with self._lock:
             found = [
-                record
-                for record in self._instances.values()
-                if (workflow is None or record.workflow == workflow)
-                and (status is None or record.status == status)
-                and (parent_id is None or record.parent_id == parent_id)
+                r
+                for r in self._instances.values()
+                if workflow in (None, r.workflow)
+                and status in (None, r.status)
+                and parent_id in (None, r.parent_id)
+                and (waiting_on is None or (r.status == "suspended" and waiting_on in r.waiting_on))
+                and (created_after is None or r.created_at > created_after)
+                and (before is None or (r.created_at, r.instance_id) < before)
             ]
-        found.sort(key=lambda r: (r.created_at, r.instance_id))
+        found.sort(key=lambda r: (r.created_at, r.instance_id), reverse=newest_first)
         return found if limit is None else found[:limit]
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:
@@ -88,27 +93,24 @@ class MemoryStorage(RuleStorage):
             rows = {name: list(t.get(instance_id, {}).values()) for name, t in self._tables.items()}
         return History(steps=rows["steps"], signals=rows["signals"], timers=rows["timers"])
 
+    def load_retired(self, instance_id: str) -> list[StepRecord]:
+        with self._lock:
+            return list(self._tables["retired"].get(instance_id, {}).values())
+
     def next_deadline(self) -> float | None:
         with self._lock:
-            timers = self._tables["timers"].values()
-            return min(
-                (t.deadline for ts in timers for t in ts.values() if not t.fired), default=None
-            )
+            timers = [t for ts in self._tables["timers"].values() for t in ts.values()]
+        return min((t.deadline for t in timers if not t.fired), default=None)
 
     def purgeable(
         self, *, finished_before: float, workflow: str | None, exclude: Sequence[str], limit: int
     ) -> list[str]:
         with self._lock:
-            return [
-                r.instance_id
-                for r in self._instances.values()
-                if r.parent_id is None
-                and r.finished_at is not None
-                and r.finished_at < finished_before
-                and r.status in ("completed", "failed", "cancelled")
-                and workflow in (None, r.workflow)
-                and r.workflow not in exclude
-            ][:limit]
+            found = [r.instance_id for r in self._instances.values()
+                     if r.parent_id is None and r.finished_at is not None
+                     and r.finished_at < finished_before and r.status in FINISHED
+                     and workflow in (None, r.workflow) and r.workflow not in exclude]  # fmt: skip
+        return found[:limit]
 
     # -- the transaction primitives ---------------------------------------------------------
 
@@ -150,20 +152,12 @@ class MemoryStorage(RuleStorage):
     def family(self, instance_id: str) -> list[InstanceRecord]:
         return [self._instances[i] for i in family_ids(iter(self._instances), instance_id)]
 
-    def children(
-        self,
-        parent_id: str,
-        prefix: str = "",
-        status: frozenset[InstanceState] = frozenset(),
-        limit: int | None = None,
-    ) -> list[InstanceRecord]:
-        found = [
-            r
-            for r in self._instances.values()
-            if r.parent_id == parent_id
-            and r.instance_id.startswith(prefix)
-            and (not status or r.status in status)
-        ]
+    def children(self, parent_id: str, prefix: str = "",
+                 status: frozenset[InstanceState] = frozenset(),
+                 limit: int | None = None) -> list[InstanceRecord]:  # fmt: skip
+        found = [r for r in self._instances.values()
+                 if r.parent_id == parent_id and r.instance_id.startswith(prefix)
+                 and (not status or r.status in status)]  # fmt: skip
         return found[:limit]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
@@ -192,8 +186,7 @@ class MemoryStorage(RuleStorage):
 
     def put_step(self, step: StepRecord) -> bool:
         steps = self._rows("steps", step.instance_id)
-        old = steps.get(step.key)
-        if old is not None and old.state == "completed":
+        if (old := steps.get(step.key)) is not None and old.state == "completed":
             return False
         self._set(steps, step.key, step)
         return True
@@ -212,14 +205,15 @@ class MemoryStorage(RuleStorage):
 
     def delete_signal(self, instance_id: str, key: str) -> bool:
         signals = self._tables["signals"].get(instance_id, {})
-        if key not in signals:
-            return False
-        self._set(signals, key, None)
-        return True
+        found = key in signals
+        if found:
+            self._set(signals, key, None)
+        return found
 
-    def delete_dead_steps(self, instance_id: str) -> None:
-        steps = self._rows("steps", instance_id)
+    def retire_dead_steps(self, instance_id: str) -> None:
+        steps, retired = self._rows("steps", instance_id), self._rows("retired", instance_id)
         for key in [key for key, step in steps.items() if step.state == "dead"]:
+            self._set(retired, f"{len(retired)}", steps[key])
             self._set(steps, key, None)
 
     def delete_family(self, instance_id: str) -> None:
@@ -227,6 +221,26 @@ class MemoryStorage(RuleStorage):
             for table in self._tables.values():
                 self._set(table, member, None)
             self._set(self._instances, member, None)
+
+    def queue(self, name: str) -> QueueRecord | None:
+        return self._named["queues"].get(name)  # the lock of the transaction holds it
+
+    def put_queue(self, row: QueueRecord) -> None:
+        self._set(self._named["queues"], row.name, row)
+
+    def running_count(self, queue: str) -> int:
+        return sum(r.queue == queue and r.status == "running" for r in self._instances.values())
+
+    def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
+        found = [r for r in self._instances.values() if r.queue == queue
+                 and r.status == "enqueued" and r.workflow in workflows]  # fmt: skip
+        return sorted(found, key=lambda r: (-r.priority, r.created_at, r.instance_id))[:limit]
+
+    def schedule(self, name: str) -> ScheduleRecord | None:
+        return self._named["schedules"].get(name)
+
+    def put_schedule(self, row: ScheduleRecord) -> None:
+        self._set(self._named["schedules"], row.name, row)
 
 
 MemoryStorage.__module__ = "memable.storage"

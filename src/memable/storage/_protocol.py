@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol, runtime_checkable
 
 from .._records import (
+    Admission,
     History,
     InstanceRecord,
     InstanceState,
+    QueueRecord,
+    ScheduleRecord,
     SignalOutcome,
     SignalRecord,
     StepRecord,
     Write,
 )
 
-__all__ = ["Storage"]
+__all__ = ["QueueStorage", "Storage"]
 
 
 @runtime_checkable
@@ -57,8 +60,22 @@ class Storage(Protocol):
         status: InstanceState | None = None,
         limit: int | None = None,
         parent_id: str | None = None,
+        waiting_on: str | None = None,
+        created_after: float | None = None,
+        before: tuple[float, str] | None = None,
+        newest_first: bool = False,
     ) -> list[InstanceRecord]:
-        """Return instances, oldest first, filtered by workflow, status and parent."""
+        """Return instances, oldest first, filtered by workflow, status and parent.
+
+        *waiting_on* keeps the instances suspended on that key; *created_after* those
+        created later than that time. With *newest_first* they come newest first, ordered
+        by ``(created_at, instance_id)``, starting after the *before* position (a page's
+        cursor): a page costs one index range scan, whatever the table holds.
+        """
+        ...
+
+    def load_retired(self, instance_id: str) -> list[StepRecord]:
+        """Return the dead letters that ``resume`` retired (earlier attempts; history only)."""
         ...
 
     def load_steps(self, instance_id: str) -> list[StepRecord]:
@@ -171,4 +188,43 @@ class Storage(Protocol):
         Its ``failed`` and ``cancelled`` descendants are set ``running`` again too (their
         dead letters deleted), so a fan-out that failed runs those children again.
         """
+        ...
+
+
+class QueueStorage(Protocol):
+    """What a storage adds for queues and schedules (the built-in backends have it).
+
+    Each method is one transaction of the rules in ``memable._rules`` over the queue and
+    schedule primitives of the backend's transactions.
+    """
+
+    def define_queue(self, row: QueueRecord) -> QueueRecord:
+        """Store the queue's limits, creating its row; its pause and rate window stay."""
+        ...
+
+    def pause_queue(self, name: str, paused: bool) -> bool:
+        """Pause or resume the queue's admission; whether the queue has a row."""
+        ...
+
+    def admit(self, name: str, *, now: float, workflows: Collection[str]) -> Admission:
+        """Start the queue's next ``enqueued`` instances of *workflows* that its
+        concurrency and rate limit allow, holding the queue's row while it counts."""
+        ...
+
+    def define_schedule(self, name: str, now: float) -> ScheduleRecord:
+        """The schedule's row, created with ``last_tick`` *now* if it has none."""
+        ...
+
+    def tick_schedule(
+        self,
+        name: str,
+        *,
+        expected: float,
+        last_tick: float,
+        records: Sequence[InstanceRecord],
+        overlap: bool,
+    ) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
+        """Compare-and-set the schedule's last tick from *expected* to *last_tick* and
+        create the instances of the ticks (skipped when *overlap* is false and the
+        previous one is unfinished); on a stale *expected*, the stored row and ``None``."""
         ...

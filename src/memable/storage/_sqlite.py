@@ -7,24 +7,25 @@ leaves it: every one becomes a :class:`~memable.StorageError` with the cause cha
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Final, Literal, cast, final
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Final, Literal, cast, final
 
 from .._exceptions import StorageError
 from .._ids import descendant_range
 from .._keys import is_utf8
 from .._records import (
     History,
+    InboxItem,
     InstanceRecord,
     InstanceState,
+    QueueRecord,
+    ScheduleRecord,
     SignalRecord,
     StepRecord,
     TimerRecord,
@@ -32,99 +33,14 @@ from .._records import (
 from .._tx import COLUMNS, Guard
 from ._base import RuleStorage
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "InboxClient", "SQLiteStorage", "owner_of"]
 
-_Migration = Callable[[sqlite3.Connection], None]
-
-
-def _schema_1(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE instances (
-            instance_id    TEXT PRIMARY KEY,
-            workflow       TEXT NOT NULL,
-            status         TEXT NOT NULL,
-            parent_id      TEXT,
-            input          TEXT NOT NULL,
-            output         TEXT,
-            error          TEXT,
-            status_message TEXT,
-            waiting_on     TEXT NOT NULL DEFAULT '[]',
-            created_at     REAL NOT NULL,
-            updated_at     REAL NOT NULL,
-            finished_at    REAL
-        )
-        """
-    )
-    db.execute("CREATE INDEX instances_by_status ON instances (status, workflow, created_at)")
-    db.execute("CREATE INDEX instances_by_workflow ON instances (workflow, created_at)")
-    db.execute(
-        "CREATE INDEX instances_by_parent ON instances (parent_id) WHERE parent_id IS NOT NULL"
-    )
-    db.execute(
-        "CREATE INDEX instances_by_finish ON instances (finished_at) WHERE finished_at IS NOT NULL"
-    )
-    db.execute(
-        """
-        CREATE TABLE steps (
-            instance_id TEXT NOT NULL,
-            key         TEXT NOT NULL,
-            state       TEXT NOT NULL,
-            value       TEXT,
-            error       TEXT,
-            attempts    INTEGER NOT NULL,
-            started_at  REAL NOT NULL,
-            finished_at REAL NOT NULL,
-            PRIMARY KEY (instance_id, key)
-        ) WITHOUT ROWID
-        """
-    )
-
-
-def _schema_2(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE signals (
-            instance_id TEXT NOT NULL,
-            key         TEXT NOT NULL,
-            payload     TEXT,
-            created_at  REAL NOT NULL,
-            PRIMARY KEY (instance_id, key)
-        ) WITHOUT ROWID
-        """
-    )
-    db.execute(
-        """
-        CREATE TABLE timers (
-            instance_id TEXT NOT NULL,
-            key         TEXT NOT NULL,
-            deadline    REAL NOT NULL,
-            kind        TEXT NOT NULL,
-            fired       INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (instance_id, key)
-        ) WITHOUT ROWID
-        """
-    )
-    db.execute("CREATE INDEX timers_due ON timers (deadline) WHERE fired = 0")
-
-
-def _schema_3(db: sqlite3.Connection) -> None:
-    # A fan-out's wake-up reads the children in a few states only (running, suspended):
-    # an index range, whatever the number of children in other states.
-    db.execute(
-        "CREATE INDEX instances_by_parent_status ON instances (parent_id, status, instance_id)"
-        " WHERE parent_id IS NOT NULL"
-    )
-
-
-#: Migrations in order; the schema version of a database is how many have run on it.
-#: A new release appends to this list and never edits what is there.
-MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2, _schema_3)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
+from ._sqlfile import InboxClient, connect_existing, own_file, owner_of
+from ._sqlschema import MIGRATIONS, SCHEMA_VERSION
 
 _INSTANCE_COLUMNS: Final = (
     "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at"
+    " waiting_on, created_at, updated_at, finished_at, trace, queue, priority"
 )
 _UPSERT_STEP: Final = """
     INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
@@ -139,7 +55,7 @@ _UPSERT_STEP: Final = """
 
 logger = logging.getLogger("memable")
 
-_STATES: Final = frozenset(("running", "suspended", "completed", "failed", "cancelled"))
+_STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
 # Times memable can turn into a datetime (years 1 to 9999, UTC).
 _EARLIEST: Final = -62135596800.0
 _LATEST: Final = 253402300799.0
@@ -190,10 +106,14 @@ def _keys(value: object) -> tuple[str, ...]:
 
 def _instance(row: Sequence[object]) -> InstanceRecord:
     """Decode an instance row, or raise StorageError naming the instance."""
-    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f) = row
+    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f, *more) = row
+    defaults: tuple[object, ...] = (None, None, 0)  # trace, queue, priority (later columns)
+    trace, q, p = (*more, *defaults[len(more) :])
     try:
         if status not in _STATES:
             raise _Corrupt(f"status is {_shown(status)}, not one of {', '.join(sorted(_STATES))}")
+        if type(p) is not int:
+            raise _Corrupt(f"priority is {_shown(p)}, not an integer")
         return InstanceRecord(
             instance_id=_text(iid, "instance_id"),
             workflow=_text(workflow, "workflow"),
@@ -207,6 +127,9 @@ def _instance(row: Sequence[object]) -> InstanceRecord:
             created_at=_time(c, "created_at"),
             updated_at=_time(u, "updated_at"),
             finished_at=_time_or_none(f, "finished_at"),
+            trace=trace if type(trace) is str else None,  # telemetry only: never fatal
+            queue=_text_or_none(q, "queue"),
+            priority=p,
         )
     except _Corrupt as exc:
         raise _corrupt(iid, str(exc)) from exc.__cause__
@@ -230,9 +153,14 @@ class SQLiteStorage(RuleStorage):
     this process or another, gets a :class:`~memable.StorageError` on entering. Other
     programs (such as the ``memable`` CLI) may read the file meanwhile.
 
+    With ``read_only=True`` it only reads an existing memable database, beside the
+    engine that may own it (never taking the ownership, creating or migrating anything):
+    this is how the ``memable`` command line inspects a live file.
+
     Args:
         path: The database file, or ``":memory:"`` for a private in-memory database.
         synchronous: SQLite's ``synchronous`` level, ``"full"`` (default) or ``"normal"``.
+        read_only: Open a read-only connection, without owning the file.
 
     Example:
         >>> import memable
@@ -241,18 +169,24 @@ class SQLiteStorage(RuleStorage):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: Literal["full", "normal"] = "full"
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["full", "normal"] = "full",
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
         self.path = os.fspath(path)
         self.synchronous = synchronous
+        self.read_only = read_only
         self._db: sqlite3.Connection | None = None
         self._release_file: Callable[[], None] | None = None  # gives up the ownership
         self._mutex = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"SQLiteStorage({self.path!r}, synchronous={self.synchronous!r})"
+        more = ", read_only=True" if self.read_only else ""
+        return f"SQLiteStorage({self.path!r}, synchronous={self.synchronous!r}{more})"
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -260,8 +194,11 @@ class SQLiteStorage(RuleStorage):
         with self._mutex:
             if self._db is not None:
                 raise StorageError(f"{self!r} is already open")
+            if self.read_only:
+                self._db = connect_existing(self.path, read_only=True)
+                return
             if self.path != ":memory:":
-                self._release_file = _own_file(self.path)
+                self._release_file = own_file(self.path)
             try:
                 self._db = self._connect()
             except BaseException:
@@ -321,7 +258,7 @@ class SQLiteStorage(RuleStorage):
                     with self._errors("closing", name_file=True):
                         db.close()
             finally:
-                self._release_ownership()  # after the connection: see _own_file
+                self._release_ownership()  # after the connection: see own_file
 
     def _release_ownership(self) -> None:
         if self._release_file is not None:
@@ -400,22 +337,15 @@ class SQLiteStorage(RuleStorage):
         status: InstanceState | None = None,
         limit: int | None = None,
         parent_id: str | None = None,
+        waiting_on: str | None = None,
+        created_after: float | None = None,
+        before: tuple[float, str] | None = None,
+        newest_first: bool = False,
     ) -> list[InstanceRecord]:
-        where: list[str] = []
-        params: list[object] = []
-        if parent_id is not None:
-            where.append("parent_id = ?")
-            params.append(parent_id)
-        if workflow is not None:
-            where.append("workflow = ?")
-            params.append(workflow)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at, instance_id LIMIT ?"
+        sql, params = _listing(
+            workflow=workflow, status=status, parent_id=parent_id, waiting_on=waiting_on,
+            created_after=created_after, before=before, newest_first=newest_first,
+        )  # fmt: skip
         params.append(-1 if limit is None else limit)
         with self._read("listing instances in") as db, self._lenient(db):
             rows = db.execute(sql, params).fetchall()
@@ -435,6 +365,18 @@ class SQLiteStorage(RuleStorage):
     def load_steps(self, instance_id: str) -> list[StepRecord]:
         with self._read("loading steps from") as db:
             return _steps(db, instance_id)
+
+    def load_retired(self, instance_id: str) -> list[StepRecord]:
+        with self._read("loading retired steps from") as db:
+            rows = db.execute(
+                "SELECT key, error, attempts, started_at, finished_at FROM retired_steps"
+                " WHERE instance_id = ? ORDER BY started_at",
+                (instance_id,),
+            ).fetchall()
+        return [
+            _checked_step(instance_id, key, "dead", None, error, attempts, started, finished)
+            for key, error, attempts, started, finished in rows
+        ]
 
     def load_history(self, instance_id: str) -> History:
         with self._read(f"loading the history of instance {instance_id!r} from") as db:
@@ -474,6 +416,48 @@ class SQLiteStorage(RuleStorage):
         params.append(limit)
         with self._read("finding instances to purge in") as db:
             return [row[0] for row in db.execute(sql, params)]
+
+    # -- the inbox of other processes ------------------------------------------------------
+
+    @property
+    def has_inbox(self) -> bool:
+        """Whether other processes can steer the owner of this file through its inbox."""
+        return self.path != ":memory:" and not self.read_only
+
+    def take_inbox(self, limit: int = 100) -> list[InboxItem]:
+        """The requests other processes left that are not answered yet, oldest first."""
+        with self._read("reading the inbox of") as db, self._lenient(db):
+            rows = db.execute(
+                "SELECT id, verb, instance_id, key, payload, reason FROM inbox"
+                " WHERE done_at IS NULL ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        items: list[InboxItem] = []
+        for item_id, verb, instance_id, key, payload, reason in rows:
+            try:
+                if verb not in ("signal", "cancel", "resume", "purge"):
+                    raise _Corrupt(f"verb is {_shown(verb)}")
+                items.append(
+                    InboxItem(
+                        id=item_id,
+                        verb=verb,
+                        instance_id=_text(instance_id, "instance"),
+                        key=_text_or_none(key, "key"),
+                        payload=_text_or_none(payload, "payload"),
+                        reason=_text_or_none(reason, "reason"),
+                    )
+                )
+            except _Corrupt as exc:
+                self.answer_inbox(item_id, json.dumps({"ok": False, "message": str(exc)}), 0.0)
+        return items
+
+    def answer_inbox(self, item_id: int, result: str, now: float) -> None:
+        """Record the answer to a request (answers older than an hour are dropped)."""
+        with self._transaction("answering the inbox of") as db:
+            db.execute(
+                "UPDATE inbox SET done_at = ?, result = ? WHERE id = ?", (now, result, item_id)
+            )
+            db.execute("DELETE FROM inbox WHERE done_at < ?", (now - 3600.0,))
 
     def list_children(
         self, parent_id: str, prefix: str, status: frozenset[InstanceState]
@@ -558,8 +542,13 @@ class _SQLiteTx:
         if isinstance(row, InstanceRecord):
             return _insert(self._db, row)
         if isinstance(row, SignalRecord):
-            sql = "INSERT INTO signals (instance_id, key, payload, created_at) VALUES (?, ?, ?, ?)"
-            params: tuple[object, ...] = (row.instance_id, row.key, row.payload, row.created_at)
+            sql = (
+                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
+                " VALUES (?, ?, ?, ?, ?)"
+            )
+            params: tuple[object, ...] = (
+                row.instance_id, row.key, row.payload, row.created_at, int(row.early)
+            )  # fmt: skip
         else:
             sql = (
                 "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
@@ -599,19 +588,119 @@ class _SQLiteTx:
         )
         return cursor.rowcount > 0
 
-    def delete_dead_steps(self, instance_id: str) -> None:
+    def retire_dead_steps(self, instance_id: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO retired_steps (instance_id, key, retired_at, state, error,"
+            " attempts, started_at, finished_at) SELECT instance_id, key, finished_at, state,"
+            " error, attempts, started_at, finished_at FROM steps"
+            " WHERE instance_id = ? AND state = 'dead'",
+            (instance_id,),
+        )
         self._db.execute(
             "DELETE FROM steps WHERE instance_id = ? AND state = 'dead'", (instance_id,)
         )
 
     def delete_family(self, instance_id: str) -> None:
         family = (instance_id, *descendant_range(instance_id))
-        for table in ("steps", "signals", "timers", "instances"):
+        for table in ("steps", "retired_steps", "signals", "timers", "instances"):
             self._db.execute(
                 f"DELETE FROM {table} WHERE instance_id = ?"
                 " OR (instance_id > ? AND instance_id < ?)",
                 family,
             )
+
+    # SQLite has one writer: the transaction (BEGIN IMMEDIATE) holds every row it reads.
+
+    def queue(self, name: str) -> QueueRecord | None:
+        row = self._db.execute(
+            "SELECT concurrency, rate_count, rate_period, paused, starts FROM queues"
+            " WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            return None
+        concurrency, rate_count, rate_period, paused, starts = row
+        try:
+            times = tuple(float(t) for t in json.loads(starts))
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"queue {name!r} has a corrupt row: starts is {_shown(starts)}"
+                               " (fix or delete the row)") from exc  # fmt: skip
+        return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
+                           rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
+
+    def put_queue(self, row: QueueRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO queues (name, concurrency, rate_count, rate_period, paused,"
+            " starts) VALUES (?, ?, ?, ?, ?, ?)",
+            (row.name, row.concurrency, row.rate_count, row.rate_period, int(row.paused),
+             json.dumps(row.starts)),
+        )  # fmt: skip
+
+    def running_count(self, queue: str) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM instances WHERE queue = ? AND status = 'running'", (queue,)
+        ).fetchone()
+        return int(row[0])
+
+    def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
+        names = sorted(workflows)
+        rows = self._db.execute(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE queue = ? AND status = 'enqueued'"
+            f" AND workflow IN ({', '.join('?' * len(names))})"
+            " ORDER BY priority DESC, created_at, instance_id LIMIT ?",
+            (queue, *names, limit),
+        ).fetchall()
+        return [_instance(row) for row in rows]
+
+    def schedule(self, name: str) -> ScheduleRecord | None:
+        row = self._db.execute(
+            "SELECT last_tick, last_run FROM schedules WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            return None
+        return ScheduleRecord(name=name, last_tick=float(row[0]), last_run=row[1])
+
+    def put_schedule(self, row: ScheduleRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO schedules (name, last_tick, last_run) VALUES (?, ?, ?)",
+            (row.name, row.last_tick, row.last_run),
+        )
+
+
+def _listing(
+    *,
+    workflow: str | None,
+    status: str | None,
+    parent_id: str | None,
+    waiting_on: str | None,
+    created_after: float | None,
+    before: tuple[float, str] | None,
+    newest_first: bool,
+) -> tuple[str, list[object]]:
+    """The query of a listing (its LIMIT parameter still to append)."""
+    where: list[str] = []
+    params: list[object] = []
+    for column, value in (("parent_id", parent_id), ("workflow", workflow), ("status", status)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if waiting_on is not None:
+        where.append(
+            "status = 'suspended' AND EXISTS (SELECT 1 FROM json_each(instances.waiting_on)"
+            " WHERE value = ?)"
+        )
+        params.append(waiting_on)
+    if created_after is not None:
+        where.append("created_at > ?")
+        params.append(created_after)
+    if before is not None:
+        where.append("(created_at, instance_id) < (?, ?)")
+        params.extend(before)
+    sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    order = " DESC" if newest_first else ""
+    return f"{sql} ORDER BY created_at{order}, instance_id{order} LIMIT ?", params
 
 
 def _children(
@@ -702,8 +791,9 @@ def _checked_step(instance_id: str, key: object, state: object, *rest: object) -
 
 def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
     records: list[SignalRecord] = []
-    for key, payload, created_at in db.execute(
-        "SELECT key, payload, created_at FROM signals WHERE instance_id = ?", (instance_id,)
+    for key, payload, created_at, early in db.execute(
+        "SELECT key, payload, created_at, early FROM signals WHERE instance_id = ?",
+        (instance_id,),
     ):
         try:
             record = SignalRecord(
@@ -711,6 +801,7 @@ def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
                 key=_text(key, "key"),
                 payload=_text_or_none(payload, "payload"),
                 created_at=_time(created_at, "created_at"),
+                early=early == 1,
             )
         except _Corrupt as exc:
             raise _corrupt(instance_id, f"signal {_shown(key)}: {exc}") from None
@@ -778,7 +869,7 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
     return bool(
         db.execute(
             f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 record.instance_id,
                 record.workflow,
@@ -792,6 +883,9 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
                 record.created_at,
                 record.updated_at,
                 record.finished_at,
+                record.trace,
+                record.queue,
+                record.priority,
             ),
         ).rowcount
     )
@@ -799,129 +893,6 @@ def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
 
 def _surrogate_escaped(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
-
-
-def _in_use(path: str, holder: str) -> StorageError:
-    return StorageError(
-        f"SQLite database {path!r} is in use by another engine (process {holder});"
-        " one engine owns a SQLite file at a time (use Postgres to share one database)"
-    )
-
-
-if sys.platform == "linux":
-    import fcntl
-    import struct
-
-    # The owner's lock is one byte of the database file itself, far beyond any byte SQLite
-    # reads, writes or locks (its locks sit at 1 GiB; a database ends before 2**48 bytes).
-    # Whatever name reaches the file (symlink, hard link, bind mount) reaches that byte,
-    # and there is no lock file to delete. It is an open-file-description lock: unlike
-    # flock (emulated by byte-range locks on NFS and SMB, and one with them on the BSDs)
-    # it cannot meet SQLite's own locks, and unlike those it stays held when another
-    # descriptor of the file is closed (SQLite closes its descriptors as it likes).
-    # Beside it the owner locks byte _OWNER_AT + 1 + its pid, for the error message.
-    _OWNER_AT: Final = 1 << 62
-    _FLOCK: Final = "@hhqqi"  # struct flock (flock64): l_type l_whence l_start l_len l_pid
-
-    # fcntl byte-range locks belong to the process: closing *any* descriptor of a file drops
-    # every one of them, SQLite's included. So a descriptor opened here is closed only when
-    # no connection of this process uses the file: one refused because the file is owned
-    # in this process is left to its owner, which closes it after its own connection.
-    _OWNED: dict[tuple[int, int], list[int]] = {}  # (st_dev, st_ino) -> refused descriptors
-    _OWNED_MUTEX = threading.Lock()
-
-    def _range_lock(fd: int, command: int, kind: int, start: int, length: int) -> tuple[int, int]:
-        """fcntl *command* (F_OFD_SETLK or F_OFD_GETLK); returns l_type and l_start."""
-        arg = struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0).ljust(64, b"\0")
-        kind, _, start, _, _ = struct.unpack_from(_FLOCK, fcntl.fcntl(fd, command, arg))
-        return kind, start
-
-    def _holder(fd: int) -> str:
-        try:
-            kind, start = _range_lock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, _OWNER_AT + 1, 1 << 32)
-        except OSError:
-            return "unknown"
-        return "unknown" if kind == fcntl.F_UNLCK else str(start - _OWNER_AT - 1)
-
-    def _own_file(path: str) -> Callable[[], None]:
-        """Own the database file *path* names, or raise StorageError; returns the release."""
-        try:
-            seen = os.stat(path)
-        except OSError:
-            pass  # not there yet (or not usable: os.open says why)
-        else:
-            with _OWNED_MUTEX:
-                if (seen.st_dev, seen.st_ino) in _OWNED:
-                    raise _in_use(path, str(os.getpid()))
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot open SQLite database {path!r}: {exc.strerror}") from exc
-        info = os.fstat(fd)
-        inode = (info.st_dev, info.st_ino)
-        with _OWNED_MUTEX:
-            refused = _OWNED.get(inode)
-            if refused is not None:  # owned here since the stat above
-                refused.append(fd)
-                raise _in_use(path, str(os.getpid()))
-            try:
-                _range_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, _OWNER_AT, 1)
-            except OSError as exc:
-                holder = _holder(fd)
-                os.close(fd)  # no connection of this process uses the file
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise _in_use(path, holder) from exc
-                raise StorageError(f"cannot lock SQLite database {path!r}: {exc.strerror}") from exc
-            with contextlib.suppress(OSError):  # only ever used for the message
-                _range_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, _OWNER_AT + 1 + os.getpid(), 1)
-            _OWNED[inode] = []
-
-        def release() -> None:
-            with _OWNED_MUTEX:
-                for other in _OWNED.pop(inode):
-                    os.close(other)
-                os.close(fd)  # releases both locks
-
-        return release
-
-else:  # pragma: no cover - exercised on macOS, the BSDs and Windows only
-    # No open-file-description locks here: a lock file beside the file's real path. Every
-    # spelling of the path and every symlink meets it; hard links and a deleted lock file
-    # do not (see docs/storage.md).
-
-    def _own_file(path: str) -> Callable[[], None]:
-        """Lock ``{realpath}.lock`` for this process, or raise StorageError naming the holder."""
-        lock_path = os.path.realpath(path) + ".lock"
-        try:
-            handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held while open
-        except OSError as exc:
-            raise StorageError(f"cannot create the lock file {lock_path!r}: {exc}") from exc
-        try:
-            _lock_exclusive(handle)
-        except OSError as exc:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise _in_use(path, holder) from exc
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        return handle.close  # closing the file releases the lock
-
-    if sys.platform == "win32":
-        import msvcrt
-
-        def _lock_exclusive(handle: IO[str]) -> None:
-            handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-
-    else:
-        import fcntl
-
-        def _lock_exclusive(handle: IO[str]) -> None:
-            # flock, not lockf: a second open file in the same process conflicts too.
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 SQLiteStorage.__module__ = "memable.storage"

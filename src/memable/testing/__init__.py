@@ -32,10 +32,12 @@ import anyio.lowlevel
 
 from .._engine import Engine, kernel_of
 from .._exceptions import StorageError
+from .._invocation import Invocation
+from .._outcome import Suspended
 from .._records import Suspension, Write
 from ..storage import MemoryStorage, Storage
 
-__all__ = ["FaultyStorage", "ManualClock", "MemoryStorage", "crash_at"]
+__all__ = ["FaultyStorage", "ManualClock", "MemoryStorage", "crash_at", "run_until_suspended"]
 
 #: Real seconds :meth:`ManualClock.advance` waits at most for engines to fire timers.
 _SETTLE_LIMIT = 10.0
@@ -102,9 +104,12 @@ class ManualClock:
         it resumed have started running (``await invocation.wait()`` then waits for them).
 
         Example:
+            >>> import anyio
             >>> from datetime import timedelta
-            >>> async def test(clock: ManualClock) -> None:
-            ...     await clock.advance(timedelta(days=3))
+            >>> clock = ManualClock()
+            >>> anyio.run(clock.advance, timedelta(days=3))
+            >>> clock.now().isoformat()
+            '2026-01-04T00:00:00+00:00'
         """
         if delta < timedelta(0):
             raise ValueError(f"a clock only moves forward, not by {delta}")
@@ -147,11 +152,39 @@ def crash_at(
     instance stays ``running`` in storage, as after a real crash, and a new engine on
     the same storage recovers it.
 
+    ``await invocation.wait()`` on the crashed instance in the same engine raises
+    :class:`~memable.NotStarted` once the run has ended: the instance is ``running`` in
+    storage but nothing runs it any more. Leave the engine and open a new one on the same
+    storage to see it recovered.
+
     Example:
-        >>> import memable
-        >>> async def test(engine: memable.Engine, wf: memable.Workflow[str, int]) -> None:
-        ...     with crash_at(engine, "charge:v1", when="after"):
-        ...         await (await engine.invoke(wf, "o-1")).wait()
+        >>> import anyio, memable
+        >>> from memable.testing import MemoryStorage, crash_at
+        >>> charged: list[str] = []
+        >>> async def charge(order_id: str) -> str:
+        ...     charged.append(order_id)
+        ...     return f"ch-{order_id}"
+        >>> @memable.workflow("order")
+        ... async def order(ctx: memable.Context, order_id: str) -> str:
+        ...     return await ctx.step("charge:v1", charge, order_id)
+        >>> async def main() -> str:
+        ...     storage = MemoryStorage()
+        ...     async with memable.Engine(storage, workflows=[order]) as engine:
+        ...         with crash_at(engine, "charge:v1", when="after"):
+        ...             invocation = await engine.invoke(order, "o-1", instance_id="o-1")
+        ...             try:
+        ...                 await invocation.wait()  # returns once the run has "died"
+        ...             except memable.NotStarted:
+        ...                 print("crashed")
+        ...         print((await engine.state(order, "o-1")).status)
+        ...     async with memable.Engine(storage, workflows=[order]) as engine:  # a restart
+        ...         return await engine.handle(order, "o-1").result()
+        >>> anyio.run(main)
+        crashed
+        running
+        'ch-o-1'
+        >>> charged  # the body ran twice: at least once, recorded exactly once
+        ['o-1', 'o-1']
     """
     point = (key, when)
     points = kernel_of(engine).crash_points
@@ -160,6 +193,48 @@ def crash_at(
         yield
     finally:
         points.discard(point)
+
+
+async def run_until_suspended(
+    invocation: Invocation[Any], *, waiting_on: Collection[str] = ()
+) -> Suspended:
+    """Wait for *invocation* and return its :class:`~memable.Suspended` outcome.
+
+    Fails the test (``AssertionError``, naming the instance and what it did instead) if the
+    instance completes, fails or is cancelled, or if it does not wait on every key of
+    *waiting_on*.
+
+    Example:
+        >>> import anyio, memable
+        >>> from memable.testing import run_until_suspended
+        >>> approval = memable.SuspendPoint("approval:v1", bool)
+        >>> @memable.workflow("order")
+        ... async def order(ctx: memable.Context) -> bool:
+        ...     return await ctx.suspend(approval, status="approve?")
+        >>> async def main() -> bool:
+        ...     async with memable.Engine(workflows=[order]) as engine:
+        ...         invocation = await engine.invoke(order)
+        ...         suspended = await run_until_suspended(invocation, waiting_on=["approval:v1"])
+        ...         print(suspended.status)
+        ...         await engine.signal(order, invocation.instance_id, approval, True)
+        ...         return await invocation.result()
+        >>> anyio.run(main)
+        approve?
+        True
+    """
+    outcome = await invocation.wait()
+    if not isinstance(outcome, Suspended):
+        raise AssertionError(
+            f"instance {invocation.instance_id!r} of {invocation.workflow.name!r} did not "
+            f"suspend: {outcome!r}"
+        )
+    missing = [key for key in waiting_on if key not in outcome.waiting_on]
+    if missing:
+        raise AssertionError(
+            f"instance {invocation.instance_id!r} suspended waiting on "
+            f"{list(outcome.waiting_on)}, not on {missing}"
+        )
+    return outcome
 
 
 @final

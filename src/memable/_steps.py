@@ -1,0 +1,176 @@
+"""The recorded-step path of a run: replay a recorded key, or run the body's attempts
+and record its result or dead letter (:meth:`memable.Context.step` and ``step_sync``)."""
+
+from __future__ import annotations
+
+import time
+import typing
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio.lowlevel
+
+from . import _log, _telemetry
+from ._exceptions import SerializationError, StepFailed, TypeMismatch
+from ._failures import dead_letter_error, replayed_failure, step_failure
+from ._records import StepRecord, Write
+from ._retry import AttemptsFailed, RetryPolicy, run_attempts
+
+if TYPE_CHECKING:
+    from ._journal import Journal
+    from ._kernel import Kernel
+    from ._run import Driver, Run
+
+__all__ = ["Steps"]
+
+T = TypeVar("T")
+
+_NO_RETRY = RetryPolicy.none()
+
+#: Seconds of replay (recorded steps served without awaiting) between two checkpoints.
+_REPLAY_SLICE = 0.002
+
+
+class Steps:
+    """Takes the steps of one run: replayed from its journal, or run and recorded."""
+
+    __slots__ = ("_journal", "_kernel", "_run", "_runner", "_write", "_yield_at")
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        runner: Driver,
+        run: Run,
+        journal: Journal,
+        write: Callable[[list[Write], str], Awaitable[None]],
+    ) -> None:
+        self._kernel = kernel
+        self._runner = runner
+        self._run = run
+        self._journal = journal
+        self._write = write
+        self._yield_at = time.perf_counter() + _REPLAY_SLICE
+
+    def what(self, key: str) -> str:
+        """How messages name step *key* of this run."""
+        return f"step {key!r} of instance {self._run.instance_id!r}"
+
+    async def take(
+        self,
+        key: str,
+        tp: object,
+        call: Callable[[], Awaitable[T]],
+        timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> T:
+        """The result of step *key*: replayed if recorded, else run by *call* and recorded."""
+        record = self._journal.steps.get(key)
+        if record is not None:
+            if time.perf_counter() >= self._yield_at:
+                # A long replay awaits nothing else: let the engine's other tasks run.
+                await anyio.lowlevel.checkpoint()
+                self._yield_at = time.perf_counter() + _REPLAY_SLICE
+            self._run.replayed += 1
+            if _log.logger.isEnabledFor(_log.DEBUG):
+                _log.event(
+                    _log.DEBUG,
+                    "step %r of %r replayed",
+                    key,
+                    self._run.instance_id,
+                    instance_id=self._run.instance_id,
+                    workflow=self._run.workflow.name,
+                    step=key,
+                )
+            if record.state == "completed":
+                assert record.value is not None
+                value = self._kernel.serde.decode(record.value, tp, key, self.what(key))
+                return typing.cast(T, value)
+            raise replayed_failure(key, record.attempts, record.error)
+        self._run.enter()
+        try:
+            return await self._attempts(key, tp, call, timeout, retry)
+        finally:
+            self._run.leave()
+
+    async def _attempts(
+        self,
+        key: str,
+        tp: object,
+        call: Callable[[], Awaitable[T]],
+        timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> T:
+        kernel = self._kernel
+        await self._runner.maybe_crash(self._run, key, "before")
+        policy = retry or kernel.retry or _NO_RETRY
+        started = kernel.now()
+        with _telemetry.span(f"memable.step {key}", {"memable.step.key": key,
+                             "memable.instance_id": self._run.instance_id,
+                             "memable.workflow": self._run.workflow.name}) as span:  # fmt: skip
+
+            def retrying(attempt: int, exc: Exception) -> None:
+                _log.event(
+                    _log.WARNING,
+                    "step %r of %r failed (attempt %d of %d), retrying: %r",
+                    key,
+                    self._run.instance_id,
+                    attempt,
+                    policy.attempts,
+                    exc,
+                    instance_id=self._run.instance_id,
+                    workflow=self._run.workflow.name,
+                    step=key,
+                )
+                if span is not None:
+                    span.add_event("memable.step.retry", {"memable.step.attempt": attempt,
+                                   "memable.error.type": type(exc).__name__})  # fmt: skip
+
+            try:
+                result, attempts = await run_attempts(policy, call, timeout, retrying)
+            except AttemptsFailed as failed:
+                failure = step_failure(key, failed)
+                _telemetry.failed(span, failure)
+                await self._dead_letter(key, failed.attempts, started, failed.error, failure)
+                raise failure from failed.error
+            try:
+                envelope = kernel.serde.encode(result, tp, key, self.what(key))
+            except (TypeMismatch, SerializationError) as exc:
+                # The body returned what cannot be recorded faithfully: a permanent failure.
+                failure = StepFailed(key, attempts, f"{type(exc).__name__}: {exc}")
+                _telemetry.failed(span, failure)
+                await self._dead_letter(key, attempts, started, exc, failure)
+                raise failure from exc
+            if span is not None:
+                span.set_attributes({"memable.step.attempts": attempts,
+                                     "memable.step.outcome": "completed"})  # fmt: skip
+        await self._runner.maybe_crash(self._run, key, "after")
+        record = StepRecord(
+            instance_id=self._run.instance_id,
+            key=key,
+            state="completed",
+            value=envelope,
+            attempts=attempts,
+            started_at=started,
+            finished_at=kernel.now(),
+        )
+        await self._write([record], "recording a step")
+        self._journal.record_step(record)
+        return result
+
+    async def _dead_letter(
+        self, key: str, attempts: int, started: float, error: BaseException, failure: Exception
+    ) -> None:
+        _log.event(_log.ERROR, "step %r of %r dead-lettered after %d attempts: %s", key,
+                   self._run.instance_id, attempts, failure, instance_id=self._run.instance_id,
+                   workflow=self._run.workflow.name, step=key)  # fmt: skip
+        record = StepRecord(
+            instance_id=self._run.instance_id,
+            key=key,
+            state="dead",
+            error=dead_letter_error(error, failure),
+            attempts=attempts,
+            started_at=started,
+            finished_at=self._kernel.now(),
+        )  # fmt: skip
+        await self._write([record], "recording a dead letter")
+        self._journal.record_step(record)

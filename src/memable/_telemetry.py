@@ -1,0 +1,124 @@
+"""OpenTelemetry spans for runs, executed steps, suspensions, signals, timers and
+fan-outs — when ``opentelemetry-api`` is installed (``memable[otel]``); otherwise this
+module imports nothing and every call here returns at once.
+
+Replay never multiplies telemetry: a step span exists only when its body runs; a run
+counts its replayed steps in ``memable.steps.replayed``. The W3C ``traceparent`` of the
+span that started an instance is stored with it: its first run is that span's child, and
+a later run (after a signal, a timer, a crash, on another engine) starts a trace of its
+own linked to it (and to the signal's span when the signal came through this engine).
+Attributes are named ``memable.*``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = ["current_context", "current_traceparent", "failed", "link_of", "span", "tracer"]
+
+
+@functools.cache
+def _installed() -> bool:
+    return importlib.util.find_spec("opentelemetry") is not None
+
+
+def tracer() -> Any:
+    """memable's tracer from the current tracer provider, or ``None`` when OpenTelemetry
+    is not installed (found out once, without importing it)."""
+    if not _installed():
+        return None
+    from opentelemetry import trace
+
+    return trace.get_tracer("memable")
+
+
+@contextlib.contextmanager
+def span(
+    name: str,
+    attributes: Mapping[str, Any],
+    *,
+    parent: str | None = None,
+    links: tuple[Any, ...] = (),
+    root: bool = False,
+    kind: str = "INTERNAL",
+) -> Iterator[Any]:
+    """A span made current for the block (``None`` without OpenTelemetry).
+
+    *parent* is a stored ``traceparent`` to start under; *root* starts a trace of its
+    own (with *links*); otherwise the current span is the parent. Exceptions leaving the
+    block are not recorded here (a suspension unwinds by cancellation): see
+    :func:`failed`.
+    """
+    otel = tracer()
+    if otel is None:
+        yield None
+        return
+    from opentelemetry import context, trace
+
+    ctx: Any = None
+    if parent is not None:
+        ctx = _extract(parent)
+    elif root:
+        ctx = context.Context()
+    with otel.start_as_current_span(
+        name,
+        context=ctx,
+        kind=getattr(trace.SpanKind, kind),
+        attributes=dict(attributes),
+        links=[trace.Link(c) for c in links if c is not None],
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as current:
+        yield current
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, to store with an instance."""
+    if tracer() is None:
+        return None
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def link_of(traceparent: str | None) -> Any:
+    """The span context a stored ``traceparent`` names (to link to), or ``None``."""
+    if traceparent is None or tracer() is None:
+        return None
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span(_extract(traceparent)).get_span_context()
+    return ctx if ctx.is_valid else None
+
+
+def current_context() -> Any:
+    """The span context of the current span (to link to later), or ``None``."""
+    if tracer() is None:
+        return None
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    return ctx if ctx.is_valid else None
+
+
+def _extract(traceparent: str) -> Any:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+
+
+def failed(current: Any, error: BaseException) -> None:
+    """Mark *current* (a span or ``None``) as failed with *error*."""
+    if current is None:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    current.record_exception(error)
+    current.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))

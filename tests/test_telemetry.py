@@ -1,0 +1,262 @@
+"""Logging and OpenTelemetry: lifecycle log records with instance fields, and spans that
+replay never multiplies (asserted with the SDK's in-memory exporter)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import memable
+from memable import Context, Engine, RetryPolicy, SuspendPoint
+from memable.storage import MemoryStorage
+
+from .helpers import StorageFactory
+
+APPROVAL = SuspendPoint("approval:v1", bool)
+
+
+@pytest.fixture(scope="session")
+def exporter() -> InMemorySpanExporter:
+    """One SDK tracer provider for the session (OpenTelemetry allows setting it once)."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace.set_tracer_provider(provider)
+    return memory
+
+
+@pytest.fixture
+def spans(exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
+    exporter.clear()
+    yield exporter
+    exporter.clear()
+
+
+def named(finished: tuple[ReadableSpan, ...], prefix: str) -> list[ReadableSpan]:
+    return [span for span in finished if span.name.startswith(prefix)]
+
+
+def make_order(flaky: list[bool]) -> memable.Workflow[int, str]:
+    async def price(n: int) -> int:
+        return 7 * n
+
+    async def charge(cents: int) -> str:
+        if flaky and flaky.pop(0):
+            raise ConnectionError("card service down")
+        return f"ch-{cents}"
+
+    @memable.workflow("order")
+    async def order(ctx: Context, n: int) -> str:
+        cents = await ctx.step("price:v1", price, n)
+        receipt = await ctx.step("charge:v1", charge, cents, retry=RetryPolicy.fixed(3, 0))
+        return receipt if await ctx.suspend(APPROVAL) else "rejected"
+
+    return order
+
+
+async def test_spans_of_a_run_and_of_its_resumption(
+    make_storage: StorageFactory, spans: InMemorySpanExporter
+) -> None:
+    """The first run is the invoke span's child; the run a signal resumes is a trace of
+    its own, linked to the invoke and the signal spans; executed steps have spans (with
+    their attempts), replayed steps are only counted."""
+    order = make_order([True])  # charge fails once, then succeeds
+    tracer = trace.get_tracer("test")
+    async with Engine(make_storage(), workflows=[order]) as engine:
+        with tracer.start_as_current_span("request"):
+            invocation = await engine.invoke(order, 3, instance_id="o1")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        with tracer.start_as_current_span("webhook"):
+            await engine.signal(order, "o1", APPROVAL, True)
+        assert await invocation.result() == "ch-21"
+    finished = spans.get_finished_spans()
+    (request,) = named(finished, "request")
+    (invoke,) = named(finished, "memable.invoke order")
+    (signal,) = named(finished, "memable.signal approval:v1")
+    first, second = sorted(named(finished, "memable.run order"), key=lambda s: s.start_time or 0)
+    assert invoke.parent is not None
+    assert invoke.parent.span_id == request.context.span_id
+    assert first.parent is not None
+    assert first.parent.span_id == invoke.context.span_id
+    assert first.context.trace_id == request.context.trace_id
+    assert dict(first.attributes or {})["memable.run.outcome"] == "suspended"
+    assert dict(first.attributes or {})["memable.steps.replayed"] == 0
+
+    assert second.parent is None
+    linked = {link.context.span_id for link in second.links}
+    assert linked == {invoke.context.span_id, signal.context.span_id}
+    attributes = dict(second.attributes or {})
+    assert attributes["memable.steps.replayed"] == 2
+    assert attributes["memable.run.outcome"] == "completed"
+    assert attributes["memable.instance_id"] == "o1"
+
+    steps = named(finished, "memable.step")
+    assert [s.name for s in steps] == ["memable.step price:v1", "memable.step charge:v1"]
+    assert all(s.parent is not None and s.parent.span_id == first.context.span_id for s in steps)
+    charge = dict(steps[1].attributes or {})
+    assert charge["memable.step.attempts"] == 2
+    assert charge["memable.step.outcome"] == "completed"
+    assert [e.name for e in steps[1].events] == ["memable.step.retry"]
+    (suspend,) = named(finished, "memable.suspend")
+    assert dict(suspend.attributes or {})["memable.waiting_on"] == ("approval:v1",)
+    assert dict(signal.attributes or {})["memable.signal.outcome"] == "claimed"
+
+
+async def test_dead_letters_timers_and_fan_outs_have_spans(spans: InMemorySpanExporter) -> None:
+    async def boom() -> int:
+        raise ValueError("no stock")
+
+    async def label(ctx: Context, item: str) -> str:
+        return item.upper()
+
+    @memable.workflow("busy")
+    async def busy(ctx: Context) -> list[str]:
+        await ctx.sleep("nap:v1", 0)
+        labels = await ctx.fan_out("label:v1", label, ["a", "b"])
+        try:
+            await ctx.step("stock:v1", boom)
+        except memable.StepFailed:
+            pass
+        return labels
+
+    async with Engine(MemoryStorage(), workflows=[busy]) as engine:
+        assert await engine.run(busy, instance_id="b") == ["A", "B"]
+    finished = spans.get_finished_spans()
+    (stock,) = named(finished, "memable.step stock:v1")
+    assert stock.status.status_code == trace.StatusCode.ERROR
+    assert [e.name for e in stock.events] == ["exception"]
+    (timer,) = named(finished, "memable.timer nap:v1")
+    assert dict(timer.attributes or {})["memable.timer.kind"] == "sleep"
+    (fan,) = named(finished, "memable.fan_out label:v1")
+    assert dict(fan.attributes or {})["memable.fan_out.children"] == 2
+    children = named(finished, "memable.run _busy.label:v1")
+    assert len(children) == 2
+    assert all(c.parent is not None and c.parent.span_id == fan.context.span_id for c in children)
+
+
+async def test_a_replayed_thousand_step_instance_emits_no_step_spans(
+    spans: InMemorySpanExporter,
+) -> None:
+    async def one(n: int) -> int:
+        return n
+
+    @memable.workflow("long")
+    async def long(ctx: Context) -> int:
+        total = 0
+        for n in range(1000):
+            total += await ctx.step(f"s{n}", one, n)
+        if not await ctx.suspend(APPROVAL):
+            return -1
+        return total
+
+    async with Engine(MemoryStorage(), workflows=[long]) as engine:
+        invocation = await engine.invoke(long, instance_id="l")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        assert len(named(spans.get_finished_spans(), "memable.step")) == 1000
+        spans.clear()
+        await engine.signal(long, "l", APPROVAL, True)
+        assert await invocation.result() == sum(range(1000))
+    finished = spans.get_finished_spans()
+    assert named(finished, "memable.step") == []
+    (run,) = named(finished, "memable.run long")
+    assert dict(run.attributes or {})["memable.steps.replayed"] == 1000
+
+
+def records_of(caplog: pytest.LogCaptureFixture, instance_id: str) -> list[tuple[str, str]]:
+    return [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if getattr(r, "instance_id", None) == instance_id
+    ]
+
+
+async def test_lifecycle_log_records(
+    make_storage: StorageFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="memable")
+    order = make_order([True])
+
+    @memable.workflow("doomed")
+    async def doomed(ctx: Context) -> None:
+        async def boom() -> None:
+            raise ValueError("no stock")
+
+        await ctx.step("stock:v1", boom, retry=RetryPolicy.fixed(2, 0))
+
+    async with Engine(make_storage(), workflows=[order, doomed]) as engine:
+        invocation = await engine.invoke(order, 3, instance_id="o1")
+        await invocation.wait()
+        await engine.signal(order, "o1", APPROVAL, True)
+        await invocation.result()
+        await engine.invoke(order, 4, instance_id="o2")
+        await engine.cancel(order, "o2", reason="customer left")
+        await (await engine.invoke(doomed, instance_id="d")).wait()
+    messages = records_of(caplog, "o1")
+    assert ("INFO", "instance 'o1' of 'order' started") in messages
+    assert ("WARNING", "step 'charge:v1' of 'o1' failed (attempt 1 of 3), retrying: "
+            "ConnectionError('card service down')") in messages  # fmt: skip
+    assert ("INFO", "instance 'o1' of 'order' suspended on approval:v1") in messages
+    assert ("INFO", "instance 'o1' of 'order' resumed") in messages
+    assert ("DEBUG", "step 'price:v1' of 'o1' replayed") in messages
+    assert ("INFO", "instance 'o1' of 'order' completed") in messages
+    assert ("INFO", "instance 'o2' of 'order' cancelled: customer left") in records_of(caplog, "o2")
+    doomed_records = records_of(caplog, "d")
+    assert any(
+        level == "ERROR" and message.startswith("step 'stock:v1' of 'd' dead-lettered after 2")
+        for level, message in doomed_records
+    )
+    assert any(
+        level == "ERROR" and message.startswith("instance 'd' of 'doomed' failed: ")
+        for level, message in doomed_records
+    )
+    step_record = next(r for r in caplog.records if r.getMessage().startswith("step 'charge:v1'"))
+    fields: Any = step_record
+    assert (fields.instance_id, fields.workflow, fields.step) == ("o1", "order", "charge:v1")
+
+
+async def test_recovery_is_logged(
+    make_storage: StorageFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="memable")
+    gate = [True]
+
+    async def wait() -> None:
+        if gate:
+            await anyio.sleep_forever()
+
+    @memable.workflow("slow")
+    async def slow(ctx: Context) -> None:
+        await ctx.step("wait:v1", wait)
+
+    async with Engine(make_storage(), workflows=[slow], shutdown_timeout=0) as engine:
+        await engine.invoke(slow, instance_id="s")  # left running by the shutdown
+    gate.clear()
+    caplog.clear()
+    async with Engine(make_storage(), workflows=[slow]) as engine:
+        await engine.handle(slow, "s").result()
+    messages = records_of(caplog, "s")
+    assert messages[:2] == [
+        ("INFO", "instance 's' of 'slow' recovered"),
+        ("INFO", "instance 's' of 'slow' resumed"),
+    ]
+    assert ("INFO", "instance 's' of 'slow' completed") in messages
+
+
+async def test_no_log_work_when_the_level_is_off(caplog: pytest.LogCaptureFixture) -> None:
+    """With memable's logger at WARNING, no INFO or DEBUG record is even made."""
+    caplog.set_level(logging.WARNING, logger="memable")
+    order = make_order([])
+    async with Engine(MemoryStorage(), workflows=[order]) as engine:
+        invocation = await engine.invoke(order, 3, instance_id="o1")
+        await invocation.wait()
+        await engine.signal(order, "o1", APPROVAL, True)
+        await invocation.result()
+    assert [r for r in caplog.records if r.name == "memable"] == []
