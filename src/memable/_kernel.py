@@ -298,12 +298,12 @@ class Kernel:
     __slots__ = (
         "_alarm",
         "_healed",
+        "_recovered",
         "_spawner",
         "clock",
         "committer",
         "crash_points",
         "points",
-        "recovered",
         "registry",
         "retry",
         "serde",
@@ -333,7 +333,7 @@ class Kernel:
         self.wake_timers: Callable[[float], None] = lambda deadline: None
         # Admission of a queue may start something: a slot freed, or work came back.
         self.wake_queue: Callable[[str], None] = lambda name: None
-        self.recovered = anyio.Event()  # set once the engine has re-run its running instances
+        self._recovered: anyio.Event | None = None
         # Made on first use, on the engine's loop (anyio's events load with them).
         self._alarm: anyio.Event | None = None
         self._healed: anyio.Event | None = None  # unset from trouble() to the next re-scan
@@ -341,6 +341,14 @@ class Kernel:
         # Made when the engine starts (on its event loop):
         self.store: Store
         self.committer: GroupCommitter
+
+    @property
+    def recovered(self) -> anyio.Event:
+        """Set once the engine has re-run its running instances (made on first use, on
+        the engine's loop)."""
+        if self._recovered is None:
+            self._recovered = anyio.Event()
+        return self._recovered
 
     def check_point(self, wf: Workflow[Any, Any], point: SuspendPoint[Any]) -> None:
         """Refuse a signal for a point whose type is not the one *wf* was seen waiting for

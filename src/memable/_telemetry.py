@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,6 +22,8 @@ __all__ = ["current_context", "current_traceparent", "failed", "link_of", "span"
 
 @functools.cache
 def _installed() -> bool:
+    import importlib.util  # only when a span is first asked for
+
     return importlib.util.find_spec("opentelemetry") is not None
 
 
