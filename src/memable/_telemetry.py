@@ -29,11 +29,14 @@ def _installed() -> bool:
 
 def tracer() -> Any:
     """memable's tracer from the current tracer provider, or ``None`` when OpenTelemetry
-    is not installed (found out once, without importing it)."""
+    is not installed (found out once, without importing it) or no tracer provider is set:
+    the API's own no-op spans would cost a step as much as the step itself."""
     if not _installed():
         return None
     from opentelemetry import trace
 
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return None
     return trace.get_tracer("memable")
 
 
