@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "typing", "lint", "docs"]
@@ -18,9 +20,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """Type-check src, tests, examples, benchmarks and this file with mypy --strict."""
+    """Type-check src, tests, examples, benchmarks, this file and the docs' code blocks
+    with mypy --strict."""
     session.install(".[typing]")
     session.run("mypy", *session.posargs)
+    blocks = Path(session.create_tmp()) / "doc-blocks"
+    session.run("python", "tests/docs_blocks.py", str(blocks))
+    session.run("mypy", "--strict", str(blocks))
 
 
 @nox.session
@@ -35,7 +41,9 @@ def docs(session: nox.Session) -> None:
     """Build the documentation, failing on warnings, and run every code block in it."""
     session.install(".[docs,tests]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
-    session.run("pytest", "-p", "no:cacheprovider", "tests/test_docs.py", "tests/test_docstrings.py")
+    session.run(
+        "pytest", "-p", "no:cacheprovider", "tests/test_docs.py", "tests/test_docstrings.py"
+    )
 
 
 @nox.session

@@ -3,7 +3,8 @@
 - ``POST /orders`` ``{"order_id": "o-17", "item": "lamp", "cents": 1250}`` starts an order
   (idempotent: the order id is the instance id).
 - ``POST /orders/{id}/approve`` ``{"approver": "ada", "approved": true}`` signals it.
-- ``GET /orders/{id}`` shows its state: status, message, what it waits on, the receipt.
+- ``GET /orders/{id}`` shows its state (status, message, what it waits on, the receipt)
+  and its history (steps, signals, timers).
 
 The order waits for a typed :class:`Approval` for two days at most; after one day a
 sibling task's durable timer sends the manager a reminder. Run it with uvicorn (asyncio)
@@ -144,6 +145,15 @@ async def show(request: Request) -> JSONResponse:
         state["receipt"] = attrs.asdict(await engine.handle(order, order_id).result())
     if info.error is not None:
         state["error"] = f"{info.error.type}: {info.error.message}"
+    history = await engine.history(order, order_id)
+    state["history"] = {
+        "steps": [f"{step.key} {step.state} ({step.attempts} attempts)" for step in history.steps],
+        "signals": [f"{signal.key} {signal.state}" for signal in history.signals],
+        "timers": [
+            f"{timer.key} {'fired' if timer.fired else 'due'} {timer.deadline.isoformat()}"
+            for timer in history.timers
+        ],
+    }
     return JSONResponse(state)
 
 

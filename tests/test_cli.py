@@ -4,6 +4,7 @@ in another process and without one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -263,7 +264,7 @@ def test_bad_arguments_and_files_exit_2_with_one_line(made: Path, tmp_path: Path
         ("--db", str(made), "signal", "o1", "approval:v1", "yes"): "not JSON",
         ("--db", str(made), "signal", "o1", "_x", "1"): "must not start with '_'",
         ("--db", str(made), "list", "--after", "zzz"): "not a cursor",
-        ("--db", str(made), "queues"): "not available",
+        ("--db", str(made), "list", "--status", "queued"): "invalid choice: 'queued'",
         ("list",): "no database",
     }
     for args, message in cases.items():
@@ -293,3 +294,70 @@ def test_version_and_env_database(made: Path) -> None:
     )
     assert done.returncode == 0
     assert len(json.loads(done.stdout)["instances"]) == 8
+
+
+def test_sql_views_answer_operators_queries(made: Path) -> None:
+    """memable_instances and memable_steps: JSON values, ISO times, retried dead letters."""
+    with contextlib.closing(sqlite3.connect(f"file:{made}?mode=ro", uri=True)) as db:
+        failed = db.execute(
+            "SELECT instance_id, workflow, input, error_type, error_message, created_at"
+            " FROM memable_instances WHERE status = 'failed'"
+        ).fetchall()
+        assert len(failed) == 1
+        instance_id, workflow, input_, error_type, message, created = failed[0]
+        assert (instance_id, workflow, input_) == ("b1", "broken", 4)
+        assert error_type == "memable.RetriesExhausted"
+        assert "no stock for 4" in message
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", created)
+        steps = db.execute(
+            "SELECT key, state, attempts, value_type, value, error_type, duration"
+            " FROM memable_steps WHERE instance_id = 'b1' ORDER BY started_at"
+        ).fetchall()
+        assert [row[:6] for row in steps] == [
+            ("price:v1", "completed", 1, "int", 28, None),
+            ("stock:v1", "dead", 2, None, None, "ValueError"),
+        ]
+        assert all(row[6] >= 0 for row in steps)
+        (output,) = db.execute(
+            "SELECT output FROM memable_instances WHERE instance_id = 'f1'"
+        ).fetchone()
+        assert json.loads(output) == ["label a", "label b", "label c"]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"status": "failed"}, {"workflow": "order"}, {"created_after": 0.0},
+     {"before": (1e12, "z")}, {"status": "suspended", "before": (1e12, "z")},
+     {"waiting_on": "approval:v1"}],
+)  # fmt: skip
+def test_listing_pages_are_index_range_scans(made: Path, filters: dict[str, Any]) -> None:
+    """Each filter of instances() is served by an index in newest-first order: no sort
+    of the table, whatever it holds."""
+    from memable.storage._sqlite import _listing
+
+    query: dict[str, Any] = {
+        "workflow": None, "status": None, "parent_id": None, "waiting_on": None,
+        "created_after": None, "before": None, "newest_first": True,
+    }  # fmt: skip
+    sql, params = _listing(**{**query, **filters})
+    with contextlib.closing(sqlite3.connect(f"file:{made}?mode=ro", uri=True)) as db:
+        rows = db.execute("EXPLAIN QUERY PLAN " + sql, [*params, 50]).fetchall()
+    plan = " ".join(str(row[3]) for row in rows)
+    assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+
+def test_rich_tables_when_asked(made: Path) -> None:
+    """With rich (memable[cli]) the same tables are drawn by it, fitted to the width."""
+    env = _env(columns=90)
+    env["MEMABLE_RICH"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "memable", "--db", str(made), "show", "b1"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "stock:v1" in done.stdout
+    assert "dead" in done.stdout
+    assert "ValueError: no stock for 4" in done.stdout
+    tables = done.stdout[: done.stdout.index("\nerrors\n")]  # tracebacks are not cut
+    assert all(len(line) <= 90 for line in tables.splitlines())

@@ -9,65 +9,20 @@ complete test module: it is run by pytest (``pytester``) with memable's plugin.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-DOCS = Path(__file__).parent.parent / "docs"
-README = Path(__file__).parent.parent / "README.md"
+from .docs_blocks import DOCS, README, blocks, documented_test_modules, scripts
+
 SRC = Path(__file__).parent.parent / "src"
-
-_FENCE = re.compile(r"^(`{3,})(.*)$")
-
-
-def blocks(path: Path) -> Iterator[tuple[str, dict[str, str], str, int]]:
-    """Yield (language, options, code, line) for each fenced block of a Markdown file."""
-    lines = path.read_text().splitlines()
-    i = 0
-    while i < len(lines):
-        match = _FENCE.match(lines[i])
-        if match is None:
-            i += 1
-            continue
-        fence, info = match.group(1), match.group(2).strip()
-        start = i + 1
-        i += 1
-        body: list[str] = []
-        while i < len(lines) and lines[i].rstrip() != fence:
-            body.append(lines[i])
-            i += 1
-        i += 1
-        options: dict[str, str] = {}
-        language = info
-        if info.startswith("{code-block}"):
-            language = info.removeprefix("{code-block}").strip()
-            while body and body[0].startswith(":"):
-                name, _, value = body.pop(0)[1:].partition(":")
-                options[name.strip()] = value.strip()
-        yield language, options, "\n".join(body) + "\n", start
-
-
-def scripts(path: Path) -> list[tuple[str, int]]:
-    return [
-        (code, line) for lang, opts, code, line in blocks(path) if lang == "python" and not opts
-    ]
-
-
-def documented_test_modules(path: Path) -> list[tuple[str, str]]:
-    return [
-        (opts["caption"], code)
-        for lang, opts, code, _ in blocks(path)
-        if lang == "python" and opts.get("caption", "").startswith("test_")
-    ]
-
 
 PAGES = sorted(p.name for p in DOCS.glob("*.md") if scripts(p))
 
@@ -117,13 +72,16 @@ def test_every_page_with_code_is_run() -> None:
     ("page", "name"),
     [(p.name, name) for p in sorted(DOCS.glob("*.md")) for name, _ in documented_test_modules(p)],
 )
-def test_documented_test_module(page: str, name: str, pytester: pytest.Pytester) -> None:
+def test_documented_test_module(
+    page: str, name: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A complete test module shown in the docs passes under memable's pytest plugin."""
     code = dict(documented_test_modules(DOCS / page))[name]
     pytester.makepyfile(**{name.removesuffix(".py"): code})
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # only the plugins named
     result = pytester.runpytest(
         "-p",
-        "no:memable",
+        "anyio",
         "-p",
         "memable.testing.pytest_plugin",
         "-W",
@@ -176,6 +134,20 @@ def test_getting_started_crash_and_recover(backend: str, tmp_path: Path) -> None
     crashed = shop("--crash")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert crashed.stdout.splitlines() == console_output(page, "python shop.py --crash")
+    shown = subprocess.run(
+        [sys.executable, "-m", "memable", "show", "order-o-17", "--db", "shop.db"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "running" in shown.stdout
+    assert "price:v1" in shown.stdout
+    assert "charge:v1" in shown.stdout
+    assert "ship:v1" not in shown.stdout  # it died while the body ran
     recovered = shop()
     assert recovered.returncode == 0, recovered.stderr
     assert recovered.stdout.splitlines() == console_output(page, "python shop.py")

@@ -344,9 +344,13 @@ async def test_signal_superseded_messages(make_storage: StorageFactory) -> None:
     @memable.workflow("sup")
     async def wf(ctx: Context, timed: bool) -> str:
         try:
-            return await ctx.suspend(point, timeout=timedelta(hours=1) if timed else None)
+            got = await ctx.suspend(point, timeout=timedelta(hours=1) if timed else None)
         except memable.SuspendTimeout:
             return await ctx.suspend(SuspendPoint("after:v1", str))
+        # Still alive when a second payload comes (storage that commits in parallel could
+        # otherwise finish it first, and the second signal would be rejected as finished).
+        await ctx.suspend(SuspendPoint("then:v1", str))
+        return got
 
     @memable.workflow("waiter")
     async def waiter(ctx: Context) -> str:

@@ -155,6 +155,8 @@ async def test_start_order_is_priority_then_age(make_storage: StorageFactory) ->
             for i, (name, priority) in enumerate(plan)
         ]
         assert {(await engine.state(wf, name)).status for name, _ in plan} == {"enqueued"}
+        info = await engine.state(wf, "b")
+        assert (info.queue, info.priority) == ("ordered", 5)
         await engine.resume_queue("ordered")
         for invocation in invocations:
             await invocation.result()
@@ -299,3 +301,49 @@ async def test_bad_queue_input_is_refused() -> None:
         with pytest.raises(ValueError, match="no queue 'nope'"):
             await engine.pause_queue("nope")
         assert await (await engine.enqueue(Queue("q", concurrency=1), noop)).result() == 1
+
+
+def test_only_admission_starts_an_instance_of_a_queue() -> None:
+    """The rules refuse to move a queued instance to running except from enqueued, and
+    the state table connects enqueued only to running and cancelled."""
+    from memable._rules import move
+    from memable._state import IllegalTransition, can_move
+    from memable.storage import InstanceRecord, MemoryStorage
+
+    assert [s for s in ("running", "cancelled", "suspended") if can_move("enqueued", s)] == [
+        "running",
+        "cancelled",
+    ]
+    storage = MemoryStorage()
+    record = InstanceRecord(instance_id="q-1", workflow="wf", status="suspended", input="{}",
+                            created_at=0.0, updated_at=0.0, queue="q")  # fmt: skip
+    with storage.transaction() as tx:
+        tx.insert(record)
+        with pytest.raises(IllegalTransition, match="only by admission"):
+            move(tx, record, "running", 1.0)
+        back = move(tx, record, "enqueued", 1.0)
+        assert back is not None
+        assert back.status == "enqueued"
+        started = move(tx, back, "running", 2.0)
+        assert started is not None
+        assert started.status == "running"
+
+
+async def test_a_lost_admission_answer_heals(make_storage: StorageFactory) -> None:
+    """The first admission commits but its answer is lost (a storage error after the
+    write): the started instance is not left running without a task — the engine's
+    re-scan after storage trouble runs it, and the next admissions go on."""
+    from memable.testing import FaultyStorage
+
+    flight = InFlight()
+    flight.gate.set()
+    wf = gated(flight)
+    queue = Queue("healing", concurrency=1)
+    storage = FaultyStorage(make_storage(), fail_on={1}, methods={"admit"}, when="after")
+    async with Engine(storage, workflows=[wf], queues=[queue]) as engine:
+        first = await engine.enqueue(queue, wf, 1, instance_id="first")
+        second = await engine.enqueue(queue, wf, 2, instance_id="second")
+        assert [await first.result(), await second.result()] == [1, 2]
+    assert storage.failures == ["admit"]
+    assert flight.started == ["first", "second"]
+    assert flight.peak == 1

@@ -103,7 +103,7 @@ async def test_missed_ticks_run_the_latest_only(make_storage: StorageFactory) ->
 
 
 async def test_catch_up_runs_every_missed_tick_up_to_the_cap(
-    make_storage: StorageFactory,
+    make_storage: StorageFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """catch_up=True: each missed tick of an hour runs; of a day, the latest 100."""
     runs: list[str] = []
@@ -124,6 +124,7 @@ async def test_catch_up_runs_every_missed_tick_up_to_the_cap(
         make_storage(), schedules=[schedule()], clock=ManualClock(T0 + timedelta(days=1, hours=1))
     ):
         await settle(runs, CATCH_UP_LIMIT)
+    assert "missed more than 100 ticks; the older ones are dropped" in caplog.text
     latest = range(60 * 25 - 5 * (CATCH_UP_LIMIT - 1), 60 * 25 + 1, 5)
     assert sorted(runs) == ticks(*latest)
     assert len(stored_ids(make_storage)) == 12 + CATCH_UP_LIMIT
@@ -223,3 +224,24 @@ async def test_bad_schedules_are_refused() -> None:
         Engine(schedules=[Schedule(needs, every=5, input="five")])
     with pytest.raises(ValueError, match="two schedules are named 'tick'"):
         Engine(schedules=[Schedule(tick, every=5), Schedule(tick, every=7)])
+
+
+async def test_a_lost_tick_answer_neither_repeats_nor_strands_the_tick(
+    make_storage: StorageFactory,
+) -> None:
+    """The first tick commits but its answer is lost: the tick is not made again, and its
+    instance (stored running, without a task) is run by the re-scan after the trouble."""
+    from memable.testing import FaultyStorage
+
+    runs: list[str] = []
+    tick = make_tick(runs)
+    clock = ManualClock(T0)
+    storage = FaultyStorage(make_storage(), fail_on={1}, methods={"tick_schedule"}, when="after")
+    schedule = Schedule(tick, every=FIVE, overlap="allow")
+    async with Engine(storage, schedules=[schedule], clock=clock) as engine:
+        await clock.advance(FIVE)
+        assert isinstance(await engine.handle(tick, ticks(5)[0]).wait(), memable.Completed)
+        await clock.advance(FIVE)
+        await settle(runs, 2)
+    assert storage.failures == ["tick_schedule"]
+    assert runs == ticks(5, 10)

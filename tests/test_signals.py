@@ -144,6 +144,12 @@ async def test_racing_signallers_exactly_one_wins(make_storage: StorageFactory) 
             except memable.SignalSuperseded as exc:
                 assert exc.key == "pick:v1"
                 losers.append(n)
+            except memable.SignalRejected as exc:
+                # Storage that commits in parallel (Postgres) may finish the winner's run
+                # before a losing signal is looked at: then it is rejected as finished.
+                assert exc.key == "pick:v1"
+                assert "completed" in str(exc)
+                losers.append(n)
             else:
                 winners.append(n)
 
@@ -215,11 +221,13 @@ async def test_suspend_timeout_both_ways(make_storage: StorageFactory) -> None:
 async def signal_once(
     engine: Engine, wf: memable.Workflow[None, str], instance_id: str, out: list[str]
 ) -> None:
-    """Signal approval; record whether it won or was superseded by the deadline."""
+    """Signal approval; record whether it won or was superseded by the deadline (or came
+    after the deadline's run finished the instance: on a shared database that run may be
+    quicker than the signal)."""
     try:
         await engine.signal(wf, instance_id, APPROVAL, True)
         out.append("won")
-    except memable.SignalSuperseded:
+    except (memable.SignalSuperseded, memable.SignalRejected):
         out.append("lost")
 
 

@@ -4,7 +4,11 @@ replay never multiplies (asserted with the SDK's in-memory exporter)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,29 +19,30 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import memable
-from memable import Context, Engine, RetryPolicy, SuspendPoint
+from memable import Context, Engine, RetryPolicy, SuspendPoint, _telemetry
 from memable.storage import MemoryStorage
 
 from .helpers import StorageFactory
 
 APPROVAL = SuspendPoint("approval:v1", bool)
-
-
-@pytest.fixture(scope="session")
-def exporter() -> InMemorySpanExporter:
-    """One SDK tracer provider for the session (OpenTelemetry allows setting it once)."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    trace.set_tracer_provider(provider)
-    return memory
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture
-def spans(exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
-    exporter.clear()
-    yield exporter
-    exporter.clear()
+def provider(monkeypatch: pytest.MonkeyPatch) -> TracerProvider:
+    """An SDK tracer provider for memable's spans in this test only (the global provider
+    can be set once per process, and would then trace every later test)."""
+    sdk = TracerProvider()
+    monkeypatch.setattr(_telemetry, "enabled", lambda: True)
+    monkeypatch.setattr(_telemetry, "tracer", lambda: sdk.get_tracer("memable"))
+    return sdk
+
+
+@pytest.fixture
+def spans(provider: TracerProvider) -> InMemorySpanExporter:
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return memory
 
 
 def named(finished: tuple[ReadableSpan, ...], prefix: str) -> list[ReadableSpan]:
@@ -63,13 +68,13 @@ def make_order(flaky: list[bool]) -> memable.Workflow[int, str]:
 
 
 async def test_spans_of_a_run_and_of_its_resumption(
-    make_storage: StorageFactory, spans: InMemorySpanExporter
+    make_storage: StorageFactory, spans: InMemorySpanExporter, provider: TracerProvider
 ) -> None:
     """The first run is the invoke span's child; the run a signal resumes is a trace of
     its own, linked to the invoke and the signal spans; executed steps have spans (with
     their attempts), replayed steps are only counted."""
     order = make_order([True])  # charge fails once, then succeeds
-    tracer = trace.get_tracer("test")
+    tracer = provider.get_tracer("test")
     async with Engine(make_storage(), workflows=[order]) as engine:
         with tracer.start_as_current_span("request"):
             invocation = await engine.invoke(order, 3, instance_id="o1")
@@ -260,3 +265,48 @@ async def test_no_log_work_when_the_level_is_off(caplog: pytest.LogCaptureFixtur
         await engine.signal(order, "o1", APPROVAL, True)
         await invocation.result()
     assert [r for r in caplog.records if r.name == "memable"] == []
+
+
+@pytest.mark.parametrize("otel", ["absent", "api only"])
+def test_without_an_sdk_no_span_is_made(tmp_path: Path, otel: str) -> None:
+    """OpenTelemetry absent (blocked): a workflow runs and none of it is loaded. The API
+    without an SDK (no tracer provider set): memable makes no span at all."""
+    block = 'sys.modules["opentelemetry"] = None' if otel == "absent" else ""
+    script = tmp_path / "run.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            {block}
+            import anyio, memable
+            from memable import _telemetry
+
+            async def one() -> int:
+                return 1
+
+            @memable.workflow("w")
+            async def w(ctx: memable.Context) -> int:
+                return await ctx.step("one:v1", one)
+
+            async def main() -> int:
+                async with memable.Engine(workflows=[w]) as engine:
+                    return await engine.run(w)
+
+            assert anyio.run(main) == 1
+            assert not _telemetry.enabled()
+            assert _telemetry.span("x", {{}}) is _telemetry.NULL
+            print("loaded:", [m for m in sys.modules if m.startswith("opentelemetry.")])
+            """
+        )
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    if otel == "absent":
+        assert done.stdout.strip() == "loaded: []"
+    else:
+        assert "opentelemetry.sdk" not in done.stdout

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -19,7 +19,7 @@ from memable import Engine
 from memable.storage import SQLiteStorage, Storage
 
 from .helpers import StorageFactory
-from .web_world import WORKFLOWS, approval, order, populate
+from .web_world import WORKFLOWS, approval, note, order, populate, refund
 
 TOP = ["order-o-1", "order-o-2", "refund-o-9", "reminder-ada"]
 
@@ -40,7 +40,7 @@ async def world(make_storage: StorageFactory) -> AsyncIterator[tuple[Engine, Sto
 
 
 def ids(html: str) -> list[str]:
-    return re.findall(r'<tr class="instance \w+" data-id="([^"]+)"', html)
+    return re.findall(r'<tr class="instance \w+(?: sub)?" data-id="([^"]+)"', html)
 
 
 async def test_instance_list_rows_counts_filters_and_pages(
@@ -106,6 +106,30 @@ async def test_instance_page_timeline_waits_children_and_errors(
         missing = await http.get("/instances/nope")
         assert missing.status_code == 404
         assert "No instance <code>nope</code>" in missing.text
+
+
+async def test_failures_retries_and_early_signals_are_marked(
+    world: tuple[Engine, Storage],
+) -> None:
+    engine, storage = world
+    # A payload for a point order-o-1 has not reached: kept, and shown as early.
+    await engine.signal(order, "order-o-1", note, "gift wrap")
+    # A failed instance resumed: its dead letter stays as an earlier attempt.
+    await (await engine.resume(refund, "refund-o-9")).wait()
+    async with client(memable.web.app(storage)) as http:
+        page = (await http.get("/instances/order-o-1")).text
+        assert '<td><code>note:v1</code></td><td><span class="tag early">early</span>' in page
+        assert '<span class="type">str</span> <code>&quot;gift wrap&quot;</code>' in page
+        failed = (await http.get("/instances/refund-o-9")).text
+        svg = re.search(r"<svg class=\"gantt\".*?</svg>", failed, re.S)
+        assert svg is not None
+        refunds = re.findall(
+            r'<rect class="bar (\w+) (\w+)"[^>]*data-key="refund:v1"', svg.group(0)
+        )
+        assert refunds == [("attempt", "retried"), ("step", "dead")]  # on one row, in order
+        assert svg.group(0).count('class="fail-mark"') == 2
+        detail = (await http.get("/api/instances/refund-o-9")).json()
+        assert [s["state"] for s in detail["steps"]] == ["completed", "retried", "dead"]
 
 
 async def test_stored_text_is_escaped(make_storage: StorageFactory) -> None:
@@ -237,6 +261,7 @@ def test_memable_web_serves_on_trio_with_hypercorn(tmp_path: Path) -> None:
                 "counts": dict.fromkeys(
                     ["enqueued", "running", "suspended", "completed", "failed", "cancelled"], 0
                 ),
+                "counts_stop_at": 10_001,
             }  # fmt: skip
             assert answer.headers["x-frame-options"] == "DENY"
         finally:
@@ -328,3 +353,144 @@ async def test_mounted_under_a_prefix(world: tuple[Engine, Storage]) -> None:
         assert (await http.get("/ops/memable/static/htmx.min.js")).status_code == 200
         detail = await http.get("/ops/memable/instances/order-o-1/label:v1-0")
         assert 'href="/ops/memable/instances/order-o-1"' in detail.text  # its parent
+
+
+async def test_counts_stop_at_their_cap(
+    make_storage: StorageFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memable.web import _source
+
+    monkeypatch.setattr(_source, "COUNT_CAP", 3)
+    monkeypatch.setattr(_source, "SLOW_COUNT_CAP", 3)
+    storage = make_storage()
+    async with Engine(storage, workflows=WORKFLOWS) as engine:
+        for i in range(5):
+            await (await engine.invoke(refund, f"r-{i}")).wait()
+        async with client(memable.web.app(storage)) as http:
+            page = (await http.get("/")).text
+            assert '<span class="n">3+</span><span class="what">✕ failed</span>' in page
+            assert '<span class="n">0</span><span class="what">● running</span>' in page
+            counts = (await http.get("/api/instances")).json()
+            assert counts["counts"]["failed"] == 4  # more than the cap: 3+
+            assert counts["counts_stop_at"] == 4
+
+
+class _WithQueues:
+    """A storage that also lists queues and schedules (the shapes the queue feature
+    stores: a queue's row with its counts per status, a schedule's row)."""
+
+    def __init__(
+        self, storage: Storage, queues: Sequence[object], schedules: Sequence[object]
+    ) -> None:
+        self._storage = storage
+        self._queues = queues
+        self._schedules = schedules
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._storage, name)
+
+    def list_queues(self) -> Sequence[object]:
+        return self._queues
+
+    def list_schedules(self) -> Sequence[object]:
+        return self._schedules
+
+
+async def test_queue_and_schedule_pages_appear_when_the_storage_has_them(
+    world: tuple[Engine, Storage],
+) -> None:
+    import attrs
+
+    @attrs.frozen
+    class Queue:
+        name: str
+        concurrency: int | None
+        rate_count: int | None
+        rate_period: float | None
+        paused: bool
+
+    @attrs.frozen
+    class Schedule:
+        name: str
+        last_tick: float
+        last_run: str | None
+
+    _, storage = world
+    async with client(memable.web.app(storage)) as http:
+        plain = (await http.get("/")).text
+        # Queue pages are shown exactly when the storage can list queues.
+        has_queues = callable(getattr(storage, "list_queues", None))
+        assert ('href="/queues"' in plain) == has_queues
+        assert (await http.get("/queues")).status_code == (200 if has_queues else 404)
+    queues = [(Queue("emails", 10, 5, 60.0, False), {"enqueued": 3, "running": 2})]
+    schedules = [Schedule("report", 1_800_000_000.0, "order-o-1")]
+    richer = _WithQueues(storage, queues, schedules)
+    async with client(memable.web.app(richer)) as http:  # type: ignore[arg-type]
+        home = (await http.get("/")).text
+        assert 'href="/queues">Queues</a>' in home
+        assert 'href="/schedules">Schedules</a>' in home
+        assert 'href="/engines"' not in home
+        page = (await http.get("/queues")).text
+        assert "<td>emails</td><td>10</td><td>5 per 60.0 s</td>" in page
+        assert "<td>3</td><td>2</td><td>0</td>" in page  # enqueued, running, suspended
+        page = (await http.get("/schedules")).text
+        assert '<a href="/instances/order-o-1">order-o-1</a>' in page
+        assert 'data-t="1800000000.000"' in page
+        listed = (await http.get("/api/queues")).json()
+        assert listed == [
+            {"name": "emails", "concurrency": 10, "rate_count": 5, "rate_period": 60.0,
+             "paused": False, "enqueued": 3, "running": 2}
+        ]  # fmt: skip
+
+
+def test_memable_web_imports_modules_for_their_suspend_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memable.web._serve import points_of
+
+    (tmp_path / "flows_for_the_dashboard.py").write_text(
+        "import memable\n"
+        "approval = memable.SuspendPoint('approval:v1', bool)\n"
+        "notes = memable.SuspendPoint('note:v1', list[str])\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    points = points_of(["flows_for_the_dashboard"])
+    assert sorted((p.key, p.payload_type) for p in points) == [
+        ("approval:v1", bool), ("note:v1", list[str])
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="cannot import 'no_such_flows': ModuleNotFoundError"):
+        points_of(["no_such_flows"])
+    done = subprocess.run(
+        [sys.executable, "-m", "memable", "web", "--db", "x.db", "--import", "no_such_flows"],
+        env={"PYTHONPATH": str(Path(memable.__file__).parent.parent), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "memable: error: cannot import 'no_such_flows'" in done.stderr
+
+
+async def _same(ctx: memable.Context, item: int) -> int:
+    return item
+
+
+@memable.workflow("many")
+async def many(ctx: memable.Context) -> list[int]:
+    return await ctx.fan_out("each:v1", _same, list(range(60)), limit=30)
+
+
+async def test_a_large_fan_out_shows_a_bounded_number_of_children(
+    make_storage: StorageFactory,
+) -> None:
+    storage = make_storage()
+    async with Engine(storage, workflows=[many]) as engine:
+        assert len(await engine.run(many, instance_id="many-1")) == 60
+        async with client(memable.web.app(storage)) as http:
+            page = (await http.get("/instances/many-1")).text
+            assert page.count('<tr class="child completed">') == 50
+            assert "more children are not shown" in page
+            assert page.count('<rect class="bar child completed"') == 50
+            detail = (await http.get("/api/instances/many-1")).json()
+            assert len(detail["children"]) == 50

@@ -56,13 +56,24 @@ def browser() -> Iterator[Any]:
 
 
 def test_dashboard_in_a_browser(browser: Any, tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def wait_for(check: Any, what: str) -> Any:
-        return WebDriverWait(browser, 20, poll_frequency=0.05).until(
-            lambda _: check(), message=what
+        # The live region is replaced while we look: a stale element is looked up again.
+        return WebDriverWait(
+            browser, 20, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+        ).until(lambda _: check(), message=what)
+
+    def text(selector: str) -> str:
+        """The text of the first element matching *selector*, read in one step."""
+        found = browser.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
+            selector,
         )
+        assert isinstance(found, str), f"nothing matches {selector!r}"
+        return found
 
     shots = os.environ.get("MEMABLE_SCREENSHOTS")
     path = str(tmp_path / "world.db")
@@ -87,7 +98,10 @@ def test_dashboard_in_a_browser(browser: Any, tmp_path: Path) -> None:
         assert suspended.text == "2"
         if shots:
             wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "time[data-ago]"), "times")
+            height = browser.execute_script("return document.body.scrollHeight")
+            browser.set_window_size(1360, min(height + 140, 2400))
             browser.save_screenshot(str(Path(shots) / "dashboard-instances.png"))
+            browser.set_window_size(1360, 1000)
 
         # The timeline has one bar per executed step (the instance's and its children's).
         browser.get(url + "/instances/order-o-1")
@@ -105,13 +119,11 @@ def test_dashboard_in_a_browser(browser: Any, tmp_path: Path) -> None:
         browser.execute_script("window.notReloaded = true")
         browser.find_element(By.CSS_SELECTOR, "form.signal button").click()
         wait_for(
-            lambda: "delivered" in browser.find_element(By.ID, "action-result").text,
+            lambda: "delivered" in text("#action-result"),
             "the engine applies the signal",
         )
         wait_for(
-            lambda: browser.find_element(By.CSS_SELECTOR, ".instance-head .badge").text.endswith(
-                "completed"
-            ),
+            lambda: text(".instance-head .badge").endswith("completed"),
             "the page shows the instance completed",
         )
         assert browser.execute_script("return window.notReloaded") is True

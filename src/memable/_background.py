@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from ._kernel import Kernel
     from ._records import InstanceRecord
     from ._runner import Runner
+    from .storage._protocol import Storage
 
-__all__ = ["TimerScheduler", "heal", "retain"]
+__all__ = ["TimerScheduler", "heal", "recover", "retain"]
 
 
 _BATCH = 500  # due timers fired per transaction, at most
@@ -115,6 +116,22 @@ def _as_datetime(deadline: float) -> datetime:
         return datetime.fromtimestamp(deadline, UTC)
     except (OverflowError, OSError, ValueError):  # a corrupt row: never due
         return datetime.max.replace(tzinfo=UTC)
+
+
+async def recover(kernel: Kernel, runner: Runner, storage: Storage, *, shared: bool) -> None:
+    """Run the instances a crash left ``running`` (on a shared database: those nobody
+    holds, claimed here), as the engine starts; report those of unregistered workflows."""
+    if shared:
+        # Claims pass over the instances of workflows not registered here: say so.
+        for record in await kernel.store.call(storage.list_instances, status="running", limit=1000):
+            if record.parent_id is None and record.owner is None:
+                runner.claimed(record)  # claims it, or logs that it cannot run it
+    records = await kernel.store.running()
+    for record in records:
+        if record.parent_id is None:  # children are driven by their parent
+            runner.claimed(record)
+    if records:
+        logger.info("recovering %d running instances", len(records))
 
 
 async def heal(kernel: Kernel, runner: Runner) -> None:

@@ -15,9 +15,12 @@ import os
 import re
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from ._records import InstanceState
 
 if TYPE_CHECKING:
     from ._inspect import History
@@ -229,7 +232,7 @@ def _steer_sqlite(path: str, verb: str, instance_id: str, **request: Any) -> str
     from .storage._sqlite import InboxClient, SQLiteStorage, owner_of
 
     open_reader(path).close()  # a missing file or another kind of database: say so first
-    while True:
+    for attempt in range(3):
         owner = owner_of(path)  # before any connection of ours (see owner_of)
         if owner is not None:
             try:
@@ -244,13 +247,14 @@ def _steer_sqlite(path: str, verb: str, instance_id: str, **request: Any) -> str
         try:
             storage.open()
         except StorageError as exc:
-            if "in use by another engine" in str(exc):
+            if "in use by another engine" in str(exc) and attempt < 2:
                 continue  # an engine started meanwhile: hand it the request
             raise CliError(str(exc)) from exc
         try:
             return _direct(storage, verb, instance_id, **request)
         finally:
             storage.close()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _through_inbox(client: Any, owner: str, verb: str, instance_id: str, **request: Any) -> str:
@@ -319,11 +323,38 @@ def _engines(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise CliError(f"'{name}' is not available in this version of memable")
+def _queues(args: argparse.Namespace) -> int:
+    from . import _cliview
 
-    return run
+    storage = open_reader(args.db)
+    try:
+        reader = getattr(storage, "list_queues", None)
+        if reader is None:
+            raise CliError("this storage has no queues")
+        rows = reader()
+    finally:
+        storage.close()
+    _cliview.print_queues(rows, as_json=args.json)
+    return 0
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    from . import _cliview
+
+    storage = open_reader(args.db)
+    try:
+        reader = getattr(storage, "list_schedules", None)
+        if reader is None:
+            raise CliError("this storage has no schedules")
+        rows = reader()
+        last = {row.name: storage.get_instance(row.last_run) for row in rows if row.last_run}
+    finally:
+        storage.close()
+    statuses: dict[str, str] = {
+        name: record.status for name, record in last.items() if record is not None
+    }
+    _cliview.print_schedules(rows, statuses, as_json=args.json)
+    return 0
 
 
 def _web(args: argparse.Namespace) -> int:
@@ -338,6 +369,7 @@ def _web(args: argparse.Namespace) -> int:
             port=args.port,
             allow_actions=args.allow_actions,
             backend=args.backend,
+            imports=args.imports,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -358,6 +390,15 @@ def _args_web(p: argparse.ArgumentParser) -> None:
         default="asyncio",
         help="asyncio (served by uvicorn, the default) or trio (served by hypercorn)",
     )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (repeatable) to know the payload types of its suspend points:"
+        " the dashboard shows them and checks signal payloads against them",
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -371,7 +412,7 @@ def _args_list(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--status",
         "-s",
-        choices=["running", "suspended", "completed", "failed", "cancelled"],
+        choices=typing.get_args(InstanceState),
         help="only instances in this status",
     )
     p.add_argument("--waiting-on", metavar="KEY", help="only instances suspended on KEY")
@@ -429,8 +470,8 @@ COMMANDS: dict[
     "resume": ("run a failed or stuck instance again (writes)", _args_id, _resume),
     "purge": ("delete finished instances older than an age (writes)", _args_purge, _purge),
     "engines": ("the engines that run on the database", _args_none, _engines),
-    "queues": ("queues (not available yet)", _args_none, _not_yet("queues")),
-    "schedules": ("schedules (not available yet)", _args_none, _not_yet("schedules")),
+    "queues": ("queues: limits, pause, and instances enqueued and running", _args_none, _queues),
+    "schedules": ("schedules: the last tick and the instance it started", _args_none, _schedules),
     "web": ("serve the dashboard (read-only unless --allow-actions)", _args_web, _web),
     "demo": ("run a durable workflow that survives a killed process", _args_demo, _demo),
 }

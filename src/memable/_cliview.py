@@ -9,15 +9,27 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._inspect import History, StepInfo
+from ._inspect import History, SignalInfo, StepInfo
 from ._outcome import InstanceInfo
+from ._serde import UNTYPED
 
-__all__ = ["print_answer", "print_engines", "print_list", "print_show", "to_json"]
+if TYPE_CHECKING:
+    from ._records import QueueRecord, ScheduleRecord
+
+__all__ = [
+    "print_answer",
+    "print_engines",
+    "print_list",
+    "print_queues",
+    "print_schedules",
+    "print_show",
+    "to_json",
+]
 
 
 # -- JSON -----------------------------------------------------------------------------------
@@ -152,7 +164,9 @@ def print_show(history: History, tree: list[Any], *, as_json: bool, now: float) 
         _dump(data)
         return
     info = history.instance
-    status = info.status + (f" — {info.status_message}" if info.status_message else "")
+    status: str = info.status
+    if info.status_message and info.status in ("running", "suspended", "cancelled"):
+        status += f" — {info.status_message}"
     header = [
         ("instance", info.instance_id),
         ("workflow", info.workflow),
@@ -175,15 +189,20 @@ def print_show(history: History, tree: list[Any], *, as_json: bool, now: float) 
     _print_waits(history, now)
     _print_steps(history)
     if history.signals:
-        rows = [
-            [s.key, s.state, _when(s.received_at), f"{s.payload or '-'} ({s.payload_type})"]
-            for s in history.signals
-        ]
+        rows = [[s.key, s.state, _when(s.received_at), _payload(s)] for s in history.signals]
         print()
         table(["KEY", "STATE", "RECEIVED (UTC)", "PAYLOAD"], rows, title="signals")
     if history.timers:
-        rows = [[t.key, t.kind, _when(t.deadline), _left(t.deadline, t.fired, now)]
-                for t in history.timers]  # fmt: skip
+        signalled = {s.key for s in history.signals if s.state != "timed_out"}
+        finished = info.status in ("completed", "failed", "cancelled")
+        rows = []
+        for t in history.timers:
+            state = _left(t.deadline, t.fired, now)
+            if not t.fired and t.key in signalled:
+                state = "unused: the signal came first"
+            elif not t.fired and finished:
+                state = f"unused: the instance {info.status}"
+            rows.append([t.key, t.kind, _when(t.deadline), state])
         print()
         table(["KEY", "KIND", "DEADLINE (UTC)", "STATE"], rows, title="timers")
     if tree:
@@ -191,6 +210,13 @@ def print_show(history: History, tree: list[Any], *, as_json: bool, now: float) 
         print("children")
         _print_tree(tree, "")
     _print_errors(history)
+
+
+def _payload(signal: SignalInfo) -> str:
+    if signal.payload is None:
+        return "-"
+    kind = "sent as JSON" if signal.payload_type == UNTYPED else signal.payload_type
+    return f"{signal.payload} ({kind})"
 
 
 def _left(deadline: datetime, fired: bool, now: float) -> str:
@@ -280,3 +306,69 @@ def print_engines(engines: list[dict[str, str]], *, as_json: bool) -> None:
         print("no engine runs on this database")
     else:
         table(["PROCESS", "STORAGE"], [[e["process"], e["storage"]] for e in engines])
+
+
+def print_queues(rows: Sequence[tuple[QueueRecord, dict[str, int]]], *, as_json: bool) -> None:
+    """The ``queues`` command's output: limits, pause, and instances by status."""
+    data = [
+        {
+            "name": row.name,
+            "concurrency": row.concurrency,
+            "rate_limit": None if row.rate_count is None else [row.rate_count, row.rate_period],
+            "paused": row.paused,
+            **{status: counts.get(status, 0) for status in ("enqueued", "running", "suspended")},
+        }
+        for row, counts in rows
+    ]
+    if as_json:
+        _dump({"queues": data})
+    elif not data:
+        print("no queue has been used with this database")
+    else:
+        table(
+            ["QUEUE", "CONCURRENCY", "RATE", "PAUSED", "ENQUEUED", "RUNNING", "SUSPENDED"],
+            [
+                [
+                    str(q["name"]),
+                    "-" if q["concurrency"] is None else str(q["concurrency"]),
+                    "-" if row.rate_count is None else f"{row.rate_count}/{row.rate_period:g}s",
+                    "yes" if q["paused"] else "no",
+                    str(q["enqueued"]),
+                    str(q["running"]),
+                    str(q["suspended"]),
+                ]
+                for q, (row, _) in zip(data, rows, strict=True)
+            ],
+        )
+
+
+def print_schedules(
+    rows: Sequence[ScheduleRecord], statuses: dict[str, str], *, as_json: bool
+) -> None:
+    """The ``schedules`` command's output: each schedule's last tick and latest instance."""
+    data = [
+        {
+            "name": row.name,
+            "last_tick": datetime.fromtimestamp(row.last_tick, UTC).isoformat(),
+            "last_run": row.last_run,
+            "last_run_status": statuses.get(row.name),
+        }
+        for row in rows
+    ]
+    if as_json:
+        _dump({"schedules": data})
+    elif not data:
+        print("no schedule has run on this database")
+    else:
+        table(
+            ["SCHEDULE", "LAST TICK (UTC)", "LAST INSTANCE", "STATUS"],
+            [
+                [
+                    row.name,
+                    _when(datetime.fromtimestamp(row.last_tick, UTC)),
+                    row.last_run or "-",
+                    statuses.get(row.name) or "-",
+                ]
+                for row in rows
+            ],
+        )

@@ -242,7 +242,7 @@ class Context:
                                               status_message=message,
                                               only_if=("running",))]  # fmt: skip
         try:
-            await self._kernel.write(writes)
+            await self._kernel.write(writes, suspending=self._run.phase == "suspending")
         except StorageError:
             self._runner.storage_failed(self._run, doing)
             await unwind()

@@ -90,6 +90,9 @@ class Control:
         now = kernel.now()
         attributes = {"memable.workflow": wf.name, "memable.instance_id": instance_id}
         with _telemetry.span(f"memable.invoke {wf.name}", attributes, kind="PRODUCER"):
+            # On a shared database this engine holds what it starts running (admission
+            # claims an enqueued instance when it starts it).
+            owner = kernel.owner if queue is None else None
             record = InstanceRecord(
                 instance_id=instance_id,
                 workflow=wf.name,
@@ -100,6 +103,8 @@ class Control:
                 queue=None if queue is None else queue.name,
                 priority=priority,
                 trace=_telemetry.current_traceparent(),
+                owner=owner,
+                epoch=0 if owner is None else 1,
             )
             if queue is None:
                 created, stored = await self._create_running(wf, record, generated)
@@ -116,7 +121,7 @@ class Control:
         if generated:
             # A generated id is new (a timestamp and 48 random bits), so its row joins
             # the group commit instead of taking a transaction of its own.
-            await self._kernel.write([record])
+            await self._kernel.write([record], fenced=False)
             return record, True
         return await self._kernel.store.create(record)
 
@@ -166,6 +171,10 @@ class Control:
             return await self.resume_record(root)
         if record.status not in RESUMABLE:
             return False
+        if record.status == "running" and record.owner is not None:
+            if record.owner == kernel.owner:
+                runner.claimed(record)  # held here, without a run (crash injection)
+            return False  # else another engine runs it (a dead one's is reaped first)
         restarted = await kernel.store.restart(record.instance_id, RESUMABLE, kernel.now())
         if restarted is not None:
             runner.claimed(restarted)

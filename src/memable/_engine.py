@@ -30,10 +30,11 @@ from ._retry import RetryPolicy
 from ._runner import Runner
 from ._schedule import Schedule
 from ._serde import Serde
+from ._shared import Sharing
 from ._status import Instances, StatusHub, StatusStream
 from ._suspend import Status, SuspendPoint
 from ._workflow import Workflow
-from .storage._protocol import Storage
+from .storage._protocol import SharedStorage, Storage
 
 if TYPE_CHECKING:
     import cattrs
@@ -62,7 +63,10 @@ class Engine:
 
     Args:
         storage: A SQLite file path (created if missing), ``":memory:"`` (the default: a
-            private in-memory database), or a :class:`~memable.storage.Storage`.
+            private in-memory database), a PostgreSQL URL (``"postgresql://…"``: a
+            database many engines share, see
+            :class:`~memable.storage.PostgresStorage`), or a
+            :class:`~memable.storage.Storage`.
         workflows: Workflows to register (see :meth:`register`).
         retry: The retry policy of steps that have none of their own.
         resume_on_start: Re-run ``running`` instances on entering.
@@ -78,7 +82,7 @@ class Engine:
         schedules: Schedules this engine runs (their workflows are registered).
         max_running: At most this many top-level instances run at once (children run
             inside their parent); the others wait their turn, admitted in order, and due
-            timers are claimed as slots free up (``None``: no bound; see docs/scaling.md).
+            timers are claimed as slots free up (``None``: no bound; see docs/limits.md).
 
     Example:
         >>> import anyio, memable
@@ -109,10 +113,7 @@ class Engine:
         schedules: Iterable[Schedule[Any]] = (),
         max_running: int | None = DEFAULT_MAX_RUNNING,
     ) -> None:
-        if isinstance(storage, os.PathLike):
-            storage = os.fspath(storage)  # a SQLite file, opened (sqlite3 loaded) on entering
-        if not isinstance(storage, str | Storage):
-            raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")
+        storage = _storage_of(storage)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
         seconds(shutdown_timeout, "shutdown_timeout")  # checked before anything is made
@@ -132,8 +133,15 @@ class Engine:
         self._control = Control(self._kernel, self._runner, self._admitter)
         for wf in workflows:
             self.register(wf)
+        shared = storage if isinstance(storage, SharedStorage) else None
+        self._sharing = (
+            None
+            if shared is None
+            else Sharing(self._kernel, self._runner, shared, claims=resume_on_start)
+        )
         self._life = Lifecycle(storage, self._kernel, self._runner, self._control,
                                admitter=self._admitter, schedules=schedules,
+                               sharing=self._sharing,
                                shutdown_timeout=seconds(shutdown_timeout, "shutdown_timeout"),
                                resume_on_start=resume_on_start, retention=retention)  # fmt: skip
         self._instances = Instances(
@@ -144,6 +152,7 @@ class Engine:
             outcome=self._control.outcome,
             live_message=self._control.live_message,
             settle=self._kernel.settle,
+            remote=None if self._sharing is None else self._sharing.changed,
         )
 
     def __repr__(self) -> str:
@@ -641,6 +650,20 @@ class Engine:
 
     def _check_running(self) -> None:
         self._life.check_running()
+
+
+def _storage_of(storage: str | os.PathLike[str] | Storage) -> str | Storage:
+    """The storage a Postgres URL or a storage object names; a path stays a path (the
+    lifecycle opens it as a SQLite file on entering, so sqlite3 loads only then)."""
+    if isinstance(storage, str) and storage.startswith(("postgresql://", "postgres://")):
+        from .storage import PostgresStorage  # loaded on first use
+
+        return PostgresStorage(storage)
+    if isinstance(storage, str | os.PathLike):
+        return os.fspath(storage)
+    if not isinstance(storage, Storage):
+        raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")
+    return storage
 
 
 def kernel_of(engine: Engine) -> Kernel:

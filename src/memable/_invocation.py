@@ -70,7 +70,8 @@ class Invocation(Generic[O]):
             InstanceNotFound: no instance has this id.
             NotStarted: the engine is not running, or the instance is recorded as running
                 but no task runs it here (``resume_on_start=False``, or the engine shut
-                down first); ``engine.resume()`` starts it.
+                down first); ``engine.resume()`` starts it. On a database shared by
+                several engines it waits instead: another engine may run it.
 
         Example:
             >>> import anyio, memable
@@ -122,6 +123,8 @@ class Invocation(Generic[O]):
                 continue  # started again meanwhile
             if await instances.settle():
                 continue  # storage failed somewhere: the healer may start it
+            if instances.remote is not None and await instances.remote(record):
+                continue  # another engine runs it (or will): look again
             raise NotStarted(
                 f"instance {self.instance_id!r} is recorded as running but this engine does"
                 " not run it (resume_on_start=False, or the engine is shutting down);"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
 
 import anyio
+import attrs
 
 from ._exceptions import (
     InstanceConflict,
@@ -27,8 +28,10 @@ from ._exceptions import (
 from ._ids import children_waited, public_keys, root_of
 from ._keys import check_instance_ref
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Outcome, Suspended
+from ._records import Fence
 from ._serde import type_name
 from ._suspend import SuspendPoint
+from ._tx import Fenced
 from ._workflow import Workflow, function_workflow
 
 if TYPE_CHECKING:
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
     from ._retry import RetryPolicy
     from ._serde import Serde
     from ._status import StatusHub
-    from .storage._protocol import QueueStorage, Storage
+    from .storage._protocol import QueueStorage, SharedStorage, Storage
 
 __all__ = ["Kernel", "Registry", "Store", "outcome_of"]
 
@@ -124,15 +127,20 @@ class Registry:
 class Store:
     """Typed async calls of the storage, each in a worker thread under the engine's limiter."""
 
-    __slots__ = ("_limiter", "_trouble", "storage")
+    __slots__ = ("_limiter", "_registry", "_trouble", "shared", "storage")
 
     def __init__(
         self,
         storage: Storage,
         limiter: anyio.CapacityLimiter,
         trouble: Callable[[], None] = lambda: None,
+        *,
+        shared: SharedStorage | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.storage = storage
+        self.shared = shared  # the same storage, if several engines share it
+        self._registry = registry
         self._limiter = limiter
         self._trouble = trouble
 
@@ -202,13 +210,51 @@ class Store:
         return len(await self.fan_out_children(parent_id, prefix, status))
 
     async def running(self) -> list[InstanceRecord]:
-        return await self.call(self.storage.list_instances, status="running")
+        """The ``running`` instances this engine should run: every one, or on a shared
+        database those it holds and those it could claim (which it claims)."""
+        if self.shared is None:
+            return await self.call(self.storage.list_instances, status="running")
+        names = [wf.name for wf in self._registry or ()]
+        self.shared.runs = frozenset(names)
+        return await self.call(self.shared.claim, names, 1000)
+
+    async def claim(self) -> list[InstanceRecord]:
+        """On a shared database: claim what nobody holds (of the registered workflows)."""
+        assert self.shared is not None
+        names = [wf.name for wf in self._registry or ()]
+        return await self.call(self.shared.claim, names, 1000, held=False)
+
+    async def acquire(self, instance_id: str) -> InstanceRecord | None:
+        assert self.shared is not None
+        return await self.call(self.shared.acquire, instance_id)
 
     async def history(self, instance_id: str) -> History:
         return await self.call(self.storage.load_history, instance_id)
 
     async def signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
         return await self.call(self.storage.deliver_signal, signal)
+
+    async def suspend(
+        self,
+        instance_id: str,
+        waiting_on: Sequence[str],
+        message: str | None,
+        now: float,
+        extend: bool,
+        fence: Fence | None = None,
+    ) -> bool:
+        # Only passed when set, so storages written before it existed keep working.
+        more: dict[str, Any] = {"extend": True} if extend else {}
+        if fence is not None:
+            more["fence"] = fence
+        return await self.call(
+            self.storage.suspend,
+            instance_id,
+            waiting_on=waiting_on,
+            status_message=message,
+            now=now,
+            **more,
+        )
 
     async def cancel(
         self, instance_id: str, reason: str, now: float
@@ -303,6 +349,7 @@ class Kernel:
         "clock",
         "committer",
         "crash_points",
+        "fences",
         "points",
         "registry",
         "retry",
@@ -310,6 +357,7 @@ class Kernel:
         "status",
         "store",
         "wake_queue",
+        "wake_queues",
         "wake_timers",
     )
 
@@ -333,11 +381,15 @@ class Kernel:
         self.wake_timers: Callable[[float], None] = lambda deadline: None
         # Admission of a queue may start something: a slot freed, or work came back.
         self.wake_queue: Callable[[str], None] = lambda name: None
+        # Every queue: another engine on a shared database changed something (its hint).
+        self.wake_queues: Callable[[], None] = lambda: None
         self._recovered: anyio.Event | None = None
         # Made on first use, on the engine's loop (anyio's events load with them).
         self._alarm: anyio.Event | None = None
         self._healed: anyio.Event | None = None  # unset from trouble() to the next re-scan
         self._spawner: anyio.abc.TaskGroup | None = None
+        # On a shared database: the claim each top-level instance runs under here.
+        self.fences: dict[str, Fence] = {}
         # Made when the engine starts (on its event loop):
         self.store: Store
         self.committer: GroupCommitter
@@ -372,9 +424,41 @@ class Kernel:
         """The engine clock's time, as seconds since the epoch."""
         return self.clock.now().timestamp()
 
-    def write(self, writes: Sequence[Write]) -> Coroutine[Any, Any, list[bool]]:
-        """Commit *writes* through the group committer; which of them applied."""
+    @property
+    def owner(self) -> str | None:
+        """This engine's id on a shared database (``None`` on a single-process one)."""
+        shared = self.store.shared
+        return None if shared is None else shared.engine_id
+
+    def fence(self, instance_id: str) -> Fence | None:
+        """The claim the run of *instance_id* (or of its top-level instance) holds, on a
+        shared database; :class:`Fenced` if it holds none any more."""
+        if self.store.shared is None:
+            return None
+        fence = self.fences.get(root_of(instance_id))
+        if fence is None:
+            raise Fenced(f"instance {root_of(instance_id)!r} is no longer held by this engine")
+        return fence
+
+    def write(
+        self, writes: Sequence[Write], *, fenced: bool = True, suspending: bool = False
+    ) -> Coroutine[Any, Any, list[bool]]:
+        """Commit *writes* through the group committer; which of them applied.
+
+        On a shared database the writes of a run carry its claim (*fenced*): they apply
+        only while this engine still holds the instance (or, while the run is
+        *suspending*, while nobody claimed it since the run's own suspension let it go).
+        """
+        if fenced and writes and self.store.shared is not None:
+            return self._write_fenced(writes, suspending)
         return self.committer.write(writes)  # no coroutine of its own: the hot path
+
+    async def _write_fenced(self, writes: Sequence[Write], suspending: bool) -> list[bool]:
+        fence = self.fence(writes[0].instance_id)
+        assert fence is not None
+        if suspending:
+            fence = attrs.evolve(fence, suspended=True)
+        return (await self.committer.write([fence, *writes]))[1:]
 
     # -- spawning ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from ._kernel import Kernel, Store
 from ._queues import Admitter
 from ._runner import Runner
 from ._schedule import Schedule, Ticker
+from ._shared import Sharing
 from .storage._protocol import Storage
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Lifecycle:
         *,
         admitter: Admitter,
         schedules: Iterable[Schedule[Any]],
+        sharing: Sharing | None,
         shutdown_timeout: float,
         resume_on_start: bool,
         retention: timedelta | None,
@@ -59,6 +61,7 @@ class Lifecycle:
         self._control = control
         self._timers = TimerScheduler(kernel, runner.claimed, runner.room)
         self._admitter = admitter
+        self._sharing = sharing  # on a database several engines share
         self._ticker = Ticker(kernel, runner.claimed)
         for schedule in schedules:
             kernel.registry.add(schedule.workflow)
@@ -86,7 +89,10 @@ class Lifecycle:
         kernel = self._kernel
         # anyio objects are made here, on the event loop that runs the engine.
         limiter = anyio.CapacityLimiter(max(1, int(getattr(self._storage, "threads", 1))))
-        kernel.store = Store(self._storage, limiter, kernel.trouble)
+        shared = None if self._sharing is None else self._sharing.storage
+        kernel.store = Store(
+            self._storage, limiter, kernel.trouble, shared=shared, registry=kernel.registry
+        )
         stack = self._stack
         try:
             # The life cycle, innermost last (see the module's docstring).
@@ -103,6 +109,8 @@ class Lifecycle:
             stack.callback(kernel.status.close)
             system.start_soon(self._timers.run, name="memable timers")
             system.start_soon(heal, kernel, self._runner, name="memable healer")
+            if self._sharing is not None:
+                system.start_soon(self._sharing.run, name="memable sharing")
             if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
                 inbox = typing.cast(_inbox.InboxStorage, self._storage)
                 system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
@@ -125,7 +133,7 @@ class Lifecycle:
         self._phase = "running"
         if self._resume_on_start:
             try:
-                await self._runner.recover()
+                await self._runner.recover(shared=self._sharing is not None)
             except BaseException:
                 await self.exit(aborted=True)
                 raise

@@ -159,7 +159,8 @@ class InstanceInfo:
 
     Times are timezone-aware UTC datetimes. ``input`` and ``output`` (``None`` until it
     completes) are decoded where the engine has the workflow registered; otherwise (and
-    in the ``memable`` command line) they are the stored JSON values.
+    in the ``memable`` command line) they are the stored JSON values. An instance
+    enqueued in a queue names it in ``queue``, with its ``priority``.
 
     Example:
         >>> import anyio, memable
@@ -188,6 +189,8 @@ class InstanceInfo:
     parent_id: str | None
     input: Any = None
     output: Any = None
+    queue: str | None = None
+    priority: int = 0
 
     @classmethod
     def from_record(cls, record: InstanceRecord) -> "InstanceInfo":
@@ -207,6 +210,8 @@ class InstanceInfo:
             parent_id=record.parent_id,
             input=_json_value(record.input),
             output=_json_value(record.output),
+            queue=record.queue,
+            priority=record.priority,
         )
 
 

@@ -120,6 +120,7 @@ class Admitter:
         self._scope: anyio.CancelScope | None = None  # of its sleep
         self._asleep = False
         kernel.wake_queue = self.wake
+        kernel.wake_queues = self.wake_all
         for queue in queues:
             self.add(queue)
 
@@ -154,6 +155,11 @@ class Admitter:
             if self._scope is not None:
                 self._scope.cancel()
 
+    def wake_all(self) -> None:
+        """Admit for every queue at once (another engine may have freed slots)."""
+        for name in self._queues:
+            self.wake(name)
+
     def settled(self) -> bool:
         """Whether nothing is left to admit at the clock's time (for ManualClock)."""
         now = self._kernel.now()
@@ -180,7 +186,7 @@ class Admitter:
                     continue
             except Exception:
                 await storage_trouble(kernel, "admitting queued instances")
-                self._dirty.update(self._queues)
+                self.wake_all()
                 continue
             await self._sleep()
 
@@ -220,4 +226,4 @@ class Admitter:
                 self._asleep = False
                 self._scope = None
         if poll.cancelled_caught and not scope.cancelled_caught:
-            self._dirty.update(self._queues)  # the poll: what other engines did
+            self.wake_all()  # the poll: what other engines did

@@ -7,6 +7,7 @@ from typing import Literal, TypeAlias, final
 import attrs
 
 __all__ = [
+    "Fence",
     "History",
     "InboxItem",
     "InstanceRecord",
@@ -59,6 +60,11 @@ class InstanceRecord:
     status_message: str | None = None
     waiting_on: tuple[str, ...] = ()
     finished_at: float | None = None
+    #: On a database shared by several engines: the engine that holds the instance
+    #: (``None``: nobody; a ``running`` one is then claimable), and how many times it was
+    #: claimed (the fencing token). Single-process backends leave both alone.
+    owner: str | None = None
+    epoch: int = 0
     #: The W3C ``traceparent`` of the span that started the instance (OpenTelemetry).
     trace: str | None = None
     queue: str | None = None
@@ -305,7 +311,31 @@ class Suspension:
     extend: bool = False
 
 
+@final
+@attrs.frozen(kw_only=True)
+class Fence:
+    """The writes after it in a commit apply only while the engine *owner* still holds
+    the top-level instance *instance_id* at *epoch* (shared databases only).
+
+    A run's writes carry the claim it runs under; if another engine claimed the instance
+    since (this engine was paused past its lease, or the instance was cancelled), the
+    commit is refused with :class:`~memable.StorageError` and the run stops.
+
+    Example:
+        >>> from memable.storage import Fence
+        >>> Fence(instance_id="o-1", owner="e-1", epoch=2).epoch
+        2
+    """
+
+    instance_id: str
+    owner: str
+    epoch: int
+    #: Written while the run is suspending: the run's own suspension may have let go of
+    #: the instance (``owner`` ``None``), which still passes at the same epoch.
+    suspended: bool = False
+
+
 #: What :meth:`~memable.storage.Storage.commit` applies in one transaction.
 Write: TypeAlias = (
-    StepRecord | InstanceUpdate | TimerRecord | InstanceRecord | SignalDrop | Suspension
+    StepRecord | InstanceUpdate | TimerRecord | InstanceRecord | SignalDrop | Suspension | Fence
 )

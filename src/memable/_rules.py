@@ -19,6 +19,7 @@ import attrs
 from . import _ids
 from ._records import (
     Admission,
+    Fence,
     InstanceRecord,
     InstanceState,
     InstanceUpdate,
@@ -33,11 +34,12 @@ from ._records import (
     Write,
 )
 from ._state import FINISHED, IllegalTransition, check_move
-from ._tx import Guard, Tx
+from ._tx import Fenced, Guard, Tx
 
 __all__ = [
     "admit",
     "cancel",
+    "check_fence",
     "commit",
     "create",
     "define_queue",
@@ -53,6 +55,9 @@ __all__ = [
 ]
 
 _LIVE: Final = frozenset[InstanceState]({"enqueued", "running", "suspended"})
+#: The states from which an instance of a queue may be moved to ``running``: ``enqueued``
+#: (admission), and ``running`` (recovery or ``resume`` of one that holds its slot).
+_QUEUED_RUNS_FROM: Final = frozenset[InstanceState]({"enqueued", "running"})
 
 #: How many instances one admission transaction starts at most.
 ADMIT_BATCH: Final = 100
@@ -64,24 +69,32 @@ def move(
 ) -> InstanceRecord | None:
     """Move *record* to *new* (checked against the state table) by compare-and-set.
 
-    An instance of a queue starts ``running`` only by admission (:func:`admit`, which
-    holds the queue's row), so its limits hold. Returns the new row, or ``None`` if the
-    row changed since it was read.
+    The compare is on the status and on the holder ``(owner, epoch)`` read with it.
+    Every move lets go of the instance (``owner`` becomes ``None``); a move to
+    ``running`` is a claim and bumps the epoch, so whoever held it before is fenced off;
+    the engine whose transaction this is takes a top-level instance if it runs the
+    workflow, else one that does claims it later (on a shared database).
+
+    An instance of a queue starts ``running`` only from ``enqueued``, which only
+    admission does (:func:`admit`, holding the queue's row), so the queue's limits hold.
+    Returns the new row, or ``None`` if the row changed since it was read.
     """
     check_move(record.instance_id, record.status, new)
-    if new == "running" and record.queue is not None and record.status != "running":
+    if new == "running" and record.queue is not None and record.status not in _QUEUED_RUNS_FROM:
         raise IllegalTransition(
             f"instance {record.instance_id!r} of queue {record.queue!r} can start running"
             " only by admission"
         )
-    return _write(tx, record, new, now, changes)
-
-
-def _write(
-    tx: Tx, record: InstanceRecord, new: InstanceState, now: float, changes: dict[str, object]
-) -> InstanceRecord | None:
-    fields = {"status": new, "updated_at": now, **changes}
-    if not tx.update(record.instance_id, Guard(frozenset({record.status})), fields):
+    fields: dict[str, object] = {"status": new, "updated_at": now, **changes}
+    guard = Guard(frozenset({record.status}))
+    if tx.holds_claims:
+        fields["owner"] = None
+        if new == "running":
+            fields["epoch"] = record.epoch + 1
+            if record.parent_id is None:  # the engine deciding takes it, if it runs it
+                fields["owner"] = tx.claimant(record.workflow)
+        guard = Guard(guard.status, holder=(record.owner, record.epoch))
+    if not tx.update(record.instance_id, guard, fields):
         return None
     return attrs.evolve(record, **fields)  # type: ignore[arg-type]
 
@@ -89,10 +102,12 @@ def _write(
 def create(tx: Tx, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
     """Insert a new instance unless its id exists: the stored one, and whether it is new."""
     existing = tx.instance(record.instance_id)
-    if existing is not None:
-        return existing, False
-    tx.insert(record)
-    return record, True
+    if existing is None and tx.insert(record):
+        return record, True
+    # It exists, or another transaction inserted it since the read (a shared database).
+    existing = existing or tx.instance(record.instance_id)
+    assert existing is not None
+    return existing, False
 
 
 def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
@@ -104,11 +119,25 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
     update applies only while its ``only_if`` holds, and one that changes the status is
     checked against the state table. An instance that
     finishes takes its unfinished descendants with it (cancelled: nothing drives them).
+    A :class:`~memable.storage.Fence` refuses the whole commit (:class:`Fenced`) unless
+    its engine still holds the instance at its epoch.
     """
+    fences = [write for write in writes if isinstance(write, Fence)]
+    if fences:  # every claim checked up front, in one read
+        holders = tx.holders(sorted({fence.instance_id for fence in fences}))
+        for fence in fences:
+            _check_holder(fence, holders.get(fence.instance_id), fence.suspended)
     applied: list[bool] = []
+    steps: list[StepRecord] = []  # consecutive step records go in one call
     for write in writes:
         if isinstance(write, StepRecord):
-            applied.append(tx.put_step(write))
+            steps.append(write)
+            continue
+        if steps:
+            applied += tx.put_steps(steps)
+            steps = []
+        if isinstance(write, Fence):
+            applied.append(True)
         elif isinstance(write, InstanceUpdate):
             applied.append(_update(tx, write))
         elif isinstance(write, SignalDrop):
@@ -126,7 +155,32 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
             )
         else:
             applied.append(tx.insert(write))
+    if steps:
+        applied += tx.put_steps(steps)
     return applied
+
+
+def check_fence(tx: Tx, fence: Fence, *, suspended: bool = False) -> None:
+    """Raise :class:`Fenced` unless *fence*'s engine holds its instance at its epoch.
+
+    With *suspended*, the run itself suspended the instance a moment ago (letting it
+    go): then only the epoch must be the same (nobody claimed it since).
+    """
+    _check_holder(fence, tx.holders([fence.instance_id]).get(fence.instance_id), suspended)
+
+
+def _check_holder(
+    fence: Fence, holder: tuple[str | None, int] | None, suspended: bool = False
+) -> None:
+    if holder is not None:
+        owner, epoch = holder
+        if epoch == fence.epoch and (owner == fence.owner or (suspended and owner is None)):
+            return
+    raise Fenced(
+        f"instance {fence.instance_id!r} is no longer held by this engine (another engine"
+        " claimed it, it was cancelled, or this engine's lease expired); its write is"
+        " refused and its run here stops"
+    )
 
 
 def _update(tx: Tx, update: InstanceUpdate) -> bool:
@@ -185,6 +239,7 @@ def suspend(
     status_message: str | None,
     now: float,
     extend: bool = False,
+    fence: Fence | None = None,
 ) -> bool:
     """Record a running instance as suspended on *waiting_on*, unless one has come.
 
@@ -192,7 +247,11 @@ def suspend(
     waited timer has fired or is due at *now* (firing it here), or a child the instance
     waits for is running. With *extend*, the instance was just suspended by the same run
     and *waiting_on* adds keys registered meanwhile (refused if it was claimed since).
+    With *fence*, the run's engine must still hold the top-level instance
+    (:class:`Fenced` otherwise).
     """
+    if fence is not None:
+        check_fence(tx, fence, suspended=extend or fence.instance_id != instance_id)
     record = tx.instance(instance_id)
     if record is None or record.status != ("suspended" if extend else "running"):
         return False
@@ -219,7 +278,8 @@ def suspend(
     changes: dict[str, object] = {"waiting_on": tuple(waiting_on), "status_message": status_message}
     if extend:
         changes["updated_at"] = now
-        return tx.update(instance_id, Guard(frozenset({"suspended"})), changes)
+        holder = (record.owner, record.epoch) if tx.holds_claims else None
+        return tx.update(instance_id, Guard(frozenset({"suspended"}), holder=holder), changes)
     return move(tx, record, "suspended", now, **changes) is not None
 
 
@@ -266,6 +326,8 @@ def restart(
     record = tx.instance(instance_id)
     if record is None or record.status not in only_if:
         return None
+    if record.status == "running" and record.owner is not None:
+        return None  # an engine holds it (runs it, or is reaped first if it died)
     restarted: InstanceRecord | None = None
     for member in tx.family(instance_id):
         is_self = member.instance_id == instance_id
@@ -345,11 +407,14 @@ def _fire(tx: Tx, timer: TimerRecord, now: float) -> None:
 def define_queue(tx: Tx, row: QueueRecord) -> QueueRecord:
     """Store a queue's limits (creating its row), keeping its pause and its rate window."""
     stored = tx.queue(row.name)
-    if stored is not None:
-        row = attrs.evolve(row, paused=stored.paused, starts=stored.starts)
-        if row == stored:
-            return stored
-    tx.put_queue(row)
+    if stored is None:
+        if tx.put_queue(row, replace=False):
+            return row
+        stored = tx.queue(row.name)  # another engine stored it meanwhile
+        assert stored is not None, f"queue {row.name!r} vanished"
+    row = attrs.evolve(row, paused=stored.paused, starts=stored.starts)
+    if row != stored:
+        tx.put_queue(row)
     return row
 
 
@@ -389,8 +454,7 @@ def admit(
     started: list[InstanceRecord] = []
     if free > 0:
         for record in tx.queued(name, workflows, free):
-            check_move(record.instance_id, record.status, "running")
-            moved = _write(tx, record, "running", now, {})
+            moved = move(tx, record, "running", now)
             if moved is not None:
                 started.append(moved)
     retry_at = None
@@ -411,7 +475,9 @@ def define_schedule(tx: Tx, name: str, now: float) -> ScheduleRecord:
     row = tx.schedule(name)
     if row is None:
         row = ScheduleRecord(name=name, last_tick=now)
-        tx.put_schedule(row)
+        if not tx.put_schedule(row, replace=False):  # another engine stored it meanwhile
+            row = tx.schedule(name)
+            assert row is not None, f"schedule {name!r} vanished"
     return row
 
 

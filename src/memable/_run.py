@@ -30,9 +30,11 @@ Phase = Literal["reserved", "running", "suspending", "ended"]
 
 #: Why a run ended. ``restart``: what it waited for came while it suspended, or its
 #: storage failed (it runs again); ``crashed``: test crash injection; ``shutdown``: the
-#: engine is leaving its block (the instance stays ``running`` in storage).
+#: engine is leaving its block (the instance stays ``running`` in storage); ``lost``: on a
+#: shared database, this engine no longer holds the instance (another engine claimed it,
+#: it was cancelled there, or this engine's lease expired).
 EndReason = Literal[
-    "completed", "failed", "suspended", "cancelled", "restart", "crashed", "shutdown"
+    "completed", "failed", "suspended", "cancelled", "restart", "crashed", "shutdown", "lost"
 ]
 
 _MOVES: Final[dict[Phase, frozenset[Phase]]] = {

@@ -9,6 +9,7 @@ engine heals itself (recorded steps replay; nothing recorded runs twice).
 from __future__ import annotations
 
 import collections
+import sys
 import typing
 from typing import Any, Literal
 
@@ -22,8 +23,9 @@ from ._journal import Journal
 from ._kernel import Kernel, outcome_of
 from ._log import logger
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended
-from ._records import History, InstanceRecord, InstanceState, InstanceUpdate, Suspension
+from ._records import Fence, History, InstanceRecord, InstanceState, InstanceUpdate, Suspension
 from ._run import Run
+from ._tx import Fenced
 from ._workflow import Workflow
 
 __all__ = ["Backoff", "Runner"]
@@ -96,14 +98,27 @@ class Runner:
         run.cause = cause
         self.start(run, record)
 
-    async def recover(self) -> None:
-        """Run every top-level instance stored as ``running`` (at engine start)."""
-        for record in await self._kernel.store.running():
+    async def recover(self, *, shared: bool = False) -> None:
+        """Run every top-level instance stored as ``running`` (at engine start); on a
+        shared database, first those nobody holds (claimed here)."""
+        kernel = self._kernel
+        if shared:
+            # Claims pass over the instances of workflows not registered here: say so.
+            listed = await kernel.store.call(
+                kernel.store.storage.list_instances, status="running", limit=1000
+            )
+            for record in listed:
+                if record.parent_id is None and record.owner is None:
+                    self._recovered(record)  # claims it, or logs that it cannot run it
+        for record in await kernel.store.running():
             if record.parent_id is None:  # children are driven by their parent
-                _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
-                           record.workflow, instance_id=record.instance_id,
-                           workflow=record.workflow)  # fmt: skip
-                self.claimed(record)
+                self._recovered(record)
+
+    def _recovered(self, record: InstanceRecord) -> None:
+        _log.event(_log.INFO, "instance %r of %r recovered", record.instance_id,
+                   record.workflow, instance_id=record.instance_id,
+                   workflow=record.workflow)  # fmt: skip
+        self.claimed(record)
 
     def live(self, instance_id: str) -> Run | None:
         """The run of *instance_id* if a task of this engine runs it."""
@@ -128,6 +143,9 @@ class Runner:
 
     def start(self, run: Run, record: InstanceRecord) -> None:
         """Give a top-level run a task now, or when a slot frees up (in order)."""
+        wf = self._kernel.registry.get(record.workflow)
+        if wf is not None:  # racing invokes may have reserved it under another workflow
+            run.workflow = wf
         run.driven = True
         if self._waiting or not self.free():
             self._waiting.append((run, record))
@@ -186,6 +204,42 @@ class Runner:
             if run.live:
                 run.end("shutdown")
 
+    def lose(self, instance_id: str | None = None) -> None:
+        """On a shared database: this engine no longer holds *instance_id* (``None``:
+        any instance, its lease expired). Its run stops; storage is left as it is."""
+        fences = self._kernel.fences
+        for run_id in [instance_id] if instance_id is not None else list(fences):
+            fences.pop(run_id, None)
+            run = self.live(run_id)
+            if run is not None and run.live:
+                logger.warning(
+                    "instance %r is no longer held by this engine; its run here stops",
+                    run_id,
+                    extra={"instance_id": run_id},
+                )
+                run.end("lost")
+
+    async def _hold(self, run: Run, record: InstanceRecord) -> InstanceRecord | None:
+        """On a shared database, claim a top-level instance before running it; the
+        record to run, or ``None`` if another engine holds it (or it is not running)."""
+        kernel = self._kernel
+        if record.owner is None or record.owner != kernel.owner:
+            if record.status != "running" or record.owner is not None:
+                return None
+            try:
+                acquired = await kernel.store.acquire(record.instance_id)
+            except StorageError:
+                self._log_trouble(run, "claiming it")  # the healer claims it later
+                return None
+            if acquired is None:
+                return None
+            record = acquired
+        assert record.owner is not None
+        kernel.fences[record.instance_id] = Fence(
+            instance_id=record.instance_id, owner=record.owner, epoch=record.epoch
+        )
+        return record
+
     def cancel_live(self, instance_id: str, reason: str) -> None:
         """End the pass of a cancelled instance (its storage row says ``cancelled``)."""
         run = self.live(instance_id)
@@ -195,11 +249,13 @@ class Runner:
     async def drive(self, run: Run, record: InstanceRecord) -> None:
         """Run one instance to its end, suspension or shutdown, healing after storage errors."""
         wf = run.workflow.name
+        # A child the fan-out just created has not been touched since (it is new).
+        new = run.fresh or (record.parent_id is not None and record.updated_at == record.created_at)
         _log.event(_log.INFO, "instance %r of %r %s", run.instance_id, wf,
-                   "started" if run.fresh else "resumed", instance_id=run.instance_id,
+                   "started" if new else "resumed", instance_id=run.instance_id,
                    workflow=wf)  # fmt: skip
         attributes = {"memable.instance_id": run.instance_id, "memable.workflow": wf,
-                      "memable.run.fresh": run.fresh}  # fmt: skip
+                      "memable.run.fresh": new}  # fmt: skip
         if record.parent_id is not None:  # a child: under its parent's fan-out span
             scope = _telemetry.span(f"memable.run {wf}", attributes)
         elif run.fresh:  # the first run: a child of the span that invoked it
@@ -221,12 +277,23 @@ class Runner:
     async def _drive(self, run: Run, record: InstanceRecord) -> None:
         backoff = Backoff()
         queue = record.queue
+        holds = self._kernel.store.shared is not None and record.parent_id is None
         try:
             run.status_message = record.status_message
             while True:
+                if holds:
+                    held = await self._hold(run, record)
+                    if held is None:
+                        break
+                    record = held
                 run.begin_pass()
                 self._kernel.status.publish(run.instance_id, "running", run.status_message)
                 await self._pass(run, record)
+                if run.reason == "lost":
+                    current = await self._reread(run, backoff)
+                    if current is not None and current.status != "running":
+                        run.outcome = outcome_of(current, self._kernel.serde, run.workflow)
+                    break
                 if not (run.reason == "restart" or (run.reason == "suspended" and run.rerun)):
                     break
                 if run.instance_id in self._troubled:
@@ -239,6 +306,8 @@ class Runner:
                     break
                 record = current
         finally:
+            if holds:
+                self._kernel.fences.pop(run.instance_id, None)
             if self.runs.get(run.instance_id) is run:
                 del self.runs[run.instance_id]
             run.set_finished()
@@ -264,7 +333,20 @@ class Runner:
         self._kernel.trouble()
 
     def storage_failed(self, run: Run, doing: str) -> None:
-        """End the pass as if the process died here; it runs again after a backoff."""
+        """End the pass as if the process died here; it runs again after a backoff.
+
+        A write refused because this engine no longer holds the instance (a shared
+        database) ends the run for good instead: another engine runs it, or it ended.
+        """
+        if isinstance(sys.exception(), Fenced):
+            logger.warning(
+                "instance %r is no longer held by this engine (%s refused); its run here stops",
+                run.instance_id,
+                doing,
+                extra={"instance_id": run.instance_id},
+            )
+            run.end("lost")
+            return
         self._log_trouble(run, doing)
         self._troubled.add(run.instance_id)
         run.end("restart")
@@ -396,9 +478,19 @@ class Runner:
                     extend=written is not None,
                 )
                 try:
-                    # Through the group commit: many instances suspending at once share
-                    # transactions, as their steps do.
-                    (suspended,) = await kernel.write([suspension])
+                    if kernel.store.shared is None:
+                        # Through the group commit: many instances suspending at once
+                        # share transactions, as their steps do.
+                        (suspended,) = await kernel.write([suspension])
+                    else:  # its own transaction, fenced by the run's claim
+                        suspended = await kernel.store.suspend(
+                            run.instance_id,
+                            keys,
+                            run.status_message,
+                            suspension.now,
+                            suspension.extend,
+                            kernel.fence(run.instance_id),
+                        )
                 except StorageError:
                     run.suspend_failed()
                     self.storage_failed(run, "suspending it")

@@ -242,7 +242,14 @@ class Ticker:
                 now = kernel.now()
                 again = False
                 for name, schedule in self._schedules.items():
-                    due = schedule.due(self._rows[name].last_tick, now)
+                    last = self._rows[name].last_tick
+                    due = schedule.due(last, now)
+                    if due and schedule.catch_up and due[0] > schedule.next_after(last):
+                        logger.warning(
+                            "schedule %r missed more than %d ticks; the older ones are dropped",
+                            name,
+                            CATCH_UP_LIMIT,
+                        )
                     if due and not await self._tick(schedule, due, now):
                         again = True  # lost the compare-and-set: look at the stored tick
                 if again:

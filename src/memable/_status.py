@@ -61,6 +61,10 @@ class StatusHub:
         """How many instances are followed."""
         return len(self._subscribers)
 
+    def followed(self) -> list[str]:
+        """The ids of the instances someone follows."""
+        return list(self._subscribers)
+
     def follow(self, instance_id: str) -> _Subscriber:
         """A queue that receives the status changes of *instance_id* until :meth:`drop`."""
         subscriber = _Subscriber()
@@ -101,7 +105,16 @@ class StatusHub:
 class Instances:
     """What invocations and status streams need of their engine, and nothing more."""
 
-    __slots__ = ("check_running", "live_message", "outcome", "record", "runs", "settle", "status")
+    __slots__ = (
+        "check_running",
+        "live_message",
+        "outcome",
+        "record",
+        "remote",
+        "runs",
+        "settle",
+        "status",
+    )
 
     def __init__(
         self,
@@ -113,6 +126,7 @@ class Instances:
         outcome: Callable[[Workflow[Any, Any], InstanceRecord], Outcome[Any] | None],
         live_message: Callable[[InstanceRecord], str | None],
         settle: Callable[[], Awaitable[bool]],
+        remote: Callable[[InstanceRecord], Awaitable[bool]] | None = None,
     ) -> None:
         self.status = status
         self.runs = runs  # the runs (and reservations) of the engine, by instance id
@@ -121,6 +135,9 @@ class Instances:
         self.outcome = outcome
         self.live_message = live_message
         self.settle = settle  # waits out a re-scan after storage trouble; whether there was one
+        # On a shared database: waits for a change of a running instance another engine
+        # may run; False if none will.
+        self.remote = remote
 
 
 class StatusStream:

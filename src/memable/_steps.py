@@ -104,9 +104,19 @@ class Steps:
         await self._runner.maybe_crash(self._run, key, "before")
         policy = retry or kernel.retry or _NO_RETRY
         started = kernel.now()
-        with _telemetry.span(f"memable.step {key}", {"memable.step.key": key,
-                             "memable.instance_id": self._run.instance_id,
-                             "memable.workflow": self._run.workflow.name}) as span:  # fmt: skip
+        scope = (
+            _telemetry.span(
+                f"memable.step {key}",
+                {
+                    "memable.step.key": key,
+                    "memable.instance_id": self._run.instance_id,
+                    "memable.workflow": self._run.workflow.name,
+                },
+            )
+            if _telemetry.enabled()
+            else _telemetry.NULL
+        )
+        with scope as span:
 
             def retrying(attempt: int, exc: Exception) -> None:
                 _log.event(

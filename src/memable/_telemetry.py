@@ -1,6 +1,7 @@
 """OpenTelemetry spans for runs, executed steps, suspensions, signals, timers and
-fan-outs — when ``opentelemetry-api`` is installed (``memable[otel]``); otherwise this
-module imports nothing and every call here returns at once.
+fan-outs — when ``opentelemetry-api`` is installed (``memable[otel]``) and a tracer
+provider (an SDK) is set; otherwise this module imports nothing (or, with the API alone,
+makes no span) and every call here returns at once.
 
 Replay never multiplies telemetry: a step span exists only when its body runs; a run
 counts its replayed steps in ``memable.steps.replayed``. The W3C ``traceparent`` of the
@@ -14,33 +15,57 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["current_context", "current_traceparent", "failed", "link_of", "span", "tracer"]
+__all__ = [
+    "NULL",
+    "enabled",
+    "installed",
+    "current_context",
+    "current_traceparent",
+    "failed",
+    "link_of",
+    "span",
+    "tracer",
+]
 
 
 @functools.cache
-def _installed() -> bool:
-    import importlib.util  # only when a span is first asked for
+def installed() -> bool:
+    """Whether OpenTelemetry is installed (looked up once, without importing it)."""
+    try:
+        return importlib.util.find_spec("opentelemetry") is not None
+    except (ImportError, ValueError):  # blocked (None in sys.modules) or broken
+        return False
 
-    return importlib.util.find_spec("opentelemetry") is not None
+
+def enabled() -> bool:
+    """Whether spans are made: OpenTelemetry is installed and a tracer provider (an SDK)
+    is set. With the API alone every span would be a no-op: none is made at all."""
+    if not installed():
+        return False
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+#: What :func:`span` gives without OpenTelemetry: a reusable context that yields None.
+NULL: Final = contextlib.nullcontext(None)
 
 
 def tracer() -> Any:
     """memable's tracer from the current tracer provider, or ``None`` when OpenTelemetry
-    is not installed (found out once, without importing it) or no tracer provider is set:
-    the API's own no-op spans would cost a step as much as the step itself."""
-    if not _installed():
+    is not installed (found out once, without importing it)."""
+    if not installed():
         return None
     from opentelemetry import trace
 
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        return None
     return trace.get_tracer("memable")
 
 
-@contextlib.contextmanager
 def span(
     name: str,
     attributes: Mapping[str, Any],
@@ -49,7 +74,7 @@ def span(
     links: tuple[Any, ...] = (),
     root: bool = False,
     kind: str = "INTERNAL",
-) -> Iterator[Any]:
+) -> contextlib.AbstractContextManager[Any]:
     """A span made current for the block (``None`` without OpenTelemetry).
 
     *parent* is a stored ``traceparent`` to start under; *root* starts a trace of its
@@ -57,11 +82,24 @@ def span(
     block are not recorded here (a suspension unwinds by cancellation): see
     :func:`failed`.
     """
-    otel = tracer()
-    if otel is None:
-        yield None
-        return
+    if not enabled():
+        return NULL
+    return _span(name, attributes, parent=parent, links=links, root=root, kind=kind)
+
+
+@contextlib.contextmanager
+def _span(
+    name: str,
+    attributes: Mapping[str, Any],
+    *,
+    parent: str | None,
+    links: tuple[Any, ...],
+    root: bool,
+    kind: str,
+) -> Iterator[Any]:
     from opentelemetry import context, trace
+
+    otel = tracer()
 
     ctx: Any = None
     if parent is not None:

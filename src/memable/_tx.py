@@ -7,11 +7,12 @@ suspend, a cancel, a resume, a purge or a child's end does is decided once, in
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final, Protocol, final
 
 import attrs
 
+from ._exceptions import StorageError
 from ._records import (
     InstanceRecord,
     InstanceState,
@@ -22,12 +23,28 @@ from ._records import (
     TimerRecord,
 )
 
-__all__ = ["COLUMNS", "Guard", "Tx"]
+__all__ = ["COLUMNS", "Fenced", "Guard", "Tx"]
 
-#: The instance fields a compare-and-set may change.
+#: The instance fields a compare-and-set may change. ``owner`` and ``epoch`` matter on a
+#: database shared by several engines; a single-process backend may ignore them.
 COLUMNS: Final = frozenset(
-    {"status", "status_message", "output", "error", "waiting_on", "finished_at", "updated_at"}
+    {
+        "status",
+        "status_message",
+        "output",
+        "error",
+        "waiting_on",
+        "finished_at",
+        "updated_at",
+        "owner",
+        "epoch",
+    }
 )
+
+
+class Fenced(StorageError):
+    """A write of an engine that no longer holds the instance (or whose lease expired)
+    was refused: another engine runs it now, or it was cancelled. The run stops."""
 
 
 @final
@@ -35,23 +52,46 @@ COLUMNS: Final = frozenset(
 class Guard:
     """What must still hold of an instance's row for a compare-and-set to apply.
 
-    ``status`` is the set of states the row may be in (empty: any). A shared database
-    adds the owner and epoch of the engine that claimed the instance here.
+    ``status`` is the set of states the row may be in (empty: any). ``holder`` is the
+    ``(owner, epoch)`` the row must still have (``None``: not checked): the fencing token
+    of a database shared by several engines, where a claim bumps the epoch. A
+    single-process backend, which stores no owner, may ignore it.
 
     Example:
         >>> Guard(frozenset({"running"})).allows("suspended")
         False
+        >>> Guard(holder=("e-1", 3)).holds("e-1", 2)
+        False
     """
 
     status: frozenset[InstanceState] = frozenset()
+    holder: tuple[str | None, int] | None = None
 
     def allows(self, status: InstanceState) -> bool:
         """Whether a row in *status* passes this guard."""
         return not self.status or status in self.status
 
+    def holds(self, owner: str | None, epoch: int) -> bool:
+        """Whether a row held by *owner* at *epoch* passes this guard."""
+        return self.holder is None or self.holder == (owner, epoch)
+
 
 class Tx(Protocol):
-    """One open transaction of a backend: reads see its own writes; all or nothing."""
+    """One open transaction of a backend: reads see its own writes; all or nothing.
+
+    On a database shared by several engines the transaction has locked its engine's
+    row (``FOR SHARE``) before any write, so an engine whose lease expired writes nothing.
+    """
+
+    #: Whether rows record who holds them (``owner``, ``epoch``): a database shared by
+    #: several engines. The rules then let go of an instance on every move, bump the
+    #: epoch on every claim, and compare-and-set on the holder too.
+    holds_claims: bool
+
+    def claimant(self, workflow: str) -> str | None:
+        """The engine that takes an instance of *workflow* this transaction claims: its
+        own engine if that runs the workflow, else ``None`` (if rows hold claims)."""
+        ...
 
     def instance(self, instance_id: str) -> InstanceRecord | None:
         """The instance's row, read for update (``None`` if there is none)."""
@@ -93,8 +133,13 @@ class Tx(Protocol):
         """Insert *row* unless its key exists; return whether it was inserted."""
         ...
 
-    def put_step(self, step: StepRecord) -> bool:
-        """Insert a step record, or replace a dead letter; never a completed result."""
+    def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
+        """Insert step records, or replace dead letters, never a completed result (the
+        first writer wins); return which of them were written."""
+        ...
+
+    def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
+        """``(owner, epoch)`` of each of these instances that exists, read for update."""
         ...
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
@@ -142,8 +187,11 @@ class Tx(Protocol):
         """
         ...
 
-    def put_queue(self, row: QueueRecord) -> None:
-        """Insert the queue's row, or replace every column of the one of the same name."""
+    def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
+        """Insert the queue's row, or replace every column of the one of the same name;
+        with ``replace=False`` only insert it if there is none (Postgres: ``ON CONFLICT
+        DO NOTHING``, which waits for a concurrent insert to commit). Return whether it
+        was written."""
         ...
 
     def running_count(self, queue: str) -> int:
@@ -166,6 +214,6 @@ class Tx(Protocol):
         ``last_tick``."""
         ...
 
-    def put_schedule(self, row: ScheduleRecord) -> None:
-        """Insert the schedule's row, or replace every column of the one of the same name."""
+    def put_schedule(self, row: ScheduleRecord, *, replace: bool = True) -> bool:
+        """Insert or replace the schedule's row, or only insert it (as :meth:`put_queue`)."""
         ...

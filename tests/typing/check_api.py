@@ -118,6 +118,25 @@ def retry_checks() -> None:
     RetryPolicy(attempts=2, delay="1")  # type: ignore[arg-type]
 
 
+async def operations_checks(engine: Engine) -> None:
+    history = await engine.history(order, "o-1")
+    assert_type(history, memable.History)
+    assert_type(history.steps, tuple[memable.StepInfo, ...])
+    assert_type(history.steps[0].duration, timedelta)
+    assert_type(history.signals[0].state, Literal["delivered", "early", "timed_out"])
+    assert_type(history.children, tuple[memable.InstanceInfo, ...])
+    page = await engine.instances(order, status="failed", waiting_on="approval:v1", limit=10)
+    assert_type(page, memable.Page[memable.InstanceInfo])
+    assert_type(page.next, str | None)
+    assert_type(page[0], memable.InstanceInfo)
+    invocation = engine.handle(order, "o-1")
+    assert_type(await invocation.result(finished=True), Receipt)
+    assert_type(await invocation.wait(finished=True), memable.Outcome[Receipt])
+
+    await engine.instances(order, "failed")  # type: ignore[call-arg]
+    await engine.instances(status="lost")  # type: ignore[arg-type]
+
+
 async def queue_checks(engine: Engine) -> None:
     emails = memable.Queue("emails", concurrency=10, rate_limit=(100, timedelta(minutes=1)))
     assert_type(emails.rate_limit, tuple[int, float] | None)

@@ -1,9 +1,10 @@
 """Storage backends: where an engine keeps its instances and step records.
 
 ``Engine("orders.db")`` is short for ``Engine(SQLiteStorage("orders.db"))``;
-``Engine()`` uses a private in-memory SQLite database. :class:`MemoryStorage` keeps
-everything in dictionaries, for tests. Any object that implements :class:`Storage` can be
-given to an engine.
+``Engine()`` uses a private in-memory SQLite database; ``Engine("postgresql://…")`` is
+short for ``Engine(PostgresStorage("postgresql://…"))``, a database many engines share.
+:class:`MemoryStorage` keeps everything in dictionaries, for tests. Any object that
+implements :class:`Storage` can be given to an engine.
 
 Example:
     >>> import memable
@@ -15,6 +16,7 @@ Example:
 from typing import TYPE_CHECKING
 
 from .._records import Admission as Admission
+from .._records import Fence as Fence
 from .._records import History as History
 from .._records import InboxItem as InboxItem
 from .._records import InstanceRecord as InstanceRecord
@@ -30,24 +32,29 @@ from .._records import Suspension as Suspension
 from .._records import TimerRecord as TimerRecord
 from .._records import Write as Write
 from ._protocol import QueueStorage as QueueStorage
+from ._protocol import SharedStorage as SharedStorage
 from ._protocol import Storage as Storage
 
 if TYPE_CHECKING:
     from ._memory import MemoryStorage as MemoryStorage
+    from ._postgres import PostgresStorage as PostgresStorage
     from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
     "Admission",
+    "Fence",
     "History",
     "InboxItem",
     "InstanceRecord",
     "InstanceState",
     "InstanceUpdate",
     "MemoryStorage",
+    "PostgresStorage",
     "QueueRecord",
     "QueueStorage",
     "SQLiteStorage",
     "ScheduleRecord",
+    "SharedStorage",
     "SignalDrop",
     "SignalOutcome",
     "SignalRecord",
@@ -60,6 +67,7 @@ __all__ = [
 
 for _name in (
     "Admission",
+    "Fence",
     "History",
     "InboxItem",
     "InstanceRecord",
@@ -70,6 +78,7 @@ for _name in (
     "SignalDrop",
     "SignalRecord",
     "StepRecord",
+    "SharedStorage",
     "Storage",
     "Suspension",
     "TimerRecord",
@@ -84,6 +93,14 @@ def __getattr__(name: str) -> object:
         from ._sqlite import SQLiteStorage
 
         return SQLiteStorage
+    if name == "PostgresStorage":
+        try:
+            from ._postgres import PostgresStorage
+        except ImportError as exc:
+            raise ImportError(
+                "PostgresStorage needs psycopg 3 and psycopg-pool: pip install 'memable[postgres]'"
+            ) from exc
+        return PostgresStorage
     if name == "MemoryStorage":
         from ._memory import MemoryStorage
 

@@ -7,13 +7,17 @@ inherits every state-changing method from here, so it holds no rules of its own.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-from collections.abc import Collection, Iterator, Sequence
-from typing import ClassVar
+import threading
+import typing
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, TypeVar
 
 from .. import _rules
 from .._records import (
     Admission,
+    Fence,
     InstanceRecord,
     InstanceState,
     QueueRecord,
@@ -24,7 +28,9 @@ from .._records import (
 )
 from .._tx import Tx
 
-__all__ = ["RuleStorage"]
+__all__ = ["DictQueues", "RuleStorage", "family_ids"]
+
+R = TypeVar("R")
 
 
 class RuleStorage:
@@ -34,7 +40,7 @@ class RuleStorage:
     """
 
     #: How many worker threads the engine may use for this storage at once.
-    threads: ClassVar[int] = 1
+    threads: int = 1
 
     def transaction(self) -> contextlib.AbstractContextManager[Tx]:
         """Open one transaction: committed when the block ends, rolled back on an error."""
@@ -58,17 +64,21 @@ class RuleStorage:
         without reading the rows)."""
         return len(self.list_children(parent_id, prefix, status))
 
-    def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    def atomically(self, decide: Callable[[Tx], R]) -> R:
+        """Run *decide* in one transaction. A backend whose transactions can deadlock
+        (row locks on a shared database) runs it again after one; the rules are pure
+        over :class:`Tx`, so running them again is safe."""
         with self.transaction() as tx:
-            return _rules.create(tx, record)
+            return decide(tx)
+
+    def create_instance(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        return self.atomically(lambda tx: _rules.create(tx, record))
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
-        with self.transaction() as tx:
-            return _rules.commit(tx, writes)
+        return self.atomically(lambda tx: _rules.commit(tx, writes))
 
     def deliver_signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
-        with self.transaction() as tx:
-            return _rules.deliver_signal(tx, signal)
+        return self.atomically(lambda tx: _rules.deliver_signal(tx, signal))
 
     def suspend(
         self,
@@ -78,32 +88,35 @@ class RuleStorage:
         status_message: str | None,
         now: float,
         extend: bool = False,
+        fence: Fence | None = None,
     ) -> bool:
-        with self.transaction() as tx:
-            return _rules.suspend(
+        return self.atomically(
+            lambda tx: _rules.suspend(
                 tx,
                 instance_id,
                 waiting_on=waiting_on,
                 status_message=status_message,
                 now=now,
                 extend=extend,
+                fence=fence,
             )
+        )
 
     def fire_timers(self, now: float, limit: int = 500) -> list[InstanceRecord]:
-        with self.transaction() as tx:
-            return _rules.fire_timers(tx, now, limit)
+        return self.atomically(lambda tx: _rules.fire_timers(tx, now, limit))
 
     def cancel(
         self, instance_id: str, *, reason: str, now: float
     ) -> tuple[InstanceRecord | None, InstanceRecord | None]:
-        with self.transaction() as tx:
-            return _rules.cancel(tx, instance_id, reason=reason, now=now)
+        return self.atomically(lambda tx: _rules.cancel(tx, instance_id, reason=reason, now=now))
 
     def restart(
         self, instance_id: str, *, only_if: Sequence[InstanceState], updated_at: float
     ) -> InstanceRecord | None:
-        with self.transaction() as tx:
-            return _rules.restart(tx, instance_id, only_if=tuple(only_if), now=updated_at)
+        only = tuple(only_if)
+        return self.atomically(
+            lambda tx: _rules.restart(tx, instance_id, only_if=only, now=updated_at)
+        )
 
     def purge(
         self,
@@ -140,23 +153,19 @@ class RuleStorage:
 
     def define_queue(self, row: QueueRecord) -> QueueRecord:
         """Store a queue's limits (its pause and rate window stay); return its row."""
-        with self.transaction() as tx:
-            return _rules.define_queue(tx, row)
+        return self.atomically(lambda tx: _rules.define_queue(tx, row))
 
     def pause_queue(self, name: str, paused: bool) -> bool:
         """Pause or resume a queue's admission; whether the queue has a row."""
-        with self.transaction() as tx:
-            return _rules.pause_queue(tx, name, paused)
+        return self.atomically(lambda tx: _rules.pause_queue(tx, name, paused))
 
     def admit(self, name: str, *, now: float, workflows: Collection[str]) -> Admission:
         """Start the queue's next instances that its limits allow (one transaction)."""
-        with self.transaction() as tx:
-            return _rules.admit(tx, name, now=now, workflows=workflows)
+        return self.atomically(lambda tx: _rules.admit(tx, name, now=now, workflows=workflows))
 
     def define_schedule(self, name: str, now: float) -> ScheduleRecord:
         """The schedule's row, created at *now* if it has none."""
-        with self.transaction() as tx:
-            return _rules.define_schedule(tx, name, now)
+        return self.atomically(lambda tx: _rules.define_schedule(tx, name, now))
 
     def tick_schedule(
         self,
@@ -168,10 +177,64 @@ class RuleStorage:
         overlap: bool,
     ) -> tuple[ScheduleRecord | None, list[InstanceRecord] | None]:
         """Handle due ticks by compare-and-set on the schedule's last tick (see _rules.tick)."""
-        with self.transaction() as tx:
-            return _rules.tick(
+        return self.atomically(
+            lambda tx: _rules.tick(
                 tx, name, expected=expected, last_tick=last_tick, records=records, overlap=overlap
             )
+        )
+
+
+class DictQueues:
+    """The queue and schedule primitives (and reads) of a dict-based backend, whose
+    transactions hold one lock: it holds every row read (see :meth:`Tx.queue`)."""
+
+    # Provided by the backend:
+    _lock: threading.RLock
+    _instances: dict[str, InstanceRecord]
+    _named: dict[str, dict[str, Any]]  # "queues" and "schedules", by name
+
+    def _set(self, table: dict[str, Any], key: str, value: Any) -> None:
+        raise NotImplementedError
+
+    def queue(self, name: str) -> QueueRecord | None:
+        return typing.cast("QueueRecord | None", self._named["queues"].get(name))
+
+    def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
+        return self._put(self._named["queues"], row.name, row, replace)
+
+    def _put(self, table: dict[str, Any], name: str, row: object, replace: bool) -> bool:
+        if not replace and name in table:
+            return False
+        self._set(table, name, row)
+        return True
+
+    def running_count(self, queue: str) -> int:
+        return sum(r.queue == queue and r.status == "running" for r in self._instances.values())
+
+    def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
+        found = [r for r in self._instances.values() if r.queue == queue
+                 and r.status == "enqueued" and r.workflow in workflows]  # fmt: skip
+        return sorted(found, key=lambda r: (-r.priority, r.created_at, r.instance_id))[:limit]
+
+    def schedule(self, name: str) -> ScheduleRecord | None:
+        return typing.cast("ScheduleRecord | None", self._named["schedules"].get(name))
+
+    def put_schedule(self, row: ScheduleRecord, *, replace: bool = True) -> bool:
+        return self._put(self._named["schedules"], row.name, row, replace)
+
+    def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
+        with self._lock:
+            counts = collections.Counter(
+                (r.queue, r.status) for r in self._instances.values() if r.queue is not None
+            )
+            return [
+                (row, {status: n for (name, status), n in counts.items() if name == row.name})
+                for row in sorted(self._named["queues"].values(), key=lambda row: row.name)
+            ]
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        with self._lock:
+            return sorted(self._named["schedules"].values(), key=lambda row: row.name)
 
 
 def family_ids(ids: Iterator[str], instance_id: str) -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, final
 
 import attrs
 
@@ -13,10 +13,7 @@ from .._exceptions import StorageError
 from .._records import History, InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
 from .._state import FINISHED
 from .._tx import COLUMNS, Guard
-from ._base import RuleStorage, family_ids
-
-if TYPE_CHECKING:
-    from .._records import QueueRecord, ScheduleRecord
+from ._base import DictQueues, RuleStorage, family_ids
 
 __all__ = ["MemoryStorage"]
 
@@ -24,7 +21,7 @@ _Rows = dict[str, dict[str, Any]]
 
 
 @final
-class MemoryStorage(RuleStorage):
+class MemoryStorage(DictQueues, RuleStorage):
     """A :class:`~memable.storage.Storage` that keeps everything in dictionaries.
 
     Nothing survives the process, but the same ``MemoryStorage`` object may be handed to
@@ -37,6 +34,7 @@ class MemoryStorage(RuleStorage):
     """
 
     threads = 1
+    holds_claims = False  # one engine at a time
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -146,6 +144,9 @@ class MemoryStorage(RuleStorage):
             self._set(table, instance_id, {})
         return table[instance_id]
 
+    def claimant(self, workflow: str) -> str | None:
+        return None
+
     def instance(self, instance_id: str) -> InstanceRecord | None:
         return self._instances.get(instance_id)
 
@@ -184,12 +185,19 @@ class MemoryStorage(RuleStorage):
         self._set(table, key, row)
         return True
 
-    def put_step(self, step: StepRecord) -> bool:
-        steps = self._rows("steps", step.instance_id)
-        if (old := steps.get(step.key)) is not None and old.state == "completed":
+    def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
+        return [self._put_step(step) for step in steps]
+
+    def _put_step(self, step: StepRecord) -> bool:
+        rows = self._rows("steps", step.instance_id)
+        if (old := rows.get(step.key)) is not None and old.state == "completed":
             return False
-        self._set(steps, step.key, step)
+        self._set(rows, step.key, step)
         return True
+
+    def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
+        found = [self._instances.get(i) for i in instance_ids]
+        return {r.instance_id: (r.owner, r.epoch) for r in found if r is not None}
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
         assert set(changes) <= COLUMNS, sorted(set(changes) - COLUMNS)
@@ -221,26 +229,6 @@ class MemoryStorage(RuleStorage):
             for table in self._tables.values():
                 self._set(table, member, None)
             self._set(self._instances, member, None)
-
-    def queue(self, name: str) -> QueueRecord | None:
-        return self._named["queues"].get(name)  # the lock of the transaction holds it
-
-    def put_queue(self, row: QueueRecord) -> None:
-        self._set(self._named["queues"], row.name, row)
-
-    def running_count(self, queue: str) -> int:
-        return sum(r.queue == queue and r.status == "running" for r in self._instances.values())
-
-    def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
-        found = [r for r in self._instances.values() if r.queue == queue
-                 and r.status == "enqueued" and r.workflow in workflows]  # fmt: skip
-        return sorted(found, key=lambda r: (-r.priority, r.created_at, r.instance_id))[:limit]
-
-    def schedule(self, name: str) -> ScheduleRecord | None:
-        return self._named["schedules"].get(name)
-
-    def put_schedule(self, row: ScheduleRecord) -> None:
-        self._set(self._named["schedules"], row.name, row)
 
 
 MemoryStorage.__module__ = "memable.storage"

@@ -7,6 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from .._records import (
     Admission,
+    Fence,
     History,
     InstanceRecord,
     InstanceState,
@@ -18,7 +19,7 @@ from .._records import (
     Write,
 )
 
-__all__ = ["QueueStorage", "Storage"]
+__all__ = ["QueueStorage", "SharedStorage", "Storage"]
 
 
 @runtime_checkable
@@ -121,11 +122,14 @@ class Storage(Protocol):
         status_message: str | None,
         now: float,
         extend: bool = False,
+        fence: Fence | None = None,
     ) -> bool:
         """Record a ``running`` instance as ``suspended`` on *waiting_on*; one transaction.
 
         With *extend*, the instance is ``suspended`` already (by the same run, a moment
         ago) and *waiting_on* adds keys registered since; refused if it was claimed.
+        With *fence* (shared databases), the run's engine must still hold the top-level
+        instance, else :class:`~memable.StorageError` and nothing changes.
 
         Refused (``False``, nothing suspended) when any key in *waiting_on* already has a
         signal, or a timer that fired or is due at *now* (which this call fires: a due
@@ -211,6 +215,15 @@ class QueueStorage(Protocol):
         concurrency and rate limit allow, holding the queue's row while it counts."""
         ...
 
+    def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
+        """Every queue's row, by name, with how many of its instances are ``enqueued``,
+        ``running`` and ``suspended`` (statuses with none are left out); a plain read."""
+        ...
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule's row, by name; a plain read."""
+        ...
+
     def define_schedule(self, name: str, now: float) -> ScheduleRecord:
         """The schedule's row, created with ``last_tick`` *now* if it has none."""
         ...
@@ -227,4 +240,54 @@ class QueueStorage(Protocol):
         """Compare-and-set the schedule's last tick from *expected* to *last_tick* and
         create the instances of the ticks (skipped when *overlap* is false and the
         previous one is unfinished); on a stale *expected*, the stored row and ``None``."""
+
+
+@runtime_checkable
+class SharedStorage(Storage, Protocol):
+    """A storage several engines share (each in its own process or machine).
+
+    An engine that finds these methods runs its instances under claims: each engine
+    registers a row with a fresh id (:attr:`engine_id`, set by ``open``) and renews it
+    with :meth:`heartbeat`; instances it creates or claims are held by it at an epoch,
+    and every write of a run carries that claim (:class:`~memable.storage.Fence`), so a
+    paused engine's late writes are refused. :meth:`claim` reaps engines whose lease
+    expired and claims what is claimable; :meth:`hints` waits for another engine's
+    writes. ``close`` hands the engine's instances back at once.
+    """
+
+    #: This engine's id while open (a fresh one per ``open``), else ``None``.
+    engine_id: str | None
+    #: Seconds an engine may go without a heartbeat before others reap it.
+    lease: float
+    #: Seconds between polls for work when no hint comes.
+    poll_interval: float
+    #: The names of the workflows this engine runs (the engine sets it): an instance of
+    #: one that this engine's transaction claims is held by this engine at once.
+    runs: frozenset[str]
+
+    def claim(
+        self, workflows: Sequence[str], limit: int, *, held: bool = True
+    ) -> list[InstanceRecord]:
+        """Reap expired engines; claim up to *limit* claimable top-level ``running``
+        instances of *workflows*; return them (with *held*, also the ``running`` ones
+        this engine holds already)."""
+        ...
+
+    def acquire(self, instance_id: str) -> InstanceRecord | None:
+        """Claim one claimable top-level instance (or find it held here); else ``None``."""
+        ...
+
+    def heartbeat(self, held: Sequence[tuple[str, int]]) -> list[str] | None:
+        """Renew this engine's lease (on a connection of its own).
+
+        Returns the ids among *held* (``(instance_id, epoch)`` pairs) that this engine
+        no longer holds, or ``None`` if the engine was reaped: then a new
+        :attr:`engine_id` is registered and the engine must stop every run.
+        """
+        ...
+
+    def hints(self, timeout: float) -> list[str] | None:
+        """Wait up to *timeout* seconds for another engine's changes (a dedicated
+        connection, not the pool); return the instance ids they name (``""``: any), or
+        ``None`` after the listener reconnected (everything must be polled again)."""
         ...

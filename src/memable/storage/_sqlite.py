@@ -362,6 +362,25 @@ class SQLiteStorage(RuleStorage):
                 )
         return records
 
+    def count_instances(
+        self,
+        *,
+        workflow: str | None = None,
+        status: InstanceState | None = None,
+        waiting_on: str | None = None,
+        created_after: float | None = None,
+        limit: int,
+    ) -> int:
+        """How many instances :meth:`list_instances` would list with these filters,
+        counting at most *limit* (an index range scan; the dashboard's counts)."""
+        sql, params = _listing(
+            workflow=workflow, status=status, parent_id=None, waiting_on=waiting_on,
+            created_after=created_after, before=None, newest_first=False, columns="1",
+        )  # fmt: skip
+        params.append(limit)
+        with self._read("counting instances in") as db:
+            return int(db.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0])
+
     def load_steps(self, instance_id: str) -> list[StepRecord]:
         with self._read("loading steps from") as db:
             return _steps(db, instance_id)
@@ -388,6 +407,30 @@ class SQLiteStorage(RuleStorage):
             finally:
                 db.execute("COMMIT")
         return History(steps=steps, signals=signals, timers=timers)
+
+    def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
+        with self._read("reading queues from") as db:
+            if not _has_table(db, "queues"):  # an older file, read without migrating it
+                return []
+            names = [row[0] for row in db.execute("SELECT name FROM queues ORDER BY name")]
+            counts = db.execute(
+                "SELECT queue, status, count(*) FROM instances WHERE queue IS NOT NULL"
+                " AND status IN ('enqueued', 'running', 'suspended') GROUP BY queue, status"
+            ).fetchall()
+            rows = [_SQLiteTx(db).queue(name) for name in names]
+        return [
+            (row, {status: n for queue, status, n in counts if queue == row.name})
+            for row in rows
+            if row is not None
+        ]
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        with self._read("reading schedules from") as db:
+            if not _has_table(db, "schedules"):
+                return []
+            names = [row[0] for row in db.execute("SELECT name FROM schedules ORDER BY name")]
+            rows = [_SQLiteTx(db).schedule(name) for name in names]
+        return [row for row in rows if row is not None]
 
     def next_deadline(self) -> float | None:
         with self._read("reading timers from") as db:
@@ -498,9 +541,13 @@ class _SQLiteTx:
     """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction."""
 
     __slots__ = ("_db",)
+    holds_claims = False  # one engine owns a SQLite file
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+
+    def claimant(self, workflow: str) -> str | None:
+        return None
 
     def instance(self, instance_id: str) -> InstanceRecord | None:
         return _get(self._db, instance_id)
@@ -557,10 +604,18 @@ class _SQLiteTx:
             params = (row.instance_id, row.key, row.deadline, row.kind, row.fired)
         return bool(self._db.execute(sql + " ON CONFLICT DO NOTHING", params).rowcount)
 
-    def put_step(self, step: StepRecord) -> bool:
-        params = (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
-                  step.started_at, step.finished_at)  # fmt: skip
-        return bool(self._db.execute(_UPSERT_STEP, params).rowcount)
+    def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
+        applied: list[bool] = []
+        for step in steps:
+            params = (step.instance_id, step.key, step.state, step.value, step.error,
+                      step.attempts, step.started_at, step.finished_at)  # fmt: skip
+            applied.append(bool(self._db.execute(_UPSERT_STEP, params).rowcount))
+        return applied
+
+    def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
+        # One engine owns a SQLite file: nobody else holds anything in it.
+        records = (_get(self._db, i) for i in instance_ids)
+        return {r.instance_id: (None, 0) for r in records if r is not None}
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
         columns: list[str] = []
@@ -628,13 +683,13 @@ class _SQLiteTx:
         return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
                            rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
 
-    def put_queue(self, row: QueueRecord) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO queues (name, concurrency, rate_count, rate_period, paused,"
-            " starts) VALUES (?, ?, ?, ?, ?, ?)",
+    def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
+        return bool(self._db.execute(
+            f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO queues (name, concurrency,"
+            " rate_count, rate_period, paused, starts) VALUES (?, ?, ?, ?, ?, ?)",
             (row.name, row.concurrency, row.rate_count, row.rate_period, int(row.paused),
              json.dumps(row.starts)),
-        )  # fmt: skip
+        ).rowcount)  # fmt: skip
 
     def running_count(self, queue: str) -> int:
         row = self._db.execute(
@@ -660,10 +715,13 @@ class _SQLiteTx:
             return None
         return ScheduleRecord(name=name, last_tick=float(row[0]), last_run=row[1])
 
-    def put_schedule(self, row: ScheduleRecord) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO schedules (name, last_tick, last_run) VALUES (?, ?, ?)",
-            (row.name, row.last_tick, row.last_run),
+    def put_schedule(self, row: ScheduleRecord, *, replace: bool = True) -> bool:
+        verb = "REPLACE" if replace else "IGNORE"
+        return bool(
+            self._db.execute(
+                f"INSERT OR {verb} INTO schedules (name, last_tick, last_run) VALUES (?, ?, ?)",
+                (row.name, row.last_tick, row.last_run),
+            ).rowcount
         )
 
 
@@ -676,6 +734,7 @@ def _listing(
     created_after: float | None,
     before: tuple[float, str] | None,
     newest_first: bool,
+    columns: str = _INSTANCE_COLUMNS,
 ) -> tuple[str, list[object]]:
     """The query of a listing (its LIMIT parameter still to append)."""
     where: list[str] = []
@@ -696,11 +755,16 @@ def _listing(
     if before is not None:
         where.append("(created_at, instance_id) < (?, ?)")
         params.extend(before)
-    sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
+    sql = f"SELECT {columns} FROM instances"
     if where:
         sql += " WHERE " + " AND ".join(where)
     order = " DESC" if newest_first else ""
     return f"{sql} ORDER BY created_at{order}, instance_id{order} LIMIT ?", params
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return db.execute(query, (name,)).fetchone() is not None
 
 
 def _children(

@@ -267,6 +267,7 @@ class FaultyStorage:
             "open", "close", "create_instance", "get_instance", "list_instances",
             "load_steps", "load_history", "commit", "deliver_signal", "suspend",
             "next_deadline", "fire_timers", "cancel", "purge", "purgeable", "restart",
+            "define_queue", "pause_queue", "admit", "define_schedule", "tick_schedule",
         }
     )  # fmt: skip
 

@@ -33,6 +33,7 @@ test's temporary directory that returns a storage factory.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,8 @@ def _postgres(tmp_path: Path) -> StorageFactory:
     storage_class: Any = getattr(memable.storage, "PostgresStorage", None)
     if storage_class is None:
         pytest.fail("this memable has no PostgresStorage", pytrace=False)
-    return lambda: storage_class(url)
+    schema = f"test_{uuid.uuid4().hex[:16]}"  # every test gets tables of its own
+    return lambda: storage_class(url, schema=schema)
 
 
 #: Storage kinds: name → a function of the test's ``tmp_path`` giving a storage factory.

@@ -9,6 +9,7 @@ import urllib.parse
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
+from html import escape
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -26,19 +27,12 @@ from .._inspect import StepInfo
 from .._keys import check_instance_ref, check_key
 from .._outcome import ErrorInfo
 from .._records import InstanceRecord
-from ._html import Page, instance_live, instance_page, list_live, list_page, not_found
+from ._html import Page, instance_live, instance_page, list_live, list_page, not_found, table
+from ._sections import SECTIONS, cell, item_json
 from ._source import Detail, Filters, ListPage, Source, preview
 
 __all__ = ["Dashboard"]
 
-#: Extra pages shown when the storage has them: path -> (title, the storage's listing method).
-SECTIONS: Final = {
-    "/queues": ("Queues", "list_queues"),
-    "/schedules": ("Schedules", "list_schedules"),
-    "/engines": ("Engines", "list_engines"),
-}
-#: How long an action waits to show what the engine made of it.
-ACTION_WAIT: Final = 2.0
 _HEADERS: Final = {
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline';"
     " img-src 'self' data:; frame-ancestors 'none'",
@@ -119,22 +113,6 @@ def detail_json(detail: Detail) -> dict[str, Any]:
     }
 
 
-def _section_json(item: object) -> dict[str, Any]:
-    if attrs.has(type(item)):
-        return {k: _plain(v) for k, v in attrs.asdict(item, recurse=False).items()}  # type: ignore[arg-type]
-    if isinstance(item, Mapping):
-        return {str(k): _plain(v) for k, v in item.items()}
-    return {"value": _plain(item)}
-
-
-def _plain(value: object) -> object:
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
 class Dashboard:
     """The routes of the dashboard over one :class:`Source`."""
 
@@ -155,9 +133,9 @@ class Dashboard:
         self.csrf = secrets.token_urlsafe(32)  # per process: forms carry it, POSTs check it
         storage = source.storage
         self.sections = {
-            path: (title, method)
-            for path, (title, method) in SECTIONS.items()
-            if callable(getattr(storage, method, None))
+            path: section
+            for path, section in SECTIONS.items()
+            if callable(getattr(storage, section.method, None))
         }
 
     def page(self, request: Request) -> Page:
@@ -165,7 +143,7 @@ class Dashboard:
             request.scope.get("root_path", "").rstrip("/"),
             allow_actions=self.allow_actions,
             csrf=self.csrf,
-            sections={path: title for path, (title, _) in self.sections.items()},
+            sections={path: section.title for path, section in self.sections.items()},
             payload_types=self.payload_types,
         )
 
@@ -195,25 +173,27 @@ class Dashboard:
 
     async def section_page(self, request: Request) -> Response:
         path = "/" + request.path_params["name"]
-        if path not in self.sections:
-            return HTMLResponse(
-                self.page(request).layout("Not found", _problem("no such page")), 404
-            )
-        title, method = self.sections[path]
-        items = await anyio.to_thread.run_sync(getattr(self.source.storage, method))
-        rows = [_section_json(item) for item in items]
-        from ._html import table  # the generic table of the extra pages
-
+        page = self.page(request)
+        section = self.sections.get(path)
+        if section is None:
+            return HTMLResponse(page.layout("Not found", _problem("no such page")), 404)
+        items = await self.source.call(getattr(self.source.storage, section.method))
+        rows = [section.row(item, page.instance_url) for item in items]
         columns = list(rows[0]) if rows else []
-        body = table(
-            columns,
-            [
-                "<tr>" + "".join(f"<td>{_escape(row.get(c))}</td>" for c in columns) + "</tr>"
-                for row in rows
-            ],
+        body = (
+            table(
+                columns,
+                [
+                    "<tr>" + "".join(f"<td>{cell(row[c])}</td>" for c in columns) + "</tr>"
+                    for row in rows
+                ],
+                cls="instances",
+            )
+            if rows
+            else f'<p class="muted">{escape(section.empty)}</p>'
         )
         return HTMLResponse(
-            self.page(request).layout(title, f"<h1>{title}</h1>" + body, active=path)
+            page.layout(section.title, f"<h1>{escape(section.title)}</h1>" + body, active=path)
         )
 
     # -- the JSON API -----------------------------------------------------------------------
@@ -229,6 +209,7 @@ class Dashboard:
                 "items": [instance_json(r) for r in listing.items],
                 "next": listing.next,
                 "counts": listing.counts,
+                "counts_stop_at": listing.cap + 1,
             }
         )
 
@@ -240,11 +221,11 @@ class Dashboard:
         return JSONResponse(detail_json(detail))
 
     async def api_section(self, request: Request) -> Response:
-        path = "/" + request.path_params["name"]
-        if path not in self.sections:
+        section = self.sections.get("/" + request.path_params["name"])
+        if section is None:
             return JSONResponse({"error": "no such listing"}, 404)
-        items = await anyio.to_thread.run_sync(getattr(self.source.storage, self.sections[path][1]))
-        return JSONResponse([_section_json(item) for item in items])
+        items = await self.source.call(getattr(self.source.storage, section.method))
+        return JSONResponse([item_json(item) for item in items])
 
     # -- live updates -----------------------------------------------------------------------
 
@@ -414,23 +395,13 @@ def _version(data: ListPage | Detail) -> int:
     return zlib.crc32(str(data.fingerprint()).encode())
 
 
-def _escape(value: object) -> str:
-    from html import escape
-
-    return '<span class="muted">—</span>' if value is None else escape(str(value))
-
-
 def _problem(text: str) -> str:
-    from html import escape
-
     return f'<p class="problem">{escape(text)}</p>'
 
 
 def _answer(text: str, status: int, wants_json: bool, **extra: object) -> Response:
     if wants_json:
         return JSONResponse({"message" if status < 400 else "error": text, **extra}, status)
-    from html import escape
-
     kind: Literal["ok", "problem"] = "ok" if status < 400 else "problem"
     return HTMLResponse(f'<p class="{kind}">{escape(text)}</p>', status)
 

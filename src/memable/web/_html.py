@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 
 from .._outcome import ErrorInfo
 from ._gantt import duration, timeline
-from ._source import AGES, COUNT_CAP, STATES, Detail, Filters, ListPage, preview
+from ._source import AGES, STATES, Detail, Filters, ListPage, preview
 
 __all__ = ["Page", "instance_live", "instance_page", "list_live", "list_page", "not_found"]
 
@@ -145,12 +145,12 @@ def list_live(page: Page, listing: ListPage, filters: Filters) -> str:
     chips = []
     for state in STATES:
         n = listing.counts.get(state, 0)
-        shown = f"{COUNT_CAP:,}+" if n > COUNT_CAP else f"{n:,}"
+        shown = f"{listing.cap:,}+" if n > listing.cap else f"{n:,}"
         active = " active" if filters.status == state else ""
         href = page.url("/", filters.query(status=None if active else state, after=None))
         chips.append(
             f'<a class="count {state}{active}" href="{escape(href)}" data-status="{state}">'
-            f'<span class="n">{shown}</span><span class="what">{ICONS[state]} {state}</span></a>'
+            f'<span class="n">{shown}</span><span class="what">{ICONS.get(state, "")} {state}</span></a>'
         )
     rows = []
     for r in listing.items:
@@ -164,10 +164,21 @@ def list_live(page: Page, listing: ListPage, filters: Filters) -> str:
             message += f' <span class="waits">waits on <code>{escape(waiting)}</code></span>'
         end = r.finished_at if r.finished_at is not None else None
         took = duration(end - r.created_at) if end is not None else ""
+        if r.parent_id is not None:  # a child: its own part stands out, its parent's is muted
+            head, _, own = r.instance_id.rpartition("/")
+            name = f'<span class="parent">{escape(head)}/</span>{escape(own)}'
+            sub = " sub"
+        else:
+            name, sub = escape(r.instance_id), ""
+        workflow = (
+            f'<span class="muted" title="{escape(r.workflow)}">fan-out child</span>'
+            if r.workflow.startswith("_")
+            else escape(r.workflow)
+        )
         rows.append(
-            f'<tr class="instance {r.status}" data-id="{escape(r.instance_id)}">'
-            f'<td class="id"><a href="{page.instance_url(r.instance_id)}">{escape(r.instance_id)}</a></td>'
-            f"<td>{escape(r.workflow)}</td><td>{badge(r.status)}</td>"
+            f'<tr class="instance {r.status}{sub}" data-id="{escape(r.instance_id)}">'
+            f'<td class="id"><a href="{page.instance_url(r.instance_id)}">{name}</a></td>'
+            f"<td>{workflow}</td><td>{badge(r.status)}</td>"
             f'<td class="message">{message}</td><td>{when(r.created_at)}</td>'
             f'<td>{when(r.updated_at)}</td><td class="num">{took}</td></tr>'
         )
@@ -253,7 +264,8 @@ def instance_live(page: Page, detail: Detail) -> str:
         cards.append(
             _card("Error", _error(ErrorInfo.from_json(record.error), open_=True), cls="error")
         )
-    cards.append(_waiting(page, detail))
+    waiting = _waiting(page, detail)
+    cards.append(waiting)
     in_tp, in_value = preview(record.input)
     out_tp, out_value = preview(record.output)
     cards.append(
@@ -262,12 +274,19 @@ def instance_live(page: Page, detail: Detail) -> str:
             '<dl class="io">'
             f"<div><dt>input</dt><dd>{code(in_value, in_tp)}</dd></div>"
             f"<div><dt>output</dt><dd>{code(out_value, out_tp)}</dd></div></dl>",
+            cls="" if waiting else "wide",  # alone on its row: the whole row
         )
     )
     cards.append(
         _card(
             f"Timeline <small>{len(detail.steps)} step{'s' if len(detail.steps) != 1 else ''}</small>",
-            f'<div class="gantt-wrap">{timeline(detail)}</div>',
+            f'<div class="gantt-wrap">{timeline(detail)}</div>'
+            '<p class="legend"><span class="key completed"></span>step'
+            ' <span class="key retry"></span>retried (\u00d7attempts)'
+            ' <span class="key dead"></span>failed'
+            ' <span class="key hatched"></span>earlier attempt (resumed)'
+            ' <span class="key child"></span>child instance'
+            ' <span class="key timer"></span>durable timer</p>',
             cls="wide",
         )
     )

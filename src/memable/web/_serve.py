@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-__all__ = ["serve"]
+if TYPE_CHECKING:
+    from .._suspend import SuspendPoint
+
+__all__ = ["points_of", "serve"]
+
+
+def points_of(modules: Sequence[str]) -> list[SuspendPoint[Any]]:
+    """The suspend points defined at the top level of *modules* (imported from the current
+    directory too, like ``python -m``), so the dashboard knows their payload types.
+
+    Raises:
+        ValueError: a module cannot be imported (the message says which and why).
+    """
+    from .._suspend import SuspendPoint
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    points: list[SuspendPoint[Any]] = []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # any error of the user's module: say it in one line
+            raise ValueError(f"cannot import {name!r}: {type(exc).__name__}: {exc}") from exc
+        points += [v for v in vars(module).values() if isinstance(v, SuspendPoint)]
+    return points
 
 
 def serve(
@@ -15,6 +42,7 @@ def serve(
     port: int = 8000,
     allow_actions: bool = False,
     backend: Literal["asyncio", "trio"] = "asyncio",
+    imports: Sequence[str] = (),
 ) -> int:
     """Serve the dashboard over *db* until interrupted; return the exit status.
 
@@ -24,7 +52,7 @@ def serve(
     """
     from . import app
 
-    application = app(db, allow_actions=allow_actions)
+    application = app(db, allow_actions=allow_actions, points=points_of(imports))
     mode = "actions allowed" if allow_actions else "read-only"
     print(f"memable web: http://{host}:{port}/ ({mode}); Ctrl-C stops it", file=sys.stderr)
     try:

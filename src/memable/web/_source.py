@@ -43,6 +43,8 @@ STATES: Final[tuple[InstanceState, ...]] = get_args(InstanceState)
 AGES: Final = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 #: Counts per status stop at this many (a capped index range scan each).
 COUNT_CAP: Final = 10_000
+#: ... or at this many where the storage cannot count (it lists rows instead).
+SLOW_COUNT_CAP: Final = 1_000
 #: How long an action waits for the owning engine's answer (seconds).
 ANSWER_TIMEOUT: Final = 5.0
 #: How many children an instance page draws (with their steps).
@@ -132,6 +134,8 @@ class ListPage:
     items: list[InstanceRecord]
     next: str | None
     counts: dict[str, int]
+    #: Counts stop at this many (more is shown as "10,000+").
+    cap: int
     now: float
 
     def fingerprint(self) -> int:
@@ -176,13 +180,14 @@ class Source:
         self.owned = owned  # opened (and to be closed) by the dashboard
         self._limiter = anyio.CapacityLimiter(2)
 
-    async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a storage read in a worker thread."""
         return await anyio.to_thread.run_sync(
             lambda: fn(*args, **kwargs), limiter=self._limiter, abandon_on_cancel=True
         )
 
     async def page(self, filters: Filters) -> ListPage:
-        return await self._call(self._page, filters)
+        return await self.call(self._page, filters)
 
     def _page(self, filters: Filters) -> ListPage:
         now = time.time()
@@ -200,7 +205,8 @@ class Source:
             after=filters.after,
         )
         counts: dict[str, int] = {state: self._count(state, common) for state in STATES}
-        return ListPage(items=list(records), next=cursor, counts=counts, now=now)
+        cap = COUNT_CAP if hasattr(self.storage, "count_instances") else SLOW_COUNT_CAP
+        return ListPage(items=list(records), next=cursor, counts=counts, cap=cap, now=now)
 
     def _count(self, state: InstanceState, common: dict[str, Any]) -> int:
         if common["waiting_on"] is not None and state != "suspended":
@@ -208,27 +214,32 @@ class Source:
         count: Any = getattr(self.storage, "count_instances", None)
         if count is not None:
             return int(count(status=state, limit=COUNT_CAP + 1, **common))
-        return len(self.storage.list_instances(status=state, limit=COUNT_CAP + 1, **common))
+        # A storage that cannot count lists (and decodes) rows: fewer of them.
+        listed = self.storage.list_instances(status=state, limit=SLOW_COUNT_CAP + 1, **common)
+        return len(listed)
 
     async def detail(self, instance_id: str) -> Detail | None:
-        return await self._call(self._detail, instance_id, depth=2)
+        return await self.call(self._detail, instance_id, depth=2)
 
     def _detail(self, instance_id: str, *, depth: int) -> Detail | None:
         record = self.storage.get_instance(instance_id)
         if record is None:
             return None
-        return self._describe(record, depth=depth)
+        return self._describe(record, depth=depth, budget=[CHILDREN_SHOWN])
 
-    def _describe(self, record: InstanceRecord, *, depth: int) -> Detail:
-        history = load_history(cast(Any, self.storage), record)(InstanceInfo.from_record)
+    def _describe(self, record: InstanceRecord, *, depth: int, budget: list[int]) -> Detail:
+        """*record*'s history and, *depth* levels down, its children's: at most
+        ``CHILDREN_SHOWN`` descendants in all (*budget*), so a page of a large fan-out
+        costs a bounded number of reads, every time it is polled."""
+        history = load_history(cast(Any, _Capped(self.storage)), record)(InstanceInfo.from_record)
         children: list[Detail] = []
         more = False
         if depth > 0:
-            found = self.storage.list_instances(
-                parent_id=record.instance_id, limit=CHILDREN_SHOWN + 1
-            )
-            more = len(found) > CHILDREN_SHOWN
-            children = [self._describe(c, depth=depth - 1) for c in found[:CHILDREN_SHOWN]]
+            found = self.storage.list_instances(parent_id=record.instance_id, limit=budget[0] + 1)
+            more = len(found) > budget[0]
+            found = found[: budget[0]]
+            budget[0] -= len(found)
+            children = [self._describe(c, depth=depth - 1, budget=budget) for c in found]
         return Detail(
             record=record, history=history, children=children, more_children=more, now=time.time()
         )
@@ -249,36 +260,52 @@ class Source:
             return _refusal("actions need the engine's SQLite file (this storage has no inbox)")
         from ..storage._sqlite import InboxClient, owner_of
 
-        owner = await self._call(owner_of, path)
+        owner = await self.call(owner_of, path)
         if owner is None:
             return _refusal(
                 "no engine runs on this database to apply it (start one, or use the"
                 " 'memable' command line, which applies actions to a stopped database)"
             )
-        client = await self._call(InboxClient, path)
+        client = await self.call(InboxClient, path)
         try:
-            item = await self._call(
+            item = await self.call(
                 client.post, verb, instance_id, now=time.time(), key=key, payload=payload,
                 reason=reason,
             )  # fmt: skip
             with anyio.move_on_after(ANSWER_TIMEOUT):
-                while (answer := await self._call(client.answer, item)) is None:
+                while (answer := await self.call(client.answer, item)) is None:
                     await anyio.sleep(0.02)
                 return cast(dict[str, Any], json.loads(answer))
-            if await self._call(client.withdraw, item):
+            if await self.call(client.withdraw, item):
                 return _refusal(
                     f"the engine that owns the database (process {owner}) did not apply it"
                     f" within {ANSWER_TIMEOUT:g} s; nothing was done"
                 )
-            answer = await self._call(client.answer, item)  # applied just now
+            answer = await self.call(client.answer, item)  # applied just now
             return cast(dict[str, Any], json.loads(answer or '{"ok": true, "outcome": "applied",'
                                                    ' "message": "applied"}'))  # fmt: skip
         finally:
-            await self._call(client.close)
+            await self.call(client.close)
 
     def close(self) -> None:
         if self.owned:
             self.storage.close()
+
+
+class _Capped:
+    """A storage whose listings of children stop at ``CHILDREN_SHOWN`` (what
+    ``load_history`` reads of them: the page lists its children itself)."""
+
+    def __init__(self, storage: Readable) -> None:
+        self._storage = storage
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def list_instances(self, **filters: Any) -> Sequence[InstanceRecord]:
+        if filters.get("limit") is None:
+            filters["limit"] = CHILDREN_SHOWN
+        return self._storage.list_instances(**filters)
 
 
 def _refusal(message: str) -> dict[str, Any]:

@@ -9,10 +9,14 @@
       { code: "[2345]..", swap: true, error: false },
     ];
   }
-  const fmt = new Intl.DateTimeFormat(undefined, {
-    year: "numeric", month: "short", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", second: "2-digit",
+  const fmtTime = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const fmtDate = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit",
   });
+  const fmt = { format: function (d) {
+    // Today: the time only; another day: the date and the minute.
+    return d.toDateString() === new Date().toDateString() ? fmtTime.format(d) : fmtDate.format(d);
+  } };
   function span(seconds) {
     const s = Math.abs(seconds);
     if (s < 60) return Math.floor(s) + " s";
