@@ -6,12 +6,13 @@ background task never stops the engine (a bad row fails or skips one instance on
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import anyio
+
+from ._log import logger
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
@@ -21,9 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TimerScheduler", "heal", "recover", "retain"]
 
-logger = logging.getLogger("memable")
 
 _BATCH = 500  # due timers fired per transaction, at most
+_FIRST_BATCH = 32  # the first batch after a sleep: the first instance resumes at once
 
 
 class TimerScheduler:
@@ -48,6 +49,8 @@ class TimerScheduler:
         self._scope: anyio.CancelScope | None = None  # of its sleep
         self._stale = False  # a nearer timer was written since it read the deadline
         self._asleep = False
+        self._busy = False  # the last batch was full: more timers are likely due
+        self._batch = _FIRST_BATCH
         kernel.wake_timers = self.added
 
     async def run(self) -> None:
@@ -78,11 +81,16 @@ class TimerScheduler:
             # Claim no more instances than may run now: a burst of due timers (100,000
             # overdue at start) is fired in bounded batches as running instances end.
             free = await self._room()
+            # Batches grow from small (the first due instance runs within milliseconds)
+            # to _BATCH while timers keep coming due back to back.
+            batch = self._batch if self._busy else _FIRST_BATCH
             try:
-                claimed = await kernel.store.fire_timers(kernel.now(), min(free, _BATCH))
+                claimed = await kernel.store.fire_timers(kernel.now(), min(free, batch))
             except Exception:
                 await storage_trouble(kernel, "firing timers")
                 continue
+            self._busy = len(claimed) >= min(free, batch)  # more may be due right away
+            self._batch = min(_BATCH, batch * 2) if self._busy else _FIRST_BATCH
             for record in claimed:
                 self._claimed(record)
 

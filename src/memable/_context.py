@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ from ._exceptions import (
 )
 from ._fanout import FanOut
 from ._keys import check_text
+from ._log import logger
 from ._outcome import Settled
 from ._records import InstanceUpdate, SignalDrop, TimerRecord, Write
 from ._retry import RetryPolicy
@@ -47,8 +47,6 @@ __all__ = ["Context"]
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741
 PosArgsT = TypeVarTuple("PosArgsT")
-
-logger = logging.getLogger("memable")
 
 
 @final

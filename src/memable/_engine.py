@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import types
 import typing
@@ -47,7 +46,6 @@ O = TypeVar("O")  # noqa: E741
 R = TypeVar("R")
 T = TypeVar("T")
 
-logger = logging.getLogger("memable")
 
 #: How many top-level instances an engine runs at once unless told otherwise.
 DEFAULT_MAX_RUNNING: Final = 1000
@@ -84,7 +82,7 @@ class Engine:
         schedules: Schedules this engine runs (their workflows are registered).
         max_running: At most this many top-level instances run at once (children run
             inside their parent); the others wait their turn, admitted in order, and due
-            timers are claimed as slots free up (``None``: no bound; see docs/scaling.md).
+            timers are claimed as slots free up (``None``: no bound; see docs/limits.md).
 
     Example:
         >>> import anyio, memable
@@ -606,7 +604,9 @@ class Engine:
         """
         self._check_running()
         query = _inspect.query(wf, status, waiting_on, parent_id, created_after, limit, after)
-        records, cursor = await self._kernel.store.call(_inspect.load_page, self._storage, **query)
+        records, cursor = await self._kernel.store.call(
+            _inspect.load_page, self._kernel.store.storage, **query
+        )
         return Page(tuple(self._describe(record) for record in records), cursor)
 
     async def history(self, wf: Workflow[Any, Any], instance_id: str) -> History:
@@ -638,7 +638,7 @@ class Engine:
         record = await self._control.record(wf, instance_id)
         types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
         build = await self._kernel.store.call(
-            _inspect.load_history, self._storage, record, payload_types=types
+            _inspect.load_history, self._kernel.store.storage, record, payload_types=types
         )
         return build(self._describe)
 
@@ -652,16 +652,15 @@ class Engine:
         self._life.check_running()
 
 
-def _storage_of(storage: str | os.PathLike[str] | Storage) -> Storage:
-    """The storage a path, a Postgres URL or a storage object names."""
+def _storage_of(storage: str | os.PathLike[str] | Storage) -> str | Storage:
+    """The storage a Postgres URL or a storage object names; a path stays a path (the
+    lifecycle opens it as a SQLite file on entering, so sqlite3 loads only then)."""
     if isinstance(storage, str) and storage.startswith(("postgresql://", "postgres://")):
         from .storage import PostgresStorage  # loaded on first use
 
         return PostgresStorage(storage)
     if isinstance(storage, str | os.PathLike):
-        from .storage._sqlite import SQLiteStorage  # loaded on first use
-
-        return SQLiteStorage(storage)
+        return os.fspath(storage)
     if not isinstance(storage, Storage):
         raise TypeError(f"storage must be a path or a memable.storage.Storage, not {storage!r}")
     return storage

@@ -9,7 +9,6 @@ and read the answer the owner writes back.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Final, Protocol
 
 import anyio
@@ -18,12 +17,12 @@ from ._control import Control
 from ._exceptions import MemableError, StorageError
 from ._kernel import Kernel
 from ._keys import check_key, check_text
+from ._log import logger
 from ._records import InboxItem, SignalRecord
 from ._serde import UNTYPED
 
 __all__ = ["POLL", "InboxStorage", "answer", "apply", "serve", "signal_answer"]
 
-logger = logging.getLogger("memable")
 
 #: Seconds between two looks at the inbox.
 POLL: Final = 0.05

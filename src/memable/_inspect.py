@@ -4,8 +4,6 @@ the application's code)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -258,12 +256,17 @@ class Page(Sequence[T_co], Generic[T_co]):
 
 def encode_cursor(record: InstanceRecord) -> str:
     """The cursor of the page after *record* (opaque to users)."""
+    import base64  # loaded when a page is first listed
+
     text = f"{record.created_at!r} {record.instance_id}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
     """The position a cursor stands for, or :class:`ValueError`."""
+    import base64
+    import binascii
+
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, instance_id = base64.urlsafe_b64decode(padded).decode().split(" ", 1)

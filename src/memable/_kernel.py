@@ -10,7 +10,6 @@ healer's alarm and the test hooks. The engine builds it and owns its life cycle.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 import typing
 from collections.abc import Callable, Coroutine, Sequence
@@ -61,9 +60,8 @@ __all__ = ["Kernel", "Registry", "Store", "outcome_of"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-logger = logging.getLogger("memable")
 
-_PURGE_SLICE = 0.005  # seconds one purge batch should take
+_PURGE_SLICE = 0.002  # seconds one purge batch should take
 
 
 @final
@@ -280,7 +278,7 @@ class Store:
     async def purge(self, finished_before: float, **filters: Any) -> int:
         """Purge batch by batch, one storage call each, so that the engine's other writes
         (which wait for the same storage thread, first come first served) go between
-        batches; a batch is sized to take about 5 ms."""
+        batches; a batch is sized to take about 2 ms."""
         purged, batch = 0, 100
         while True:
             started = time.perf_counter()
@@ -346,13 +344,13 @@ class Kernel:
     __slots__ = (
         "_alarm",
         "_healed",
+        "_recovered",
         "_spawner",
         "clock",
         "committer",
         "crash_points",
         "fences",
         "points",
-        "recovered",
         "registry",
         "retry",
         "serde",
@@ -385,16 +383,24 @@ class Kernel:
         self.wake_queue: Callable[[str], None] = lambda name: None
         # Every queue: another engine on a shared database changed something (its hint).
         self.wake_queues: Callable[[], None] = lambda: None
-        self.recovered = anyio.Event()  # set once the engine has re-run its running instances
-        self._alarm = anyio.Event()
-        self._healed = anyio.Event()  # unset from trouble() to the end of the next re-scan
-        self._healed.set()
+        self._recovered: anyio.Event | None = None
+        # Made on first use, on the engine's loop (anyio's events load with them).
+        self._alarm: anyio.Event | None = None
+        self._healed: anyio.Event | None = None  # unset from trouble() to the next re-scan
         self._spawner: anyio.abc.TaskGroup | None = None
         # On a shared database: the claim each top-level instance runs under here.
         self.fences: dict[str, Fence] = {}
         # Made when the engine starts (on its event loop):
         self.store: Store
         self.committer: GroupCommitter
+
+    @property
+    def recovered(self) -> anyio.Event:
+        """Set once the engine has re-run its running instances (made on first use, on
+        the engine's loop)."""
+        if self._recovered is None:
+            self._recovered = anyio.Event()
+        return self._recovered
 
     def check_point(self, wf: Workflow[Any, Any], point: SuspendPoint[Any]) -> None:
         """Refuse a signal for a point whose type is not the one *wf* was seen waiting for
@@ -473,23 +479,27 @@ class Kernel:
 
     def trouble(self) -> None:
         """Storage failed somewhere: ask the healer to re-scan once storage works again."""
+        if self._alarm is None:
+            self._alarm = anyio.Event()
         self._alarm.set()
-        if self._healed.is_set():
+        if self._healed is None or self._healed.is_set():
             self._healed = anyio.Event()
 
     async def wait_trouble(self) -> None:
+        if self._alarm is None:
+            self._alarm = anyio.Event()
         await self._alarm.wait()
         self._alarm = anyio.Event()
 
     def rescanned(self, *, final: bool = False) -> None:
         """The healer finished a re-scan (or stopped, *final*): waiters of :meth:`settle`
         go on, unless new trouble came during the re-scan."""
-        if final or not self._alarm.is_set():
+        if self._healed is not None and (final or self._alarm is None or not self._alarm.is_set()):
             self._healed.set()
 
     async def settle(self) -> bool:
         """Wait for a pending re-scan after storage trouble; whether there was one."""
-        if self._healed.is_set():
+        if self._healed is None or self._healed.is_set():
             return False
         await self._healed.wait()
         return True

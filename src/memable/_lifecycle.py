@@ -43,7 +43,7 @@ class Lifecycle:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: str | Storage,
         kernel: Kernel,
         runner: Runner,
         control: Control,
@@ -55,7 +55,7 @@ class Lifecycle:
         resume_on_start: bool,
         retention: timedelta | None,
     ) -> None:
-        self._storage = storage
+        self._spec = storage  # a path becomes a SQLiteStorage on entering
         self._kernel = kernel
         self._runner = runner
         self._control = control
@@ -85,6 +85,7 @@ class Lifecycle:
             raise RuntimeError("an Engine can be entered only once; make a new one")
         self._phase = "closing"  # until fully started
         self._owner = (threading.get_ident(), anyio.lowlevel.current_token())
+        self._storage = _storage_of(self._spec)
         kernel = self._kernel
         # anyio objects are made here, on the event loop that runs the engine.
         limiter = anyio.CapacityLimiter(max(1, int(getattr(self._storage, "threads", 1))))
@@ -193,3 +194,12 @@ class Lifecycle:
                 "this Engine runs on another event loop; call it from the event loop that"
                 " entered 'async with engine:'"
             )
+
+
+def _storage_of(spec: str | Storage) -> Storage:
+    """The storage an engine was given: a path is a SQLite file (or ``":memory:"``)."""
+    if isinstance(spec, str):
+        from .storage._sqlite import SQLiteStorage  # loaded on first use
+
+        return SQLiteStorage(spec)
+    return spec

@@ -3,21 +3,44 @@
 Every record carries ``instance_id``, ``workflow`` and ``step`` (``None`` where none) in
 its ``extra`` fields, for structured handlers. Nothing is formatted or allocated when the
 level is off: each call checks :meth:`logging.Logger.isEnabledFor` first.
+
+The logger is made on first use, so ``import memable`` does not load :mod:`logging`.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final, final
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "event", "logger"]
 
-logger: Final = logging.getLogger("memable")
+# logging's levels, without importing logging
+DEBUG: Final = 10
+INFO: Final = 20
+WARNING: Final = 30
+ERROR: Final = 40
 
-DEBUG: Final = logging.DEBUG
-INFO: Final = logging.INFO
-WARNING: Final = logging.WARNING
-ERROR: Final = logging.ERROR
+
+@final
+class _Logger:
+    """Stands for ``logging.getLogger("memable")``; every attribute is the real logger's."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self) -> None:
+        self._logger: logging.Logger | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:
+            import logging
+
+            self._logger = logging.getLogger("memable")
+        return getattr(self._logger, name)
+
+
+logger: Final[logging.Logger] = _Logger()  # type: ignore[assignment]
 
 
 def event(

@@ -11,7 +11,6 @@ waited for on the engine's clock.
 
 from __future__ import annotations
 
-import logging
 import math
 import typing
 from collections.abc import Callable, Iterable
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Admitter", "Queue"]
 
-logger = logging.getLogger("memable")
 
 #: Real seconds between admissions of every known queue when nothing woke the admitter
 #: (what other engines sharing the database freed or enqueued).

@@ -9,7 +9,6 @@ engine heals itself (recorded steps replay; nothing recorded runs twice).
 from __future__ import annotations
 
 import collections
-import logging
 import sys
 import typing
 from typing import Any, Literal
@@ -22,6 +21,7 @@ from ._context import Context
 from ._exceptions import StorageError
 from ._journal import Journal
 from ._kernel import Kernel, outcome_of
+from ._log import logger
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended
 from ._records import Fence, History, InstanceRecord, InstanceState, InstanceUpdate, Suspension
 from ._run import Run
@@ -29,8 +29,6 @@ from ._tx import Fenced
 from ._workflow import Workflow
 
 __all__ = ["Backoff", "Runner"]
-
-logger = logging.getLogger("memable")
 
 
 class Backoff:

@@ -11,7 +11,6 @@ runs twice, whichever engine (or clock) gets there first.
 from __future__ import annotations
 
 import collections
-import logging
 import math
 import typing
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from ._background import storage_trouble
 from ._durations import seconds
 from ._ids import tick_id
 from ._keys import check_key
+from ._log import logger
 from ._records import InstanceRecord
 from ._workflow import Workflow
 
@@ -34,7 +34,6 @@ __all__ = ["CATCH_UP_LIMIT", "Schedule", "Ticker"]
 
 I = TypeVar("I")  # noqa: E741
 
-logger = logging.getLogger("memable")
 
 #: With ``catch_up=True``, at most this many missed ticks (the latest) run at once.
 CATCH_UP_LIMIT: Final = 100

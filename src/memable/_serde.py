@@ -9,7 +9,6 @@ evaluated, and nothing is ever pickled.
 from __future__ import annotations
 
 import collections.abc
-import dataclasses
 import datetime
 import functools
 import json
@@ -468,8 +467,10 @@ def _difference(first: object, read_back: object) -> str | None:
             if (found := _difference(item, items_again[item])) is not None:
                 return f"item {item!r}: {found}"
         return None
-    if dataclasses.is_dataclass(kind):
-        return _fields_difference(first, again, dataclasses.fields(kind))
+    if hasattr(kind, "__dataclass_fields__"):  # a dataclass (without importing dataclasses)
+        import dataclasses
+
+        return _fields_difference(first, again, dataclasses.fields(typing.cast(Any, kind)))
     if isinstance(first, datetime.datetime | datetime.time):
         if first == again and first.utcoffset() == again.utcoffset():
             return None
@@ -501,16 +502,23 @@ def _short(value: object) -> str:
 class Serde:
     """Encodes and decodes envelopes with one cattrs Converter (the engine's own)."""
 
-    __slots__ = ("_plans", "_result_types", "converter")
+    __slots__ = ("_converter", "_plans", "_result_types")
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
-        self.converter = converter if converter is not None else make_converter()
+        self._converter = converter  # made on first use: cattrs loads only when needed
         self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
             weakref.WeakKeyDictionary()
         )
         # Per type: its exact check (or None), and whether the converter unstructures
         # values of it as themselves (then encoding skips the converter).
         self._plans: dict[object, tuple[_Check | None, bool]] = {}
+
+    @property
+    def converter(self) -> cattrs.Converter:
+        """The engine's cattrs Converter (the one given, else memable's own, made now)."""
+        if self._converter is None:
+            self._converter = make_converter()
+        return self._converter
 
     def result_type(self, key: str, fn: Callable[..., Any], returns: object) -> Any:
         """The type step *key* stores: *returns*, else *fn*'s return annotation (cached)."""
