@@ -73,16 +73,9 @@ async def assert_suspended_on(
 
 @pytest.mark.parametrize("arrangement", ["suspend-first", "sleep-first"])
 async def test_a_suspend_and_a_sleep_in_siblings_are_both_awaited(
-    make_storage: StorageFactory, arrangement: str, request: pytest.FixtureRequest
+    make_storage: StorageFactory, arrangement: str
 ) -> None:
     """Both sibling keys are recorded; a signal alone or the timer alone resumes the instance."""
-    if "postgres" in request.node.name:
-        # Known flake (about 1 run in 5 of the whole suite): on Postgres, wait() right
-        # after ManualClock.advance() fired the timer sometimes still returns the earlier
-        # suspension. Still run and reported (xfail/xpass), not skipped; open in issue 12.
-        request.applymarker(
-            pytest.mark.xfail(strict=False, reason="stale wait() after advance on Postgres")
-        )
     clock = ManualClock()
     wf = siblings_workflow()
     async with Engine(make_storage(), workflows=[wf], clock=clock) as engine:

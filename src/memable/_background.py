@@ -95,7 +95,15 @@ class TimerScheduler:
                 self._claimed(record)
 
     def added(self, deadline: float) -> None:
-        """Wake the scheduler if *deadline* is nearer than the one it sleeps until."""
+        """Wake the scheduler if *deadline* is nearer than the one it sleeps until.
+
+        While it is awake (reading the next deadline, or firing), it reads again before
+        it sleeps, whatever *deadline* is: a read that began before the timer was
+        committed does not see it, and what it compares with meanwhile (``-inf`` after
+        a wake-up for a re-read) says nothing about the timers that read will find.
+        """
+        if not self._asleep:
+            self._stale = True
         if self.next_deadline is None or deadline < self.next_deadline:
             self.next_deadline = deadline
             self._stale = True
