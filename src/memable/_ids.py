@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 __all__ = [
+    "ancestors",
     "child_id",
     "child_prefix",
     "children_waited",
@@ -53,6 +54,16 @@ def root_of(instance_id: str) -> str:
     'order-1'
     """
     return instance_id.split("/", 1)[0]
+
+
+def ancestors(instance_id: str) -> list[str]:
+    """The ids of the instance's ancestors, the top-level one first.
+
+    >>> ancestors("order-1/label:v1-2/box:v1-0")
+    ['order-1', 'order-1/label:v1-2']
+    """
+    parts = instance_id.split("/")
+    return ["/".join(parts[:n]) for n in range(1, len(parts))]
 
 
 def descendant_range(instance_id: str) -> tuple[str, str]:

@@ -11,7 +11,7 @@ transition is an internal error naming the instance, never a silent write.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -40,6 +40,7 @@ __all__ = [
     "admit",
     "cancel",
     "check_fence",
+    "check_holders",
     "commit",
     "create",
     "define_queue",
@@ -111,7 +112,10 @@ def create(tx: Tx, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
 
 
 def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
-    """Apply the writes of running instances in order; return which of them applied.
+    """Apply the writes of running instances; return which of them applied.
+
+    The step records go first, all in one call (they read nothing the other writes
+    change, nor the reverse), then the other writes in order.
 
     A step record never overwrites a completed result; timers, signals and child instances
     are inserted unless they exist; a signal drop deletes a payload nobody can read; a
@@ -124,40 +128,41 @@ def commit(tx: Tx, writes: Sequence[Write]) -> list[bool]:
     """
     fences = [write for write in writes if isinstance(write, Fence)]
     if fences:  # every claim checked up front, in one read
-        holders = tx.holders(sorted({fence.instance_id for fence in fences}))
-        for fence in fences:
-            _check_holder(fence, holders.get(fence.instance_id), fence.suspended)
-    applied: list[bool] = []
-    steps: list[StepRecord] = []  # consecutive step records go in one call
-    for write in writes:
-        if isinstance(write, StepRecord):
-            steps.append(write)
+        check_holders(fences, tx.holders(sorted({fence.instance_id for fence in fences})))
+    applied: list[bool] = [True] * len(writes)
+    # Step records touch nothing the other writes read (nor the reverse): all of them in
+    # one call, whichever callers of a group commit they came from.
+    steps = [(index, write) for index, write in enumerate(writes) if isinstance(write, StepRecord)]
+    if steps:
+        written = tx.put_steps([step for _, step in steps])
+        for (index, _), ok in zip(steps, written, strict=True):
+            applied[index] = ok
+    for index, write in enumerate(writes):
+        if isinstance(write, (StepRecord, Fence)):
             continue
-        if steps:
-            applied += tx.put_steps(steps)
-            steps = []
-        if isinstance(write, Fence):
-            applied.append(True)
-        elif isinstance(write, InstanceUpdate):
-            applied.append(_update(tx, write))
+        if isinstance(write, InstanceUpdate):
+            applied[index] = _update(tx, write)
         elif isinstance(write, SignalDrop):
-            applied.append(tx.delete_signal(write.instance_id, write.key))
+            applied[index] = tx.delete_signal(write.instance_id, write.key)
         elif isinstance(write, Suspension):
-            applied.append(
-                suspend(
-                    tx,
-                    write.instance_id,
-                    waiting_on=write.waiting_on,
-                    status_message=write.status_message,
-                    now=write.now,
-                    extend=write.extend,
-                )
+            applied[index] = suspend(
+                tx,
+                write.instance_id,
+                waiting_on=write.waiting_on,
+                status_message=write.status_message,
+                now=write.now,
+                extend=write.extend,
             )
         else:
-            applied.append(tx.insert(write))
-    if steps:
-        applied += tx.put_steps(steps)
+            applied[index] = tx.insert(write)
     return applied
+
+
+def check_holders(fences: Sequence[Fence], holders: Mapping[str, tuple[str | None, int]]) -> None:
+    """Raise :class:`Fenced` unless every fence's engine holds its instance at its epoch
+    (*holders*: ``(owner, epoch)`` of the instances that exist, read for update)."""
+    for fence in fences:
+        _check_holder(fence, holders.get(fence.instance_id), fence.suspended)
 
 
 def check_fence(tx: Tx, fence: Fence, *, suspended: bool = False) -> None:

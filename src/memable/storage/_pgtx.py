@@ -11,10 +11,11 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, cast, final
 
+import attrs
 import psycopg
 
 from .._exceptions import StorageError
-from .._ids import descendant_range
+from .._ids import ancestors, descendant_range
 from .._records import (
     InstanceRecord,
     InstanceState,
@@ -24,15 +25,15 @@ from .._records import (
     StepRecord,
     TimerRecord,
 )
-from .._tx import COLUMNS, Guard
+from .._tx import COLUMNS, Fenced, Guard
 
 __all__ = [
     "INSTANCE_COLUMNS",
     "PostgresTx",
     "instance_row",
     "load_steps",
-    "load_timers",
     "queue_row",
+    "timer_rows",
 ]
 
 INSTANCE_COLUMNS: Final = (
@@ -40,15 +41,31 @@ INSTANCE_COLUMNS: Final = (
     " waiting_on, created_at, updated_at, finished_at, owner, epoch, trace, queue, priority"
 )
 STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
-UPSERT_STEP: Final = """
-    INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (instance_id, key) DO UPDATE SET
-        state = excluded.state, value = excluded.value, error = excluded.error,
-        attempts = excluded.attempts, started_at = excluded.started_at,
-        finished_at = excluded.finished_at
-    WHERE steps.state != 'completed'
-"""
+INSERT_STEPS: Final = (
+    "INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at,"
+    " finished_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::integer[], %s::double precision[], %s::double precision[])"
+    " ON CONFLICT (instance_id, key) DO UPDATE SET state = excluded.state,"
+    " value = excluded.value, error = excluded.error, attempts = excluded.attempts,"
+    " started_at = excluded.started_at, finished_at = excluded.finished_at"
+    " WHERE steps.state != 'completed' RETURNING instance_id, key"
+)
+"""Insert step records (arrays of their columns), or replace dead letters, never a
+completed result: the first writer wins. Each key at most once per statement."""
+
+
+def step_columns(steps: Sequence[StepRecord]) -> list[list[Any]]:
+    """The parameters of :data:`INSERT_STEPS` for *steps*."""
+    return [
+        [step.instance_id for step in steps],
+        [step.key for step in steps],
+        [step.state for step in steps],
+        [step.value for step in steps],
+        [step.error for step in steps],
+        [step.attempts for step in steps],
+        [step.started_at for step in steps],
+        [step.finished_at for step in steps],
+    ]
 
 
 def instance_row(row: Sequence[Any]) -> InstanceRecord:
@@ -82,9 +99,17 @@ def instance_row(row: Sequence[Any]) -> InstanceRecord:
 
 @final
 class PostgresTx:
-    """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction."""
+    """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction.
 
-    __slots__ = ("_conn", "_engine_id", "_runs", "changed")
+    The transaction begins with its first statement: ``BEGIN``, the lock on the engine's
+    own row (``FOR KEY SHARE``) and that statement go to the server in one pipeline,
+    closed by a sync (so the server, idle in the transaction afterwards, has its
+    idle-in-transaction timeout armed). An engine that was reaped finds no row and
+    writes nothing (:class:`Fenced`). Rows read for a fence check (:meth:`holders`) stay
+    locked until the end, and are served from here when the rules read them again.
+    """
+
+    __slots__ = ("_childless", "_conn", "_engine_id", "_held", "_runs", "begun", "changed")
     holds_claims = True
 
     def __init__(
@@ -93,21 +118,49 @@ class PostgresTx:
         self._conn = conn
         self._engine_id = engine_id
         self._runs = runs
+        self.begun = False  # BEGIN was sent (COMMIT or ROLLBACK must follow)
         self.changed: set[str] = set()  # instances whose status changed: hinted after commit
+        self._held: dict[str, InstanceRecord] = {}  # rows this transaction locked, as they are
+        self._childless: set[str] = set()  # of those, the ones without descendants
 
     def claimant(self, workflow: str) -> str | None:
         return self._engine_id if workflow in self._runs else None
 
+    def _execute(self, query: str, params: Sequence[object]) -> psycopg.Cursor[Any]:
+        conn = self._conn
+        if self.begun:
+            return conn.execute(query, params)
+        self.begun = True
+        with conn.pipeline():  # one round trip; the pipeline's exit syncs
+            conn.execute("BEGIN")
+            lock = (
+                None
+                if self._engine_id is None
+                else conn.execute(
+                    "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE", (self._engine_id,)
+                )
+            )
+            cursor = conn.execute(query, params)
+        if lock is not None and lock.fetchone() is None:
+            raise Fenced(
+                "this engine's lease expired (another engine reaped it); nothing was written"
+                " and its runs stop"
+            )
+        return cursor
+
     def _one(self, query: str, params: Sequence[object]) -> tuple[Any, ...] | None:
-        return self._conn.execute(query, params).fetchone()
+        return self._execute(query, params).fetchone()
 
     def _all(self, query: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-        return self._conn.execute(query, params).fetchall()
+        return self._execute(query, params).fetchall()
 
     def _run(self, query: str, params: Sequence[object]) -> int:
-        return self._conn.execute(query, params).rowcount
+        return self._execute(query, params).rowcount
 
     def instance(self, instance_id: str) -> InstanceRecord | None:
+        held = self._held.get(instance_id)
+        if held is not None:
+            return held
         row = self._one(
             f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s FOR UPDATE",
             (instance_id,),
@@ -115,6 +168,8 @@ class PostgresTx:
         return None if row is None else instance_row(row)
 
     def family(self, instance_id: str) -> list[InstanceRecord]:
+        if instance_id in self._childless and instance_id in self._held:
+            return [self._held[instance_id]]
         rows = self._all(
             f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s"
             " OR (instance_id > %s AND instance_id < %s) ORDER BY instance_id FOR UPDATE",
@@ -152,15 +207,15 @@ class PostgresTx:
         return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
-        return load_timers(self._conn, "WHERE instance_id = %s", (instance_id,))
+        return timer_rows(self._all(f"{_TIMERS} WHERE instance_id = %s", (instance_id,)))
 
     def due_timers(self, now: float, limit: int) -> list[TimerRecord]:
         # SKIP LOCKED: engines firing timers at once share them out, never both fire one.
-        return load_timers(
-            self._conn,
-            "WHERE NOT fired AND deadline <= %s ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED",
+        return timer_rows(self._all(
+            f"{_TIMERS} WHERE NOT fired AND deadline <= %s ORDER BY deadline LIMIT %s"
+            " FOR UPDATE SKIP LOCKED",
             (now, limit),
-        )
+        ))  # fmt: skip
 
     def insert(self, row: InstanceRecord | SignalRecord | TimerRecord) -> bool:
         if isinstance(row, InstanceRecord):
@@ -183,46 +238,49 @@ class PostgresTx:
                 " VALUES (%s, %s, %s, %s, %s)"
             )
             params = (row.instance_id, row.key, row.deadline, row.kind, row.fired)
-        return bool(self._run(query + " ON CONFLICT DO NOTHING", params))
+        inserted = bool(self._run(query + " ON CONFLICT DO NOTHING", params))
+        if inserted and isinstance(row, InstanceRecord) and row.parent_id is not None:
+            self._childless.difference_update(ancestors(row.instance_id))
+        return inserted
 
     def put_steps(self, steps: Sequence[StepRecord]) -> list[bool]:
-        keys = [(step.instance_id, step.key) for step in steps]
-        if len(steps) == 1 or len(set(keys)) < len(keys):
-            return [self._put_step(step) for step in steps]
-        # One statement for all of them (not executemany: its pipeline would leave the
-        # server waiting with no timeout armed, see PostgresStorage.transaction).
-        columns = list(zip(*(
-            (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
-             step.started_at, step.finished_at)
-            for step in steps
-        ), strict=True))  # fmt: skip
-        rows = self._all(
-            "INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at,"
-            " finished_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::text[], %s::integer[], %s::double precision[],"
-            " %s::double precision[])"
-            " ON CONFLICT (instance_id, key) DO UPDATE SET"
-            " state = excluded.state, value = excluded.value, error = excluded.error,"
-            " attempts = excluded.attempts, started_at = excluded.started_at,"
-            " finished_at = excluded.finished_at WHERE steps.state != 'completed'"
-            " RETURNING instance_id, key",
-            [list(column) for column in columns],
-        )
-        written = set(rows)
-        return [key in written for key in keys]
-
-    def _put_step(self, step: StepRecord) -> bool:
-        params = (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
-                  step.started_at, step.finished_at)  # fmt: skip
-        return bool(self._run(UPSERT_STEP, params))
+        # One statement for all of them; a key given twice goes in a later round, so
+        # the first of them wins as if they had been written one by one.
+        rounds: list[list[int]] = []
+        seen: dict[tuple[str, str], int] = {}
+        for index, step in enumerate(steps):
+            key = (step.instance_id, step.key)
+            n = seen[key] = seen.get(key, -1) + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(index)
+        applied = [False] * len(steps)
+        for indexes in rounds:
+            batch = [steps[index] for index in indexes]
+            written = set(self._all(INSERT_STEPS, step_columns(batch)))
+            for index, step in zip(indexes, batch, strict=True):
+                applied[index] = (step.instance_id, step.key) in written
+        return applied
 
     def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
+        # The whole rows, and whether each has descendants: the rules read them again
+        # (a finishing instance, its family) in this transaction, which holds them.
+        ranges = [descendant_range(i) for i in instance_ids]
         rows = self._all(
-            "SELECT instance_id, owner, epoch FROM instances WHERE instance_id = ANY(%s)"
-            " ORDER BY instance_id FOR UPDATE",
-            (list(instance_ids),),
+            f"SELECT {INSTANCE_COLUMNS}, NOT EXISTS (SELECT 1 FROM instances d"
+            " WHERE d.instance_id > r.lo AND d.instance_id < r.hi)"
+            " FROM instances i JOIN unnest(%s::text[], %s::text[], %s::text[]) AS r (id, lo, hi)"
+            " ON i.instance_id = r.id ORDER BY i.instance_id FOR UPDATE OF i",
+            (list(instance_ids), [lo for lo, _ in ranges], [hi for _, hi in ranges]),
         )
-        return {iid: (owner, epoch) for iid, owner, epoch in rows}
+        found: dict[str, tuple[str | None, int]] = {}
+        for row in rows:
+            record = instance_row(row)
+            self._held[record.instance_id] = record
+            if row[-1]:
+                self._childless.add(record.instance_id)
+            found[record.instance_id] = (record.owner, record.epoch)
+        return found
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
         columns: list[str] = []
@@ -241,6 +299,12 @@ class PostgresTx:
             query += " AND owner IS NOT DISTINCT FROM %s AND epoch = %s"
             params.extend(guard.holder)
         applied = bool(self._run(query, params))
+        held = self._held.pop(instance_id, None)
+        if applied and held is not None:  # still locked by this transaction: as it is now
+            fields: dict[str, Any] = dict(changes)
+            if "waiting_on" in fields:
+                fields["waiting_on"] = tuple(cast("Sequence[str]", fields["waiting_on"]))
+            self._held[instance_id] = attrs.evolve(held, **fields)
         if applied and "status" in changes:
             self.changed.add(instance_id)
         return applied
@@ -269,6 +333,7 @@ class PostgresTx:
         self._run("DELETE FROM steps WHERE instance_id = %s AND state = 'dead'", (instance_id,))
 
     def delete_family(self, instance_id: str) -> None:
+        self._held.clear()
         family = (instance_id, *descendant_range(instance_id))
         for table in ("steps", "retired_steps", "signals", "timers", "instances"):
             self._run(
@@ -374,12 +439,10 @@ def load_steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepReco
     ]
 
 
-def load_timers(
-    conn: psycopg.Connection[Any], where: str, params: Sequence[object]
-) -> list[TimerRecord]:
-    rows = conn.execute(
-        f"SELECT instance_id, key, deadline, kind, fired FROM timers {where}", params
-    ).fetchall()
+_TIMERS: Final = "SELECT instance_id, key, deadline, kind, fired FROM timers"
+
+
+def timer_rows(rows: Sequence[Sequence[Any]]) -> list[TimerRecord]:
     return [
         TimerRecord(instance_id=iid, key=key, deadline=deadline, kind=kind, fired=fired)
         for iid, key, deadline, kind, fired in rows

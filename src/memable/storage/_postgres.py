@@ -467,33 +467,18 @@ class PostgresStorage(RuleStorage):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PostgresTx]:
         with self._conn("writing to") as conn:
-            engine_id = self.engine_id
-            tx = PostgresTx(conn, engine_id, self.runs)
-            row: tuple[Any, ...] | None = None
-            # No pipeline mode here: between pipelined messages the server waits for the
-            # client with no timeout armed, so a client paused there (SIGSTOP) would hold
-            # its locks — and keep others from reaping it — for as long as it is paused.
-            conn.execute("BEGIN")
-            if engine_id is not None:
-                # Fencing: an engine that was reaped writes nothing more.
-                # KEY SHARE: it blocks the reaper's DELETE until this commits (and a
-                # reaped engine finds no row), but not the heartbeat's UPDATE.
-                row = conn.execute(
-                    "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE", (engine_id,)
-                ).fetchone()
+            # BEGIN and the fencing lock on the engine's own row go with the first
+            # statement (see PostgresTx): a reaped engine writes nothing more.
+            tx = PostgresTx(conn, self.engine_id, self.runs)
             try:
-                if engine_id is not None and row is None:
-                    raise Fenced(
-                        "this engine's lease expired (another engine reaped it); nothing"
-                        " was written and its runs stop"
-                    )
                 yield tx
             except BaseException:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     with contextlib.suppress(psycopg.Error):  # keep the original error
                         conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            if tx.begun:
+                conn.execute("COMMIT")
             self._notify(conn, tx.changed)  # after the commit, never inside it
 
     # -- sharing (memable.storage.SharedStorage) --------------------------------------------
