@@ -7,6 +7,7 @@ instances are taken ``SKIP LOCKED``, so engines working at once share them out.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, cast, final
@@ -17,6 +18,7 @@ import psycopg
 from .._exceptions import StorageError
 from .._ids import ancestors, descendant_range
 from .._records import (
+    Fence,
     InstanceRecord,
     InstanceState,
     QueueRecord,
@@ -28,8 +30,12 @@ from .._records import (
 from .._tx import COLUMNS, Fenced, Guard
 
 __all__ = [
+    "FENCED_INSERTS",
+    "Inserted",
     "INSTANCE_COLUMNS",
     "PostgresTx",
+    "fenced_inserts",
+    "instance_rows",
     "instance_row",
     "load_steps",
     "queue_row",
@@ -41,31 +47,35 @@ INSTANCE_COLUMNS: Final = (
     " waiting_on, created_at, updated_at, finished_at, owner, epoch, trace, queue, priority"
 )
 STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
+
+
+def _rows_of(types: Sequence[str]) -> str:
+    """The columns of a JSON array of rows (one parameter: psycopg adapts one string much
+    faster than a list per column), as SQL of the given types."""
+    return ", ".join(f"(r->>{n})::{tp}" for n, tp in enumerate(types))
+
+
 INSERT_STEPS: Final = (
     "INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at,"
-    " finished_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[], %s::integer[], %s::double precision[], %s::double precision[])"
+    " finished_at) SELECT "
+    + _rows_of(["text"] * 5 + ["integer", "double precision", "double precision"])
+    + " FROM json_array_elements(%s::json) AS r"
     " ON CONFLICT (instance_id, key) DO UPDATE SET state = excluded.state,"
     " value = excluded.value, error = excluded.error, attempts = excluded.attempts,"
     " started_at = excluded.started_at, finished_at = excluded.finished_at"
     " WHERE steps.state != 'completed' RETURNING instance_id, key"
 )
-"""Insert step records (arrays of their columns), or replace dead letters, never a
-completed result: the first writer wins. Each key at most once per statement."""
+"""Insert step records (:func:`step_rows`), or replace dead letters, never a completed
+result: the first writer wins. Each key at most once per statement."""
 
 
-def step_columns(steps: Sequence[StepRecord]) -> list[list[Any]]:
-    """The parameters of :data:`INSERT_STEPS` for *steps*."""
-    return [
-        [step.instance_id for step in steps],
-        [step.key for step in steps],
-        [step.state for step in steps],
-        [step.value for step in steps],
-        [step.error for step in steps],
-        [step.attempts for step in steps],
-        [step.started_at for step in steps],
-        [step.finished_at for step in steps],
-    ]
+def step_rows(steps: Sequence[StepRecord]) -> str:
+    """The parameter of :data:`INSERT_STEPS` for *steps*."""
+    return json.dumps([
+        (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
+         step.started_at, step.finished_at)
+        for step in steps
+    ])  # fmt: skip
 
 
 def instance_row(row: Sequence[Any]) -> InstanceRecord:
@@ -109,7 +119,16 @@ class PostgresTx:
     locked until the end, and are served from here when the rules read them again.
     """
 
-    __slots__ = ("_childless", "_conn", "_engine_id", "_held", "_runs", "begun", "changed")
+    __slots__ = (
+        "_childless",
+        "_conn",
+        "_deferred",
+        "_engine_id",
+        "_held",
+        "_runs",
+        "begun",
+        "changed",
+    )
     holds_claims = True
 
     def __init__(
@@ -122,31 +141,46 @@ class PostgresTx:
         self.changed: set[str] = set()  # instances whose status changed: hinted after commit
         self._held: dict[str, InstanceRecord] = {}  # rows this transaction locked, as they are
         self._childless: set[str] = set()  # of those, the ones without descendants
+        self._deferred: list[tuple[str, list[object]]] = []  # updates of those, not sent yet
 
     def claimant(self, workflow: str) -> str | None:
         return self._engine_id if workflow in self._runs else None
 
     def _execute(self, query: str, params: Sequence[object]) -> psycopg.Cursor[Any]:
         conn = self._conn
-        if self.begun:
+        if self.begun and not self._deferred:
             return conn.execute(query, params)
-        self.begun = True
+        deferred, self._deferred = self._deferred, []
+        lock: psycopg.Cursor[Any] | None = None
         with conn.pipeline():  # one round trip; the pipeline's exit syncs
-            conn.execute("BEGIN")
-            lock = (
-                None
-                if self._engine_id is None
-                else conn.execute(
-                    "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE", (self._engine_id,)
-                )
-            )
+            if not self.begun:
+                self.begun = True
+                conn.execute("BEGIN")
+                if self._engine_id is not None:
+                    lock = conn.execute(
+                        "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE",
+                        (self._engine_id,),
+                    )
+            done: list[tuple[psycopg.Cursor[Any], int]] = []
+            for held_back, group in itertools.groupby(deferred, key=lambda d: d[0]):
+                rows = [row for _, row in group]
+                many = conn.cursor()
+                many.executemany(held_back, rows)
+                done.append((many, len(rows)))
             cursor = conn.execute(query, params)
         if lock is not None and lock.fetchone() is None:
             raise Fenced(
                 "this engine's lease expired (another engine reaped it); nothing was written"
                 " and its runs stop"
             )
+        if any(many.rowcount != rows for many, rows in done):  # pragma: no cover - locked rows
+            raise StorageError("an update of a row this transaction holds did not apply")
         return cursor
+
+    def flush(self) -> None:
+        """Send the updates that were held back (before the commit)."""
+        if self._deferred:
+            self._execute("SELECT 1", ())
 
     def _one(self, query: str, params: Sequence[object]) -> tuple[Any, ...] | None:
         return self._execute(query, params).fetchone()
@@ -257,7 +291,7 @@ class PostgresTx:
         applied = [False] * len(steps)
         for indexes in rounds:
             batch = [steps[index] for index in indexes]
-            written = set(self._all(INSERT_STEPS, step_columns(batch)))
+            written = set(self._all(INSERT_STEPS, (step_rows(batch),)))
             for index, step in zip(indexes, batch, strict=True):
                 applied[index] = (step.instance_id, step.key) in written
         return applied
@@ -265,13 +299,13 @@ class PostgresTx:
     def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
         # The whole rows, and whether each has descendants: the rules read them again
         # (a finishing instance, its family) in this transaction, which holds them.
-        ranges = [descendant_range(i) for i in instance_ids]
+        ranges = json.dumps([(i, *descendant_range(i)) for i in instance_ids])
         rows = self._all(
             f"SELECT {INSTANCE_COLUMNS}, NOT EXISTS (SELECT 1 FROM instances d"
-            " WHERE d.instance_id > r.lo AND d.instance_id < r.hi)"
-            " FROM instances i JOIN unnest(%s::text[], %s::text[], %s::text[]) AS r (id, lo, hi)"
-            " ON i.instance_id = r.id ORDER BY i.instance_id FOR UPDATE OF i",
-            (list(instance_ids), [lo for lo, _ in ranges], [hi for _, hi in ranges]),
+            " WHERE d.instance_id > r->>1 AND d.instance_id < r->>2)"
+            " FROM instances i JOIN json_array_elements(%s::json) AS r"
+            " ON i.instance_id = r->>0 ORDER BY i.instance_id FOR UPDATE OF i",
+            (ranges,),
         )
         found: dict[str, tuple[str | None, int]] = {}
         for row in rows:
@@ -293,14 +327,22 @@ class PostgresTx:
         query = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = %s"
         params.append(instance_id)
         if guard.status:
-            query += " AND status = ANY(%s)"
-            params.append(sorted(guard.status))
+            query += f" AND status IN ({', '.join(['%s'] * len(guard.status))})"
+            params.extend(sorted(guard.status))
         if guard.holder is not None:
             query += " AND owner IS NOT DISTINCT FROM %s AND epoch = %s"
             params.extend(guard.holder)
-        applied = bool(self._run(query, params))
         held = self._held.pop(instance_id, None)
-        if applied and held is not None:  # still locked by this transaction: as it is now
+        if held is None:
+            applied = bool(self._run(query, params))
+        else:
+            # Locked by this transaction since it was read: whether the update applies is
+            # known here, and it goes to the server with the next statement (or before
+            # the commit), many of them in one round trip.
+            applied = guard.allows(held.status) and guard.holds(held.owner, held.epoch)
+            if applied:
+                self._deferred.append((query, params))
+        if applied and held is not None:  # as it is now
             fields: dict[str, Any] = dict(changes)
             if "waiting_on" in fields:
                 fields["waiting_on"] = tuple(cast("Sequence[str]", fields["waiting_on"]))
@@ -447,3 +489,90 @@ def timer_rows(rows: Sequence[Sequence[Any]]) -> list[TimerRecord]:
         TimerRecord(instance_id=iid, key=key, deadline=deadline, kind=kind, fired=fired)
         for iid, key, deadline, kind, fired in rows
     ]
+
+
+INSERT_INSTANCES: Final = (
+    f"INSERT INTO instances ({INSTANCE_COLUMNS}) SELECT "
+    + _rows_of([*["text"] * 9, *["double precision"] * 3, "text", "bigint", "text", "text"])
+    + ", (r->>16)::bigint"
+    + " FROM json_array_elements(%s::json) AS r"
+)
+
+
+def instance_rows(records: Sequence[InstanceRecord]) -> str:
+    """The parameter of :data:`INSERT_INSTANCES` for *records*."""
+    return json.dumps([
+        (r.instance_id, r.workflow, r.status, r.parent_id, r.input, r.output, r.error,
+         r.status_message, json.dumps(r.waiting_on), r.created_at, r.updated_at,
+         r.finished_at, r.owner, r.epoch, r.trace, r.queue, r.priority)
+        for r in records
+    ])  # fmt: skip
+
+
+_IF_OK: Final = " WHERE (SELECT ok FROM ok)"
+
+# One statement, in autocommit: the engine's row locked FOR KEY SHARE, the fenced
+# instances' rows FOR UPDATE (in id order), and the inserts made only if the engine's
+# row is there and every fence holds (the SQL of memable._rules.check_holders).
+FENCED_INSERTS: Final = (
+    "WITH fences (id, owner, epoch, suspended) AS MATERIALIZED (SELECT "
+    + _rows_of(["text", "text", "bigint", "boolean"])
+    + " FROM json_array_elements(%s::json) AS r),"
+    " engine AS MATERIALIZED ("
+    " SELECT engine_id FROM engines WHERE engine_id = %s FOR KEY SHARE),"
+    " held AS MATERIALIZED (SELECT instance_id, owner, epoch FROM instances"
+    " WHERE instance_id IN (SELECT id FROM fences) ORDER BY instance_id FOR UPDATE),"
+    " ok AS MATERIALIZED (SELECT EXISTS (SELECT FROM engine) AND NOT EXISTS ("
+    " SELECT FROM fences f LEFT JOIN held h ON h.instance_id = f.id"
+    " WHERE h.instance_id IS NULL OR h.epoch <> f.epoch OR NOT (h.owner IS NOT DISTINCT"
+    " FROM f.owner OR (f.suspended AND h.owner IS NULL))) AS ok),"
+    f" written AS ({INSERT_STEPS.replace(' ON CONFLICT', _IF_OK + ' ON CONFLICT')}),"
+    f" created AS ({INSERT_INSTANCES}{_IF_OK}"
+    " ON CONFLICT DO NOTHING RETURNING instance_id)"
+    " SELECT 0, instance_id, owner, epoch FROM held"
+    " UNION ALL SELECT 1, instance_id, key, NULL FROM written"
+    " UNION ALL SELECT 2, instance_id, NULL, NULL FROM created"
+    " UNION ALL SELECT 3, NULL, NULL, count(*) FROM engine"
+    " UNION ALL SELECT 4, NULL, NULL, ok::integer FROM ok"
+)
+
+
+@attrs.define
+class Inserted:
+    """What :func:`fenced_inserts` found and wrote."""
+
+    engine: bool = False  # the engine's row is there (it was not reaped)
+    ok: bool = False  # the inserts were made
+    holders: dict[str, tuple[str | None, int]] = attrs.Factory(dict)
+    steps: set[tuple[str, str]] = attrs.Factory(set)
+    instances: set[str] = attrs.Factory(set)
+
+
+def fenced_inserts(
+    conn: psycopg.Connection[Any],
+    engine_id: str,
+    fences: Sequence[Fence],
+    steps: Sequence[StepRecord],
+    records: Sequence[InstanceRecord],
+) -> Inserted:
+    """Insert step records and instances in one statement (one round trip, its own
+    transaction), if the engine's row is there and every fence holds.
+
+    The same as :func:`memable._rules.commit` over writes of only these kinds; the
+    keys of the steps, and the ids of the instances, must differ.
+    """
+    fenced = json.dumps([(f.instance_id, f.owner, f.epoch, f.suspended) for f in fences])
+    params = (fenced, engine_id, step_rows(steps), instance_rows(records))
+    found = Inserted()
+    for kind, first, second, third in conn.execute(FENCED_INSERTS, params):
+        if kind == 0:
+            found.holders[first] = (second, third)
+        elif kind == 1:
+            found.steps.add((first, second))
+        elif kind == 2:
+            found.instances.add(first)
+        elif kind == 3:
+            found.engine = bool(third)
+        else:
+            found.ok = bool(third)
+    return found
