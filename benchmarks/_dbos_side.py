@@ -1,7 +1,9 @@
-"""DBOS Transact doing the benchmark's workflows on SQLite.
+"""DBOS Transact doing the benchmark's workflows on SQLite (or Postgres).
 
 Run by ``benchmarks/run.py`` in a subprocess (DBOS is a process-wide singleton); prints one
-JSON object of figures. ``python benchmarks/_dbos_side.py --quick`` for a small run;
+JSON object of figures. ``--postgres URL`` (run by ``benchmarks/postgres.py``): the
+sequential and concurrent figures with DBOS's system database on that server.
+``python benchmarks/_dbos_side.py --quick`` for a small run;
 ``--wal`` puts DBOS's system database in WAL mode first (memable's mode; DBOS's default
 is SQLite's rollback journal), so the sequential ratio is not a journal-mode artefact.
 
@@ -132,5 +134,48 @@ async def measure(quick: bool, wal: bool) -> dict[str, float]:
     }
 
 
+async def measure_postgres(url: str, quick: bool) -> dict[str, float]:
+    """DBOS with its system database on Postgres (``benchmarks/postgres.py``): the same
+    sequential and 100 x 10 concurrent workflows as memable's, on the same server."""
+    from dbos import DBOS, DBOSConfig
+
+    config: DBOSConfig = {"name": "bench", "system_database_url": url, "log_level": "ERROR"}
+    DBOS(config=config)
+
+    @DBOS.step()
+    async def step(i: int) -> int:
+        return i
+
+    @DBOS.workflow()
+    async def ten_steps(n: int) -> int:
+        total = 0
+        for i in range(n):
+            total += await step(i)
+        return total
+
+    DBOS.launch()
+    try:
+        await ten_steps(10)  # warm up
+        workflows = 10 if quick else 30
+        started = time.perf_counter()
+        for _ in range(workflows):
+            await ten_steps(10)
+        sequential = (time.perf_counter() - started) / (workflows * 10) * 1e6
+        # Started and awaited in this process: get_result awaits the workflow's task
+        # (no polling of the database is counted).
+        started = time.perf_counter()
+        handles = [await DBOS.start_workflow_async(ten_steps, 10) for _ in range(100)]
+        for handle in handles:
+            await handle.get_result()
+        concurrent = 100 * 10 / (time.perf_counter() - started)
+    finally:
+        DBOS.destroy()
+    return {"sequential_us_per_step": sequential, "concurrent_steps_per_s": concurrent}
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(measure("--quick" in sys.argv, "--wal" in sys.argv))))
+    if "--postgres" in sys.argv:
+        url = sys.argv[sys.argv.index("--postgres") + 1]
+        print(json.dumps(asyncio.run(measure_postgres(url, "--quick" in sys.argv))))
+    else:
+        print(json.dumps(asyncio.run(measure("--quick" in sys.argv, "--wal" in sys.argv))))

@@ -7,13 +7,13 @@ instances are taken ``SKIP LOCKED``, so engines working at once share them out.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, cast, final
 
 import attrs
 import psycopg
+from psycopg import sql
 
 from .._exceptions import StorageError
 from .._ids import ancestors, descendant_range
@@ -147,40 +147,44 @@ class PostgresTx:
         return self._engine_id if workflow in self._runs else None
 
     def _execute(self, query: str, params: Sequence[object]) -> psycopg.Cursor[Any]:
-        conn = self._conn
-        if self.begun and not self._deferred:
-            return conn.execute(query, params)
-        deferred, self._deferred = self._deferred, []
-        lock: psycopg.Cursor[Any] | None = None
-        with conn.pipeline():  # one round trip; the pipeline's exit syncs
-            if not self.begun:
-                self.begun = True
-                conn.execute("BEGIN")
-                if self._engine_id is not None:
-                    lock = conn.execute(
-                        "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE",
-                        (self._engine_id,),
-                    )
-            done: list[tuple[psycopg.Cursor[Any], int]] = []
-            for held_back, group in itertools.groupby(deferred, key=lambda d: d[0]):
-                rows = [row for _, row in group]
-                many = conn.cursor()
-                many.executemany(held_back, rows)
-                done.append((many, len(rows)))
-            cursor = conn.execute(query, params)
-        if lock is not None and lock.fetchone() is None:
+        if not self.begun:
+            self._begin()
+        if self._deferred:
+            self.flush()
+        return self._conn.execute(query, params)
+
+    def _begin(self) -> None:
+        # One simple query of two statements: one round trip, and no pipeline (between
+        # pipelined messages the server waits for the client with no timeout armed; after
+        # this it is idle in a transaction, and idle_in_transaction_session_timeout holds).
+        self.begun = True
+        if self._engine_id is None:
+            self._conn.execute("BEGIN")
+            return
+        cursor = self._conn.execute(
+            sql.SQL("BEGIN; SELECT 1 FROM engines WHERE engine_id = {} FOR KEY SHARE").format(
+                sql.Literal(self._engine_id)  # the engine's own hex id
+            )
+        )
+        if not cursor.nextset() or cursor.fetchone() is None:
             raise Fenced(
                 "this engine's lease expired (another engine reaped it); nothing was written"
                 " and its runs stop"
             )
-        if any(many.rowcount != rows for many, rows in done):  # pragma: no cover - locked rows
-            raise StorageError("an update of a row this transaction holds did not apply")
-        return cursor
 
     def flush(self) -> None:
-        """Send the updates that were held back (before the commit)."""
-        if self._deferred:
-            self._execute("SELECT 1", ())
+        """Send the updates that were held back (all in one round trip)."""
+        deferred, self._deferred = self._deferred, []
+        if not deferred:
+            return
+        # One simple query, its values bound by psycopg (as _begin, for the same reason).
+        cursor = psycopg.ClientCursor(self._conn)
+        cursor.execute("; ".join(cursor.mogrify(query, params) for query, params in deferred))
+        counts = [cursor.rowcount]
+        while cursor.nextset():
+            counts.append(cursor.rowcount)
+        if counts != [1] * len(deferred):  # pragma: no cover - the rows are locked here
+            raise StorageError("an update of a row this transaction holds did not apply")
 
     def _one(self, query: str, params: Sequence[object]) -> tuple[Any, ...] | None:
         return self._execute(query, params).fetchone()
