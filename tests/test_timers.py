@@ -12,6 +12,7 @@ import pytest
 
 import memable
 from memable import Context, Engine, SuspendPoint
+from memable._background import TimerScheduler
 from memable.storage import SQLiteStorage, Storage, TimerRecord
 from memable.testing import ManualClock, MemoryStorage, crash_at
 
@@ -292,3 +293,67 @@ async def test_generated_ids_follow_the_engines_clock(make_storage: StorageFacto
     assert int(ids[0].split("-")[0], 16) // 1_000_000_000 == int(
         datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     )
+
+
+class _Timers:
+    """The scheduler's view of storage: timers in a dict, and a read of the next deadline
+    whose answer can be held back (a slow read: taken before a commit, seen after it)."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.store = self
+        self.deadlines: dict[str, float] = {}
+        self.fired: list[str] = []
+        self.gate: anyio.Event | None = None
+        self.reading = anyio.Event()
+        self.wake_timers: object = None  # set by the scheduler
+
+    def now(self) -> float:
+        return self.clock.now().timestamp()
+
+    async def next_deadline(self) -> float | None:
+        answer = min(self.deadlines.values(), default=None)
+        gate = self.gate
+        if gate is not None:
+            self.reading.set()
+            await gate.wait()
+        return answer
+
+    async def fire_timers(self, now: float, limit: int) -> list[object]:
+        for key, deadline in list(self.deadlines.items()):
+            if deadline <= now:
+                del self.deadlines[key]
+                self.fired.append(key)
+        return []
+
+
+async def test_a_timer_written_while_the_scheduler_reads_is_not_missed() -> None:
+    """A read of the next deadline that began before a timer was committed does not see
+    it: the scheduler reads again, so the timer fires when due (here: a run resumed by
+    the first timer writes the second while the scheduler reads what comes next)."""
+    clock = ManualClock()
+    timers = _Timers(clock)
+
+    async def room() -> int:
+        return 100
+
+    scheduler = TimerScheduler(timers, lambda record: None, room)  # type: ignore[arg-type]
+    clock.attach(scheduler.settled)
+    start = timers.now()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scheduler.run)
+        timers.deadlines["a"] = start + 3600
+        scheduler.added(start + 3600)
+        await clock.advance(timedelta(0))  # asleep until a
+        gate = timers.gate = anyio.Event()
+        async with anyio.create_task_group() as advancing:
+            # It fires a, then reads (slowly) what is next ...
+            advancing.start_soon(clock.advance, timedelta(hours=1))
+            await timers.reading.wait()
+            timers.deadlines["b"] = start + 7200  # ... while b is committed
+            scheduler.added(start + 7200)
+            timers.gate = None
+            gate.set()
+        await clock.advance(timedelta(hours=1))
+        assert timers.fired == ["a", "b"]
+        tg.cancel_scope.cancel()
