@@ -31,6 +31,7 @@ from .._tx import COLUMNS, Fenced, Guard
 
 __all__ = [
     "FENCED_INSERTS",
+    "INSERT_STEPS",
     "Inserted",
     "INSTANCE_COLUMNS",
     "PostgresTx",
@@ -55,22 +56,24 @@ def _rows_of(types: Sequence[str]) -> str:
     return ", ".join(f"(r->>{n})::{tp}" for n, tp in enumerate(types))
 
 
-INSERT_STEPS: Final = (
-    "INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at,"
-    " finished_at) SELECT "
-    + _rows_of(["text"] * 5 + ["integer", "double precision", "double precision"])
-    + " FROM json_array_elements(%s::json) AS r"
+_STEP_TYPES: Final = ["text"] * 5 + ["integer", "double precision", "double precision"]
+_STEP_CONFLICT: Final = (
     " ON CONFLICT (instance_id, key) DO UPDATE SET state = excluded.state,"
     " value = excluded.value, error = excluded.error, attempts = excluded.attempts,"
     " started_at = excluded.started_at, finished_at = excluded.finished_at"
     " WHERE steps.state != 'completed' RETURNING instance_id, key"
+)
+_STEP_COLUMNS: Final = "instance_id, key, state, value, error, attempts, started_at, finished_at"
+INSERT_STEPS: Final = (
+    f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT {_rows_of(_STEP_TYPES)}"
+    " FROM json_array_elements(%s::json) AS r" + _STEP_CONFLICT
 )
 """Insert step records (:func:`step_rows`), or replace dead letters, never a completed
 result: the first writer wins. Each key at most once per statement."""
 
 
 def step_rows(steps: Sequence[StepRecord]) -> str:
-    """The parameter of :data:`INSERT_STEPS` for *steps*."""
+    """The steps parameter of :data:`INSERT_STEPS` (and :data:`FENCED_INSERTS`)."""
     return json.dumps([
         (step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
          step.started_at, step.finished_at)
@@ -495,16 +498,19 @@ def timer_rows(rows: Sequence[Sequence[Any]]) -> list[TimerRecord]:
     ]
 
 
-INSERT_INSTANCES: Final = (
-    f"INSERT INTO instances ({INSTANCE_COLUMNS}) SELECT "
-    + _rows_of([*["text"] * 9, *["double precision"] * 3, "text", "bigint", "text", "text"])
-    + ", (r->>16)::bigint"
-    + " FROM json_array_elements(%s::json) AS r"
-)
+_INSTANCE_TYPES: Final = [
+    *["text"] * 9,
+    *["double precision"] * 3,
+    "text",
+    "bigint",
+    "text",
+    "text",
+    "bigint",
+]
 
 
 def instance_rows(records: Sequence[InstanceRecord]) -> str:
-    """The parameter of :data:`INSERT_INSTANCES` for *records*."""
+    """The instances parameter of :data:`FENCED_INSERTS` for *records*."""
     return json.dumps([
         (r.instance_id, r.workflow, r.status, r.parent_id, r.input, r.output, r.error,
          r.status_message, json.dumps(r.waiting_on), r.created_at, r.updated_at,
@@ -513,11 +519,10 @@ def instance_rows(records: Sequence[InstanceRecord]) -> str:
     ])  # fmt: skip
 
 
-_IF_OK: Final = " WHERE (SELECT ok FROM ok)"
-
 # One statement, in autocommit: the engine's row locked FOR KEY SHARE, the fenced
 # instances' rows FOR UPDATE (in id order), and the inserts made only if the engine's
-# row is there and every fence holds (the SQL of memable._rules.check_holders).
+# row is there and every fence holds (the SQL of memable._rules.check_holders). It
+# answers with what was not written, and the holders only if a fence failed.
 FENCED_INSERTS: Final = (
     "WITH fences (id, owner, epoch, suspended) AS MATERIALIZED (SELECT "
     + _rows_of(["text", "text", "bigint", "boolean"])
@@ -526,16 +531,23 @@ FENCED_INSERTS: Final = (
     " SELECT engine_id FROM engines WHERE engine_id = %s FOR KEY SHARE),"
     " held AS MATERIALIZED (SELECT instance_id, owner, epoch FROM instances"
     " WHERE instance_id IN (SELECT id FROM fences) ORDER BY instance_id FOR UPDATE),"
-    " ok AS MATERIALIZED (SELECT EXISTS (SELECT FROM engine) AND NOT EXISTS ("
-    " SELECT FROM fences f LEFT JOIN held h ON h.instance_id = f.id"
-    " WHERE h.instance_id IS NULL OR h.epoch <> f.epoch OR NOT (h.owner IS NOT DISTINCT"
-    " FROM f.owner OR (f.suspended AND h.owner IS NULL))) AS ok),"
-    f" written AS ({INSERT_STEPS.replace(' ON CONFLICT', _IF_OK + ' ON CONFLICT')}),"
-    f" created AS ({INSERT_INSTANCES}{_IF_OK}"
-    " ON CONFLICT DO NOTHING RETURNING instance_id)"
-    " SELECT 0, instance_id, owner, epoch FROM held"
-    " UNION ALL SELECT 1, instance_id, key, NULL FROM written"
-    " UNION ALL SELECT 2, instance_id, NULL, NULL FROM created"
+    " ok AS MATERIALIZED (SELECT EXISTS (SELECT FROM engine) AND (SELECT count(*)"
+    " FROM fences f JOIN held h ON h.instance_id = f.id WHERE h.epoch = f.epoch"
+    " AND (h.owner IS NOT DISTINCT FROM f.owner OR (f.suspended AND h.owner IS NULL)))"
+    " = (SELECT count(*) FROM fences) AS ok),"
+    f" step_in ({_STEP_COLUMNS}) AS MATERIALIZED (SELECT {_rows_of(_STEP_TYPES)}"
+    " FROM json_array_elements(%s::json) AS r),"
+    f" instance_in ({INSTANCE_COLUMNS}) AS MATERIALIZED (SELECT"
+    f" {_rows_of(_INSTANCE_TYPES)} FROM json_array_elements(%s::json) AS r),"
+    f" written AS (INSERT INTO steps ({_STEP_COLUMNS}) SELECT * FROM step_in"
+    f" WHERE (SELECT ok FROM ok){_STEP_CONFLICT}),"
+    f" created AS (INSERT INTO instances ({INSTANCE_COLUMNS}) SELECT * FROM instance_in"
+    " WHERE (SELECT ok FROM ok) ON CONFLICT DO NOTHING RETURNING instance_id)"
+    " SELECT 0, instance_id, owner, epoch FROM held WHERE NOT (SELECT ok FROM ok)"
+    " UNION ALL SELECT 1, instance_id, key, NULL FROM step_in"
+    " WHERE (instance_id, key) NOT IN (SELECT instance_id, key FROM written)"
+    " UNION ALL SELECT 2, instance_id, NULL, NULL FROM instance_in"
+    " WHERE instance_id NOT IN (SELECT instance_id FROM created)"
     " UNION ALL SELECT 3, NULL, NULL, count(*) FROM engine"
     " UNION ALL SELECT 4, NULL, NULL, ok::integer FROM ok"
 )
@@ -543,13 +555,13 @@ FENCED_INSERTS: Final = (
 
 @attrs.define
 class Inserted:
-    """What :func:`fenced_inserts` found and wrote."""
+    """What :func:`fenced_inserts` found and did not write."""
 
     engine: bool = False  # the engine's row is there (it was not reaped)
     ok: bool = False  # the inserts were made
-    holders: dict[str, tuple[str | None, int]] = attrs.Factory(dict)
-    steps: set[tuple[str, str]] = attrs.Factory(set)
-    instances: set[str] = attrs.Factory(set)
+    holders: dict[str, tuple[str | None, int]] = attrs.Factory(dict)  # if not ok
+    unwritten: set[tuple[str, str]] = attrs.Factory(set)  # steps (completed ones there)
+    existing: set[str] = attrs.Factory(set)  # instances
 
 
 def fenced_inserts(
@@ -566,15 +578,15 @@ def fenced_inserts(
     keys of the steps, and the ids of the instances, must differ.
     """
     fenced = json.dumps([(f.instance_id, f.owner, f.epoch, f.suspended) for f in fences])
-    params = (fenced, engine_id, step_rows(steps), instance_rows(records))
+    params = (fenced, engine_id, step_rows(steps), instance_rows(records))  # in their order
     found = Inserted()
     for kind, first, second, third in conn.execute(FENCED_INSERTS, params):
         if kind == 0:
             found.holders[first] = (second, third)
         elif kind == 1:
-            found.steps.add((first, second))
+            found.unwritten.add((first, second))
         elif kind == 2:
-            found.instances.add(first)
+            found.existing.add(first)
         elif kind == 3:
             found.engine = bool(third)
         else:

@@ -496,21 +496,14 @@ class PostgresStorage(RuleStorage):
                 "this engine's lease expired (another engine reaped it); nothing was written"
                 " and its runs stop"
             )
-        # The rules decide (and word the refusal); the statement applied the same test.
-        try:
+        if not found.ok:  # the rules' own test words the refusal (the SQL is a copy of it)
             _rules.check_holders(fences, found.holders)
-        except Fenced as refused:
-            if found.ok:  # pragma: no cover - the two tests differ: a bug, said loudly
-                raise StorageError(
-                    "a fenced commit was written although its fence failed"
-                ) from refused
-            raise
-        if not found.ok:  # pragma: no cover - likewise
             raise StorageError("a fenced commit was refused although its fence held")
         return [
             True if isinstance(write, Fence)
-            else (write.instance_id, write.key) in found.steps if isinstance(write, StepRecord)
-            else isinstance(write, InstanceRecord) and write.instance_id in found.instances
+            else (write.instance_id, write.key) not in found.unwritten
+            if isinstance(write, StepRecord)
+            else isinstance(write, InstanceRecord) and write.instance_id not in found.existing
             for write in writes
         ]  # fmt: skip
 
