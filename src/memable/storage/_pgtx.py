@@ -144,12 +144,14 @@ class PostgresTx:
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         row = self._one(
-            "SELECT payload, created_at FROM signals WHERE instance_id = %s AND key = %s",
+            "SELECT payload, created_at, trace FROM signals WHERE instance_id = %s AND key = %s",
             (instance_id, key),
         )
         if row is None:
             return None
-        return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
+        payload, created_at, trace = row
+        return SignalRecord(instance_id=instance_id, key=key, payload=payload,
+                            created_at=created_at, trace=trace)  # fmt: skip
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
         return load_timers(self._conn, "WHERE instance_id = %s", (instance_id,))
@@ -173,10 +175,10 @@ class PostgresTx:
             )  # fmt: skip
         elif isinstance(row, SignalRecord):
             query = (
-                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
-                " VALUES (%s, %s, %s, %s, %s)"
+                "INSERT INTO signals (instance_id, key, payload, created_at, early, trace)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
             )
-            params = (row.instance_id, row.key, row.payload, row.created_at, row.early)
+            params = (row.instance_id, row.key, row.payload, row.created_at, row.early, row.trace)
         else:
             query = (
                 "INSERT INTO timers (instance_id, key, deadline, kind, fired)"

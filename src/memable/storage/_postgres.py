@@ -381,7 +381,7 @@ class PostgresStorage(RuleStorage):
             rows = conn.execute(
                 "SELECT 0, key, state, value, error, attempts, started_at, finished_at, NULL"
                 " FROM steps WHERE instance_id = %s UNION ALL"
-                " SELECT 1, key, NULL, payload, NULL, NULL, created_at, NULL, early"
+                " SELECT 1, key, NULL, payload, trace, NULL, created_at, NULL, early"
                 " FROM signals WHERE instance_id = %s UNION ALL"
                 " SELECT 2, key, kind, NULL, NULL, NULL, deadline, NULL, fired"
                 " FROM timers WHERE instance_id = %s",
@@ -396,7 +396,8 @@ class PostgresStorage(RuleStorage):
                 ))  # fmt: skip
             elif table == 1:
                 history.signals.append(SignalRecord(
-                    instance_id=instance_id, key=key, payload=value, created_at=at, early=flag
+                    instance_id=instance_id, key=key, payload=value, created_at=at, early=flag,
+                    trace=error,  # the signal's traceparent, in the union's text column
                 ))  # fmt: skip
             else:
                 history.timers.append(TimerRecord(

@@ -87,6 +87,11 @@ def _time_or_none(value: object, column: str) -> float | None:
     return None if value is None else _time(value, column)
 
 
+def _trace(value: object) -> str | None:
+    """A stored ``traceparent``: telemetry only, so a bad one is ignored, never fatal."""
+    return value if type(value) is str else None
+
+
 def _shown(value: object) -> str:
     """A stored value for a message: its repr, cut short (it may be large or garbage)."""
     text = repr(value)
@@ -127,7 +132,7 @@ def _instance(row: Sequence[object]) -> InstanceRecord:
             created_at=_time(c, "created_at"),
             updated_at=_time(u, "updated_at"),
             finished_at=_time_or_none(f, "finished_at"),
-            trace=trace if type(trace) is str else None,  # telemetry only: never fatal
+            trace=_trace(trace),
             queue=_text_or_none(q, "queue"),
             priority=p,
         )
@@ -572,12 +577,14 @@ class _SQLiteTx:
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         row = self._db.execute(
-            "SELECT payload, created_at FROM signals WHERE instance_id = ? AND key = ?",
+            "SELECT payload, created_at, trace FROM signals WHERE instance_id = ? AND key = ?",
             (instance_id, key),
         ).fetchone()
         if row is None:
             return None
-        return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
+        payload, created_at, trace = row
+        return SignalRecord(instance_id=instance_id, key=key, payload=payload,
+                            created_at=created_at, trace=_trace(trace))  # fmt: skip
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
         return _timers(self._db, instance_id)
@@ -590,11 +597,11 @@ class _SQLiteTx:
             return _insert(self._db, row)
         if isinstance(row, SignalRecord):
             sql = (
-                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
-                " VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO signals (instance_id, key, payload, created_at, early, trace)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
             )
             params: tuple[object, ...] = (
-                row.instance_id, row.key, row.payload, row.created_at, int(row.early)
+                row.instance_id, row.key, row.payload, row.created_at, int(row.early), row.trace
             )  # fmt: skip
         else:
             sql = (
@@ -855,8 +862,8 @@ def _checked_step(instance_id: str, key: object, state: object, *rest: object) -
 
 def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
     records: list[SignalRecord] = []
-    for key, payload, created_at, early in db.execute(
-        "SELECT key, payload, created_at, early FROM signals WHERE instance_id = ?",
+    for key, payload, created_at, early, trace in db.execute(
+        "SELECT key, payload, created_at, early, trace FROM signals WHERE instance_id = ?",
         (instance_id,),
     ):
         try:
@@ -866,6 +873,7 @@ def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
                 payload=_text_or_none(payload, "payload"),
                 created_at=_time(created_at, "created_at"),
                 early=early == 1,
+                trace=_trace(trace),
             )
         except _Corrupt as exc:
             raise _corrupt(instance_id, f"signal {_shown(key)}: {exc}") from None
