@@ -301,6 +301,30 @@ async def test_a_signal_through_one_engine_links_the_run_of_another(
     assert signal.context.span_id in linked(in_b)
 
 
+async def test_a_signal_from_the_command_line_is_linked(
+    tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    """``memable signal`` in another process, while an engine owns the SQLite file: the
+    engine applies it from its inbox in a signal span, and the run it wakes links to it."""
+    hold = make_hold([])
+    path = tmp_path / "cli.db"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    async with Engine(path, workflows=[hold]) as engine:
+        invocation = await engine.invoke(hold, instance_id="h")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        command = [sys.executable, "-m", "memable", "--db", str(path), "signal", "h",
+                   "approval:v1", "true"]  # fmt: skip
+        done = await anyio.run_process(command, env=env, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        assert await invocation.result() == "shipped"
+    finished = spans.get_finished_spans()
+    (signal,) = named(finished, "memable.signal approval:v1")
+    assert dict(signal.attributes or {})["memable.signal.outcome"] == "claimed"
+    second = run_spans(finished, "hold")[-1]
+    assert signal.context.span_id in linked(second)
+
+
 def records_of(caplog: pytest.LogCaptureFixture, instance_id: str) -> list[tuple[str, str]]:
     return [
         (r.levelname, r.getMessage())
