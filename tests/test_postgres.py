@@ -420,3 +420,32 @@ async def test_a_schema_of_version_2_is_migrated_and_works(shared: Factory) -> N
         ("one:v1", None),  # no tracer provider: no span, no trace context
         ("two:v1", None),
     ]
+
+
+def test_a_corrupt_row_is_a_storage_error_naming_the_instance(shared: Factory) -> None:
+    """Postgres rows decode as SQLite's do (one decoder): a step, a timer or an instance
+    row that does not decode is a StorageError naming the instance and the column."""
+    storage = shared()
+    storage.open()
+    try:
+        shared.sql(
+            "INSERT INTO instances (instance_id, workflow, status, input, created_at,"
+            " updated_at) VALUES ('bad', 'wf', 'running', '{}', 1.0, 1.0)"
+        )
+        shared.sql(
+            "INSERT INTO steps (instance_id, key, state, value, attempts, started_at,"
+            " finished_at) VALUES ('bad', 'k:v1', 'weird', 'x', 1, 1.0, 2.0)"
+        )
+        with pytest.raises(memable.StorageError, match="'bad' has a corrupt row: step 'k:v1'"):
+            storage.load_history("bad")
+        shared.sql("DELETE FROM steps")
+        shared.sql(
+            "INSERT INTO timers (instance_id, key, deadline, kind) VALUES ('bad', 't', 1.0, 'x')"
+        )
+        with pytest.raises(memable.StorageError, match="timer 't': kind is 'x'"):
+            storage.load_history("bad")
+        shared.sql("UPDATE instances SET waiting_on = 'nope'")
+        with pytest.raises(memable.StorageError, match="'bad' has a corrupt row: waiting_on"):
+            storage.get_instance("bad")
+    finally:
+        storage.close()

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Final, cast, final
+from typing import Any, Final, final
 
 import psycopg
 
-from .._exceptions import StorageError
 from .._ids import descendant_range
 from .._records import (
     InstanceRecord,
@@ -25,21 +24,18 @@ from .._records import (
     TimerRecord,
 )
 from .._tx import COLUMNS, Guard
+from . import _rows
 
-__all__ = [
-    "INSTANCE_COLUMNS",
-    "PostgresTx",
-    "instance_row",
-    "load_steps",
-    "load_timers",
-    "queue_row",
-]
+__all__ = ["INSTANCE_COLUMNS", "STEP_IS_SOUND", "PostgresTx", "load_steps", "load_timers"]
 
-INSTANCE_COLUMNS: Final = (
-    "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at, owner, epoch, trace, queue, priority"
+INSTANCE_COLUMNS: Final = _rows.INSTANCE_COLUMNS + ", owner, epoch"
+#: Whether a step row is sound, tested by the server as it reads the row (the column
+#: types are checked already): replay's hot path then pays one boolean per step.
+STEP_IS_SOUND: Final = (
+    "CASE state WHEN 'completed' THEN value IS NOT NULL WHEN 'dead' THEN error IS NOT NULL"
+    f" ELSE false END AND started_at BETWEEN {_rows.EARLIEST} AND {_rows.LATEST}"
+    f" AND finished_at BETWEEN {_rows.EARLIEST} AND {_rows.LATEST}"
 )
-STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
 UPSERT_STEP: Final = """
     INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
@@ -49,35 +45,6 @@ UPSERT_STEP: Final = """
         finished_at = excluded.finished_at
     WHERE steps.state != 'completed'
 """
-
-
-def instance_row(row: Sequence[Any]) -> InstanceRecord:
-    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f) = row[:12]
-    if status not in STATES:
-        raise StorageError(f"instance {iid!r} is corrupt: status is {status!r}")
-    try:
-        keys = json.loads(waiting)
-    except ValueError as exc:
-        raise StorageError(f"instance {iid!r} is corrupt: waiting_on is not JSON") from exc
-    return InstanceRecord(
-        instance_id=iid,
-        workflow=workflow,
-        status=cast(InstanceState, status),
-        parent_id=parent,
-        input=input_,
-        output=output,
-        error=error,
-        status_message=message,
-        waiting_on=tuple(keys),
-        created_at=c,
-        updated_at=u,
-        finished_at=f,
-        owner=row[12],
-        epoch=row[13],
-        trace=row[14],
-        queue=row[15],
-        priority=row[16],
-    )
 
 
 @final
@@ -112,7 +79,7 @@ class PostgresTx:
             f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s FOR UPDATE",
             (instance_id,),
         )
-        return None if row is None else instance_row(row)
+        return None if row is None else _rows.instance(row)
 
     def family(self, instance_id: str) -> list[InstanceRecord]:
         rows = self._all(
@@ -120,7 +87,7 @@ class PostgresTx:
             " OR (instance_id > %s AND instance_id < %s) ORDER BY instance_id FOR UPDATE",
             (instance_id, *descendant_range(instance_id)),
         )
-        return [instance_row(row) for row in rows]
+        return [_rows.instance(row) for row in rows]
 
     def children(
         self,
@@ -140,18 +107,17 @@ class PostgresTx:
         if limit is not None:
             query += " LIMIT %s"
             params.append(limit)
-        return [instance_row(row) for row in self._all(query, params)]
+        return [_rows.instance(row) for row in self._all(query, params)]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         row = self._one(
-            "SELECT payload, created_at, trace FROM signals WHERE instance_id = %s AND key = %s",
+            "SELECT payload, created_at, early, trace FROM signals"
+            " WHERE instance_id = %s AND key = %s",
             (instance_id, key),
         )
         if row is None:
             return None
-        payload, created_at, trace = row
-        return SignalRecord(instance_id=instance_id, key=key, payload=payload,
-                            created_at=created_at, trace=trace)  # fmt: skip
+        return _rows.signal(instance_id, key, *row)
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
         return load_timers(self._conn, "WHERE instance_id = %s", (instance_id,))
@@ -170,8 +136,8 @@ class PostgresTx:
             params: tuple[object, ...] = (
                 row.instance_id, row.workflow, row.status, row.parent_id, row.input, row.output,
                 row.error, row.status_message, json.dumps(row.waiting_on), row.created_at,
-                row.updated_at, row.finished_at, row.owner, row.epoch, row.trace, row.queue,
-                row.priority,
+                row.updated_at, row.finished_at, row.trace, row.queue, row.priority, row.owner,
+                row.epoch,
             )  # fmt: skip
         elif isinstance(row, SignalRecord):
             query = (
@@ -287,7 +253,7 @@ class PostgresTx:
             " WHERE name = %s FOR UPDATE",
             (name,),
         )
-        return None if row is None else queue_row(name, row)
+        return None if row is None else _rows.queue(name, row)
 
     def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
         conflict = (
@@ -317,7 +283,7 @@ class PostgresTx:
             " ORDER BY priority DESC, created_at, instance_id LIMIT %s FOR UPDATE SKIP LOCKED",
             (queue, sorted(workflows), limit),
         )
-        return [instance_row(row) for row in rows]
+        return [_rows.instance(row) for row in rows]
 
     def schedule(self, name: str) -> ScheduleRecord | None:
         row = self._one(
@@ -342,38 +308,13 @@ class PostgresTx:
         )
 
 
-def queue_row(name: str, row: Sequence[Any]) -> QueueRecord:
-    concurrency, rate_count, rate_period, paused, starts = row
-    try:
-        times = tuple(float(t) for t in json.loads(starts))
-    except (TypeError, ValueError) as exc:
-        raise StorageError(
-            f"queue {name!r} has a corrupt row: starts is not a JSON list of times"
-            " (fix or delete the row)"
-        ) from exc
-    return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
-                       rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
-
-
 def load_steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:
     rows = conn.execute(
-        "SELECT key, state, value, error, attempts, started_at, finished_at FROM steps"
-        " WHERE instance_id = %s",
+        "SELECT key, state, value, error, attempts, started_at, finished_at,"
+        f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s",
         (instance_id,),
     ).fetchall()
-    return [
-        StepRecord(
-            instance_id=instance_id,
-            key=key,
-            state=state,
-            value=value,
-            error=error,
-            attempts=attempts,
-            started_at=started_at,
-            finished_at=finished_at,
-        )
-        for key, state, value, error, attempts, started_at, finished_at in rows
-    ]
+    return _rows.steps(instance_id, rows)
 
 
 def load_timers(
@@ -382,7 +323,4 @@ def load_timers(
     rows = conn.execute(
         f"SELECT instance_id, key, deadline, kind, fired FROM timers {where}", params
     ).fetchall()
-    return [
-        TimerRecord(instance_id=iid, key=key, deadline=deadline, kind=kind, fired=fired)
-        for iid, key, deadline, kind, fired in rows
-    ]
+    return [_rows.timer(*row) for row in rows]

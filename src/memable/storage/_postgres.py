@@ -37,20 +37,13 @@ from .._records import (
     InstanceState,
     QueueRecord,
     ScheduleRecord,
-    SignalRecord,
     StepRecord,
-    TimerRecord,
 )
 from .._tx import Fenced, Tx
+from . import _rows
 from ._base import RuleStorage
 from ._pgschema import MIGRATIONS, SCHEMA_VERSION
-from ._pgtx import (
-    INSTANCE_COLUMNS,
-    PostgresTx,
-    instance_row,
-    load_steps,
-    queue_row,
-)
+from ._pgtx import INSTANCE_COLUMNS, STEP_IS_SOUND, PostgresTx, load_steps
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
 
@@ -318,7 +311,7 @@ class PostgresStorage(RuleStorage):
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s",
                 (instance_id,),
             ).fetchone()
-        return None if row is None else instance_row(row)
+        return None if row is None else _rows.instance(row)
 
     def list_instances(
         self,
@@ -356,7 +349,7 @@ class PostgresStorage(RuleStorage):
         params.append(limit)
         with self._conn("listing instances in") as conn:
             rows = conn.execute(query, params).fetchall()
-        return [instance_row(row) for row in rows]
+        return [_rows.instance(row) for row in rows]
 
     def load_retired(self, instance_id: str) -> list[StepRecord]:
         with self._conn("loading retired steps from") as conn:
@@ -378,32 +371,29 @@ class PostgresStorage(RuleStorage):
     def load_history(self, instance_id: str) -> History:
         # One statement: one snapshot of the three tables, in one round trip.
         with self._conn(f"loading the history of instance {instance_id!r} from") as conn:
+            # Columns by type: text x4, integer, double x2, boolean.
             rows = conn.execute(
-                "SELECT 0, key, state, value, error, attempts, started_at, finished_at, NULL"
-                " FROM steps WHERE instance_id = %s UNION ALL"
-                " SELECT 1, key, NULL, payload, trace, NULL, created_at, NULL, early"
+                "SELECT 0, key, state, value, error, attempts, started_at, finished_at,"
+                f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s UNION ALL"
+                " SELECT 1, key, payload, trace, NULL, NULL, created_at, NULL, early"
                 " FROM signals WHERE instance_id = %s UNION ALL"
-                " SELECT 2, key, kind, NULL, NULL, NULL, deadline, NULL, fired"
+                " SELECT 2, instance_id, key, kind, NULL, NULL, deadline, NULL, fired"
                 " FROM timers WHERE instance_id = %s",
                 (instance_id, instance_id, instance_id),
             ).fetchall()
-        history = History(steps=[], signals=[], timers=[])
-        for table, key, kind, value, error, attempts, at, finished, flag in rows:
-            if table == 0:
-                history.steps.append(StepRecord(
-                    instance_id=instance_id, key=key, state=kind, value=value, error=error,
-                    attempts=attempts, started_at=at, finished_at=finished,
-                ))  # fmt: skip
-            elif table == 1:
-                history.signals.append(SignalRecord(
-                    instance_id=instance_id, key=key, payload=value, created_at=at, early=flag,
-                    trace=error,  # the signal's traceparent, in the union's text column
-                ))  # fmt: skip
-            else:
-                history.timers.append(TimerRecord(
-                    instance_id=instance_id, key=key, deadline=at, kind=kind, fired=flag
-                ))  # fmt: skip
-        return history
+        return History(
+            steps=_rows.steps(instance_id, [row[1:] for row in rows if row[0] == 0]),
+            signals=[
+                _rows.signal(instance_id, key, payload, at, flag, trace)
+                for table, key, payload, trace, _, _, at, _, flag in rows
+                if table == 1
+            ],
+            timers=[
+                _rows.timer(iid, key, at, kind, flag)
+                for table, iid, key, kind, _, _, at, _, flag in rows
+                if table == 2
+            ],
+        )
 
     def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
         with self._conn("reading queues from") as conn:
@@ -416,7 +406,7 @@ class PostgresStorage(RuleStorage):
                 " AND status IN ('enqueued', 'running', 'suspended') GROUP BY queue, status"
             ).fetchall()
         return [
-            (queue_row(name, rest), {status: n for queue, status, n in counts if queue == name})
+            (_rows.queue(name, rest), {status: n for queue, status, n in counts if queue == name})
             for name, *rest in rows
         ]
 
@@ -525,8 +515,8 @@ class PostgresStorage(RuleStorage):
                 if held
                 else []
             )
-        records = {row[0]: instance_row(row) for row in mine}
-        records.update((row[0], instance_row(row)) for row in claimed)
+        records = {row[0]: _rows.instance(row) for row in mine}
+        records.update((row[0], _rows.instance(row)) for row in claimed)
         return list(records.values())
 
     def _reap(self, conn: psycopg.Connection[Any]) -> int:
@@ -565,7 +555,7 @@ class PostgresStorage(RuleStorage):
                     " AND owner = %s AND status = 'running'",
                     (instance_id, engine_id),
                 ).fetchone()
-        return None if row is None else instance_row(row)
+        return None if row is None else _rows.instance(row)
 
     def heartbeat(self, held: Sequence[tuple[str, int]]) -> list[str] | None:
         with self._mutex, self._errors("renewing this engine's lease in"):
