@@ -269,6 +269,41 @@ async def test_only_the_signals_that_woke_a_run_are_linked(spans: InMemorySpanEx
     assert early.context.span_id not in linked(runs[2])
 
 
+async def test_a_signal_to_a_child_is_linked_by_the_childs_run(
+    make_storage: StorageFactory, spans: InMemorySpanExporter
+) -> None:
+    """A signal to a fan-out's child wakes its top-level instance: the child's run (under
+    the fan-out span of the parent's new run) is the one linked to the signal's span."""
+    ok = SuspendPoint("ok:v1", bool)
+
+    async def item(ctx: Context, n: int) -> int:
+        return n if await ctx.suspend(ok) else -n
+
+    @memable.workflow("fan")
+    async def fan(ctx: Context) -> list[int]:
+        return await ctx.fan_out("item:v1", item, [1, 2])
+
+    async with Engine(make_storage(), workflows=[fan]) as engine:
+        invocation = await engine.invoke(fan, instance_id="f")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        await engine.signal(fan, "f/item:v1-0", ok, True)
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        await engine.signal(fan, "f/item:v1-1", ok, False)
+        assert await invocation.result() == [1, -2]
+    finished = spans.get_finished_spans()
+    signals = {dict(s.attributes or {})["memable.instance_id"]: s.context.span_id
+               for s in named(finished, "memable.signal ok:v1")}  # fmt: skip
+    woken = {
+        dict(r.attributes or {})["memable.instance_id"]: linked(r)
+        for r in run_spans(finished, "_fan.item:v1")
+        if r.links
+    }
+    assert woken == {child: {span_id} for child, span_id in signals.items()}
+    (invoke,) = named(finished, "memable.invoke fan")
+    parents = run_spans(finished, "fan")[1:]
+    assert [linked(r) for r in parents] == [{invoke.context.span_id}] * 2
+
+
 async def test_a_signal_through_one_engine_links_the_run_of_another(
     postgres_server: pg.PostgresServer, spans: InMemorySpanExporter
 ) -> None:
