@@ -178,6 +178,7 @@ class Source:
     def __init__(self, storage: Readable, *, owned: bool) -> None:
         self.storage = storage
         self.owned = owned  # opened (and to be closed) by the dashboard
+        self._client: Any = None  # a Postgres client beside an engine's own storage
         self._limiter = anyio.CapacityLimiter(2)
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -253,8 +254,13 @@ class Source:
         payload: str | None = None,
         reason: str | None = None,
     ) -> dict[str, Any]:
-        """Hand an action to the engine that owns the database, through its inbox, and
-        return its answer (``ok``, ``outcome``, ``message``)."""
+        """Hand an action to the engine that owns the database, through its inbox (a
+        SQLite file), or write it directly (Postgres: the engines pick it up), and return
+        the answer (``ok``, ``outcome``, ``message``)."""
+        if callable(getattr(self.storage, "client", None)):  # a shared database
+            return await self._steer_shared(
+                verb, instance_id, key=key, payload=payload, reason=reason
+            )
         path = getattr(self.storage, "path", None)
         if not isinstance(path, str) or path == ":memory:":
             return _refusal("actions need the engine's SQLite file (this storage has no inbox)")
@@ -287,7 +293,33 @@ class Source:
         finally:
             await self.call(client.close)
 
+    async def _steer_shared(
+        self, verb: str, instance_id: str, *, key: str | None, payload: str | None,
+        reason: str | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """On Postgres, through a client storage (this one, or a twin of an engine's
+        own): what it starts running is claimed by an engine of its workflow."""
+        from .._inbox import apply_directly
+
+        storage: Any = self.storage
+        if getattr(storage, "engine_id", None) is not None:  # an engine's own storage
+            if self._client is None:
+                client = storage.client()
+                await self.call(client.open)
+                self._client = client
+            storage = self._client
+        # The payload goes untyped: the waiter reads it as its point's type (the
+        # dashboard checked it against that type already when it knows the point).
+        answer = await self.call(
+            apply_directly, storage, verb, instance_id, now=time.time(), key=key,
+            payload=payload, reason=reason,
+        )  # fmt: skip
+        return cast(dict[str, Any], json.loads(answer))
+
     def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self.owned:
             self.storage.close()
 
@@ -315,19 +347,21 @@ def _refusal(message: str) -> dict[str, Any]:
 # -- opening a database by name ---------------------------------------------------------------
 
 
-def open_storage(db: str | os.PathLike[str]) -> Readable:
+def open_storage(db: str | os.PathLike[str], *, schema: str = "memable") -> Readable:
     """Open the database *db* (a SQLite path or a Postgres URL) for the dashboard to read.
 
     A SQLite file is opened read-only, without taking the one-engine ownership, so the
-    dashboard runs beside the engine that owns it.
+    dashboard runs beside the engine that owns it. A Postgres database (its *schema*) is
+    opened as a client: it registers no engine and never creates the schema.
     """
     if isinstance(db, str) and db.startswith(("postgresql://", "postgres://")):
-        from .. import storage
-
-        postgres: Any = getattr(storage, "PostgresStorage", None)
-        if postgres is None:
-            raise StorageError("this memable has no Postgres storage")
-        opened: Readable = postgres(db)
+        try:
+            from ..storage._postgres import PostgresStorage
+        except ImportError:
+            raise StorageError(
+                "a postgresql:// database needs psycopg: pip install 'memable[postgres]'"
+            ) from None
+        opened: Readable = PostgresStorage(db, schema=schema, pool_size=4, register=False)
         opened.open()
         return opened
     from ..storage._sqlite import SQLiteStorage
