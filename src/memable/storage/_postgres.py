@@ -73,6 +73,31 @@ def _redacted(dsn: str) -> str:
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
 
 
+# What a connection error's text (which names the host, and may quote the URL with its
+# password) says, in words that name neither.
+_CONNECTION_PROBLEMS: Final = (
+    ("Connection refused", "the server refused the connection (is it running there?)"),
+    ("timeout expired", "the connection timed out"),
+    ("resolve host", "the host name does not resolve"),
+    ("translate host name", "the host name does not resolve"),
+    ("password authentication failed", "password authentication failed"),
+    ("no password supplied", "the server asks for a password"),
+    ("does not exist", "the database or the role does not exist"),
+    ("No such file or directory", "no server listens on that socket"),
+    ("no pg_hba.conf entry", "the server does not accept this user from here (pg_hba.conf)"),
+)
+
+
+def _connection_problem(exc: psycopg.Error) -> str:
+    text = str(exc)
+    if isinstance(exc, psycopg.ProgrammingError):  # libpq could not parse the URL
+        return "the connection string is not valid (postgresql://user@host:port/dbname)"
+    for clue, problem in _CONNECTION_PROBLEMS:
+        if clue in text:
+            return problem
+    return "the connection failed or was lost"
+
+
 @final
 class PostgresStorage(RuleStorage):
     """A :class:`~memable.storage.Storage` in PostgreSQL, shared by many engines.
@@ -322,7 +347,7 @@ class PostgresStorage(RuleStorage):
             if primary:
                 detail = f"{type(exc).__name__}: {primary}"
             else:  # a connection error: its text names the host; say what kind it is
-                detail = f"{type(exc).__name__} (the connection failed or was lost)"
+                detail = f"{type(exc).__name__}: {_connection_problem(exc)}"
             raise StorageError(f"PostgreSQL error while {doing} the database: {detail}") from exc
 
     @contextlib.contextmanager
