@@ -178,7 +178,6 @@ class Source:
     def __init__(self, storage: Readable, *, owned: bool) -> None:
         self.storage = storage
         self.owned = owned  # opened (and to be closed) by the dashboard
-        self._client: Any = None  # a Postgres client beside an engine's own storage
         self._limiter = anyio.CapacityLimiter(2)
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -297,29 +296,35 @@ class Source:
         self, verb: str, instance_id: str, *, key: str | None, payload: str | None,
         reason: str | None,
     ) -> dict[str, Any]:  # fmt: skip
-        """On Postgres, through a client storage (this one, or a twin of an engine's
-        own): what it starts running is claimed by an engine of its workflow."""
+        """On Postgres, through a client storage (this one, or for an engine's own a
+        client twin of it, opened for the action: an engine's transaction would take a
+        claim its runner does not know about): what it starts running is claimed by an
+        engine of its workflow."""
         from .._inbox import apply_directly
 
-        storage: Any = self.storage
-        if getattr(storage, "engine_id", None) is not None:  # an engine's own storage
-            if self._client is None:
-                client = storage.client()
-                await self.call(client.open)
-                self._client = client
-            storage = self._client
-        # The payload goes untyped: the waiter reads it as its point's type (the
-        # dashboard checked it against that type already when it knows the point).
-        answer = await self.call(
-            apply_directly, storage, verb, instance_id, now=time.time(), key=key,
-            payload=payload, reason=reason,
-        )  # fmt: skip
+        def act(storage: Any) -> str:
+            # The payload goes untyped: the waiter reads it as its point's type (the
+            # dashboard checked it against that type already when it knows the point).
+            return apply_directly(
+                storage, verb, instance_id, now=time.time(), key=key, payload=payload,
+                reason=reason,
+            )  # fmt: skip
+
+        def twin() -> str:
+            client = cast(Any, self.storage).client()
+            client.open()
+            try:
+                return act(client)
+            finally:
+                client.close()
+
+        if getattr(self.storage, "engine_id", None) is not None:  # an engine's own storage
+            answer = await self.call(twin)
+        else:
+            answer = await self.call(act, self.storage)
         return cast(dict[str, Any], json.loads(answer))
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
         if self.owned:
             self.storage.close()
 
