@@ -3,8 +3,10 @@
 It needs none of the application's code (stored values are JSON envelopes) and works
 beside a running engine: it reads a SQLite file through a read-only connection, and
 hands signals, cancels, resumes and purges to the engine that owns the file through
-its inbox (or applies them itself when no engine owns it). Errors are one line on
-stderr and exit status 2; a request the database refuses exits with 1.
+its inbox (or applies them itself when no engine owns it). On Postgres it is a client
+(``PostgresStorage(register=False)``): it reads, and writes those requests directly,
+for the engines to pick up. Errors are one line on stderr and exit status 2; a request
+the database refuses exits with 1.
 """
 
 from __future__ import annotations
