@@ -228,6 +228,7 @@ def test_bad_databases_exit_2_with_one_line_and_no_secret(
             "not a memable database: it has no memable schema 'nothing_here'",
         (made[0], "--schema", "Bad-Name", "list"): "schema must be a lowercase SQL identifier",
         (made[0], "--schema", made[1], "show", "nope"): "no instance 'nope'",
+        (made[0], "--schema", made[1], "engines", "--lease", "0"): "not a lease in seconds: '0'",
         (str(tmp_path / "x.db"), "--schema", made[1], "list"):
             "--schema is for a postgresql:// database",
     }  # fmt: skip

@@ -78,7 +78,7 @@ def _is_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
 
-def _postgres(db: str, schema: str) -> Storage:
+def _postgres(db: str, schema: str, lease: float = 15.0) -> Storage:
     """A Postgres client (it registers no engine, never creates the schema), not open."""
     try:
         from .storage._postgres import PostgresStorage
@@ -87,18 +87,18 @@ def _postgres(db: str, schema: str) -> Storage:
             "a postgresql:// database needs psycopg: pip install 'memable[postgres]'"
         ) from None
     try:
-        return PostgresStorage(db, schema=schema, pool_size=2, register=False)
+        return PostgresStorage(db, schema=schema, pool_size=2, register=False, lease=lease)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
 
 
-def open_reader(db: str, schema: str = "memable") -> Storage:
+def open_reader(db: str, schema: str = "memable", *, lease: float = 15.0) -> Storage:
     """The storage of *db*, opened for reading beside any engine that runs on it (on
     Postgres: a client, which can steer instances too)."""
     from ._exceptions import StorageError
 
     if _is_url(db):
-        storage = _postgres(db, schema)
+        storage = _postgres(db, schema, lease)
     else:
         from .storage._sqlite import SQLiteStorage
 
@@ -297,7 +297,7 @@ def _direct(storage: Storage, verb: str, instance_id: str, **request: Any) -> st
 def _engines(args: argparse.Namespace) -> int:
     from . import _cliview
 
-    storage = open_reader(args.db, args.schema)
+    storage = open_reader(args.db, args.schema, lease=args.lease)
     try:
         reader = getattr(storage, "list_engines", None)
         rows = None if reader is None else reader()
@@ -436,6 +436,27 @@ def _args_purge(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _lease(text: str) -> float:
+    try:
+        lease = float(text)
+    except ValueError:
+        lease = float("nan")
+    if not 0.3 <= lease < 86400:
+        raise argparse.ArgumentTypeError(f"not a lease in seconds: {text!r} (like 15, 2.5)")
+    return lease
+
+
+def _args_engines(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lease",
+        type=_lease,
+        default=15.0,
+        metavar="SECONDS",
+        help="on Postgres, the engines' lease: a heartbeat older than it is shown expired"
+        " (default: %(default)s)",
+    )
+
+
 def _args_none(p: argparse.ArgumentParser) -> None:
     pass
 
@@ -462,7 +483,7 @@ COMMANDS: dict[
     "cancel": ("cancel a running or suspended instance (writes)", _args_cancel, _cancel),
     "resume": ("run a failed or stuck instance again (writes)", _args_id, _resume),
     "purge": ("delete finished instances older than an age (writes)", _args_purge, _purge),
-    "engines": ("the engines that run on the database", _args_none, _engines),
+    "engines": ("the engines that run on the database", _args_engines, _engines),
     "queues": ("queues: limits, pause, and instances enqueued and running", _args_none, _queues),
     "schedules": ("schedules: the last tick and the instance it started", _args_none, _schedules),
     "web": ("serve the dashboard (read-only unless --allow-actions)", _args_web, _web),
