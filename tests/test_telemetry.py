@@ -3,11 +3,13 @@ replay never multiplies (asserted with the SDK's in-memory exporter)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import memable
 from memable import Context, Engine, RetryPolicy, SuspendPoint, _telemetry
-from memable.storage import MemoryStorage
+from memable._inbox import apply_directly
+from memable.storage import MemoryStorage, PostgresStorage
 from memable.testing import ManualClock
 
 from . import pg
-from .helpers import StorageFactory
+from .helpers import StorageFactory, peek
 
 APPROVAL = SuspendPoint("approval:v1", bool)
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -269,6 +272,31 @@ async def test_only_the_signals_that_woke_a_run_are_linked(spans: InMemorySpanEx
     assert early.context.span_id not in linked(runs[2])
 
 
+async def test_a_signal_a_client_writes_directly_is_linked(
+    make_storage: StorageFactory, spans: InMemorySpanExporter
+) -> None:
+    """A client that writes a signal without an engine (the command line or the dashboard
+    on Postgres, or on a SQLite file no engine holds) makes its span too: the run an engine
+    makes of the instance later links to it."""
+    hold = make_hold([])
+    async with Engine(make_storage(), workflows=[hold]) as engine:
+        invocation = await engine.invoke(hold, instance_id="h")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+    client = make_storage()
+    if isinstance(client, PostgresStorage):
+        client = client.client()  # as the command line opens it: no engine row
+    answer = peek(client, lambda storage: apply_directly(
+        storage, "signal", "h", now=time.time(), key="approval:v1", payload="true"
+    ))  # fmt: skip
+    assert json.loads(answer)["outcome"] == "claimed"
+    (signal,) = named(spans.get_finished_spans(), "memable.signal approval:v1")
+    async with Engine(make_storage(), workflows=[hold]) as engine:
+        assert await engine.handle(hold, "h").result() == "shipped"
+    last = run_spans(spans.get_finished_spans(), "hold")[-1]
+    assert signal.context.span_id in linked(last)
+    assert dict(signal.attributes or {})["memable.signal.outcome"] == "claimed"
+
+
 async def test_a_signal_to_a_child_is_linked_by_the_childs_run(
     make_storage: StorageFactory, spans: InMemorySpanExporter
 ) -> None:
@@ -309,8 +337,6 @@ async def test_a_signal_through_one_engine_links_the_run_of_another(
 ) -> None:
     """Postgres, two engines at once: A delivers the signal and its run hangs until A
     stops; B, running meanwhile, claims the instance and its run links to A's signal."""
-    from memable.storage import PostgresStorage
-
     gate, entered = [True], anyio.Event()
     hold = make_hold(gate, entered)
     schema = postgres_server.new_schema()

@@ -223,8 +223,7 @@ class Control:
         The span's ``traceparent`` is stored with the payload: the run it resumes links to
         the span, in this engine or another, now or after a restart.
         """
-        attributes = {"memable.instance_id": signal.instance_id, "memable.signal.key": signal.key}
-        with _telemetry.span(f"memable.signal {signal.key}", attributes, kind="PRODUCER") as span:
+        with _telemetry.signal_span(signal.instance_id, signal.key) as span:
             if span is not None:
                 signal = attrs.evolve(signal, trace=_telemetry.current_traceparent())
             outcome, record = await self._kernel.store.signal(signal)

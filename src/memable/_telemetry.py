@@ -29,6 +29,7 @@ __all__ = [
     "failed",
     "link",
     "link_of",
+    "signal_span",
     "span",
     "tracer",
 ]
@@ -118,6 +119,13 @@ def _span(
         set_status_on_exception=False,
     ) as current:
         yield current
+
+
+def signal_span(instance_id: str, key: str) -> contextlib.AbstractContextManager[Any]:
+    """The span of a signal's delivery, by an engine or by a client (the command line,
+    the dashboard): store :func:`current_traceparent` with the payload inside it."""
+    attributes = {"memable.instance_id": instance_id, "memable.signal.key": key}
+    return span(f"memable.signal {key}", attributes, kind="PRODUCER")
 
 
 def current_traceparent() -> str | None:
