@@ -21,7 +21,7 @@ import pytest
 import memable
 from memable import Context, Engine
 from memable.storage import InstanceRecord, SignalRecord, SQLiteStorage, StepRecord, TimerRecord
-from memable.storage._rows import instance as decode_instance
+from memable.storage._rows import decode_instance
 
 INPUT = '{"type":"int","value":1}'
 

@@ -26,7 +26,16 @@ from .._records import (
     TimerRecord,
 )
 from .._tx import COLUMNS, Guard
-from . import _rows
+from ._rows import (
+    EARLIEST,
+    LATEST,
+    decode_instance,
+    decode_queue,
+    decode_signal,
+    decode_steps,
+    decode_timer,
+)
+from ._rows import INSTANCE_COLUMNS as ROW_COLUMNS
 
 __all__ = [
     "INSTANCE_COLUMNS",
@@ -37,13 +46,13 @@ __all__ = [
     "load_timers",
 ]
 
-INSTANCE_COLUMNS: Final = _rows.INSTANCE_COLUMNS + ", owner, epoch"
+INSTANCE_COLUMNS: Final = ROW_COLUMNS + ", owner, epoch"  # the shared database's two more
 #: Whether a step row is sound, tested by the server as it reads the row (the column
 #: types are checked already): replay's hot path then pays one boolean per step.
 STEP_IS_SOUND: Final = (
     "CASE state WHEN 'completed' THEN value IS NOT NULL WHEN 'dead' THEN error IS NOT NULL"
-    f" ELSE false END AND started_at BETWEEN {_rows.EARLIEST} AND {_rows.LATEST}"
-    f" AND finished_at BETWEEN {_rows.EARLIEST} AND {_rows.LATEST}"
+    f" ELSE false END AND started_at BETWEEN {EARLIEST} AND {LATEST}"
+    f" AND finished_at BETWEEN {EARLIEST} AND {LATEST}"
 )
 UPSERT_STEP: Final = """
     INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
@@ -88,7 +97,7 @@ class PostgresTx:
             f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s FOR UPDATE",
             (instance_id,),
         )
-        return None if row is None else _rows.instance(row)
+        return None if row is None else decode_instance(row)
 
     def family(self, instance_id: str) -> list[InstanceRecord]:
         rows = self._all(
@@ -96,7 +105,7 @@ class PostgresTx:
             " OR (instance_id > %s AND instance_id < %s) ORDER BY instance_id FOR UPDATE",
             (instance_id, *descendant_range(instance_id)),
         )
-        return [_rows.instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def children(
         self,
@@ -116,7 +125,7 @@ class PostgresTx:
         if limit is not None:
             query += " LIMIT %s"
             params.append(limit)
-        return [_rows.instance(row) for row in self._all(query, params)]
+        return [decode_instance(row) for row in self._all(query, params)]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         row = self._one(
@@ -126,7 +135,7 @@ class PostgresTx:
         )
         if row is None:
             return None
-        return _rows.signal(instance_id, key, *row)
+        return decode_signal(instance_id, key, *row)
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
         return load_timers(self._conn, "WHERE instance_id = %s", (instance_id,))
@@ -262,7 +271,7 @@ class PostgresTx:
             " WHERE name = %s FOR UPDATE",
             (name,),
         )
-        return None if row is None else _rows.queue(name, row)
+        return None if row is None else decode_queue(name, row)
 
     def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
         conflict = (
@@ -292,7 +301,7 @@ class PostgresTx:
             " ORDER BY priority DESC, created_at, instance_id LIMIT %s FOR UPDATE SKIP LOCKED",
             (queue, sorted(workflows), limit),
         )
-        return [_rows.instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def schedule(self, name: str) -> ScheduleRecord | None:
         row = self._one(
@@ -323,7 +332,7 @@ def load_steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepReco
         f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s",
         (instance_id,),
     ).fetchall()
-    return _rows.steps(instance_id, rows)
+    return decode_steps(instance_id, rows)
 
 
 def load_timers(
@@ -332,7 +341,7 @@ def load_timers(
     rows = conn.execute(
         f"SELECT instance_id, key, deadline, kind, fired FROM timers {where}", params
     ).fetchall()
-    return [_rows.timer(*row) for row in rows]
+    return [decode_timer(*row) for row in rows]
 
 
 _DEFAULT_NAME: Final = re.compile(r"memable@(?P<host>.+):(?P<pid>\d+)")

@@ -41,10 +41,10 @@ from .._records import (
     StepRecord,
 )
 from .._tx import Fenced, Tx
-from . import _rows
 from ._base import RuleStorage
 from ._pgschema import MIGRATIONS, SCHEMA_VERSION, check_schema
 from ._pgtx import INSTANCE_COLUMNS, STEP_IS_SOUND, PostgresTx, load_engines, load_steps
+from ._rows import decode_instance, decode_queue, decode_signal, decode_steps, decode_timer
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
 
@@ -379,7 +379,7 @@ class PostgresStorage(RuleStorage):
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s",
                 (instance_id,),
             ).fetchone()
-        return None if row is None else _rows.instance(row)
+        return None if row is None else decode_instance(row)
 
     def list_instances(
         self,
@@ -417,7 +417,7 @@ class PostgresStorage(RuleStorage):
         params.append(limit)
         with self._conn("listing instances in") as conn:
             rows = conn.execute(query, params).fetchall()
-        return [_rows.instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def load_retired(self, instance_id: str) -> list[StepRecord]:
         with self._conn("loading retired steps from") as conn:
@@ -450,14 +450,14 @@ class PostgresStorage(RuleStorage):
                 (instance_id, instance_id, instance_id),
             ).fetchall()
         return History(
-            steps=_rows.steps(instance_id, [row[1:] for row in rows if row[0] == 0]),
+            steps=decode_steps(instance_id, [row[1:] for row in rows if row[0] == 0]),
             signals=[
-                _rows.signal(instance_id, key, payload, at, flag, trace)
+                decode_signal(instance_id, key, payload, at, flag, trace)
                 for table, key, payload, trace, _, _, at, _, flag in rows
                 if table == 1
             ],
             timers=[
-                _rows.timer(iid, key, at, kind, flag)
+                decode_timer(iid, key, at, kind, flag)
                 for table, iid, key, kind, _, _, at, _, flag in rows
                 if table == 2
             ],
@@ -474,7 +474,7 @@ class PostgresStorage(RuleStorage):
                 " AND status IN ('enqueued', 'running', 'suspended') GROUP BY queue, status"
             ).fetchall()
         return [
-            (_rows.queue(name, rest), {status: n for queue, status, n in counts if queue == name})
+            (decode_queue(name, rest), {status: n for queue, status, n in counts if queue == name})
             for name, *rest in rows
         ]
 
@@ -592,8 +592,8 @@ class PostgresStorage(RuleStorage):
                 if held
                 else []
             )
-        records = {row[0]: _rows.instance(row) for row in mine}
-        records.update((row[0], _rows.instance(row)) for row in claimed)
+        records = {row[0]: decode_instance(row) for row in mine}
+        records.update((row[0], decode_instance(row)) for row in claimed)
         return list(records.values())
 
     def _reap(self, conn: psycopg.Connection[Any]) -> int:
@@ -630,7 +630,7 @@ class PostgresStorage(RuleStorage):
                     " AND owner = %s AND status = 'running'",
                     (instance_id, engine_id),
                 ).fetchone()
-        return None if row is None else _rows.instance(row)
+        return None if row is None else decode_instance(row)
 
     def heartbeat(self, held: Sequence[tuple[str, int]]) -> list[str] | None:
         with self._mutex, self._errors("renewing this engine's lease in"):

@@ -29,20 +29,22 @@ __all__ = [
     "INSTANCE_COLUMNS",
     "LATEST",
     "Corrupt",
-    "corrupt",
-    "instance",
-    "queue",
-    "shown",
-    "signal",
-    "steps",
+    "as_text",
+    "as_text_or_none",
+    "as_time",
+    "as_time_or_none",
     "checked_step",
-    "text",
-    "text_or_none",
-    "timer",
+    "corrupt",
+    "decode_instance",
+    "decode_queue",
+    "decode_signal",
+    "decode_steps",
+    "decode_timer",
+    "shown",
 ]
 
-#: The columns :func:`instance` decodes, in order (a shared database adds ``owner`` and
-#: ``epoch`` after them).
+#: The columns :func:`decode_instance` decodes, in order (a shared database adds
+#: ``owner`` and ``epoch`` after them).
 INSTANCE_COLUMNS: Final = (
     "instance_id, workflow, status, parent_id, input, output, error, status_message,"
     " waiting_on, created_at, updated_at, finished_at, trace, queue, priority"
@@ -72,17 +74,17 @@ def shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def text(value: object, column: str) -> str:
+def as_text(value: object, column: str) -> str:
     if type(value) is str and is_utf8(value):
         return value
     raise Corrupt(f"{column} is {shown(value)}, not text")
 
 
-def text_or_none(value: object, column: str) -> str | None:
-    return None if value is None else text(value, column)
+def as_text_or_none(value: object, column: str) -> str | None:
+    return None if value is None else as_text(value, column)
 
 
-def time(value: object, column: str) -> float:
+def as_time(value: object, column: str) -> float:
     if type(value) is float and EARLIEST <= value <= LATEST:  # also false for NaN
         return value
     if type(value) is int and EARLIEST <= value <= LATEST:
@@ -90,8 +92,8 @@ def time(value: object, column: str) -> float:
     raise Corrupt(f"{column} is {shown(value)}, not a time")
 
 
-def time_or_none(value: object, column: str) -> float | None:
-    return None if value is None else time(value, column)
+def as_time_or_none(value: object, column: str) -> float | None:
+    return None if value is None else as_time(value, column)
 
 
 def _trace(value: object) -> str | None:
@@ -108,7 +110,7 @@ def _int(value: object, column: str) -> int:
 def _keys(value: object) -> tuple[str, ...]:
     """Decode ``waiting_on``: a JSON list of strings."""
     try:
-        keys = json.loads(text(value, "waiting_on"))
+        keys = json.loads(as_text(value, "waiting_on"))
     except (ValueError, RecursionError) as exc:
         raise Corrupt(f"waiting_on is {shown(value)}, not JSON") from exc
     if type(keys) is not list or not all(type(k) is str for k in keys):
@@ -116,7 +118,7 @@ def _keys(value: object) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def instance(row: Sequence[object]) -> InstanceRecord:
+def decode_instance(row: Sequence[object]) -> InstanceRecord:
     """Decode an instance row (:data:`INSTANCE_COLUMNS`, then ``owner`` and ``epoch`` if
     the database is shared), or raise StorageError naming the instance."""
     (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f, *more) = row
@@ -126,29 +128,29 @@ def instance(row: Sequence[object]) -> InstanceRecord:
         if status not in _STATES:
             raise Corrupt(f"status is {shown(status)}, not one of {', '.join(sorted(_STATES))}")
         return InstanceRecord(
-            instance_id=text(iid, "instance_id"),
-            workflow=text(workflow, "workflow"),
+            instance_id=as_text(iid, "instance_id"),
+            workflow=as_text(workflow, "workflow"),
             status=cast(InstanceState, status),
-            parent_id=text_or_none(parent, "parent_id"),
-            input=text(input_, "input"),
-            output=text_or_none(output, "output"),
-            error=text_or_none(error, "error"),
-            status_message=text_or_none(message, "status_message"),
+            parent_id=as_text_or_none(parent, "parent_id"),
+            input=as_text(input_, "input"),
+            output=as_text_or_none(output, "output"),
+            error=as_text_or_none(error, "error"),
+            status_message=as_text_or_none(message, "status_message"),
             waiting_on=_keys(waiting),
-            created_at=time(c, "created_at"),
-            updated_at=time(u, "updated_at"),
-            finished_at=time_or_none(f, "finished_at"),
+            created_at=as_time(c, "created_at"),
+            updated_at=as_time(u, "updated_at"),
+            finished_at=as_time_or_none(f, "finished_at"),
             trace=_trace(trace),
-            queue=text_or_none(q, "queue"),
+            queue=as_text_or_none(q, "queue"),
             priority=_int(p, "priority"),
-            owner=text_or_none(owner, "owner"),
+            owner=as_text_or_none(owner, "owner"),
             epoch=_int(epoch, "epoch"),
         )
     except Corrupt as exc:
         raise corrupt(iid, str(exc)) from exc.__cause__
 
 
-def steps(instance_id: str, rows: Iterable[Sequence[Any]]) -> list[StepRecord]:
+def decode_steps(instance_id: str, rows: Iterable[Sequence[Any]]) -> list[StepRecord]:
     """Decode step rows: ``key, state, value, error, attempts, started_at, finished_at``
     and whether the database found the row sound (its types and times checked in SQL,
     so that replay's hot path pays one boolean a step); :func:`checked_step` says what is
@@ -180,27 +182,27 @@ def checked_step(instance_id: str, key: object, state: object, *rest: object) ->
             raise Corrupt(f"attempts is {shown(attempts)}, not a number")
         return StepRecord(
             instance_id=instance_id,
-            key=text(key, "key"),
+            key=as_text(key, "key"),
             state=state,
-            value=(text if state == "completed" else text_or_none)(value, "value"),
-            error=(text if state == "dead" else text_or_none)(error, "error"),
+            value=(as_text if state == "completed" else as_text_or_none)(value, "value"),
+            error=(as_text if state == "dead" else as_text_or_none)(error, "error"),
             attempts=attempts,
-            started_at=time(started_at, "started_at"),
-            finished_at=time(finished_at, "finished_at"),
+            started_at=as_time(started_at, "started_at"),
+            finished_at=as_time(finished_at, "finished_at"),
         )
     except Corrupt as exc:
         raise corrupt(instance_id, f"step {shown(key)}: {exc}") from None
 
 
-def signal(instance_id: str, key: object, *rest: object) -> SignalRecord:
+def decode_signal(instance_id: str, key: object, *rest: object) -> SignalRecord:
     """Decode a signal row: ``key, payload, created_at, early, trace``."""
     payload, created_at, early, trace = rest
     try:
         return SignalRecord(
             instance_id=instance_id,
-            key=text(key, "key"),
-            payload=text_or_none(payload, "payload"),
-            created_at=time(created_at, "created_at"),
+            key=as_text(key, "key"),
+            payload=as_text_or_none(payload, "payload"),
+            created_at=as_time(created_at, "created_at"),
             early=early == 1,  # SQLite's 1, Postgres' True
             trace=_trace(trace),
         )
@@ -208,7 +210,7 @@ def signal(instance_id: str, key: object, *rest: object) -> SignalRecord:
         raise corrupt(instance_id, f"signal {shown(key)}: {exc}") from None
 
 
-def timer(instance_id: object, key: object, *rest: object) -> TimerRecord:
+def decode_timer(instance_id: object, key: object, *rest: object) -> TimerRecord:
     """Decode a timer row: ``instance_id, key, deadline, kind, fired``."""
     deadline, kind, fired = rest
     try:
@@ -217,9 +219,9 @@ def timer(instance_id: object, key: object, *rest: object) -> TimerRecord:
         if fired not in (0, 1):  # also False and True
             raise Corrupt(f"fired is {shown(fired)}, not 0 or 1")
         return TimerRecord(
-            instance_id=text(instance_id, "instance_id"),
-            key=text(key, "key"),
-            deadline=time(deadline, "deadline"),
+            instance_id=as_text(instance_id, "instance_id"),
+            key=as_text(key, "key"),
+            deadline=as_time(deadline, "deadline"),
             kind=kind,
             fired=bool(fired),
         )
@@ -227,7 +229,7 @@ def timer(instance_id: object, key: object, *rest: object) -> TimerRecord:
         raise corrupt(instance_id, f"timer {shown(key)}: {exc}") from None
 
 
-def queue(name: str, row: Sequence[Any]) -> QueueRecord:
+def decode_queue(name: str, row: Sequence[Any]) -> QueueRecord:
     """Decode a queue row: ``concurrency, rate_count, rate_period, paused, starts``."""
     concurrency, rate_count, rate_period, paused, starts = row
     try:

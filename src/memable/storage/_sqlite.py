@@ -30,9 +30,22 @@ from .._records import (
     TimerRecord,
 )
 from .._tx import COLUMNS, Guard
-from . import _rows
 from ._base import RuleStorage
-from ._rows import EARLIEST, INSTANCE_COLUMNS, LATEST
+from ._rows import (
+    EARLIEST,
+    INSTANCE_COLUMNS,
+    LATEST,
+    Corrupt,
+    as_text,
+    as_text_or_none,
+    checked_step,
+    decode_instance,
+    decode_queue,
+    decode_signal,
+    decode_steps,
+    decode_timer,
+    shown,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "InboxClient", "SQLiteStorage", "owner_of"]
 
@@ -238,7 +251,7 @@ class SQLiteStorage(RuleStorage):
             row = db.execute(
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
             ).fetchone()
-        return None if row is None else _rows.instance(row)
+        return None if row is None else decode_instance(row)
 
     def list_instances(
         self,
@@ -262,7 +275,7 @@ class SQLiteStorage(RuleStorage):
         records: list[InstanceRecord] = []
         for row in rows:
             try:
-                records.append(_rows.instance(row))
+                records.append(decode_instance(row))
             except StorageError as exc:
                 if parent_id is not None:
                     raise  # a family must be read whole: its parent fails instead
@@ -303,7 +316,7 @@ class SQLiteStorage(RuleStorage):
                 (instance_id,),
             ).fetchall()
         return [
-            _rows.checked_step(instance_id, key, "dead", None, error, attempts, started, finished)
+            checked_step(instance_id, key, "dead", None, error, attempts, started, finished)
             for key, error, attempts, started, finished in rows
         ]
 
@@ -389,18 +402,18 @@ class SQLiteStorage(RuleStorage):
         for item_id, verb, instance_id, key, payload, reason in rows:
             try:
                 if verb not in ("signal", "cancel", "resume", "purge"):
-                    raise _rows.Corrupt(f"verb is {_rows.shown(verb)}")
+                    raise Corrupt(f"verb is {shown(verb)}")
                 items.append(
                     InboxItem(
                         id=item_id,
                         verb=verb,
-                        instance_id=_rows.text(instance_id, "instance"),
-                        key=_rows.text_or_none(key, "key"),
-                        payload=_rows.text_or_none(payload, "payload"),
-                        reason=_rows.text_or_none(reason, "reason"),
+                        instance_id=as_text(instance_id, "instance"),
+                        key=as_text_or_none(key, "key"),
+                        payload=as_text_or_none(payload, "payload"),
+                        reason=as_text_or_none(reason, "reason"),
                     )
                 )
-            except _rows.Corrupt as exc:
+            except Corrupt as exc:
                 self.answer_inbox(item_id, json.dumps({"ok": False, "message": str(exc)}), 0.0)
         return items
 
@@ -417,7 +430,7 @@ class SQLiteStorage(RuleStorage):
     ) -> list[InstanceRecord]:
         with self._read("reading") as db, self._lenient(db):
             rows = _children(db, INSTANCE_COLUMNS, parent_id, prefix, status, None)
-        return [_rows.instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def count_children(self, parent_id: str, prefix: str, status: frozenset[InstanceState]) -> int:
         with self._read("reading") as db:
@@ -468,7 +481,7 @@ class _SQLiteTx:
             " OR (instance_id > ? AND instance_id < ?) ORDER BY instance_id",
             (instance_id, *descendant_range(instance_id)),
         ).fetchall()
-        return [_rows.instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def children(
         self,
@@ -478,7 +491,7 @@ class _SQLiteTx:
         limit: int | None = None,
     ) -> list[InstanceRecord]:
         rows = _children(self._db, INSTANCE_COLUMNS, parent_id, prefix, status, limit)
-        return [_rows.instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         row = self._db.execute(
@@ -488,7 +501,7 @@ class _SQLiteTx:
         ).fetchone()
         if row is None:
             return None
-        return _rows.signal(instance_id, key, *row)
+        return decode_signal(instance_id, key, *row)
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
         return _timers(self._db, instance_id)
@@ -585,7 +598,7 @@ class _SQLiteTx:
         ).fetchone()
         if row is None:
             return None
-        return _rows.queue(name, row)
+        return decode_queue(name, row)
 
     def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
         return bool(self._db.execute(
@@ -609,7 +622,7 @@ class _SQLiteTx:
             " ORDER BY priority DESC, created_at, instance_id LIMIT ?",
             (queue, *names, limit),
         ).fetchall()
-        return [_rows.instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def schedule(self, name: str) -> ScheduleRecord | None:
         row = self._db.execute(
@@ -698,11 +711,11 @@ def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
     row = db.execute(
         f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
     ).fetchone()
-    return None if row is None else _rows.instance(row)
+    return None if row is None else decode_instance(row)
 
 
 # Whether a step row is sound, tested by SQLite (in C) as it reads the row: replay's hot
-# path then pays one boolean per step; _rows.checked_step says what is wrong with the others.
+# path then pays one boolean per step; checked_step says what is wrong with the others.
 _STEP_IS_SOUND: Final = (
     "typeof(key) = 'text' AND typeof(attempts) = 'integer' AND CASE state"
     " WHEN 'completed' THEN typeof(value) = 'text' WHEN 'dead' THEN typeof(error) = 'text'"
@@ -718,12 +731,12 @@ def _steps(db: sqlite3.Connection, instance_id: str) -> list[StepRecord]:
         f" {_STEP_IS_SOUND} FROM steps WHERE instance_id = ?",
         (instance_id,),
     ).fetchall()
-    return _rows.steps(instance_id, rows)
+    return decode_steps(instance_id, rows)
 
 
 def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
     return [
-        _rows.signal(instance_id, *row)
+        decode_signal(instance_id, *row)
         for row in db.execute(
             "SELECT key, payload, created_at, early, trace FROM signals WHERE instance_id = ?",
             (instance_id,),
@@ -733,7 +746,7 @@ def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
 
 def _timers(db: sqlite3.Connection, instance_id: str) -> list[TimerRecord]:
     return [
-        _rows.timer(*row)
+        decode_timer(*row)
         for row in db.execute(
             "SELECT instance_id, key, deadline, kind, fired FROM timers WHERE instance_id = ?",
             (instance_id,),
@@ -752,7 +765,7 @@ def _due_timers(db: sqlite3.Connection, now: float, limit: int) -> list[TimerRec
     ).fetchall()
     for row in rows:
         try:
-            records.append(_rows.timer(*row))
+            records.append(decode_timer(*row))
         except StorageError as exc:
             logger.error("%s; the timer is set aside (marked fired)", exc)
             instance_id, key = row[:2]
