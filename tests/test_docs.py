@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -162,3 +163,37 @@ def test_getting_started_crash_and_recover(backend: str, tmp_path: Path) -> None
     assert recovered.stdout.splitlines() == console_output(page, "python shop.py")
     again = shop()
     assert again.stdout.splitlines() == console_output(page, "python shop.py")[-1:]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_operations_command_line(
+    backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The command-line session of the operations page, run after the page's blocks,
+    prints what the page shows (times masked)."""
+    page = DOCS / "operations.md"
+    run_page(page, backend, monkeypatch, tmp_path)
+    session = console_output(page, "memable --db orders.db list")
+    commands: list[tuple[str, list[str]]] = [("memable --db orders.db list", [])]
+    for line in session:
+        if line.startswith("$ "):
+            commands.append((line.removeprefix("$ "), []))
+        else:
+            commands[-1][1].append(line)
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env["COLUMNS"] = "200"
+    for command, shown in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "memable"
+        done = subprocess.run(
+            [sys.executable, "-m", "memable", *argv[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        if shown:
+            assert timeless(done.stdout.splitlines()) == timeless(shown), command
