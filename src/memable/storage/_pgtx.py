@@ -8,6 +8,7 @@ instances are taken ``SKIP LOCKED``, so engines working at once share them out.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, cast, final
 
@@ -16,6 +17,7 @@ import psycopg
 from .._exceptions import StorageError
 from .._ids import descendant_range
 from .._records import (
+    EngineRecord,
     InstanceRecord,
     InstanceState,
     QueueRecord,
@@ -30,6 +32,7 @@ __all__ = [
     "INSTANCE_COLUMNS",
     "PostgresTx",
     "instance_row",
+    "load_engines",
     "load_steps",
     "load_timers",
     "queue_row",
@@ -384,3 +387,27 @@ def load_timers(
         TimerRecord(instance_id=iid, key=key, deadline=deadline, kind=kind, fired=fired)
         for iid, key, deadline, kind, fired in rows
     ]
+
+
+_DEFAULT_NAME: Final = re.compile(r"memable@(?P<host>.+):(?P<pid>\d+)")
+
+
+def load_engines(conn: psycopg.Connection[Any], lease: float) -> list[EngineRecord]:
+    """The rows of ``engines``, oldest first, with their heartbeat's age (database clock)
+    and how many instances each holds; ``expired`` against *lease*."""
+    rows = conn.execute(
+        "SELECT e.engine_id, e.name, extract(epoch FROM e.started_at)::float8,"
+        " extract(epoch FROM e.heartbeat)::float8,"
+        " extract(epoch FROM now() - e.heartbeat)::float8,"
+        " (SELECT count(*) FROM instances i WHERE i.owner = e.engine_id)"
+        " FROM engines e ORDER BY e.started_at, e.engine_id"
+    ).fetchall()
+    engines = []
+    for engine_id, name, started, beat, age, held in rows:
+        found = _DEFAULT_NAME.fullmatch(name)
+        engines.append(EngineRecord(
+            engine_id=engine_id, name=name, host=found["host"] if found else None,
+            pid=int(found["pid"]) if found else None, started_at=started, heartbeat=beat,
+            heartbeat_age=max(0.0, age), expired=age > lease, instances=int(held),
+        ))  # fmt: skip
+    return engines
