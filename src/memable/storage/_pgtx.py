@@ -8,6 +8,7 @@ instances are taken ``SKIP LOCKED``, so engines working at once share them out.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, cast, final
 
@@ -18,6 +19,7 @@ from psycopg import sql
 from .._exceptions import StorageError
 from .._ids import ancestors, descendant_range
 from .._records import (
+    EngineRecord,
     Fence,
     InstanceRecord,
     InstanceState,
@@ -27,27 +29,44 @@ from .._records import (
     StepRecord,
     TimerRecord,
 )
+from .._rules import check_holders
 from .._tx import COLUMNS, Fenced, Guard
+from ._rows import (
+    EARLIEST,
+    LATEST,
+    decode_instance,
+    decode_queue,
+    decode_signal,
+    decode_steps,
+    decode_timer,
+)
+from ._rows import INSTANCE_COLUMNS as ROW_COLUMNS
 
 __all__ = [
     "FENCED_INSERTS",
     "INSERT_STEPS",
-    "Inserted",
     "INSTANCE_COLUMNS",
+    "STEP_IS_SOUND",
+    "Inserted",
     "PostgresTx",
     "fenced_inserts",
+    "inserted",
+    "inserts_only",
     "instance_rows",
-    "instance_row",
+    "load_engines",
     "load_steps",
-    "queue_row",
-    "timer_rows",
+    "load_timers",
+    "step_rows",
 ]
 
-INSTANCE_COLUMNS: Final = (
-    "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at, owner, epoch, trace, queue, priority"
+INSTANCE_COLUMNS: Final = ROW_COLUMNS + ", owner, epoch"  # the shared database's two more
+#: Whether a step row is sound, tested by the server as it reads the row (the column
+#: types are checked already): replay's hot path then pays one boolean per step.
+STEP_IS_SOUND: Final = (
+    "CASE state WHEN 'completed' THEN value IS NOT NULL WHEN 'dead' THEN error IS NOT NULL"
+    f" ELSE false END AND started_at BETWEEN {EARLIEST} AND {LATEST}"
+    f" AND finished_at BETWEEN {EARLIEST} AND {LATEST}"
 )
-STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
 
 
 def _rows_of(types: Sequence[str]) -> str:
@@ -79,35 +98,6 @@ def step_rows(steps: Sequence[StepRecord]) -> str:
          step.started_at, step.finished_at)
         for step in steps
     ])  # fmt: skip
-
-
-def instance_row(row: Sequence[Any]) -> InstanceRecord:
-    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f) = row[:12]
-    if status not in STATES:
-        raise StorageError(f"instance {iid!r} is corrupt: status is {status!r}")
-    try:
-        keys = json.loads(waiting)
-    except ValueError as exc:
-        raise StorageError(f"instance {iid!r} is corrupt: waiting_on is not JSON") from exc
-    return InstanceRecord(
-        instance_id=iid,
-        workflow=workflow,
-        status=cast(InstanceState, status),
-        parent_id=parent,
-        input=input_,
-        output=output,
-        error=error,
-        status_message=message,
-        waiting_on=tuple(keys),
-        created_at=c,
-        updated_at=u,
-        finished_at=f,
-        owner=row[12],
-        epoch=row[13],
-        trace=row[14],
-        queue=row[15],
-        priority=row[16],
-    )
 
 
 @final
@@ -206,7 +196,7 @@ class PostgresTx:
             f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s FOR UPDATE",
             (instance_id,),
         )
-        return None if row is None else instance_row(row)
+        return None if row is None else decode_instance(row)
 
     def family(self, instance_id: str) -> list[InstanceRecord]:
         if instance_id in self._childless and instance_id in self._held:
@@ -216,7 +206,7 @@ class PostgresTx:
             " OR (instance_id > %s AND instance_id < %s) ORDER BY instance_id FOR UPDATE",
             (instance_id, *descendant_range(instance_id)),
         )
-        return [instance_row(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def children(
         self,
@@ -236,27 +226,30 @@ class PostgresTx:
         if limit is not None:
             query += " LIMIT %s"
             params.append(limit)
-        return [instance_row(row) for row in self._all(query, params)]
+        return [decode_instance(row) for row in self._all(query, params)]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         row = self._one(
-            "SELECT payload, created_at FROM signals WHERE instance_id = %s AND key = %s",
+            "SELECT payload, created_at, early, trace FROM signals"
+            " WHERE instance_id = %s AND key = %s",
             (instance_id, key),
         )
         if row is None:
             return None
-        return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
+        return decode_signal(instance_id, key, *row)
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
-        return timer_rows(self._all(f"{_TIMERS} WHERE instance_id = %s", (instance_id,)))
+        rows = self._all(f"{_TIMERS} WHERE instance_id = %s", (instance_id,))
+        return [decode_timer(*row) for row in rows]
 
     def due_timers(self, now: float, limit: int) -> list[TimerRecord]:
         # SKIP LOCKED: engines firing timers at once share them out, never both fire one.
-        return timer_rows(self._all(
+        rows = self._all(
             f"{_TIMERS} WHERE NOT fired AND deadline <= %s ORDER BY deadline LIMIT %s"
             " FOR UPDATE SKIP LOCKED",
             (now, limit),
-        ))  # fmt: skip
+        )
+        return [decode_timer(*row) for row in rows]
 
     def insert(self, row: InstanceRecord | SignalRecord | TimerRecord) -> bool:
         if isinstance(row, InstanceRecord):
@@ -264,15 +257,15 @@ class PostgresTx:
             params: tuple[object, ...] = (
                 row.instance_id, row.workflow, row.status, row.parent_id, row.input, row.output,
                 row.error, row.status_message, json.dumps(row.waiting_on), row.created_at,
-                row.updated_at, row.finished_at, row.owner, row.epoch, row.trace, row.queue,
-                row.priority,
+                row.updated_at, row.finished_at, row.trace, row.queue, row.priority, row.owner,
+                row.epoch,
             )  # fmt: skip
         elif isinstance(row, SignalRecord):
             query = (
-                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
-                " VALUES (%s, %s, %s, %s, %s)"
+                "INSERT INTO signals (instance_id, key, payload, created_at, early, trace)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
             )
-            params = (row.instance_id, row.key, row.payload, row.created_at, row.early)
+            params = (row.instance_id, row.key, row.payload, row.created_at, row.early, row.trace)
         else:
             query = (
                 "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
@@ -316,7 +309,7 @@ class PostgresTx:
         )
         found: dict[str, tuple[str | None, int]] = {}
         for row in rows:
-            record = instance_row(row)
+            record = decode_instance(row[:-1])
             self._held[record.instance_id] = record
             if row[-1]:
                 self._childless.add(record.instance_id)
@@ -399,7 +392,7 @@ class PostgresTx:
             " WHERE name = %s FOR UPDATE",
             (name,),
         )
-        return None if row is None else queue_row(name, row)
+        return None if row is None else decode_queue(name, row)
 
     def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
         conflict = (
@@ -429,7 +422,7 @@ class PostgresTx:
             " ORDER BY priority DESC, created_at, instance_id LIMIT %s FOR UPDATE SKIP LOCKED",
             (queue, sorted(workflows), limit),
         )
-        return [instance_row(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def schedule(self, name: str) -> ScheduleRecord | None:
         row = self._one(
@@ -454,56 +447,55 @@ class PostgresTx:
         )
 
 
-def queue_row(name: str, row: Sequence[Any]) -> QueueRecord:
-    concurrency, rate_count, rate_period, paused, starts = row
-    try:
-        times = tuple(float(t) for t in json.loads(starts))
-    except (TypeError, ValueError) as exc:
-        raise StorageError(
-            f"queue {name!r} has a corrupt row: starts is not a JSON list of times"
-            " (fix or delete the row)"
-        ) from exc
-    return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
-                       rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
-
-
 def load_steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:
     rows = conn.execute(
-        "SELECT key, state, value, error, attempts, started_at, finished_at FROM steps"
-        " WHERE instance_id = %s",
+        "SELECT key, state, value, error, attempts, started_at, finished_at,"
+        f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s",
         (instance_id,),
     ).fetchall()
-    return [
-        StepRecord(
-            instance_id=instance_id,
-            key=key,
-            state=state,
-            value=value,
-            error=error,
-            attempts=attempts,
-            started_at=started_at,
-            finished_at=finished_at,
-        )
-        for key, state, value, error, attempts, started_at, finished_at in rows
-    ]
+    return decode_steps(instance_id, rows)
 
 
 _TIMERS: Final = "SELECT instance_id, key, deadline, kind, fired FROM timers"
 
 
-def timer_rows(rows: Sequence[Sequence[Any]]) -> list[TimerRecord]:
-    return [
-        TimerRecord(instance_id=iid, key=key, deadline=deadline, kind=kind, fired=fired)
-        for iid, key, deadline, kind, fired in rows
-    ]
+def load_timers(
+    conn: psycopg.Connection[Any], where: str, params: Sequence[object]
+) -> list[TimerRecord]:
+    rows = conn.execute(f"{_TIMERS} {where}", params).fetchall()
+    return [decode_timer(*row) for row in rows]
 
 
-_INSTANCE_TYPES: Final = [
+_DEFAULT_NAME: Final = re.compile(r"memable@(?P<host>.+):(?P<pid>\d+)")
+
+
+def load_engines(conn: psycopg.Connection[Any], lease: float) -> list[EngineRecord]:
+    """The rows of ``engines``, oldest first, with their heartbeat's age (database clock)
+    and how many instances each holds; ``expired`` against *lease*."""
+    rows = conn.execute(
+        "SELECT e.engine_id, e.name, extract(epoch FROM e.started_at)::float8,"
+        " extract(epoch FROM e.heartbeat)::float8,"
+        " extract(epoch FROM now() - e.heartbeat)::float8,"
+        " (SELECT count(*) FROM instances i WHERE i.owner = e.engine_id)"
+        " FROM engines e ORDER BY e.started_at, e.engine_id"
+    ).fetchall()
+    engines = []
+    for engine_id, name, started, beat, age, held in rows:
+        found = _DEFAULT_NAME.fullmatch(name)
+        engines.append(EngineRecord(
+            engine_id=engine_id, name=name, host=found["host"] if found else None,
+            pid=int(found["pid"]) if found else None, started_at=started, heartbeat=beat,
+            heartbeat_age=max(0.0, age), expired=age > lease, instances=int(held),
+        ))  # fmt: skip
+    return engines
+
+
+_INSTANCE_TYPES: Final = [  # of INSTANCE_COLUMNS
     *["text"] * 9,
     *["double precision"] * 3,
     "text",
-    "bigint",
     "text",
+    "bigint",
     "text",
     "bigint",
 ]
@@ -514,7 +506,7 @@ def instance_rows(records: Sequence[InstanceRecord]) -> str:
     return json.dumps([
         (r.instance_id, r.workflow, r.status, r.parent_id, r.input, r.output, r.error,
          r.status_message, json.dumps(r.waiting_on), r.created_at, r.updated_at,
-         r.finished_at, r.owner, r.epoch, r.trace, r.queue, r.priority)
+         r.finished_at, r.trace, r.queue, r.priority, r.owner, r.epoch)
         for r in records
     ])  # fmt: skip
 
@@ -592,3 +584,47 @@ def fenced_inserts(
         else:
             found.ok = bool(third)
     return found
+
+
+def inserts_only(
+    writes: Sequence[object],
+) -> tuple[list[Fence], list[StepRecord], list[InstanceRecord]] | None:
+    """The fences, step records and instances of *writes* for :func:`fenced_inserts`, or
+    ``None`` if it has other writes, or a step key or an instance id twice."""
+    fences: list[Fence] = []
+    steps: list[StepRecord] = []
+    records: list[InstanceRecord] = []
+    for write in writes:
+        if isinstance(write, Fence):
+            fences.append(write)
+        elif isinstance(write, StepRecord):
+            steps.append(write)
+        elif isinstance(write, InstanceRecord):
+            records.append(write)
+        else:
+            return None
+    if len({(step.instance_id, step.key) for step in steps}) < len(steps):
+        return None
+    if len({record.instance_id for record in records}) < len(records):
+        return None
+    return fences, steps, records
+
+
+def inserted(writes: Sequence[object], found: Inserted) -> list[bool]:
+    """Which of *writes* applied, as :func:`memable._rules.commit` says; :class:`Fenced`
+    if the engine was reaped or a fence failed (worded by the rules' own test)."""
+    if not found.engine:
+        raise Fenced(
+            "this engine's lease expired (another engine reaped it); nothing was written"
+            " and its runs stop"
+        )
+    if not found.ok:  # the SQL is a copy of the rules' test, which words the refusal
+        check_holders([write for write in writes if isinstance(write, Fence)], found.holders)
+        raise StorageError("a fenced commit was refused although its fence held")
+    return [
+        True if isinstance(write, Fence)
+        else (write.instance_id, write.key) not in found.unwritten
+        if isinstance(write, StepRecord)
+        else isinstance(write, InstanceRecord) and write.instance_id not in found.existing
+        for write in writes
+    ]  # fmt: skip
