@@ -51,6 +51,8 @@ sys.path.insert(0, str(HERE.parent))
 from tests import pg  # noqa: E402  (the test suite's throwaway cluster)
 
 GO = SuspendPoint("go:v1", int)
+#: The memable this run measures (the engine processes it starts import the same one).
+SRC = str(Path(memable.__file__).resolve().parents[1])
 
 
 def floor(dsn: str, rows: int) -> dict[str, float]:
@@ -112,7 +114,7 @@ async def concurrent(dsn: str, schema: str, count: int, prefix: str = "c") -> fl
 def two_processes(dsn: str, schema: str, count: int) -> float:
     """Two engine processes, *count* workflows each, started together: aggregate steps/s."""
     go = Path(tempfile.mkdtemp()) / "go"
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    env = {**os.environ, "PYTHONPATH": SRC}
     code = (
         "import anyio, sys, time, os\n"
         "sys.path.insert(0, sys.argv[1])\n"
@@ -156,7 +158,7 @@ def takeover(dsn: str, schema: str, lease: float) -> float:
         "        await anyio.sleep_forever()\n"
         "anyio.run(main)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    env = {**os.environ, "PYTHONPATH": SRC}
     args = [dsn, schema, str(marks), str(lease)]
     victim = subprocess.Popen([sys.executable, "-c", code, *args, "start"], env=env)
     other = subprocess.Popen([sys.executable, "-c", code, *args, "serve"], env=env)
