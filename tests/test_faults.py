@@ -18,7 +18,7 @@ import pytest
 import memable
 from memable import Context, Engine, SuspendPoint
 from memable.storage import SQLiteStorage
-from memable.testing import FaultyStorage
+from memable.testing import FaultyStorage, ManualClock
 
 from .helpers import StorageFactory
 
@@ -233,9 +233,16 @@ async def test_a_transient_error_heals_in_the_same_engine(
     runs: list[str] = []
     wf = make_napping_workflow(runs)
     faulty = FaultyStorage(make_storage(), fail_on={fail_on}, methods={method}, when=when)
-    async with Engine(faulty, workflows=[wf]) as engine:
+    # The clock stands still until the instance sleeps: on a real clock, a timer write
+    # slower than the nap (a loaded machine) would skip the nap's suspension, and with
+    # it the storage call counted to fail.
+    clock = ManualClock()
+    async with Engine(faulty, workflows=[wf], clock=clock) as engine:
         with anyio.fail_after(20):
             invocation = await engine.invoke(wf, 100, instance_id="h")
+            while (await engine.state(wf, "h")).waiting_on != ("nap:v1",):
+                await anyio.sleep(0.01)  # to the nap
+            await clock.advance(timedelta(seconds=1))
             while (await engine.state(wf, "h")).waiting_on != ("go:v1",):
                 await anyio.sleep(0.01)  # through the nap, to the suspension
             failed_once = False

@@ -133,7 +133,7 @@ class Run:
 
     def begin_pass(self) -> None:
         """Start a (first or another) pass over the workflow function, from the top."""
-        if self.phase == "ended" and self.reason not in ("restart", "suspended"):
+        if self.phase == "ended" and self.reason not in ("restart", "suspended", "lost"):
             raise RunStateError(f"run of {self.instance_id!r} ended {self.reason}; cannot rerun")
         self._move("running")
         self.scope = anyio.CancelScope()

@@ -30,6 +30,10 @@ from ._workflow import Workflow
 
 __all__ = ["Backoff", "Runner"]
 
+#: How a pass may end and still go again if the instance was claimed here meanwhile
+#: (a timer or signal fired while it was suspending, or a claim after it was lost).
+_AGAIN: typing.Final = frozenset({"suspended", "lost"})
+
 
 class Backoff:
     """Exponential backoff for retrying storage: 50 ms doubling up to 5 s."""
@@ -293,10 +297,11 @@ class Runner:
                 await self._pass(run, record)
                 if run.reason == "lost":
                     current = await self._reread(run, backoff)
-                    if current is not None and current.status != "running":
-                        run.outcome = outcome_of(current, self._kernel.serde, run.workflow)
-                    break
-                if not (run.reason == "restart" or (run.reason == "suspended" and run.rerun)):
+                    if not run.rerun:  # else this engine claimed it again meanwhile: go again
+                        if current is not None and current.status != "running":
+                            run.outcome = outcome_of(current, self._kernel.serde, run.workflow)
+                        break
+                if not (run.reason == "restart" or (run.reason in _AGAIN and run.rerun)):
                     break
                 if run.instance_id in self._troubled:
                     self._troubled.discard(run.instance_id)

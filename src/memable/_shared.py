@@ -155,7 +155,10 @@ class Sharing:
                 logger.warning("storage failed while claiming instances", exc_info=True)
                 continue
             for record in records:
-                if record.instance_id not in self._runner.runs:
+                # A run that is ending (suspended, or lost) goes again: its instance is
+                # held here now, and no other run would take it.
+                run = self._runner.runs.get(record.instance_id)
+                if run is None or run.driven:
                     self._runner.claimed(record)
 
     async def _refresh(self, ids: list[str] | None) -> None:
@@ -225,8 +228,14 @@ class Sharing:
         except StorageError:
             return
         taken = record is not None and record.owner not in (None, fence.owner)
+        # Claimed again by this engine (a timer or signal it fired while the run was
+        # still ending its suspended pass): the run goes once more under the new claim.
+        again = record is not None and record.owner == fence.owner and record.epoch > fence.epoch
         gone = (
-            record is None or taken or record.epoch != fence.epoch or record.status == "cancelled"
+            record is None
+            or taken
+            or (record.epoch != fence.epoch and not again)
+            or record.status == "cancelled"
         )
         if gone and self._kernel.fences.get(instance_id) is fence:
             self._runner.lose(instance_id)

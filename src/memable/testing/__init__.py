@@ -294,6 +294,19 @@ class FaultyStorage:
     def __repr__(self) -> str:
         return f"FaultyStorage({self.inner!r}, fail_on={sorted(self.fail_on)})"
 
+    @property
+    def runs(self) -> frozenset[str]:
+        """The workflows the engine runs, set on a shared storage (Postgres) by its engine:
+        they reach the wrapped storage, which claims for the engine what it runs."""
+        inner: Any = self.inner  # a SharedStorage's attribute (AttributeError on others)
+        runs: frozenset[str] = inner.runs
+        return runs
+
+    @runs.setter
+    def runs(self, value: frozenset[str]) -> None:
+        inner: Any = self.inner
+        inner.runs = value
+
     def _counted(self, name: str) -> bool:
         return name in self._METHODS and (self.methods is None or name in self.methods)
 
