@@ -29,6 +29,7 @@ from .._tx import COLUMNS, Guard
 __all__ = [
     "INSTANCE_COLUMNS",
     "PostgresTx",
+    "admission_possible",
     "instance_row",
     "load_steps",
     "load_timers",
@@ -338,6 +339,26 @@ class PostgresTx:
                 (row.name, row.last_tick, row.last_run),
             )
         )
+
+
+def admission_possible(
+    conn: psycopg.Connection[Any], name: str, workflows: Collection[str]
+) -> bool:
+    """Whether an admission of queue *name* may start something, read without locks.
+
+    ``False`` only when, as of now, the queue has no row, is paused, has no enqueued
+    instance of *workflows* or no free slot: whatever changes that afterwards (a slot
+    freed, work enqueued, the queue resumed) commits later and wakes admission again.
+    """
+    row = conn.execute(
+        "SELECT q.paused OR NOT EXISTS (SELECT 1 FROM instances WHERE queue = q.name"
+        " AND status = 'enqueued' AND workflow = ANY(%s))"
+        " OR (q.concurrency IS NOT NULL AND q.concurrency <= (SELECT count(*) FROM instances"
+        " WHERE queue = q.name AND status = 'running'))"
+        " FROM queues q WHERE q.name = %s",
+        (sorted(workflows), name),
+    ).fetchone()
+    return row is not None and not row[0]
 
 
 def queue_row(name: str, row: Sequence[Any]) -> QueueRecord:

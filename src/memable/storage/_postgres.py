@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, Final, TypeVar, final
 
 import psycopg
@@ -32,6 +32,7 @@ from psycopg import sql
 
 from .._exceptions import StorageError
 from .._records import (
+    Admission,
     History,
     InstanceRecord,
     InstanceState,
@@ -47,6 +48,7 @@ from ._pgschema import MIGRATIONS, SCHEMA_VERSION
 from ._pgtx import (
     INSTANCE_COLUMNS,
     PostgresTx,
+    admission_possible,
     instance_row,
     load_steps,
     queue_row,
@@ -147,6 +149,9 @@ class PostgresStorage(RuleStorage):
         self._listener_lock = threading.Lock()
         self._mutex = threading.Lock()
         self._channel = f"memable.{schema}"
+        # Server processes of this storage's pool that sent hints: its own hints are not
+        # news to it (its engine acted on its changes already), so ``hints`` drops them.
+        self._own: set[int] = set()
 
     def __repr__(self) -> str:
         return f"PostgresStorage({_redacted(self._dsn)!r}, lease={self.lease})"
@@ -307,6 +312,9 @@ class PostgresStorage(RuleStorage):
         payload = "\n".join(sorted(ids))
         if len(payload.encode()) > _NOTIFY_LIMIT:
             payload = ""  # too many to name: "look at everything"
+        if len(self._own) > 4 * self.threads:  # connections were replaced: forget old ones
+            self._own.clear()
+        self._own.add(conn.info.backend_pid)
         with contextlib.suppress(psycopg.Error):  # only a hint: polling catches up
             conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
 
@@ -418,6 +426,15 @@ class PostgresStorage(RuleStorage):
             (queue_row(name, rest), {status: n for queue, status, n in counts if queue == name})
             for name, *rest in rows
         ]
+
+    def admit(self, name: str, *, now: float, workflows: Collection[str]) -> Admission:
+        # Every hint wakes every engine's admitter; most find nothing to start. Looking
+        # first without a lock spares them the admission transaction (its row lock is
+        # written, so its commit waits for a flush) and the real admission its queue.
+        with self._conn("admitting queued instances in") as conn:
+            if not admission_possible(conn, name, workflows):
+                return Admission()
+        return super().admit(name, now=now, workflows=workflows)
 
     def list_schedules(self) -> list[ScheduleRecord]:
         with self._conn("reading schedules from") as conn:
@@ -607,11 +624,14 @@ class PostgresStorage(RuleStorage):
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                 return None  # (re)connected: what happened meanwhile was not heard
         ids: set[str] = set()
+        own = self._own
         try:
             for notify in conn.notifies(timeout=timeout, stop_after=1):
-                ids.update(notify.payload.split("\n"))
+                if notify.pid not in own:
+                    ids.update(notify.payload.split("\n"))
             for notify in conn.notifies(timeout=0.0):  # what came in the same packet
-                ids.update(notify.payload.split("\n"))
+                if notify.pid not in own:
+                    ids.update(notify.payload.split("\n"))
         except psycopg.Error as exc:
             with self._listener_lock:
                 if self._listener is conn:
