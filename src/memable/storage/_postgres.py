@@ -427,6 +427,13 @@ class PostgresStorage(RuleStorage):
             for name, *rest in rows
         ]
 
+    def pause_queue(self, name: str, paused: bool) -> bool:
+        known = super().pause_queue(name, paused)
+        if known:  # no instance changed: tell the other engines' admitters all the same
+            with self._conn("resuming a queue in") as conn:
+                self._notify(conn, {""})
+        return known
+
     def admit(self, name: str, *, now: float, workflows: Collection[str]) -> Admission:
         # Every hint wakes every engine's admitter; most find nothing to start. Looking
         # first without a lock spares them the admission transaction (its row lock is
