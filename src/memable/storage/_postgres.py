@@ -64,6 +64,9 @@ _RETRIES: Final = 5  # attempts of a transaction the server aborted for a deadlo
 # (Not a lock timeout: that is a paused peer holding rows, and waiting again only ties up
 # the pool; the engine's healing retries later.)
 _TRANSIENT: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_BEGIN_FENCED: Final = sql.SQL(
+    "BEGIN; SELECT 1 FROM engines WHERE engine_id = {} FOR KEY SHARE"
+)
 _NOTIFY_LIMIT: Final = 7000  # bytes of instance ids in one notification (Postgres: 8000)
 
 
@@ -497,14 +500,16 @@ class PostgresStorage(RuleStorage):
             # No pipeline mode here: between pipelined messages the server waits for the
             # client with no timeout armed, so a client paused there (SIGSTOP) would hold
             # its locks — and keep others from reaping it — for as long as it is paused.
-            conn.execute("BEGIN")
-            if engine_id is not None:
+            if engine_id is None:
+                conn.execute("BEGIN")
+            else:
                 # Fencing: an engine that was reaped writes nothing more.
                 # KEY SHARE: it blocks the reaper's DELETE until this commits (and a
-                # reaped engine finds no row), but not the heartbeat's UPDATE.
-                row = conn.execute(
-                    "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE", (engine_id,)
-                ).fetchone()
+                # reaped engine finds no row), but not the heartbeat's UPDATE. Sent with
+                # the BEGIN as one query (one round trip; the id is a literal).
+                cursor = conn.execute(_BEGIN_FENCED.format(sql.Literal(engine_id)))
+                cursor.nextset()
+                row = cursor.fetchone()
             try:
                 if engine_id is not None and row is None:
                     raise Fenced(
