@@ -8,7 +8,8 @@ instances are taken ``SKIP LOCKED``, so engines working at once share them out.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence, Set
 from typing import Any, Final, cast, final
 
 import psycopg
@@ -16,6 +17,8 @@ import psycopg
 from .._exceptions import StorageError
 from .._ids import descendant_range
 from .._records import (
+    EngineRecord,
+    History,
     InstanceRecord,
     InstanceState,
     QueueRecord,
@@ -31,6 +34,9 @@ __all__ = [
     "PostgresTx",
     "admission_possible",
     "instance_row",
+    "load_engines",
+    "hear",
+    "load_history",
     "load_steps",
     "load_timers",
     "queue_row",
@@ -374,6 +380,49 @@ def queue_row(name: str, row: Sequence[Any]) -> QueueRecord:
                        rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
 
 
+def load_history(conn: psycopg.Connection[Any], instance_id: str) -> History:
+    """An instance's steps, signals and timers: one statement (one snapshot of the three
+    tables, in one round trip)."""
+    rows = conn.execute(
+        "SELECT 0, key, state, value, error, attempts, started_at, finished_at, NULL"
+        " FROM steps WHERE instance_id = %s UNION ALL"
+        " SELECT 1, key, NULL, payload, NULL, NULL, created_at, NULL, early"
+        " FROM signals WHERE instance_id = %s UNION ALL"
+        " SELECT 2, key, kind, NULL, NULL, NULL, deadline, NULL, fired"
+        " FROM timers WHERE instance_id = %s",
+        (instance_id, instance_id, instance_id),
+    ).fetchall()
+    history = History(steps=[], signals=[], timers=[])
+    for table, key, kind, value, error, attempts, at, finished, flag in rows:
+        if table == 0:
+            history.steps.append(StepRecord(
+                instance_id=instance_id, key=key, state=kind, value=value, error=error,
+                attempts=attempts, started_at=at, finished_at=finished,
+            ))  # fmt: skip
+        elif table == 1:
+            history.signals.append(SignalRecord(
+                instance_id=instance_id, key=key, payload=value, created_at=at, early=flag
+            ))  # fmt: skip
+        else:
+            history.timers.append(TimerRecord(
+                instance_id=instance_id, key=key, deadline=at, kind=kind, fired=flag
+            ))  # fmt: skip
+    return history
+
+
+def hear(conn: psycopg.Connection[Any], timeout: float, own: Set[int]) -> set[str]:
+    """The instance ids the hints on the listening *conn* name, waiting up to *timeout*
+    for the first one; the hints sent by server processes in *own* are dropped."""
+    ids: set[str] = set()
+    for notify in conn.notifies(timeout=timeout, stop_after=1):
+        if notify.pid not in own:
+            ids.update(notify.payload.split("\n"))
+    for notify in conn.notifies(timeout=0.0):  # what came in the same packet
+        if notify.pid not in own:
+            ids.update(notify.payload.split("\n"))
+    return ids
+
+
 def load_steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:
     rows = conn.execute(
         "SELECT key, state, value, error, attempts, started_at, finished_at FROM steps"
@@ -405,3 +454,27 @@ def load_timers(
         TimerRecord(instance_id=iid, key=key, deadline=deadline, kind=kind, fired=fired)
         for iid, key, deadline, kind, fired in rows
     ]
+
+
+_DEFAULT_NAME: Final = re.compile(r"memable@(?P<host>.+):(?P<pid>\d+)")
+
+
+def load_engines(conn: psycopg.Connection[Any], lease: float) -> list[EngineRecord]:
+    """The rows of ``engines``, oldest first, with their heartbeat's age (database clock)
+    and how many instances each holds; ``expired`` against *lease*."""
+    rows = conn.execute(
+        "SELECT e.engine_id, e.name, extract(epoch FROM e.started_at)::float8,"
+        " extract(epoch FROM e.heartbeat)::float8,"
+        " extract(epoch FROM now() - e.heartbeat)::float8,"
+        " (SELECT count(*) FROM instances i WHERE i.owner = e.engine_id)"
+        " FROM engines e ORDER BY e.started_at, e.engine_id"
+    ).fetchall()
+    engines = []
+    for engine_id, name, started, beat, age, held in rows:
+        found = _DEFAULT_NAME.fullmatch(name)
+        engines.append(EngineRecord(
+            engine_id=engine_id, name=name, host=found["host"] if found else None,
+            pid=int(found["pid"]) if found else None, started_at=started, heartbeat=beat,
+            heartbeat_age=max(0.0, age), expired=age > lease, instances=int(held),
+        ))  # fmt: skip
+    return engines
