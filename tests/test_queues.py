@@ -208,14 +208,21 @@ async def test_a_suspended_instance_gives_its_slot_back_and_keeps_its_place(
     make_storage: StorageFactory,
 ) -> None:
     """With one slot: A suspends, B runs meanwhile; A signalled while B runs waits
-    ``enqueued`` and starts before D, which was enqueued after A."""
+    ``enqueued`` and starts before D, which was enqueued after A, with its history (its
+    step before the suspension does not run again)."""
     started: list[str] = []
+    steps: list[str] = []
     gate = anyio.Event()
+
+    async def before(name: str) -> str:
+        steps.append(name)
+        return name
 
     @memable.workflow("waits")
     async def waits(ctx: Context, name: str) -> str:
         started.append(ctx.instance_id)
         if name == "a":
+            await ctx.step("before", before, name)
             await ctx.suspend(GO)
         if name == "b":
             await gate.wait()
@@ -235,6 +242,7 @@ async def test_a_suspended_instance_gives_its_slot_back_and_keeps_its_place(
         gate.set()
         assert [await b.result(), await a.result(), await d.result()] == ["b", "a", "d"]
     assert started == ["a", "b", "a", "d"]
+    assert steps == ["a"]
 
 
 async def test_cancel_an_enqueued_instance(make_storage: StorageFactory) -> None:

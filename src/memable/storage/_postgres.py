@@ -32,7 +32,6 @@ from psycopg import sql
 
 from .._exceptions import StorageError
 from .._records import (
-    Admission,
     EngineRecord,
     History,
     InstanceRecord,
@@ -479,14 +478,13 @@ class PostgresStorage(RuleStorage):
                 self._notify(conn, {""})
         return known
 
-    def admit(self, name: str, *, now: float, workflows: Collection[str]) -> Admission:
-        # Every hint wakes every engine's admitter; most find nothing to start. Looking
-        # first without a lock spares them the admission transaction (its row lock is
-        # written, so its commit waits for a flush) and the real admission its queue.
+    def admission_possible(self, name: str, workflows: Collection[str]) -> bool:
+        """Whether an admission of queue *name* could start anything, by a read without
+        locks (``False``: it would not). Every hint wakes every engine's admitter, and
+        most find nothing to start: this spares them the admission transaction, whose
+        row lock is written (its commit waits for a flush), and the others its wait."""
         with self._conn("admitting queued instances in") as conn:
-            if not admission_possible(conn, name, workflows):
-                return Admission()
-        return super().admit(name, now=now, workflows=workflows)
+            return admission_possible(conn, name, workflows)
 
     def list_engines(self) -> list[EngineRecord]:
         """The engines registered on the database, oldest first: name, host and process,
