@@ -130,18 +130,28 @@ def check_queue(w: Workers, jobs: int, concurrency: int | None) -> tuple[Counter
     return starts, lines
 
 
+def concurrency_across_processes(workers: Workers, jobs: int, concurrency: int) -> None:
+    processes = workers.go("queue", str(jobs), str(concurrency), "-", "0.03")
+    for process in processes:
+        workers.finish(process, timeout=600)
+    starts, lines = check_queue(workers, jobs, concurrency)
+    assert set(starts.values()) == {1}
+    pids = {line.split()[2] for line in lines if line.startswith("start")}
+    assert pids == {str(process.pid) for process in processes}
+
+
 def test_concurrency_holds_across_three_processes(workers: Workers) -> None:
     """3 engine processes and 8 enqueuers (spread over them) fill a queue of
     concurrency 4 with 120 jobs: never more than 4 bodies in flight across the
     processes, every body ran exactly once, and every process ran some."""
-    jobs = 120
-    processes = workers.go("queue", str(jobs), "4", "-", "0.03")
-    for process in processes:
-        workers.finish(process)
-    starts, lines = check_queue(workers, jobs, 4)
-    assert set(starts.values()) == {1}
-    pids = {line.split()[2] for line in lines if line.startswith("start")}
-    assert pids == {str(process.pid) for process in processes}
+    concurrency_across_processes(workers, 120, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_concurrency_holds_across_three_processes_3000_jobs(workers: Workers) -> None:
+    """The long run: 3,000 jobs through a queue of concurrency 10."""
+    concurrency_across_processes(workers, 3000, 10)
 
 
 def test_rate_limit_holds_across_three_processes(workers: Workers) -> None:
