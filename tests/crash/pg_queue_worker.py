@@ -3,12 +3,12 @@
 ``python pg_queue_worker.py DSN SCHEMA LOG INDEX WORKERS MODE ARGS BACKEND`` prints
 ``READY``, waits for the file ``LOG.go``, then:
 
-- ``queue JOBS CONCURRENCY RATE BODY``: runs the enqueuers ``k`` of 8 with ``k % WORKERS ==
+- ``queue JOBS CONCURRENCY RATE BODY LEASE``: runs the enqueuers ``k`` of 8 with ``k % WORKERS ==
   INDEX``; enqueuer ``k`` enqueues its share of ``job-0`` … ``job-{JOBS-1}`` (fixed ids:
   a restarted worker enqueues nothing twice) into queue ``shared`` (``RATE`` is
   ``count/seconds`` or ``-``). It serves until every job has completed, then prints
   ``DONE``. Each body sleeps up to BODY seconds and appends ``start ID PID TIME`` and
-  ``end ID PID TIME`` to LOG.
+  ``end ID PID TIME`` to LOG. The engine's lease is LEASE seconds.
 - ``schedule SKEW``: runs a schedule ticking every second (catch-up on, overlaps
   allowed) on a clock ``SKEW`` seconds off the real one, until SIGTERM; each tick's body
   appends ``tick ID PID``.
@@ -33,7 +33,7 @@ from memable import Context, Engine, Queue, Schedule
 from memable.storage import PostgresStorage
 
 ENQUEUERS = 8
-LEASE = 1.5
+LEASE = 5.0  # a loaded machine must not have an engine reaped (its bodies would run again)
 
 
 def note(log_path: str, text: str) -> None:
@@ -59,8 +59,8 @@ class SkewedClock:
             await anyio.sleep(delay)
 
 
-def storage(dsn: str, schema: str) -> PostgresStorage:
-    return PostgresStorage(dsn, schema=schema, lease=LEASE, pool_size=4)
+def storage(dsn: str, schema: str, lease: float = LEASE) -> PostgresStorage:
+    return PostgresStorage(dsn, schema=schema, lease=lease, pool_size=4)
 
 
 async def go(log: str) -> None:
@@ -72,7 +72,7 @@ async def go(log: str) -> None:
 async def queue(dsn: str, schema: str, log: str, index: int, workers: int, args: list[str]) -> None:
     jobs, concurrency = int(args[0]), int(args[1])
     rate = None if args[2] == "-" else (int(args[2].split("/")[0]), float(args[2].split("/")[1]))
-    body = float(args[3])
+    body, lease = float(args[3]), float(args[4])
     shared = Queue("shared", concurrency=concurrency, rate_limit=rate)
     pid = os.getpid()
 
@@ -83,7 +83,7 @@ async def queue(dsn: str, schema: str, log: str, index: int, workers: int, args:
         note(log, f"end {ctx.instance_id} {pid} {time.time():.6f}")
         return n
 
-    async with Engine(storage(dsn, schema), workflows=[job], queues=[shared]) as engine:
+    async with Engine(storage(dsn, schema, lease), workflows=[job], queues=[shared]) as engine:
         await go(log)
 
         async def enqueuer(k: int) -> None:

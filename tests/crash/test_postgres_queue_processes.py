@@ -131,7 +131,7 @@ def check_queue(w: Workers, jobs: int, concurrency: int | None) -> tuple[Counter
 
 
 def concurrency_across_processes(workers: Workers, jobs: int, concurrency: int) -> None:
-    processes = workers.go("queue", str(jobs), str(concurrency), "-", "0.03")
+    processes = workers.go("queue", str(jobs), str(concurrency), "-", "0.03", "5")
     for process in processes:
         workers.finish(process, timeout=600)
     starts, lines = check_queue(workers, jobs, concurrency)
@@ -159,7 +159,7 @@ def test_rate_limit_holds_across_three_processes(workers: Workers) -> None:
     holds more than 4 admissions. Measured at the bodies, which start a little after
     their admission: the starts of any 5 bodies in a row span at least the window
     (less the time a body may take to start, 0.5 s here)."""
-    processes = workers.go("queue", "12", "100", "4/2.0", "0.03")
+    processes = workers.go("queue", "12", "100", "4/2.0", "0.03", "5")
     for process in processes:
         workers.finish(process)
     starts, lines = check_queue(workers, 12, None)
@@ -175,7 +175,7 @@ def test_sigkill_an_engine_holding_queue_slots(workers: Workers) -> None:
     (its instances keep their slots until they end elsewhere), nothing is lost, and no
     body runs again but the ones the kill interrupted."""
     jobs = 90
-    victim, *others = workers.go("queue", str(jobs), "4", "-", "0.12")
+    victim, *others = workers.go("queue", str(jobs), "4", "-", "0.12", "3")
     deadline = time.monotonic() + 60
     while workers.sql("SELECT count(*) FROM instances") != [(jobs,)]:
         assert time.monotonic() < deadline, "not every job was enqueued"
