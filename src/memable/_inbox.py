@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
+from . import _telemetry
 from ._control import Control
 from ._exceptions import MemableError, StorageError
 from ._kernel import Kernel
@@ -163,10 +164,13 @@ def apply_directly(
         return answer(False, "not_found", f"no instance {instance_id!r}")
     if verb == "signal":
         envelope = json.dumps({"type": payload_type, "value": json.loads(payload or "null")})
-        signal = SignalRecord(
-            instance_id=instance_id, key=key or "", payload=envelope, created_at=now
-        )
-        outcome, after = storage.deliver_signal(signal)
+        with _telemetry.signal_span(instance_id, key or "") as span:  # the run links to it
+            trace = _telemetry.current_traceparent()
+            signal = SignalRecord(instance_id=instance_id, key=key or "", payload=envelope,
+                                  created_at=now, trace=trace)  # fmt: skip
+            outcome, after = storage.deliver_signal(signal)
+            if span is not None:
+                span.set_attribute("memable.signal.outcome", outcome)
         status = "" if after is None else after.status
         return signal_answer(outcome, instance_id, key or "", status, later)
     if verb == "cancel":

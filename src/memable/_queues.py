@@ -108,7 +108,7 @@ class Admitter:
     def __init__(
         self,
         kernel: Kernel,
-        claimed: Callable[[InstanceRecord, object, History | None], None],
+        claimed: Callable[[InstanceRecord, History | None], None],
         queues: Iterable[Queue] = (),
     ) -> None:
         self._kernel = kernel
@@ -213,7 +213,7 @@ class Admitter:
         self._freed.discard(name)
         admission, history = await kernel.store.admit(name, kernel.now(), workflows, look=look)
         for record in admission.started:
-            self._claimed(record, None, history)
+            self._claimed(record, history)
         if admission.full:
             self._dirty.add(name)
         if admission.retry_at is None:

@@ -228,6 +228,9 @@ class SignalRecord:
     created_at: float
     #: Whether it came before the instance waited on its key (set by the storage).
     early: bool = False
+    #: The W3C ``traceparent`` of the span that delivered it (OpenTelemetry): the run it
+    #: resumes links to it, in whichever engine or process that run happens.
+    trace: str | None = None
 
     @property
     def timed_out(self) -> bool:

@@ -152,6 +152,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         owner, epoch, queue, priority
     FROM instances;
     """,
+    # The trace context of a signal: the run it resumes links to the span that delivered it.
+    """
+    ALTER TABLE signals ADD COLUMN trace text;
+    """,
 )
 #: Migrations in order; the schema version of a database is how many have run on it.
 

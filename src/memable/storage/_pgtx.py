@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Mapping, Sequence, Set
-from typing import Any, Final, cast, final
+from typing import Any, Final, final
 
 import psycopg
 
-from .._exceptions import StorageError
 from .._ids import descendant_range
 from .._records import (
     EngineRecord,
@@ -28,25 +27,37 @@ from .._records import (
     TimerRecord,
 )
 from .._tx import COLUMNS, Guard
+from ._rows import (
+    EARLIEST,
+    LATEST,
+    decode_instance,
+    decode_queue,
+    decode_signal,
+    decode_steps,
+    decode_timer,
+)
+from ._rows import INSTANCE_COLUMNS as ROW_COLUMNS
 
 __all__ = [
     "INSTANCE_COLUMNS",
+    "STEP_IS_SOUND",
     "PostgresTx",
     "admission_possible",
-    "instance_row",
-    "load_engines",
     "hear",
+    "load_engines",
     "load_history",
     "load_steps",
     "load_timers",
-    "queue_row",
 ]
 
-INSTANCE_COLUMNS: Final = (
-    "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at, owner, epoch, trace, queue, priority"
+INSTANCE_COLUMNS: Final = ROW_COLUMNS + ", owner, epoch"  # the shared database's two more
+#: Whether a step row is sound, tested by the server as it reads the row (the column
+#: types are checked already): replay's hot path then pays one boolean per step.
+STEP_IS_SOUND: Final = (
+    "CASE state WHEN 'completed' THEN value IS NOT NULL WHEN 'dead' THEN error IS NOT NULL"
+    f" ELSE false END AND started_at BETWEEN {EARLIEST} AND {LATEST}"
+    f" AND finished_at BETWEEN {EARLIEST} AND {LATEST}"
 )
-STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
 UPSERT_STEP: Final = """
     INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
@@ -56,35 +67,6 @@ UPSERT_STEP: Final = """
         finished_at = excluded.finished_at
     WHERE steps.state != 'completed'
 """
-
-
-def instance_row(row: Sequence[Any]) -> InstanceRecord:
-    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f) = row[:12]
-    if status not in STATES:
-        raise StorageError(f"instance {iid!r} is corrupt: status is {status!r}")
-    try:
-        keys = json.loads(waiting)
-    except ValueError as exc:
-        raise StorageError(f"instance {iid!r} is corrupt: waiting_on is not JSON") from exc
-    return InstanceRecord(
-        instance_id=iid,
-        workflow=workflow,
-        status=cast(InstanceState, status),
-        parent_id=parent,
-        input=input_,
-        output=output,
-        error=error,
-        status_message=message,
-        waiting_on=tuple(keys),
-        created_at=c,
-        updated_at=u,
-        finished_at=f,
-        owner=row[12],
-        epoch=row[13],
-        trace=row[14],
-        queue=row[15],
-        priority=row[16],
-    )
 
 
 @final
@@ -119,7 +101,7 @@ class PostgresTx:
             f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s FOR UPDATE",
             (instance_id,),
         )
-        return None if row is None else instance_row(row)
+        return None if row is None else decode_instance(row)
 
     def family(self, instance_id: str) -> list[InstanceRecord]:
         rows = self._all(
@@ -127,7 +109,7 @@ class PostgresTx:
             " OR (instance_id > %s AND instance_id < %s) ORDER BY instance_id FOR UPDATE",
             (instance_id, *descendant_range(instance_id)),
         )
-        return [instance_row(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def children(
         self,
@@ -147,16 +129,17 @@ class PostgresTx:
         if limit is not None:
             query += " LIMIT %s"
             params.append(limit)
-        return [instance_row(row) for row in self._all(query, params)]
+        return [decode_instance(row) for row in self._all(query, params)]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         row = self._one(
-            "SELECT payload, created_at FROM signals WHERE instance_id = %s AND key = %s",
+            "SELECT payload, created_at, early, trace FROM signals"
+            " WHERE instance_id = %s AND key = %s",
             (instance_id, key),
         )
         if row is None:
             return None
-        return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
+        return decode_signal(instance_id, key, *row)
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
         return load_timers(self._conn, "WHERE instance_id = %s", (instance_id,))
@@ -175,15 +158,15 @@ class PostgresTx:
             params: tuple[object, ...] = (
                 row.instance_id, row.workflow, row.status, row.parent_id, row.input, row.output,
                 row.error, row.status_message, json.dumps(row.waiting_on), row.created_at,
-                row.updated_at, row.finished_at, row.owner, row.epoch, row.trace, row.queue,
-                row.priority,
+                row.updated_at, row.finished_at, row.trace, row.queue, row.priority, row.owner,
+                row.epoch,
             )  # fmt: skip
         elif isinstance(row, SignalRecord):
             query = (
-                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
-                " VALUES (%s, %s, %s, %s, %s)"
+                "INSERT INTO signals (instance_id, key, payload, created_at, early, trace)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
             )
-            params = (row.instance_id, row.key, row.payload, row.created_at, row.early)
+            params = (row.instance_id, row.key, row.payload, row.created_at, row.early, row.trace)
         else:
             query = (
                 "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
@@ -292,7 +275,7 @@ class PostgresTx:
             " WHERE name = %s FOR UPDATE",
             (name,),
         )
-        return None if row is None else queue_row(name, row)
+        return None if row is None else decode_queue(name, row)
 
     def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
         conflict = (
@@ -322,7 +305,7 @@ class PostgresTx:
             " ORDER BY priority DESC, created_at, instance_id LIMIT %s FOR UPDATE SKIP LOCKED",
             (queue, sorted(workflows), limit),
         )
-        return [instance_row(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def schedule(self, name: str) -> ScheduleRecord | None:
         row = self._one(
@@ -367,47 +350,32 @@ def admission_possible(
     return row is not None and not row[0]
 
 
-def queue_row(name: str, row: Sequence[Any]) -> QueueRecord:
-    concurrency, rate_count, rate_period, paused, starts = row
-    try:
-        times = tuple(float(t) for t in json.loads(starts))
-    except (TypeError, ValueError) as exc:
-        raise StorageError(
-            f"queue {name!r} has a corrupt row: starts is not a JSON list of times"
-            " (fix or delete the row)"
-        ) from exc
-    return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
-                       rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
-
-
 def load_history(conn: psycopg.Connection[Any], instance_id: str) -> History:
     """An instance's steps, signals and timers: one statement (one snapshot of the three
     tables, in one round trip)."""
+    # Columns by type: text x4, integer, double x2, boolean.
     rows = conn.execute(
-        "SELECT 0, key, state, value, error, attempts, started_at, finished_at, NULL"
-        " FROM steps WHERE instance_id = %s UNION ALL"
-        " SELECT 1, key, NULL, payload, NULL, NULL, created_at, NULL, early"
+        "SELECT 0, key, state, value, error, attempts, started_at, finished_at,"
+        f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s UNION ALL"
+        " SELECT 1, key, payload, trace, NULL, NULL, created_at, NULL, early"
         " FROM signals WHERE instance_id = %s UNION ALL"
-        " SELECT 2, key, kind, NULL, NULL, NULL, deadline, NULL, fired"
+        " SELECT 2, instance_id, key, kind, NULL, NULL, deadline, NULL, fired"
         " FROM timers WHERE instance_id = %s",
         (instance_id, instance_id, instance_id),
     ).fetchall()
-    history = History(steps=[], signals=[], timers=[])
-    for table, key, kind, value, error, attempts, at, finished, flag in rows:
-        if table == 0:
-            history.steps.append(StepRecord(
-                instance_id=instance_id, key=key, state=kind, value=value, error=error,
-                attempts=attempts, started_at=at, finished_at=finished,
-            ))  # fmt: skip
-        elif table == 1:
-            history.signals.append(SignalRecord(
-                instance_id=instance_id, key=key, payload=value, created_at=at, early=flag
-            ))  # fmt: skip
-        else:
-            history.timers.append(TimerRecord(
-                instance_id=instance_id, key=key, deadline=at, kind=kind, fired=flag
-            ))  # fmt: skip
-    return history
+    return History(
+        steps=decode_steps(instance_id, [row[1:] for row in rows if row[0] == 0]),
+        signals=[
+            decode_signal(instance_id, key, payload, at, flag, trace)
+            for table, key, payload, trace, _, _, at, _, flag in rows
+            if table == 1
+        ],
+        timers=[
+            decode_timer(iid, key, at, kind, flag)
+            for table, iid, key, kind, _, _, at, _, flag in rows
+            if table == 2
+        ],
+    )
 
 
 def hear(conn: psycopg.Connection[Any], timeout: float, own: Set[int]) -> set[str]:
@@ -425,23 +393,11 @@ def hear(conn: psycopg.Connection[Any], timeout: float, own: Set[int]) -> set[st
 
 def load_steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:
     rows = conn.execute(
-        "SELECT key, state, value, error, attempts, started_at, finished_at FROM steps"
-        " WHERE instance_id = %s",
+        "SELECT key, state, value, error, attempts, started_at, finished_at,"
+        f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s",
         (instance_id,),
     ).fetchall()
-    return [
-        StepRecord(
-            instance_id=instance_id,
-            key=key,
-            state=state,
-            value=value,
-            error=error,
-            attempts=attempts,
-            started_at=started_at,
-            finished_at=finished_at,
-        )
-        for key, state, value, error, attempts, started_at, finished_at in rows
-    ]
+    return decode_steps(instance_id, rows)
 
 
 def load_timers(
@@ -450,10 +406,7 @@ def load_timers(
     rows = conn.execute(
         f"SELECT instance_id, key, deadline, kind, fired FROM timers {where}", params
     ).fetchall()
-    return [
-        TimerRecord(instance_id=iid, key=key, deadline=deadline, kind=kind, fired=fired)
-        for iid, key, deadline, kind, fired in rows
-    ]
+    return [decode_timer(*row) for row in rows]
 
 
 _DEFAULT_NAME: Final = re.compile(r"memable@(?P<host>.+):(?P<pid>\d+)")

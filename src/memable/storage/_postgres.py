@@ -48,12 +48,11 @@ from ._pgtx import (
     PostgresTx,
     admission_possible,
     hear,
-    instance_row,
     load_engines,
     load_history,
     load_steps,
-    queue_row,
 )
+from ._rows import decode_instance, decode_queue
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
 
@@ -395,7 +394,7 @@ class PostgresStorage(RuleStorage):
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s",
                 (instance_id,),
             ).fetchone()
-        return None if row is None else instance_row(row)
+        return None if row is None else decode_instance(row)
 
     def list_instances(
         self,
@@ -433,7 +432,7 @@ class PostgresStorage(RuleStorage):
         params.append(limit)
         with self._conn("listing instances in") as conn:
             rows = conn.execute(query, params).fetchall()
-        return [instance_row(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def load_retired(self, instance_id: str) -> list[StepRecord]:
         with self._conn("loading retired steps from") as conn:
@@ -467,7 +466,7 @@ class PostgresStorage(RuleStorage):
                 " AND status IN ('enqueued', 'running', 'suspended') GROUP BY queue, status"
             ).fetchall()
         return [
-            (queue_row(name, rest), {status: n for queue, status, n in counts if queue == name})
+            (decode_queue(name, rest), {status: n for queue, status, n in counts if queue == name})
             for name, *rest in rows
         ]
 
@@ -602,8 +601,8 @@ class PostgresStorage(RuleStorage):
                 if held
                 else []
             )
-        records = {row[0]: instance_row(row) for row in mine}
-        records.update((row[0], instance_row(row)) for row in claimed)
+        records = {row[0]: decode_instance(row) for row in mine}
+        records.update((row[0], decode_instance(row)) for row in claimed)
         return list(records.values())
 
     def _reap(self, conn: psycopg.Connection[Any]) -> int:
@@ -640,7 +639,7 @@ class PostgresStorage(RuleStorage):
                     " AND owner = %s AND status = 'running'",
                     (instance_id, engine_id),
                 ).fetchone()
-        return None if row is None else instance_row(row)
+        return None if row is None else decode_instance(row)
 
     def heartbeat(self, held: Sequence[tuple[str, int]]) -> list[str] | None:
         with self._mutex, self._errors("renewing this engine's lease in"):
