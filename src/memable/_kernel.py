@@ -28,7 +28,7 @@ from ._exceptions import (
 from ._ids import children_waited, public_keys, root_of
 from ._keys import check_instance_ref
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Outcome, Suspended
-from ._records import Fence
+from ._records import Admission, Fence
 from ._serde import type_name
 from ._suspend import SuspendPoint
 from ._tx import Fenced
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._commit import GroupCommitter
     from ._records import (
-        Admission,
         History,
         InstanceRecord,
         InstanceState,
@@ -312,8 +311,28 @@ class Store:
     async def pause_queue(self, name: str, paused: bool) -> bool:
         return await self.call(self.queues().pause_queue, name, paused)
 
-    async def admit(self, name: str, now: float, workflows: Sequence[str]) -> Admission:
-        return await self.call(self.queues().admit, name, now=now, workflows=workflows)
+    async def admit(
+        self, name: str, now: float, workflows: Sequence[str], *, look: bool
+    ) -> tuple[Admission, History | None]:
+        """Admit for queue *name* in one worker thread: with *look*, first ask a storage
+        that can tell cheaply (``admission_possible``) whether anything could start; and
+        when one instance starts, read its history there too (its run starts without
+        another trip to a thread)."""
+        storage = self.queues()
+        possible = getattr(storage, "admission_possible", None) if look else None
+
+        def admit() -> tuple[Admission, History | None]:
+            if possible is not None and not possible(name, workflows):
+                return Admission(), None
+            admission = storage.admit(name, now=now, workflows=workflows)
+            if len(admission.started) != 1:
+                return admission, None
+            try:
+                return admission, self.storage.load_history(admission.started[0].instance_id)
+            except StorageError:  # its run reads it again
+                return admission, None
+
+        return await self.call(admit)
 
     async def define_schedule(self, name: str, now: float) -> ScheduleRecord:
         return await self.call(self.queues().define_schedule, name, now)
@@ -354,6 +373,7 @@ class Kernel:
         "registry",
         "retry",
         "serde",
+        "slot_freed",
         "status",
         "store",
         "wake_queue",
@@ -381,6 +401,8 @@ class Kernel:
         self.wake_timers: Callable[[float], None] = lambda deadline: None
         # Admission of a queue may start something: a slot freed, or work came back.
         self.wake_queue: Callable[[str], None] = lambda name: None
+        # A run of the queue ended here: a slot is free (admit without looking first).
+        self.slot_freed: Callable[[str], None] = lambda name: None
         # Every queue: another engine on a shared database changed something (its hint).
         self.wake_queues: Callable[[], None] = lambda: None
         self._recovered: anyio.Event | None = None

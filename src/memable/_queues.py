@@ -27,7 +27,7 @@ from ._records import QueueRecord
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
-    from ._records import InstanceRecord
+    from ._records import History, InstanceRecord
 
 __all__ = ["Admitter", "Queue"]
 
@@ -108,7 +108,7 @@ class Admitter:
     def __init__(
         self,
         kernel: Kernel,
-        claimed: Callable[[InstanceRecord], None],
+        claimed: Callable[[InstanceRecord, History | None], None],
         queues: Iterable[Queue] = (),
     ) -> None:
         self._kernel = kernel
@@ -116,11 +116,13 @@ class Admitter:
         self._queues: dict[str, Queue] = {}
         self._stored: set[str] = set()  # queues whose limits this engine has stored
         self._dirty: set[str] = set()  # queues to admit for now
+        self._freed: set[str] = set()  # of those, queues a run ended for here (a free slot)
         self._retry_at: dict[str, float] = {}  # rate-limited queues: when a start is allowed
         self._scope: anyio.CancelScope | None = None  # of its sleep
         self._asleep = False
         kernel.wake_queue = self.wake
         kernel.wake_queues = self.wake_all
+        kernel.slot_freed = self.freed
         for queue in queues:
             self.add(queue)
 
@@ -154,6 +156,13 @@ class Admitter:
             self._dirty.add(name)
             if self._scope is not None:
                 self._scope.cancel()
+
+    def freed(self, name: str) -> None:
+        """A run of queue *name* ended here: its slot is free, admit at once (without
+        first looking whether anything could start)."""
+        if name in self._queues:
+            self._freed.add(name)
+        self.wake(name)
 
     def wake_all(self) -> None:
         """Admit for every queue at once (another engine may have freed slots)."""
@@ -200,9 +209,11 @@ class Admitter:
     async def _admit(self, name: str) -> None:
         kernel = self._kernel
         workflows = [wf.name for wf in kernel.registry]
-        admission = await kernel.store.admit(name, kernel.now(), workflows)
+        look = name not in self._freed
+        self._freed.discard(name)
+        admission, history = await kernel.store.admit(name, kernel.now(), workflows, look=look)
         for record in admission.started:
-            self._claimed(record)
+            self._claimed(record, history)
         if admission.full:
             self._dirty.add(name)
         if admission.retry_at is None:

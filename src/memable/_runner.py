@@ -74,8 +74,9 @@ class Runner:
         self._waiting: collections.deque[tuple[Run, InstanceRecord]] = collections.deque()
         self._room: anyio.Event | None = None  # set when a task slot frees up
 
-    def claimed(self, record: InstanceRecord) -> None:
-        """Run an instance stored as ``running``: recovered, or just claimed.
+    def claimed(self, record: InstanceRecord, history: History | None = None) -> None:
+        """Run an instance stored as ``running``: recovered, or just claimed; *history*:
+        its history, if read right after it was claimed (admission does).
 
         An instance of a queue that was claimed back to ``enqueued`` waits for admission.
         """
@@ -98,6 +99,7 @@ class Runner:
             run.rerun = True  # still ending its suspended pass: it goes again
             return
         run = self.reserve(record.instance_id, wf)
+        run.history = history
         self.start(run, record)
 
     async def recover(self, *, shared: bool = False) -> None:
@@ -150,6 +152,7 @@ class Runner:
             run.workflow = wf
         run.driven = True
         if self._waiting or not self.free():
+            run.history = None  # it waits: read it when it starts
             self._waiting.append((run, record))
             return
         self._spawn(run, record, waited=False)
@@ -319,7 +322,7 @@ class Runner:
                 del self.runs[run.instance_id]
             run.set_finished()
             if queue is not None:  # its slot may be free: the next one starts at once
-                self._kernel.wake_queue(queue)
+                self._kernel.slot_freed(queue)
 
     async def _reread(self, run: Run, backoff: Backoff) -> InstanceRecord | None:
         while True:
@@ -366,6 +369,8 @@ class Runner:
             if run.fresh:
                 run.fresh = False
                 history = History(steps=[], signals=[], timers=[])
+            elif run.history is not None:
+                history, run.history = run.history, None
             else:
                 try:
                     history = await kernel.store.history(run.instance_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence, Set
 from typing import Any, Final, cast, final
 
 import attrs
@@ -21,6 +21,7 @@ from .._ids import ancestors, descendant_range
 from .._records import (
     EngineRecord,
     Fence,
+    History,
     InstanceRecord,
     InstanceState,
     QueueRecord,
@@ -49,11 +50,14 @@ __all__ = [
     "STEP_IS_SOUND",
     "Inserted",
     "PostgresTx",
+    "admission_possible",
     "fenced_inserts",
+    "hear",
     "inserted",
     "inserts_only",
     "instance_rows",
     "load_engines",
+    "load_history",
     "load_steps",
     "load_timers",
     "step_rows",
@@ -445,6 +449,67 @@ class PostgresTx:
                 (row.name, row.last_tick, row.last_run),
             )
         )
+
+
+def admission_possible(
+    conn: psycopg.Connection[Any], name: str, workflows: Collection[str]
+) -> bool:
+    """Whether an admission of queue *name* may start something, read without locks.
+
+    ``False`` only when, as of now, the queue has no row, is paused, has no enqueued
+    instance of *workflows* or no free slot: whatever changes that afterwards (a slot
+    freed, work enqueued, the queue resumed) commits later and wakes admission again.
+    """
+    row = conn.execute(
+        "SELECT q.paused OR NOT EXISTS (SELECT 1 FROM instances WHERE queue = q.name"
+        " AND status = 'enqueued' AND workflow = ANY(%s))"
+        " OR (q.concurrency IS NOT NULL AND q.concurrency <= (SELECT count(*) FROM instances"
+        " WHERE queue = q.name AND status = 'running'))"
+        " FROM queues q WHERE q.name = %s",
+        (sorted(workflows), name),
+    ).fetchone()
+    return row is not None and not row[0]
+
+
+def load_history(conn: psycopg.Connection[Any], instance_id: str) -> History:
+    """An instance's steps, signals and timers: one statement (one snapshot of the three
+    tables, in one round trip)."""
+    # Columns by type: text x4, integer, double x2, boolean.
+    rows = conn.execute(
+        "SELECT 0, key, state, value, error, attempts, started_at, finished_at,"
+        f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s UNION ALL"
+        " SELECT 1, key, payload, trace, NULL, NULL, created_at, NULL, early"
+        " FROM signals WHERE instance_id = %s UNION ALL"
+        " SELECT 2, instance_id, key, kind, NULL, NULL, deadline, NULL, fired"
+        " FROM timers WHERE instance_id = %s",
+        (instance_id, instance_id, instance_id),
+    ).fetchall()
+    return History(
+        steps=decode_steps(instance_id, [row[1:] for row in rows if row[0] == 0]),
+        signals=[
+            decode_signal(instance_id, key, payload, at, flag, trace)
+            for table, key, payload, trace, _, _, at, _, flag in rows
+            if table == 1
+        ],
+        timers=[
+            decode_timer(iid, key, at, kind, flag)
+            for table, iid, key, kind, _, _, at, _, flag in rows
+            if table == 2
+        ],
+    )
+
+
+def hear(conn: psycopg.Connection[Any], timeout: float, own: Set[int]) -> set[str]:
+    """The instance ids the hints on the listening *conn* name, waiting up to *timeout*
+    for the first one; the hints sent by server processes in *own* are dropped."""
+    ids: set[str] = set()
+    for notify in conn.notifies(timeout=timeout, stop_after=1):
+        if notify.pid not in own:
+            ids.update(notify.payload.split("\n"))
+    for notify in conn.notifies(timeout=0.0):  # what came in the same packet
+        if notify.pid not in own:
+            ids.update(notify.payload.split("\n"))
+    return ids
 
 
 def load_steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:

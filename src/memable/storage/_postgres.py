@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, Final, TypeVar, final
 
 import psycopg
@@ -46,15 +46,17 @@ from ._base import RuleStorage
 from ._pgschema import MIGRATIONS, SCHEMA_VERSION, check_schema
 from ._pgtx import (
     INSTANCE_COLUMNS,
-    STEP_IS_SOUND,
     PostgresTx,
+    admission_possible,
     fenced_inserts,
+    hear,
     inserted,
     inserts_only,
     load_engines,
+    load_history,
     load_steps,
 )
-from ._rows import decode_instance, decode_queue, decode_signal, decode_steps, decode_timer
+from ._rows import decode_instance, decode_queue
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
 
@@ -186,6 +188,9 @@ class PostgresStorage(RuleStorage):
         self._listener_lock = threading.Lock()
         self._mutex = threading.Lock()
         self._channel = f"memable.{schema}"
+        # Server processes of this storage's pool that sent hints: its own hints are not
+        # news to it (its engine acted on its changes already), so ``hints`` drops them.
+        self._own: set[int] = set()
 
     def __repr__(self) -> str:
         client = "" if self.register else ", register=False"
@@ -378,6 +383,9 @@ class PostgresStorage(RuleStorage):
         payload = "\n".join(sorted(ids))
         if len(payload.encode()) > _NOTIFY_LIMIT:
             payload = ""  # too many to name: "look at everything"
+        if len(self._own) > 4 * self.threads:  # connections were replaced: forget old ones
+            self._own.clear()
+        self._own.add(conn.info.backend_pid)
         with contextlib.suppress(psycopg.Error):  # only a hint: polling catches up
             conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
 
@@ -447,31 +455,8 @@ class PostgresStorage(RuleStorage):
             return load_steps(conn, instance_id)
 
     def load_history(self, instance_id: str) -> History:
-        # One statement: one snapshot of the three tables, in one round trip.
         with self._conn(f"loading the history of instance {instance_id!r} from") as conn:
-            # Columns by type: text x4, integer, double x2, boolean.
-            rows = conn.execute(
-                "SELECT 0, key, state, value, error, attempts, started_at, finished_at,"
-                f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s UNION ALL"
-                " SELECT 1, key, payload, trace, NULL, NULL, created_at, NULL, early"
-                " FROM signals WHERE instance_id = %s UNION ALL"
-                " SELECT 2, instance_id, key, kind, NULL, NULL, deadline, NULL, fired"
-                " FROM timers WHERE instance_id = %s",
-                (instance_id, instance_id, instance_id),
-            ).fetchall()
-        return History(
-            steps=decode_steps(instance_id, [row[1:] for row in rows if row[0] == 0]),
-            signals=[
-                decode_signal(instance_id, key, payload, at, flag, trace)
-                for table, key, payload, trace, _, _, at, _, flag in rows
-                if table == 1
-            ],
-            timers=[
-                decode_timer(iid, key, at, kind, flag)
-                for table, iid, key, kind, _, _, at, _, flag in rows
-                if table == 2
-            ],
-        )
+            return load_history(conn, instance_id)
 
     def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
         with self._conn("reading queues from") as conn:
@@ -487,6 +472,21 @@ class PostgresStorage(RuleStorage):
             (decode_queue(name, rest), {status: n for queue, status, n in counts if queue == name})
             for name, *rest in rows
         ]
+
+    def pause_queue(self, name: str, paused: bool) -> bool:
+        known = super().pause_queue(name, paused)
+        if known:  # no instance changed: tell the other engines' admitters all the same
+            with self._conn("resuming a queue in") as conn:
+                self._notify(conn, {""})
+        return known
+
+    def admission_possible(self, name: str, workflows: Collection[str]) -> bool:
+        """Whether an admission of queue *name* could start anything, by a read without
+        locks (``False``: it would not). Every hint wakes every engine's admitter, and
+        most find nothing to start: this spares them the admission transaction, whose
+        row lock is written (its commit waits for a flush), and the others its wait."""
+        with self._conn("admitting queued instances in") as conn:
+            return admission_possible(conn, name, workflows)
 
     def list_engines(self) -> list[EngineRecord]:
         """The engines registered on the database, oldest first: name, host and process,
@@ -683,12 +683,8 @@ class PostgresStorage(RuleStorage):
                     conn = self._listener = self._connect()
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                 return None  # (re)connected: what happened meanwhile was not heard
-        ids: set[str] = set()
         try:
-            for notify in conn.notifies(timeout=timeout, stop_after=1):
-                ids.update(notify.payload.split("\n"))
-            for notify in conn.notifies(timeout=0.0):  # what came in the same packet
-                ids.update(notify.payload.split("\n"))
+            ids = hear(conn, timeout, self._own)
         except psycopg.Error as exc:
             with self._listener_lock:
                 if self._listener is conn:
