@@ -64,8 +64,8 @@ class Steps:
         retry: RetryPolicy | None,
     ) -> T:
         """The result of step *key*: replayed if recorded, else run by *call* and recorded."""
-        record = self._journal.steps.get(key)
-        if record is not None:
+        row = self._journal.steps.get(key)
+        if row is not None:
             if time.perf_counter() >= self._yield_at:
                 # A long replay awaits nothing else: let the engine's other tasks run.
                 await anyio.lowlevel.checkpoint()
@@ -81,11 +81,11 @@ class Steps:
                     workflow=self._run.workflow.name,
                     step=key,
                 )
-            if record.state == "completed":
-                assert record.value is not None
-                value = self._kernel.serde.decode(record.value, tp, key, self.what(key))
+            _, state, stored, error, attempts = row[:5]
+            if state == "completed":
+                value = self._kernel.serde.decode(stored, tp, key, self.what(key))
                 return typing.cast(T, value)
-            raise replayed_failure(key, record.attempts, record.error)
+            raise replayed_failure(key, attempts, error)
         self._run.enter()
         try:
             return await self._attempts(key, tp, call, timeout, retry)

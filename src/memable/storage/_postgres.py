@@ -39,6 +39,8 @@ from .._records import (
     ScheduleRecord,
     SignalRecord,
     StepRecord,
+    StepRow,
+    StepRows,
     TimerRecord,
 )
 from .._tx import Fenced, Tx
@@ -387,13 +389,13 @@ class PostgresStorage(RuleStorage):
                 " FROM timers WHERE instance_id = %s",
                 (instance_id, instance_id, instance_id),
             ).fetchall()
-        history = History(steps=[], signals=[], timers=[])
-        for table, key, kind, value, error, attempts, at, finished, flag in rows:
+        # Steps stay rows (key, state, value, error, attempts, started_at, finished_at).
+        steps: list[StepRow] = []
+        history = History(steps=StepRows(instance_id, steps), signals=[], timers=[])
+        for row in rows:
+            table, key, kind, value, _, _, at, _, flag = row
             if table == 0:
-                history.steps.append(StepRecord(
-                    instance_id=instance_id, key=key, state=kind, value=value, error=error,
-                    attempts=attempts, started_at=at, finished_at=finished,
-                ))  # fmt: skip
+                steps.append(row[1:8])
             elif table == 1:
                 history.signals.append(SignalRecord(
                     instance_id=instance_id, key=key, payload=value, created_at=at, early=flag

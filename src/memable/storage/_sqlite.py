@@ -28,6 +28,7 @@ from .._records import (
     ScheduleRecord,
     SignalRecord,
     StepRecord,
+    StepRows,
     TimerRecord,
 )
 from .._tx import COLUMNS, Guard
@@ -401,7 +402,7 @@ class SQLiteStorage(RuleStorage):
         with self._read(f"loading the history of instance {instance_id!r} from") as db:
             db.execute("BEGIN")  # one consistent snapshot of the three tables
             try:
-                steps = _steps(db, instance_id)
+                steps = _step_rows(db, instance_id)
                 signals = _signals(db, instance_id)
                 timers = _timers(db, instance_id)
             finally:
@@ -809,26 +810,23 @@ _STEP_IS_SOUND: Final = (
 
 
 def _steps(db: sqlite3.Connection, instance_id: str) -> list[StepRecord]:
+    return list(_step_rows(db, instance_id))
+
+
+def _step_rows(db: sqlite3.Connection, instance_id: str) -> StepRows:
+    """The steps of *instance_id* as the rows SQLite returns (each checked in SQL; one
+    that fails the quick test is checked again in Python, then raises or is replaced)."""
     rows = db.execute(
         "SELECT key, state, value, error, attempts, started_at, finished_at,"
         f" {_STEP_IS_SOUND} FROM steps WHERE instance_id = ?",
         (instance_id,),
     ).fetchall()
-    return [
-        StepRecord(
-            instance_id=instance_id,
-            key=key,
-            state=state,
-            value=value,
-            error=error,
-            attempts=attempts,
-            started_at=started_at,
-            finished_at=finished_at,
-        )
-        if sound
-        else _checked_step(instance_id, key, state, value, error, attempts, started_at, finished_at)
-        for key, state, value, error, attempts, started_at, finished_at, sound in rows
-    ]
+    for n, row in enumerate(rows):
+        if not row[7]:
+            record = _checked_step(instance_id, *row[:7])
+            rows[n] = (record.key, record.state, record.value, record.error, record.attempts,
+                       record.started_at, record.finished_at)  # fmt: skip
+    return StepRows(instance_id, rows)
 
 
 def _checked_step(instance_id: str, key: object, state: object, *rest: object) -> StepRecord:
