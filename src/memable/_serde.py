@@ -38,6 +38,9 @@ UNTYPED: Final = "?"
 
 _NONE_TYPE: Final = type(None)
 _dumps: Final = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps makes one per call
+# For values an exact-type check has passed: a check looks a bounded depth down, so such a
+# value has no cycle, and the encoder need not keep a set of the containers it is in.
+_dumps_checked: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 def make_converter() -> cattrs.Converter:
@@ -554,7 +557,7 @@ class Serde:
         if exact and as_is:
             # JSON's own kinds, exactly, which the converter leaves as they are.
             try:
-                return _dumps({"type": name, "value": value})
+                return _dumps_checked({"type": name, "value": value})
             except Exception:
                 pass  # (a NaN inside, say): the converter's path says what is wrong
         if not exact and not conforms(value, tp):
