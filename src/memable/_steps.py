@@ -34,7 +34,7 @@ _REPLAY_SLICE = 0.002
 class Steps:
     """Takes the steps of one run: replayed from its journal, or run and recorded."""
 
-    __slots__ = ("_journal", "_kernel", "_run", "_runner", "_write", "_yield_at")
+    __slots__ = ("_journal", "_kernel", "_run", "_runner", "_traced", "_write", "_yield_at")
 
     def __init__(
         self,
@@ -50,6 +50,9 @@ class Steps:
         self._journal = journal
         self._write = write
         self._yield_at = time.perf_counter() + _REPLAY_SLICE
+        # Looked up once a pass, not once a step: a tracer provider set meanwhile traces
+        # the steps of the instance's next pass (and every later run).
+        self._traced = _telemetry.enabled()
 
     def what(self, key: str) -> str:
         """How messages name step *key* of this run."""
@@ -101,7 +104,8 @@ class Steps:
         retry: RetryPolicy | None,
     ) -> T:
         kernel = self._kernel
-        await self._runner.maybe_crash(self._run, key, "before")
+        if kernel.crash_points:  # crash injection (memable.testing) only
+            await self._runner.maybe_crash(self._run, key, "before")
         policy = retry or kernel.retry or _NO_RETRY
         started = kernel.now()
         scope = (
@@ -113,7 +117,7 @@ class Steps:
                     "memable.workflow": self._run.workflow.name,
                 },
             )
-            if _telemetry.enabled()
+            if self._traced
             else _telemetry.NULL
         )
         with scope as span:
@@ -153,7 +157,8 @@ class Steps:
             if span is not None:
                 span.set_attributes({"memable.step.attempts": attempts,
                                      "memable.step.outcome": "completed"})  # fmt: skip
-        await self._runner.maybe_crash(self._run, key, "after")
+        if kernel.crash_points:
+            await self._runner.maybe_crash(self._run, key, "after")
         record = StepRecord(
             instance_id=self._run.instance_id,
             key=key,
