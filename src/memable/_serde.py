@@ -38,9 +38,28 @@ UNTYPED: Final = "?"
 
 _NONE_TYPE: Final = type(None)
 _dumps: Final = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps makes one per call
-# For values an exact-type check has passed: a check looks a bounded depth down, so such a
-# value has no cycle, and the encoder need not keep a set of the containers it is in.
-_dumps_checked: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def _checked_dumps() -> Callable[[object], str]:
+    """The encoder of values an exact-type check has passed: the check looks a bounded
+    depth down, so such a value has no cycle and the encoder keeps no set of the containers
+    it is in. It is made once (``JSONEncoder.encode`` makes a C encoder per call, which
+    costs a small envelope more than encoding it)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without json's C accelerator
+        return json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+    def default(value: object) -> object:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    # markers, default, encoder, indent, separators, sort_keys, skipkeys, allow_nan: those
+    # of JSONEncoder(separators=(",", ":"), check_circular=False).
+    encode = make(None, default, json.encoder.encode_basestring_ascii, None, ":", ",",
+                  False, False, True)  # fmt: skip
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps_checked: Final = _checked_dumps()
 
 
 def make_converter() -> cattrs.Converter:
