@@ -521,13 +521,24 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
+_JSON_TYPES: Final = (int, float, str, bool, Any)
+#: Types whose plan under memable's own converter is known: JSON's kinds, and lists and
+#: str-keyed dicts of them (tests/test_fidelity.py checks each against trying it).
+_KNOWN_PLANS: Final = frozenset(
+    {None, _NONE_TYPE, *_JSON_TYPES, *(list[t] for t in _JSON_TYPES),  # type: ignore[valid-type]
+     *(dict[str, t] for t in _JSON_TYPES),  # type: ignore[valid-type]
+     list[dict[str, Any]]}
+)  # fmt: skip
+
+
 class Serde:
     """Encodes and decodes envelopes with one cattrs Converter (the engine's own)."""
 
-    __slots__ = ("_converter", "_plans", "_result_types")
+    __slots__ = ("_converter", "_own", "_plans", "_result_types")
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         self._converter = converter  # made on first use: cattrs loads only when needed
+        self._own = converter is None  # memable's own converter, whose plans are known
         self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -652,7 +663,14 @@ class Serde:
         except TypeError:
             return None, False  # an unhashable type expression: read its values back
         plan: tuple[_Check | None, bool] = (None, False)
-        for int_as_float in (True, False):
+        if self._own and tp in _KNOWN_PLANS:
+            # JSON's own kinds under memable's converter: what trying the samples would
+            # find (tests/test_fidelity.py checks it), without loading cattrs for them,
+            # so a fresh process replays a history of plain values without that cost.
+            exact = _compile(tp, True)
+            assert exact is not None
+            plan = (exact.check, True)
+        for int_as_float in () if plan[0] is not None else (True, False):
             exact = _compile(tp, int_as_float)
             if exact is None:
                 break
