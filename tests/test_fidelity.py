@@ -21,8 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memable
-from memable import Context, Engine
-from memable import _serde
+from memable import Context, Engine, _serde
 from memable._serde import Serde, conforms
 
 T = TypeVar("T")
