@@ -204,7 +204,7 @@ def list_setup(path: Path, n: int) -> None:
 async def list_page(path: Path, n: int) -> Figures:
     async with Engine(path, workflows=[single], resume_on_start=False) as engine:
         times: list[float] = []
-        for _ in range(3):  # the first page and the two after it, three times
+        for _ in range(15):  # the first page and the two after it, 15 times (median of 45)
             after = None
             for _ in range(3):
                 started = time.perf_counter()
