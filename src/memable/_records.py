@@ -260,7 +260,8 @@ class StepRows(Sequence[StepRecord]):
                           finished_at=finished_at)  # fmt: skip
 
     def rows(self) -> list[StepRow]:
-        """The rows themselves (see :data:`StepRow`), in the order read."""
+        """The rows themselves, in the order read: ``(key, state, value, error, attempts,
+        started_at, finished_at)``, perhaps with more columns after these."""
         return self._rows
 
     def __len__(self) -> int:
