@@ -34,7 +34,9 @@ _REPLAY_SLICE = 0.002
 class Steps:
     """Takes the steps of one run: replayed from its journal, or run and recorded."""
 
-    __slots__ = ("_journal", "_kernel", "_run", "_runner", "_traced", "_write", "_yield_at")
+    __slots__ = (
+        "_debug", "_journal", "_kernel", "_run", "_runner", "_traced", "_write", "_yield_at"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class Steps:
         # Looked up once a pass, not once a step: a tracer provider set meanwhile traces
         # the steps of the instance's next pass (and every later run).
         self._traced = _telemetry.enabled()
+        self._debug = _log.logger.isEnabledFor(_log.DEBUG)  # asked again at each checkpoint
 
     def what(self, key: str) -> str:
         """How messages name step *key* of this run."""
@@ -73,8 +76,9 @@ class Steps:
                 # A long replay awaits nothing else: let the engine's other tasks run.
                 await anyio.lowlevel.checkpoint()
                 self._yield_at = time.perf_counter() + _REPLAY_SLICE
+                self._debug = _log.logger.isEnabledFor(_log.DEBUG)
             self._run.replayed += 1
-            if _log.logger.isEnabledFor(_log.DEBUG):
+            if self._debug:
                 _log.event(
                     _log.DEBUG,
                     "step %r of %r replayed",
