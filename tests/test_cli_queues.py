@@ -10,6 +10,7 @@ import anyio
 
 import memable
 from memable import Context, Engine, Queue, Schedule
+from memable.storage import Storage
 from memable.testing import ManualClock
 from tests.test_cli import as_json, ok
 
@@ -26,7 +27,7 @@ async def tick(ctx: Context) -> None:
     pass
 
 
-async def make(db: str) -> None:
+async def make(db: str | Storage) -> None:
     emails = Queue("emails", concurrency=2, rate_limit=(5, 60))
     clock = ManualClock(T0)
     schedule = Schedule(tick, every=timedelta(minutes=5))

@@ -21,7 +21,7 @@ import pytest
 import memable
 from memable import Context, Engine
 from memable.storage import InstanceRecord, SignalRecord, SQLiteStorage, StepRecord, TimerRecord
-from memable.storage._sqlite import _instance
+from memable.storage._rows import decode_instance
 
 INPUT = '{"type":"int","value":1}'
 
@@ -165,7 +165,7 @@ def test_missing_times_are_corrupt() -> None:
     """A NULL where a time must be (possible in a hand-rebuilt table) is corrupt too."""
     row = ("x", "wf", "running", None, INPUT, None, None, None, "[]", None, 1.0, None)
     with pytest.raises(memable.StorageError, match="created_at is None, not a time"):
-        _instance(row)
+        decode_instance(row)
 
 
 HISTORY_CORRUPTIONS = {

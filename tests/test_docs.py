@@ -9,6 +9,8 @@ complete test module: it is run by pytest (``pytester``) with memable's plugin.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -108,6 +110,12 @@ def console_output(path: Path, command: str) -> list[str]:
     raise AssertionError(f"no console block runs {command!r} in {path.name}")
 
 
+def timeless(lines: list[str]) -> list[str]:
+    """*lines* with times and durations masked, and the table columns they set."""
+    masked = (re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|\b\d+ ms\b", "T", line) for line in lines)
+    return [" ".join(line.split()) for line in masked]
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_getting_started_crash_and_recover(backend: str, tmp_path: Path) -> None:
     """Getting started's script, saved as shop.py, is killed by ``--crash`` and finishes
@@ -148,8 +156,44 @@ def test_getting_started_crash_and_recover(backend: str, tmp_path: Path) -> None
     assert "price:v1" in shown.stdout
     assert "charge:v1" in shown.stdout
     assert "ship:v1" not in shown.stdout  # it died while the body ran
+    documented = console_output(page, "python -m memable show order-o-17 --db shop.db")
+    assert timeless(shown.stdout.splitlines()) == timeless(documented)
     recovered = shop()
     assert recovered.returncode == 0, recovered.stderr
     assert recovered.stdout.splitlines() == console_output(page, "python shop.py")
     again = shop()
     assert again.stdout.splitlines() == console_output(page, "python shop.py")[-1:]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_operations_command_line(
+    backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The command-line session of the operations page, run after the page's blocks,
+    prints what the page shows (times masked)."""
+    page = DOCS / "operations.md"
+    run_page(page, backend, monkeypatch, tmp_path)
+    session = console_output(page, "memable --db orders.db list")
+    commands: list[tuple[str, list[str]]] = [("memable --db orders.db list", [])]
+    for line in session:
+        if line.startswith("$ "):
+            commands.append((line.removeprefix("$ "), []))
+        else:
+            commands[-1][1].append(line)
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env["COLUMNS"] = "200"
+    for command, shown in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "memable"
+        done = subprocess.run(
+            [sys.executable, "-m", "memable", *argv[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        if shown:
+            assert timeless(done.stdout.splitlines()) == timeless(shown), command

@@ -378,3 +378,74 @@ async def test_an_engine_that_cannot_renew_its_lease_stops_its_runs(shared: Fact
             with anyio.fail_after(10):
                 assert await b.handle(wf, "p").result() == 20
                 assert await invocation.result() == 20
+
+
+async def test_a_schema_of_version_2_is_migrated_and_works(shared: Factory) -> None:
+    """A schema written before signals kept their trace context (version 2) is brought
+    up to date by the first engine: its suspended instance and early payload read as
+    before, a signal finishes it, and a signal's traceparent is stored from then on."""
+    from memable.storage._pgschema import MIGRATIONS, SCHEMA_VERSION
+
+    with psycopg.connect(shared.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {shared.schema}")
+        conn.execute(f"SET search_path = {shared.schema}")
+        for migration in MIGRATIONS[:2]:
+            conn.execute(migration)
+        conn.execute("CREATE TABLE schema_version (version integer)")
+        conn.execute("INSERT INTO schema_version VALUES (2)")
+        conn.execute(
+            "INSERT INTO instances (instance_id, workflow, status, input, waiting_on,"
+            " created_at, updated_at) VALUES ('old', 'pair', 'suspended', %s, %s, 1.0, 1.0)",
+            ('{"type":"None","value":null}', '["one:v1"]'),
+        )
+        conn.execute(
+            "INSERT INTO signals (instance_id, key, payload, created_at, early)"
+            " VALUES ('old', 'two:v1', %s, 1.0, true)",
+            ('{"type":"str","value":"b"}',),
+        )
+    one, two = SuspendPoint("one:v1", str), SuspendPoint("two:v1", str)
+
+    @memable.workflow("pair")
+    async def pair(ctx: Context) -> str:
+        return await ctx.suspend(one) + await ctx.suspend(two)
+
+    async with Engine(shared(), workflows=[pair]) as engine:
+        (early,) = (await engine.history(pair, "old")).signals
+        assert (early.key, early.state) == ("two:v1", "early")
+        await engine.signal(pair, "old", one, "a")
+        assert await engine.handle(pair, "old").result() == "ab"
+    assert shared.sql("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert SCHEMA_VERSION == 3
+    assert shared.sql("SELECT key, trace FROM signals ORDER BY key") == [
+        ("one:v1", None),  # no tracer provider: no span, no trace context
+        ("two:v1", None),
+    ]
+
+
+def test_a_corrupt_row_is_a_storage_error_naming_the_instance(shared: Factory) -> None:
+    """Postgres rows decode as SQLite's do (one decoder): a step, a timer or an instance
+    row that does not decode is a StorageError naming the instance and the column."""
+    storage = shared()
+    storage.open()
+    try:
+        shared.sql(
+            "INSERT INTO instances (instance_id, workflow, status, input, created_at,"
+            " updated_at) VALUES ('bad', 'wf', 'running', '{}', 1.0, 1.0)"
+        )
+        shared.sql(
+            "INSERT INTO steps (instance_id, key, state, value, attempts, started_at,"
+            " finished_at) VALUES ('bad', 'k:v1', 'weird', 'x', 1, 1.0, 2.0)"
+        )
+        with pytest.raises(memable.StorageError, match="'bad' has a corrupt row: step 'k:v1'"):
+            storage.load_history("bad")
+        shared.sql("DELETE FROM steps")
+        shared.sql(
+            "INSERT INTO timers (instance_id, key, deadline, kind) VALUES ('bad', 't', 1.0, 'x')"
+        )
+        with pytest.raises(memable.StorageError, match="timer 't': kind is 'x'"):
+            storage.load_history("bad")
+        shared.sql("UPDATE instances SET waiting_on = 'nope'")
+        with pytest.raises(memable.StorageError, match="'bad' has a corrupt row: waiting_on"):
+            storage.get_instance("bad")
+    finally:
+        storage.close()

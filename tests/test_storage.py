@@ -38,6 +38,8 @@ from memable.storage import (
 )
 from memable.storage._sqlite import MIGRATIONS, SCHEMA_VERSION
 
+from .helpers import StorageFactory, peek
+
 INPUT = '{"type":"None","value":null}'
 SRC = str(Path(memable.__file__).resolve().parents[1])
 
@@ -538,6 +540,78 @@ def test_an_older_schema_is_migrated_keeping_its_data(tmp_path: Path) -> None:
         storage.close()
     with raw(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_a_schema_5_file_opens_and_works(tmp_path: Path) -> None:
+    """A file of schema 5 (signals without their trace context) is migrated by an engine:
+    its suspended instance and early payload read as before, a signal finishes it, and
+    from then on a signal's traceparent is kept."""
+    path = tmp_path / "v5.db"
+    with raw(path) as db:
+        for migration in MIGRATIONS[:5]:
+            migration(db)
+        db.execute("PRAGMA user_version = 5")
+        db.execute(
+            "INSERT INTO instances (instance_id, workflow, status, input, waiting_on,"
+            " created_at, updated_at) VALUES ('old', 'pair', 'suspended', ?, ?, 1.0, 1.0)",
+            (INPUT, '["one:v1"]'),
+        )
+        db.execute(
+            "INSERT INTO signals (instance_id, key, payload, created_at, early)"
+            " VALUES ('old', 'two:v1', ?, 1.0, 1)",
+            ('{"type":"str","value":"b"}',),
+        )
+    one, two = memable.SuspendPoint("one:v1", str), memable.SuspendPoint("two:v1", str)
+
+    @memable.workflow("pair")
+    async def pair(ctx: Context) -> str:
+        return await ctx.suspend(one) + await ctx.suspend(two)
+
+    async with Engine(path, workflows=[pair]) as engine:
+        (early,) = (await engine.history(pair, "old")).signals
+        assert (early.key, early.state) == ("two:v1", "early")
+        await engine.signal(pair, "old", one, "a")
+        assert await engine.handle(pair, "old").result() == "ab"
+    with raw(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("SELECT key, trace FROM signals ORDER BY key").fetchall() == [
+            ("one:v1", None),  # no tracer provider: no span, no trace context
+            ("two:v1", None),
+        ]
+    storage = SQLiteStorage(path)
+    storage.open()
+    try:
+        traced = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+        storage.create_instance(instance("new"))
+        signal = SignalRecord(instance_id="new", key="k", payload="{}", created_at=2.0,
+                              trace=traced)  # fmt: skip
+        assert storage.deliver_signal(signal)[0] == "stored"
+        assert [s.trace for s in storage.load_history("new").signals] == [traced]
+    finally:
+        storage.close()
+
+
+def test_a_signal_keeps_its_trace_context(make_storage: StorageFactory) -> None:
+    """The traceparent of a signal's span is stored with its payload, whether the payload
+    claims the instance or comes early, and read back with the history."""
+    claiming = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    early = "00-" + "3" * 32 + "-" + "4" * 16 + "-00"
+
+    def check(storage: Storage) -> None:
+        storage.create_instance(instance("t"))
+        assert storage.suspend("t", waiting_on=["k"], status_message=None, now=1.0)
+        first = SignalRecord(instance_id="t", key="k", payload="{}", created_at=2.0,
+                             trace=claiming)  # fmt: skip
+        assert storage.deliver_signal(first)[0] == "claimed"
+        second = SignalRecord(instance_id="t", key="e", payload="{}", created_at=3.0,
+                              trace=early)  # fmt: skip
+        assert storage.deliver_signal(second)[0] == "stored"
+        untraced = SignalRecord(instance_id="t", key="u", payload="{}", created_at=4.0)
+        assert storage.deliver_signal(untraced)[0] == "stored"
+        signals = {s.key: (s.trace, s.early) for s in storage.load_history("t").signals}
+        assert signals == {"k": (claiming, False), "e": (early, True), "u": (None, True)}
+
+    peek(make_storage(), check)
 
 
 def test_a_schema_from_the_future_is_refused(tmp_path: Path) -> None:

@@ -3,11 +3,14 @@ replay never multiplies (asserted with the SDK's in-memory exporter)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import textwrap
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import memable
 from memable import Context, Engine, RetryPolicy, SuspendPoint, _telemetry
-from memable.storage import MemoryStorage
+from memable._inbox import apply_directly
+from memable.storage import MemoryStorage, PostgresStorage
+from memable.testing import ManualClock
 
-from .helpers import StorageFactory
+from . import pg
+from .helpers import StorageFactory, peek
 
 APPROVAL = SuspendPoint("approval:v1", bool)
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -173,6 +179,211 @@ async def test_a_replayed_thousand_step_instance_emits_no_step_spans(
     assert named(finished, "memable.step") == []
     (run,) = named(finished, "memable.run long")
     assert dict(run.attributes or {})["memable.steps.replayed"] == 1000
+
+
+def make_hold(gate: list[bool], entered: anyio.Event | None = None) -> memable.Workflow[None, str]:
+    """Waits for APPROVAL, then ships: a step that hangs (setting *entered*) if *gate*
+    holds a value when it starts."""
+
+    async def ship() -> str:
+        if gate:
+            if entered is not None:
+                entered.set()
+            await anyio.sleep_forever()
+        return "shipped"
+
+    @memable.workflow("hold")
+    async def hold(ctx: Context) -> str:
+        if not await ctx.suspend(APPROVAL):
+            return "rejected"
+        return await ctx.step("ship:v1", ship)
+
+    return hold
+
+
+def run_spans(finished: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
+    return sorted(named(finished, f"memable.run {name}"), key=lambda s: s.start_time or 0)
+
+
+def linked(span: ReadableSpan) -> set[int]:
+    return {link.context.span_id for link in span.links}
+
+
+async def test_a_run_in_another_engine_links_to_the_signal_span(
+    make_storage: StorageFactory, spans: InMemorySpanExporter
+) -> None:
+    """Engine A delivers a signal, and stops while the run it started hangs; engine B, a
+    new engine on the same database (the process after a restart), runs the instance
+    again: its run links to A's signal span (stored with the payload) and invoke span."""
+    gate = [True]
+    hold = make_hold(gate)
+    async with Engine(make_storage(), workflows=[hold], shutdown_timeout=0) as a:
+        invocation = await a.invoke(hold, instance_id="h")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        await a.signal(hold, "h", APPROVAL, True)
+    finished = spans.get_finished_spans()
+    (invoke,) = named(finished, "memable.invoke hold")
+    (signal,) = named(finished, "memable.signal approval:v1")
+    spans.clear()
+    gate.clear()
+    async with Engine(make_storage(), workflows=[hold]) as b:
+        assert await b.handle(hold, "h").result() == "shipped"
+    (run,) = run_spans(spans.get_finished_spans(), "hold")
+    assert run.parent is None
+    assert linked(run) == {invoke.context.span_id, signal.context.span_id}
+    assert dict(run.attributes or {})["memable.run.outcome"] == "completed"
+
+
+async def test_only_the_signals_that_woke_a_run_are_linked(spans: InMemorySpanExporter) -> None:
+    """The run a signal wakes links to it; the run a timer wakes later links to the invoke
+    only; an early signal (kept until the run got to its point) woke no run."""
+    first, second = SuspendPoint("first:v1", int), SuspendPoint("second:v1", int)
+
+    @memable.workflow("steps")
+    async def steps(ctx: Context) -> int:
+        a = await ctx.suspend(first)
+        await ctx.sleep("nap:v1", timedelta(minutes=5))
+        return a + await ctx.suspend(second)
+
+    clock = ManualClock()
+    async with Engine(MemoryStorage(), workflows=[steps], clock=clock) as engine:
+        invocation = await engine.invoke(steps, instance_id="s")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        await engine.signal(steps, "s", second, 2)  # early: kept until the run gets there
+        await engine.signal(steps, "s", first, 1)
+        assert isinstance(await invocation.wait(), memable.Suspended)  # on the timer
+        await clock.advance(timedelta(minutes=5))
+        assert await invocation.result() == 3
+    finished = spans.get_finished_spans()
+    (invoke,) = named(finished, "memable.invoke steps")
+    (early,) = named(finished, "memable.signal second:v1")
+    (woke,) = named(finished, "memable.signal first:v1")
+    runs = run_spans(finished, "steps")
+    assert [dict(r.attributes or {})["memable.run.outcome"] for r in runs] == [
+        "suspended", "suspended", "completed"
+    ]  # fmt: skip
+    assert [linked(r) for r in runs] == [
+        set(),  # the first run is the invoke span's child
+        {invoke.context.span_id, woke.context.span_id},
+        {invoke.context.span_id},
+    ]
+    assert runs[1].links[1].context.span_id == woke.context.span_id  # linked once
+    assert len(runs[1].links) == 2
+    assert early.context.span_id not in linked(runs[2])
+
+
+async def test_a_signal_a_client_writes_directly_is_linked(
+    make_storage: StorageFactory, spans: InMemorySpanExporter
+) -> None:
+    """A client that writes a signal without an engine (the command line or the dashboard
+    on Postgres, or on a SQLite file no engine holds) makes its span too: the run an engine
+    makes of the instance later links to it."""
+    hold = make_hold([])
+    async with Engine(make_storage(), workflows=[hold]) as engine:
+        invocation = await engine.invoke(hold, instance_id="h")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+    client = make_storage()
+    if isinstance(client, PostgresStorage):
+        client = client.client()  # as the command line opens it: no engine row
+    answer = peek(client, lambda storage: apply_directly(
+        storage, "signal", "h", now=time.time(), key="approval:v1", payload="true"
+    ))  # fmt: skip
+    assert json.loads(answer)["outcome"] == "claimed"
+    (signal,) = named(spans.get_finished_spans(), "memable.signal approval:v1")
+    async with Engine(make_storage(), workflows=[hold]) as engine:
+        assert await engine.handle(hold, "h").result() == "shipped"
+    last = run_spans(spans.get_finished_spans(), "hold")[-1]
+    assert signal.context.span_id in linked(last)
+    assert dict(signal.attributes or {})["memable.signal.outcome"] == "claimed"
+
+
+async def test_a_signal_to_a_child_is_linked_by_the_childs_run(
+    make_storage: StorageFactory, spans: InMemorySpanExporter
+) -> None:
+    """A signal to a fan-out's child wakes its top-level instance: the child's run (under
+    the fan-out span of the parent's new run) is the one linked to the signal's span."""
+    ok = SuspendPoint("ok:v1", bool)
+
+    async def item(ctx: Context, n: int) -> int:
+        return n if await ctx.suspend(ok) else -n
+
+    @memable.workflow("fan")
+    async def fan(ctx: Context) -> list[int]:
+        return await ctx.fan_out("item:v1", item, [1, 2])
+
+    async with Engine(make_storage(), workflows=[fan]) as engine:
+        invocation = await engine.invoke(fan, instance_id="f")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        await engine.signal(fan, "f/item:v1-0", ok, True)
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        await engine.signal(fan, "f/item:v1-1", ok, False)
+        assert await invocation.result() == [1, -2]
+    finished = spans.get_finished_spans()
+    signals = {dict(s.attributes or {})["memable.instance_id"]: s.context.span_id
+               for s in named(finished, "memable.signal ok:v1")}  # fmt: skip
+    woken = {
+        dict(r.attributes or {})["memable.instance_id"]: linked(r)
+        for r in run_spans(finished, "_fan.item:v1")
+        if r.links
+    }
+    assert woken == {child: {span_id} for child, span_id in signals.items()}
+    (invoke,) = named(finished, "memable.invoke fan")
+    parents = run_spans(finished, "fan")[1:]
+    assert [linked(r) for r in parents] == [{invoke.context.span_id}] * 2
+
+
+async def test_a_signal_through_one_engine_links_the_run_of_another(
+    postgres_server: pg.PostgresServer, spans: InMemorySpanExporter
+) -> None:
+    """Postgres, two engines at once: A delivers the signal and its run hangs until A
+    stops; B, running meanwhile, claims the instance and its run links to A's signal."""
+    gate, entered = [True], anyio.Event()
+    hold = make_hold(gate, entered)
+    schema = postgres_server.new_schema()
+
+    def storage() -> PostgresStorage:
+        return PostgresStorage(postgres_server.dsn, schema=schema, lease=1.0, pool_size=2)
+
+    async with Engine(storage(), workflows=[hold]) as b:
+        async with Engine(storage(), workflows=[hold], shutdown_timeout=0) as a:
+            invocation = await a.invoke(hold, instance_id="h")
+            assert isinstance(await invocation.wait(), memable.Suspended)
+            await a.signal(hold, "h", APPROVAL, True)
+            await entered.wait()  # A's run hangs in the step: A stops it, B runs it
+            gate.clear()
+        assert await b.handle(hold, "h").result(finished=True) == "shipped"
+    finished = spans.get_finished_spans()
+    (signal,) = named(finished, "memable.signal approval:v1")
+    first, in_a, in_b = run_spans(finished, "hold")
+    assert [dict(r.attributes or {})["memable.run.outcome"] for r in (first, in_a, in_b)] == [
+        "suspended", "shutdown", "completed"
+    ]  # fmt: skip
+    assert signal.context.span_id in linked(in_a)
+    assert signal.context.span_id in linked(in_b)
+
+
+async def test_a_signal_from_the_command_line_is_linked(
+    tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    """``memable signal`` in another process, while an engine owns the SQLite file: the
+    engine applies it from its inbox in a signal span, and the run it wakes links to it."""
+    hold = make_hold([])
+    path = tmp_path / "cli.db"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    async with Engine(path, workflows=[hold]) as engine:
+        invocation = await engine.invoke(hold, instance_id="h")
+        assert isinstance(await invocation.wait(), memable.Suspended)
+        command = [sys.executable, "-m", "memable", "--db", str(path), "signal", "h",
+                   "approval:v1", "true"]  # fmt: skip
+        done = await anyio.run_process(command, env=env, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        assert await invocation.result() == "shipped"
+    finished = spans.get_finished_spans()
+    (signal,) = named(finished, "memable.signal approval:v1")
+    assert dict(signal.attributes or {})["memable.signal.outcome"] == "claimed"
+    second = run_spans(finished, "hold")[-1]
+    assert signal.context.span_id in linked(second)
 
 
 def records_of(caplog: pytest.LogCaptureFixture, instance_id: str) -> list[tuple[str, str]]:

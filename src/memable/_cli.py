@@ -3,8 +3,10 @@
 It needs none of the application's code (stored values are JSON envelopes) and works
 beside a running engine: it reads a SQLite file through a read-only connection, and
 hands signals, cancels, resumes and purges to the engine that owns the file through
-its inbox (or applies them itself when no engine owns it). Errors are one line on
-stderr and exit status 2; a request the database refuses exits with 1.
+its inbox (or applies them itself when no engine owns it). On Postgres it is a client
+(``PostgresStorage(register=False)``): it reads, and writes those requests directly,
+for the engines to pick up. Errors are one line on stderr and exit status 2; a request
+the database refuses exits with 1.
 """
 
 from __future__ import annotations
@@ -76,22 +78,27 @@ def _is_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
 
-def _postgres(db: str) -> Storage:
-    import memable.storage
+def _postgres(db: str, schema: str, lease: float = 15.0) -> Storage:
+    """A Postgres client (it registers no engine, never creates the schema), not open."""
+    try:
+        from .storage._postgres import PostgresStorage
+    except ImportError:
+        raise CliError(
+            "a postgresql:// database needs psycopg: pip install 'memable[postgres]'"
+        ) from None
+    try:
+        return PostgresStorage(db, schema=schema, pool_size=2, register=False, lease=lease)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
 
-    factory = getattr(memable.storage, "PostgresStorage", None)
-    if factory is None:
-        raise CliError("this memable has no Postgres storage; --db takes a SQLite file here")
-    storage: Storage = factory(db)
-    return storage
 
-
-def open_reader(db: str) -> Storage:
-    """The storage of *db*, opened for reading beside any engine that runs on it."""
+def open_reader(db: str, schema: str = "memable", *, lease: float = 15.0) -> Storage:
+    """The storage of *db*, opened for reading beside any engine that runs on it (on
+    Postgres: a client, which can steer instances too)."""
     from ._exceptions import StorageError
 
     if _is_url(db):
-        storage = _postgres(db)
+        storage = _postgres(db, schema, lease)
     else:
         from .storage._sqlite import SQLiteStorage
 
@@ -112,7 +119,7 @@ def _list(args: argparse.Namespace) -> int:
     from . import _cliview, _inspect
     from ._outcome import InstanceInfo
 
-    storage = open_reader(args.db)
+    storage = open_reader(args.db, args.schema)
     try:
         after = None
         if args.since is not None:
@@ -134,7 +141,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from . import _cliview
 
-    storage = open_reader(args.db)
+    storage = open_reader(args.db, args.schema)
     try:
         history = load(storage, args.instance_id)
         tree = _children_tree(storage, history)
@@ -217,7 +224,11 @@ def _steer(args: argparse.Namespace, verb: str, instance_id: str, **request: Any
     from . import _cliview
 
     if _is_url(args.db):
-        answer = _direct(_postgres(args.db), verb, instance_id, **request)
+        storage = open_reader(args.db, args.schema)
+        try:
+            answer = _direct(storage, verb, instance_id, **request)
+        finally:
+            storage.close()
     else:
         answer = _steer_sqlite(args.db, verb, instance_id, **request)
     result = json.loads(answer)
@@ -276,45 +287,25 @@ def _through_inbox(client: Any, owner: str, verb: str, instance_id: str, **reque
 
 
 def _direct(storage: Storage, verb: str, instance_id: str, **request: Any) -> str:
-    """Apply a request with no engine running (its effects run when one starts)."""
-    from . import _control, _ids
-    from ._inbox import answer, signal_answer
-    from ._records import SignalRecord
-    from ._serde import UNTYPED
+    """Apply a request in storage: a SQLite file no engine owns, or Postgres."""
+    from ._inbox import apply_directly
 
-    now = time.time()
-    if verb == "purge":
-        purged = storage.purge(finished_before=now - float(request["payload"]))
-        return answer(True, "purged", f"purged {purged} finished instances")
-    record = storage.get_instance(instance_id)
-    if record is None:
-        return answer(False, "not_found", f"no instance {instance_id!r}")
-    if verb == "signal":
-        key = request["key"]
-        envelope = json.dumps({"type": UNTYPED, "value": json.loads(request["payload"])})
-        signal = SignalRecord(instance_id=instance_id, key=key, payload=envelope, created_at=now)
-        outcome, after = storage.deliver_signal(signal)
-        status = "" if after is None else after.status
-        return signal_answer(outcome, instance_id, key, status, "runs when an engine starts")
-    if verb == "cancel":
-        before, _ = storage.cancel(instance_id, reason=request.get("reason") or "", now=now)
-        if before is None:
-            return answer(False, record.status, f"instance {instance_id!r} is {record.status}")
-        return answer(True, "cancelled", f"instance {instance_id!r} is cancelled")
-    root = storage.get_instance(_ids.root_of(instance_id)) if record.parent_id else record
-    if root is None or root.status not in _control.RESUMABLE:
-        state = record.status
-        return answer(True, state, f"instance {instance_id!r} is {state}")
-    storage.restart(root.instance_id, only_if=_control.RESUMABLE, updated_at=now)
-    return answer(True, "running", f"instance {instance_id!r} runs when an engine starts")
+    payload = request.pop("payload", None)
+    return apply_directly(storage, verb, instance_id, now=time.time(), payload=payload, **request)
 
 
 def _engines(args: argparse.Namespace) -> int:
     from . import _cliview
 
-    if _is_url(args.db):
-        raise CliError("'engines' is not available for this storage yet")
-    open_reader(args.db).close()
+    storage = open_reader(args.db, args.schema, lease=args.lease)
+    try:
+        reader = getattr(storage, "list_engines", None)
+        rows = None if reader is None else reader()
+    finally:
+        storage.close()
+    if rows is not None:
+        _cliview.print_shared_engines(rows, as_json=args.json, now=time.time())
+        return 0
     from .storage._sqlite import owner_of
 
     owner = owner_of(args.db)
@@ -326,7 +317,7 @@ def _engines(args: argparse.Namespace) -> int:
 def _queues(args: argparse.Namespace) -> int:
     from . import _cliview
 
-    storage = open_reader(args.db)
+    storage = open_reader(args.db, args.schema)
     try:
         reader = getattr(storage, "list_queues", None)
         if reader is None:
@@ -341,7 +332,7 @@ def _queues(args: argparse.Namespace) -> int:
 def _schedules(args: argparse.Namespace) -> int:
     from . import _cliview
 
-    storage = open_reader(args.db)
+    storage = open_reader(args.db, args.schema)
     try:
         reader = getattr(storage, "list_schedules", None)
         if reader is None:
@@ -365,6 +356,7 @@ def _web(args: argparse.Namespace) -> int:
     try:
         return serve(
             args.db,
+            schema=args.schema,
             host=args.host,
             port=args.port,
             allow_actions=args.allow_actions,
@@ -382,7 +374,8 @@ def _args_web(p: argparse.ArgumentParser) -> None:
         "--allow-actions",
         action="store_true",
         help="let the dashboard signal, cancel and resume instances (each a POST with a CSRF"
-        " token, handed to the engine that owns the database through its inbox)",
+        " token; on a SQLite file, handed to the engine that owns it through its inbox; on"
+        " Postgres, written directly, and the engines pick it up)",
     )
     p.add_argument(
         "--backend",
@@ -443,6 +436,27 @@ def _args_purge(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _lease(text: str) -> float:
+    try:
+        lease = float(text)
+    except ValueError:
+        lease = float("nan")
+    if not 0.3 <= lease < 86400:
+        raise argparse.ArgumentTypeError(f"not a lease in seconds: {text!r} (like 15, 2.5)")
+    return lease
+
+
+def _args_engines(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lease",
+        type=_lease,
+        default=15.0,
+        metavar="SECONDS",
+        help="on Postgres, the engines' lease: a heartbeat older than it is shown expired"
+        " (default: %(default)s)",
+    )
+
+
 def _args_none(p: argparse.ArgumentParser) -> None:
     pass
 
@@ -469,7 +483,7 @@ COMMANDS: dict[
     "cancel": ("cancel a running or suspended instance (writes)", _args_cancel, _cancel),
     "resume": ("run a failed or stuck instance again (writes)", _args_id, _resume),
     "purge": ("delete finished instances older than an age (writes)", _args_purge, _purge),
-    "engines": ("the engines that run on the database", _args_none, _engines),
+    "engines": ("the engines that run on the database", _args_engines, _engines),
     "queues": ("queues: limits, pause, and instances enqueued and running", _args_none, _queues),
     "schedules": ("schedules: the last tick and the instance it started", _args_none, _schedules),
     "web": ("serve the dashboard (read-only unless --allow-actions)", _args_web, _web),
@@ -501,6 +515,12 @@ def parser() -> argparse.ArgumentParser:
         help="the database: a SQLite file or a postgresql:// URL (default: $MEMABLE_DB)",
     )
     common.add_argument(
+        "--schema",
+        default=argparse.SUPPRESS,
+        help="the schema of memable's tables in a postgresql:// database (default:"
+        " $MEMABLE_SCHEMA, else memable)",
+    )
+    common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
     main = _Parser(
@@ -526,6 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.db = getattr(args, "db", None) or os.environ.get("MEMABLE_DB")
     if args.command != "demo" and not args.db:
         return _fail("no database: pass --db PATH (or a postgresql:// URL) or set MEMABLE_DB")
+    schema = getattr(args, "schema", None)
+    if schema is not None and not _is_url(args.db or ""):
+        return _fail("--schema is for a postgresql:// database")
+    args.schema = schema or os.environ.get("MEMABLE_SCHEMA") or "memable"
     from ._exceptions import MemableError
 
     try:

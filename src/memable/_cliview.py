@@ -19,7 +19,7 @@ from ._outcome import InstanceInfo
 from ._serde import UNTYPED
 
 if TYPE_CHECKING:
-    from ._records import QueueRecord, ScheduleRecord
+    from ._records import EngineRecord, QueueRecord, ScheduleRecord
 
 __all__ = [
     "print_answer",
@@ -27,6 +27,7 @@ __all__ = [
     "print_list",
     "print_queues",
     "print_schedules",
+    "print_shared_engines",
     "print_show",
     "to_json",
 ]
@@ -306,6 +307,48 @@ def print_engines(engines: list[dict[str, str]], *, as_json: bool) -> None:
         print("no engine runs on this database")
     else:
         table(["PROCESS", "STORAGE"], [[e["process"], e["storage"]] for e in engines])
+
+
+def print_shared_engines(rows: Sequence[EngineRecord], *, as_json: bool, now: float) -> None:
+    """The ``engines`` command's output on a shared database (Postgres): every registered
+    engine, its process, heartbeat age (database clock) and how many instances it holds."""
+    data = [
+        {
+            "engine_id": row.engine_id,
+            "name": row.name,
+            "host": row.host,
+            "process": None if row.pid is None else str(row.pid),
+            "started_at": datetime.fromtimestamp(row.started_at, UTC).isoformat(),
+            "heartbeat": datetime.fromtimestamp(row.heartbeat, UTC).isoformat(),
+            "heartbeat_age": round(row.heartbeat_age, 3),
+            "expired": row.expired,
+            "instances": row.instances,
+            "storage": "postgres",
+        }
+        for row in rows
+    ]
+    if as_json:
+        _dump({"engines": data})
+    elif not data:
+        print("no engine is registered on this database")
+    else:
+        table(
+            ["ENGINE", "HOST", "PROCESS", "UP", "HEARTBEAT", "INSTANCES", "NAME"],
+            [
+                [
+                    row.engine_id[:12],
+                    row.host or "-",
+                    "-" if row.pid is None else str(row.pid),
+                    _span(timedelta(seconds=max(0.0, now - row.started_at))),
+                    _span(timedelta(seconds=row.heartbeat_age))
+                    + " ago"
+                    + (" (expired)" if row.expired else ""),
+                    str(row.instances),
+                    row.name,
+                ]
+                for row in rows
+            ],
+        )
 
 
 def print_queues(rows: Sequence[tuple[QueueRecord, dict[str, int]]], *, as_json: bool) -> None:

@@ -13,6 +13,7 @@ import json
 from typing import Any, Final, TypeVar
 
 import anyio
+import attrs
 
 from . import _log, _telemetry
 from ._exceptions import InstanceConflict, InstanceNotFound, SignalRejected, SignalSuperseded
@@ -217,15 +218,20 @@ class Control:
                 )
 
     async def deliver(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
-        """Store a payload; run the instance if it waited on the point (in a span)."""
-        attributes = {"memable.instance_id": signal.instance_id, "memable.signal.key": signal.key}
-        with _telemetry.span(f"memable.signal {signal.key}", attributes, kind="PRODUCER") as span:
+        """Store a payload; run the instance if it waited on the point (in a span).
+
+        The span's ``traceparent`` is stored with the payload: the run it resumes links to
+        the span, in this engine or another, now or after a restart.
+        """
+        with _telemetry.signal_span(signal.instance_id, signal.key) as span:
+            if span is not None:
+                signal = attrs.evolve(signal, trace=_telemetry.current_traceparent())
             outcome, record = await self._kernel.store.signal(signal)
             if span is not None:
                 span.set_attribute("memable.signal.outcome", outcome)
             if outcome == "claimed":
                 assert record is not None
-                self._runner.claimed(record, _telemetry.current_context())
+                self._runner.claimed(record)
         return outcome, record
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str) -> bool:

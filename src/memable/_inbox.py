@@ -9,10 +9,11 @@ and read the answer the owner writes back.
 from __future__ import annotations
 
 import json
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
+from . import _telemetry
 from ._control import Control
 from ._exceptions import MemableError, StorageError
 from ._kernel import Kernel
@@ -21,7 +22,18 @@ from ._log import logger
 from ._records import InboxItem, SignalRecord
 from ._serde import UNTYPED
 
-__all__ = ["POLL", "InboxStorage", "answer", "apply", "serve", "signal_answer"]
+if TYPE_CHECKING:
+    from .storage._protocol import Storage
+
+__all__ = [
+    "POLL",
+    "InboxStorage",
+    "answer",
+    "apply",
+    "apply_directly",
+    "serve",
+    "signal_answer",
+]
 
 
 #: Seconds between two looks at the inbox.
@@ -114,3 +126,64 @@ def signal_answer(outcome: str, instance_id: str, key: str, status: str, claimed
         "not_found": f"no instance {instance_id!r}",
     }
     return answer(outcome in ("claimed", "stored"), outcome, messages[outcome])
+
+
+def apply_directly(
+    storage: Storage,
+    verb: str,
+    instance_id: str,
+    *,
+    now: float,
+    key: str | None = None,
+    payload: str | None = None,
+    reason: str | None = None,
+    payload_type: str = UNTYPED,
+) -> str:
+    """Apply a request in storage, outside any engine; return the answer (JSON text).
+
+    On a SQLite file no engine runs (what it starts runs when one opens the file); on a
+    shared database (Postgres) the engines run it: the transaction's ``NOTIFY`` wakes
+    them, an instance set running is claimed by one that runs its workflow, and an
+    engine running a cancelled instance stops it. *payload* is JSON text, sent as
+    *payload_type* (by default untyped: the waiter reads it as its point's type).
+    """
+    from ._control import RESUMABLE
+    from ._ids import root_of
+    from .storage._protocol import SharedStorage
+
+    shared = isinstance(storage, SharedStorage)
+    later = "runs on an engine of its workflow" if shared else "runs when an engine starts"
+    if verb == "purge":
+        age = float(payload or "nan")
+        if not age >= 0:
+            return answer(False, "error", f"not an age in seconds: {payload!r}")
+        purged = storage.purge(finished_before=now - age)
+        return answer(True, "purged", f"purged {purged} finished instances")
+    record = storage.get_instance(instance_id)
+    if record is None:
+        return answer(False, "not_found", f"no instance {instance_id!r}")
+    if verb == "signal":
+        envelope = json.dumps({"type": payload_type, "value": json.loads(payload or "null")})
+        with _telemetry.signal_span(instance_id, key or "") as span:  # the run links to it
+            trace = _telemetry.current_traceparent()
+            signal = SignalRecord(instance_id=instance_id, key=key or "", payload=envelope,
+                                  created_at=now, trace=trace)  # fmt: skip
+            outcome, after = storage.deliver_signal(signal)
+            if span is not None:
+                span.set_attribute("memable.signal.outcome", outcome)
+        status = "" if after is None else after.status
+        return signal_answer(outcome, instance_id, key or "", status, later)
+    if verb == "cancel":
+        before, _ = storage.cancel(instance_id, reason=reason or "", now=now)
+        if before is None:
+            return answer(False, record.status, f"instance {instance_id!r} is {record.status}")
+        return answer(True, "cancelled", f"instance {instance_id!r} is cancelled")
+    root = storage.get_instance(root_of(instance_id)) if record.parent_id else record
+    if root is None or root.status not in RESUMABLE:
+        return answer(True, record.status, f"instance {instance_id!r} is {record.status}")
+    restarted = storage.restart(root.instance_id, only_if=RESUMABLE, updated_at=now)
+    if restarted is None:  # an engine holds it (it runs), or it changed meanwhile
+        fresh = storage.get_instance(instance_id)
+        state = "gone" if fresh is None else fresh.status
+        return answer(True, state, f"instance {instance_id!r} is {state}")
+    return answer(True, restarted.status, f"instance {instance_id!r} {later}")

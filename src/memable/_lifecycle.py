@@ -22,7 +22,7 @@ from . import _inbox
 from ._background import TimerScheduler, heal, retain
 from ._commit import GroupCommitter
 from ._control import Control
-from ._exceptions import NotStarted
+from ._exceptions import NotStarted, StorageError
 from ._kernel import Kernel, Store
 from ._queues import Admitter
 from ._runner import Runner
@@ -98,6 +98,11 @@ class Lifecycle:
             # The life cycle, innermost last (see the module's docstring).
             stack.push_async_callback(self._close_storage)
             await kernel.store.call(self._storage.open)
+            if shared is not None and shared.engine_id is None:
+                raise StorageError(
+                    f"{self._storage!r} registered no engine when it opened (a client:"
+                    " register=False); an Engine needs a storage that registers"
+                )
             await self._admitter.store_limits()  # queues and schedules are stored at once,
             await self._ticker.store_rows()  # so a schedule's first tick is after the start
             kernel.committer = GroupCommitter(self._storage.commit, limiter)

@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeAlias, final, overload
 import attrs
 
 __all__ = [
+    "EngineRecord",
     "Fence",
     "History",
     "InboxItem",
@@ -115,6 +116,37 @@ class ScheduleRecord:
 
 @final
 @attrs.frozen(kw_only=True)
+class EngineRecord:
+    """An engine registered on a shared database (``PostgresStorage.list_engines()``).
+
+    ``name`` is what the engine is called in ``application_name`` (by default
+    ``memable@{host}:{pid}``, from which ``host`` and ``pid`` are read; ``None`` for a
+    name of another form). Times are seconds since the epoch, UTC; ``heartbeat_age`` is
+    how long ago it last renewed its lease, by the database clock (the clock reaping
+    uses), and ``expired`` says it is older than the lease of the storage that read it:
+    any engine's next claim reaps it. ``instances`` is how many it holds (runs).
+
+    Example:
+        >>> from memable.storage import EngineRecord
+        >>> EngineRecord(engine_id="e1", name="memable@web-1:4242", host="web-1", pid=4242,
+        ...              started_at=0.0, heartbeat=10.0, heartbeat_age=2.5,
+        ...              expired=False, instances=3).pid
+        4242
+    """
+
+    engine_id: str
+    name: str
+    host: str | None
+    pid: int | None
+    started_at: float
+    heartbeat: float
+    heartbeat_age: float
+    expired: bool
+    instances: int
+
+
+@final
+@attrs.frozen(kw_only=True)
 class Admission:
     """What one admission transaction of a queue did.
 
@@ -198,6 +230,9 @@ class SignalRecord:
     created_at: float
     #: Whether it came before the instance waited on its key (set by the storage).
     early: bool = False
+    #: The W3C ``traceparent`` of the span that delivered it (OpenTelemetry): the run it
+    #: resumes links to it, in whichever engine or process that run happens.
+    trace: str | None = None
 
     @property
     def timed_out(self) -> bool:

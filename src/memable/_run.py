@@ -60,10 +60,10 @@ class Run:
         "_done",
         "_finished",
         "_idle",
-        "cause",
         "driven",
         "fresh",
         "instance_id",
+        "linked",
         "outcome",
         "pending",
         "phase",
@@ -71,6 +71,7 @@ class Run:
         "replayed",
         "rerun",
         "scope",
+        "span",
         "status_dirty",
         "status_message",
         "waiting",
@@ -95,7 +96,8 @@ class Run:
         self.scope = anyio.CancelScope()
         self.waiting: set[str] = set()
         self.replayed = 0  # steps served from storage (telemetry counts them)
-        self.cause: object = None  # the span context of what claimed it (a signal)
+        self.span: Any = None  # the span of its current drive (telemetry), if one is made
+        self.linked: tuple[str, ...] = ()  # the traceparents that span links to already
         self._busy = 0
         self._idle: anyio.Event | None = None
 

@@ -70,9 +70,8 @@ class Runner:
         self._waiting: collections.deque[tuple[Run, InstanceRecord]] = collections.deque()
         self._room: anyio.Event | None = None  # set when a task slot frees up
 
-    def claimed(self, record: InstanceRecord, cause: object = None) -> None:
-        """Run an instance stored as ``running``: recovered, or just claimed (by what
-        *cause* names: the span context of a signal, for telemetry).
+    def claimed(self, record: InstanceRecord) -> None:
+        """Run an instance stored as ``running``: recovered, or just claimed.
 
         An instance of a queue that was claimed back to ``enqueued`` waits for admission.
         """
@@ -95,7 +94,6 @@ class Runner:
             run.rerun = True  # still ending its suspended pass: it goes again
             return
         run = self.reserve(record.instance_id, wf)
-        run.cause = cause
         self.start(run, record)
 
     async def recover(self, *, shared: bool = False) -> None:
@@ -260,14 +258,18 @@ class Runner:
             scope = _telemetry.span(f"memable.run {wf}", attributes)
         elif run.fresh:  # the first run: a child of the span that invoked it
             scope = _telemetry.span(f"memable.run {wf}", attributes, parent=record.trace)
-        else:  # a trace of its own, linked to the invoke and to the signal that claimed it
-            links = (_telemetry.link_of(record.trace), run.cause)
+        else:  # a trace of its own, linked to the invoke (and, see _pass, to the signals
+            # that woke it)
+            links = (_telemetry.link_of(record.trace),)
             scope = _telemetry.span(f"memable.run {wf}", attributes, root=True, links=links)
         run.replayed = 0
+        run.linked = ()
         with scope as span:
+            run.span = span
             try:
                 await self._drive(run, record)
             finally:
+                run.span = None
                 if span is not None:
                     span.set_attributes({"memable.run.outcome": run.reason or "unknown",
                                          "memable.steps.replayed": run.replayed})  # fmt: skip
@@ -375,6 +377,8 @@ class Runner:
                         return
                     self.storage_failed(run, "loading its history")
                     return
+                if run.span is not None:
+                    _link_signals(run, history, record.waiting_on)
             context = Context(kernel, self, run, Journal(run.instance_id, history,
                                                          record.waiting_on))  # fmt: skip
             input_type, output_type = wf.types()
@@ -532,3 +536,13 @@ class Runner:
 def error_of(outcome: Failed) -> str:
     """How a failure reads in a log line."""
     return str(outcome.error)
+
+
+def _link_signals(run: Run, history: History, waiting_on: tuple[str, ...]) -> None:
+    """Link the run's span to the spans that delivered the signals it waited for (it was
+    claimed by one of them, or recovered after a crash since), once per drive."""
+    for signal in history.signals:
+        trace = signal.trace
+        if trace is not None and signal.key in waiting_on and trace not in run.linked:
+            run.linked += (trace,)
+            _telemetry.link(run.span, trace)

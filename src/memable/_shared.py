@@ -139,6 +139,7 @@ class Sharing:
 
     async def _claimer(self) -> None:
         kernel = self._kernel
+        await kernel.recovered.wait()  # what recovery takes is logged as recovered, first
         while True:
             with anyio.move_on_after(self._storage.poll_interval):
                 await self._wake.wait()

@@ -7,7 +7,9 @@ Replay never multiplies telemetry: a step span exists only when its body runs; a
 counts its replayed steps in ``memable.steps.replayed``. The W3C ``traceparent`` of the
 span that started an instance is stored with it: its first run is that span's child, and
 a later run (after a signal, a timer, a crash, on another engine) starts a trace of its
-own linked to it (and to the signal's span when the signal came through this engine).
+own linked to it. The ``traceparent`` of a signal's span is stored with its payload, and
+the runs that the instance makes while it stays woken by that signal (the run the signal
+claimed, a run recovered after a crash, in this engine or another) link to it.
 Attributes are named ``memable.*``.
 """
 
@@ -23,10 +25,11 @@ __all__ = [
     "NULL",
     "enabled",
     "installed",
-    "current_context",
     "current_traceparent",
     "failed",
+    "link",
     "link_of",
+    "signal_span",
     "span",
     "tracer",
 ]
@@ -118,6 +121,13 @@ def _span(
         yield current
 
 
+def signal_span(instance_id: str, key: str) -> contextlib.AbstractContextManager[Any]:
+    """The span of a signal's delivery, by an engine or by a client (the command line,
+    the dashboard): store :func:`current_traceparent` with the payload inside it."""
+    attributes = {"memable.instance_id": instance_id, "memable.signal.key": key}
+    return span(f"memable.signal {key}", attributes, kind="PRODUCER")
+
+
 def current_traceparent() -> str | None:
     """The W3C ``traceparent`` of the current span, to store with an instance."""
     if tracer() is None:
@@ -140,14 +150,11 @@ def link_of(traceparent: str | None) -> Any:
     return ctx if ctx.is_valid else None
 
 
-def current_context() -> Any:
-    """The span context of the current span (to link to later), or ``None``."""
-    if tracer() is None:
-        return None
-    from opentelemetry import trace
-
-    ctx = trace.get_current_span().get_span_context()
-    return ctx if ctx.is_valid else None
+def link(current: Any, traceparent: str) -> None:
+    """Link *current* (a span) to the span a stored ``traceparent`` names, if valid."""
+    ctx = link_of(traceparent)
+    if ctx is not None:
+        current.add_link(ctx)
 
 
 def _extract(traceparent: str) -> Any:

@@ -2,7 +2,9 @@
 
 ``python app.py make DB`` writes a database with instances in every interesting state;
 ``python app.py serve DB`` runs an engine on it (printing ``ready``) until the instance
-``o1`` completes, then prints ``done <its result>``.
+``o1`` completes, then prints ``done <its result>``. With a Postgres URL and a schema
+(``python app.py serve URL SCHEMA``) the engine also runs ``h1``, which blocks in a step
+until it is cancelled (printing ``h1 cancelled``) before ``ready``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import anyio
 
 import memable
 from memable import Context, Engine, RetryPolicy, SuspendPoint
+from memable.storage import Storage
 
 APPROVAL = SuspendPoint("approval:v1", bool)
 
@@ -55,13 +58,28 @@ async def fan(ctx: Context) -> list[str]:
     return await ctx.fan_out("label:v1", label, ["a", "b", "c"])
 
 
-WORKFLOWS: list[memable.Workflow[Any, Any]] = [order, broken, nap, fan]
+@memable.workflow("hold")
+async def hold(ctx: Context) -> None:
+    await ctx.step("block:v1", anyio.sleep_forever)
 
 
-async def make(db: str) -> None:
+WORKFLOWS: list[memable.Workflow[Any, Any]] = [order, broken, nap, fan, hold]
+
+
+def storage(db: str, schema: str | None = None) -> str | Storage:
+    """*db*, or with a *schema* the Postgres storage of that schema."""
+    if schema is None:
+        return db
+    from memable.storage import PostgresStorage
+
+    return PostgresStorage(db, schema=schema, pool_size=4)
+
+
+async def make(db: str | Storage, schema: str | None = None) -> None:
     """Completed (c1, f1 and its children), failed with a dead letter (b1), suspended on
     a signal with a deadline (o1), suspended on a timer (n1); created in that order."""
-    async with Engine(db, workflows=WORKFLOWS) as engine:
+    async with Engine(storage(db, schema) if isinstance(db, str) else db,
+                      workflows=WORKFLOWS) as engine:  # fmt: skip
         await (await engine.invoke(order, 1, instance_id="c1")).wait()
         await engine.signal(order, "c1", APPROVAL, True)
         await engine.handle(order, "c1").result(finished=True)
@@ -71,12 +89,17 @@ async def make(db: str) -> None:
         await engine.run(fan, instance_id="f1")
 
 
-async def serve(db: str) -> None:
-    async with Engine(db, workflows=WORKFLOWS) as engine:
+async def serve(db: str, schema: str | None = None) -> None:
+    async with Engine(storage(db, schema), workflows=WORKFLOWS) as engine:
+        if schema is not None:
+            held = await engine.invoke(hold, instance_id="h1")
         print("ready", flush=True)
         result = await engine.handle(order, "o1").result(finished=True)
+        if schema is not None:
+            print("h1", type(await held.wait(finished=True)).__name__.lower(), flush=True)
         print("done", result, flush=True)
 
 
 if __name__ == "__main__":
-    anyio.run(make if sys.argv[1] == "make" else serve, sys.argv[2])
+    db, schema = sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else None)
+    anyio.run(make if sys.argv[1] == "make" else serve, db, schema)

@@ -23,18 +23,19 @@ import psycopg
 import pytest
 
 from .. import pg
-from . import pg_worker
+from . import workload
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
-WORKER = Path(pg_worker.__file__)
+WORKER = ("-m", "tests.crash.pg_worker")
 LEASE = 2.0
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    root = Path(__file__).resolve().parents[2]  # the worker is the module tests.crash.…
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "src"), str(root),
+                                                      env.get("PYTHONPATH")]))  # fmt: skip
     return env
 
 
@@ -51,7 +52,7 @@ class Cluster:
 
     def start(self, backend: str = "asyncio") -> subprocess.Popen[str]:
         n = len(self.workers)
-        command = [sys.executable, str(WORKER), self.dsn, self.schema, str(self.log),
+        command = [sys.executable, *WORKER, self.dsn, self.schema, str(self.log),
                    str(self.instances), str(LEASE), backend]  # fmt: skip
         with open(self.tmp_path / f"worker-{n}.err", "w") as err:
             process = subprocess.Popen(
@@ -127,11 +128,11 @@ class Cluster:
             )
         }
         top = [f"i{i}" for i in range(self.instances)]
-        children = [f"{i}/kids-{n}" for i in top for n in range(pg_worker.CHILDREN)]
+        children = [f"{i}/kids-{n}" for i in top for n in range(workload.CHILDREN)]
         assert statuses == dict.fromkeys(top + children, "completed"), "lost or unfinished"
         [(owned,)] = self.sql("SELECT count(*) FROM instances WHERE owner IS NOT NULL")
         assert owned == 0, "a finished instance is still held"
-        bodies = [(i, key) for i in top for key in pg_worker.STEP_KEYS]
+        bodies = [(i, key) for i in top for key in workload.STEP_KEYS]
         bodies += [(c, "c") for c in children]
         for instance_id, key in bodies:
             executions = runs[instance_id, key]

@@ -1,10 +1,10 @@
 """Kill a real process with SIGKILL at random moments; nothing is lost or repeated.
 
-The worker (``worker.py``) runs instances with sequential and concurrent steps, a suspend
-point it signals itself, a durable timer and a fan-out. The test kills it at random times
-— inside step bodies, between a body and its commit, while suspending, while signals are
-delivered and timers fire — restarts it, and finally checks the database and the side-
-effect log each step body writes.
+The worker (``worker.py``) runs instances of the workflow of ``workload.py``: sequential
+and concurrent steps, a suspend point it signals itself, a durable timer and a fan-out.
+The test kills it at random times — inside step bodies, between a body and its commit,
+while suspending, while signals are delivered and timers fire — restarts it, and finally
+checks the database and the side-effect log each step body writes.
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ from pathlib import Path
 
 import pytest
 
-from . import worker
+from . import workload
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
-WORKER = Path(worker.__file__)
+WORKER = ("-m", "tests.crash.worker")
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    root = Path(__file__).resolve().parents[2]  # the worker is the module tests.crash.…
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "src"), str(root),
+                                                      env.get("PYTHONPATH")]))  # fmt: skip
     return env
 
 
@@ -51,7 +52,7 @@ def crash_and_recover(
         batch = tmp_path / f"batch-{totals['batches']}"
         batch.mkdir()
         db, log = batch / "crash.db", batch / "effects.log"
-        command = [sys.executable, str(WORKER), str(db), str(log), str(instances), backend]
+        command = [sys.executable, *WORKER, str(db), str(log), str(instances), backend]
         batch_kills = 0
         while totals["kills"] < kills:
             process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL)
@@ -78,7 +79,7 @@ def verify(db: Path, log: Path, *, instances: int, kills: int) -> None:
     """Check the promises: correct outputs, nothing lost, no body re-run after its commit."""
     runs: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
     for line in log.read_text().splitlines():
-        instance_id, key, nonce = line.split()
+        instance_id, key, nonce, _pid = line.split()
         runs[instance_id, key].append(nonce)
 
     connection = sqlite3.connect(db)
@@ -95,12 +96,12 @@ def verify(db: Path, log: Path, *, instances: int, kills: int) -> None:
         connection.close()
 
     top = [f"i{i}" for i in range(instances)]
-    children = [f"{i}/kids-{n}" for i in top for n in range(worker.CHILDREN)]
+    children = [f"{i}/kids-{n}" for i in top for n in range(workload.CHILDREN)]
     assert {i: statuses.get(i) for i in top + children} == dict.fromkeys(
         top + children, "completed"
     ), "an instance was lost or left unfinished"
 
-    expected_bodies = [(i, key) for i in top for key in worker.STEP_KEYS] + [
+    expected_bodies = [(i, key) for i in top for key in workload.STEP_KEYS] + [
         (c, "c") for c in children
     ]
     for instance_id, key in expected_bodies:

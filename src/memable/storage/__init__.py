@@ -16,6 +16,7 @@ Example:
 from typing import TYPE_CHECKING
 
 from .._records import Admission as Admission
+from .._records import EngineRecord as EngineRecord
 from .._records import Fence as Fence
 from .._records import History as History
 from .._records import InboxItem as InboxItem
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Admission",
+    "EngineRecord",
     "Fence",
     "History",
     "InboxItem",
@@ -69,6 +71,7 @@ __all__ = [
 
 for _name in (
     "Admission",
+    "EngineRecord",
     "Fence",
     "History",
     "InboxItem",

@@ -6,9 +6,11 @@ edits what is there.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+from .._exceptions import StorageError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_schema"]
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     """
@@ -150,8 +152,34 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         owner, epoch, queue, priority
     FROM instances;
     """,
+    # The trace context of a signal: the run it resumes links to the span that delivered it.
+    """
+    ALTER TABLE signals ADD COLUMN trace text;
+    """,
 )
 #: Migrations in order; the schema version of a database is how many have run on it.
 
 #: The schema version this release writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def check_schema(conn: Any, schema: str) -> None:
+    """A client's check (``register=False``) on a psycopg connection: *schema* is
+    memable's, of the version this memable writes; else :class:`StorageError`."""
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+        (f"{schema}.schema_version", f"{schema}.instances"),
+    ).fetchone()
+    if row is None or not row[0]:
+        raise StorageError(
+            f"this is not a memable database: it has no memable schema {schema!r}"
+            " (an engine creates it when it first opens the database)"
+        )
+    version = conn.execute(f"SELECT max(version) FROM {schema}.schema_version").fetchone()
+    found = 0 if version is None or version[0] is None else int(version[0])
+    if found != SCHEMA_VERSION:
+        if found > SCHEMA_VERSION:
+            why = f"newer than this memable knows ({SCHEMA_VERSION}); upgrade memable"
+        else:
+            why = f"older than this memable's ({SCHEMA_VERSION}); start an engine of it first"
+        raise StorageError(f"the memable schema {schema!r} has version {found}, {why}")

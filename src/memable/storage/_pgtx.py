@@ -8,14 +8,15 @@ instances are taken ``SKIP LOCKED``, so engines working at once share them out.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Final, cast, final
+from typing import Any, Final, final
 
 import psycopg
 
-from .._exceptions import StorageError
 from .._ids import descendant_range
 from .._records import (
+    EngineRecord,
     InstanceRecord,
     InstanceState,
     QueueRecord,
@@ -25,21 +26,34 @@ from .._records import (
     TimerRecord,
 )
 from .._tx import COLUMNS, Guard
+from ._rows import (
+    EARLIEST,
+    LATEST,
+    decode_instance,
+    decode_queue,
+    decode_signal,
+    decode_steps,
+    decode_timer,
+)
+from ._rows import INSTANCE_COLUMNS as ROW_COLUMNS
 
 __all__ = [
     "INSTANCE_COLUMNS",
+    "STEP_IS_SOUND",
     "PostgresTx",
-    "instance_row",
+    "load_engines",
     "load_steps",
     "load_timers",
-    "queue_row",
 ]
 
-INSTANCE_COLUMNS: Final = (
-    "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at, owner, epoch, trace, queue, priority"
+INSTANCE_COLUMNS: Final = ROW_COLUMNS + ", owner, epoch"  # the shared database's two more
+#: Whether a step row is sound, tested by the server as it reads the row (the column
+#: types are checked already): replay's hot path then pays one boolean per step.
+STEP_IS_SOUND: Final = (
+    "CASE state WHEN 'completed' THEN value IS NOT NULL WHEN 'dead' THEN error IS NOT NULL"
+    f" ELSE false END AND started_at BETWEEN {EARLIEST} AND {LATEST}"
+    f" AND finished_at BETWEEN {EARLIEST} AND {LATEST}"
 )
-STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
 UPSERT_STEP: Final = """
     INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
@@ -49,35 +63,6 @@ UPSERT_STEP: Final = """
         finished_at = excluded.finished_at
     WHERE steps.state != 'completed'
 """
-
-
-def instance_row(row: Sequence[Any]) -> InstanceRecord:
-    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f) = row[:12]
-    if status not in STATES:
-        raise StorageError(f"instance {iid!r} is corrupt: status is {status!r}")
-    try:
-        keys = json.loads(waiting)
-    except ValueError as exc:
-        raise StorageError(f"instance {iid!r} is corrupt: waiting_on is not JSON") from exc
-    return InstanceRecord(
-        instance_id=iid,
-        workflow=workflow,
-        status=cast(InstanceState, status),
-        parent_id=parent,
-        input=input_,
-        output=output,
-        error=error,
-        status_message=message,
-        waiting_on=tuple(keys),
-        created_at=c,
-        updated_at=u,
-        finished_at=f,
-        owner=row[12],
-        epoch=row[13],
-        trace=row[14],
-        queue=row[15],
-        priority=row[16],
-    )
 
 
 @final
@@ -112,7 +97,7 @@ class PostgresTx:
             f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s FOR UPDATE",
             (instance_id,),
         )
-        return None if row is None else instance_row(row)
+        return None if row is None else decode_instance(row)
 
     def family(self, instance_id: str) -> list[InstanceRecord]:
         rows = self._all(
@@ -120,7 +105,7 @@ class PostgresTx:
             " OR (instance_id > %s AND instance_id < %s) ORDER BY instance_id FOR UPDATE",
             (instance_id, *descendant_range(instance_id)),
         )
-        return [instance_row(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def children(
         self,
@@ -140,16 +125,17 @@ class PostgresTx:
         if limit is not None:
             query += " LIMIT %s"
             params.append(limit)
-        return [instance_row(row) for row in self._all(query, params)]
+        return [decode_instance(row) for row in self._all(query, params)]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         row = self._one(
-            "SELECT payload, created_at FROM signals WHERE instance_id = %s AND key = %s",
+            "SELECT payload, created_at, early, trace FROM signals"
+            " WHERE instance_id = %s AND key = %s",
             (instance_id, key),
         )
         if row is None:
             return None
-        return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
+        return decode_signal(instance_id, key, *row)
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
         return load_timers(self._conn, "WHERE instance_id = %s", (instance_id,))
@@ -168,15 +154,15 @@ class PostgresTx:
             params: tuple[object, ...] = (
                 row.instance_id, row.workflow, row.status, row.parent_id, row.input, row.output,
                 row.error, row.status_message, json.dumps(row.waiting_on), row.created_at,
-                row.updated_at, row.finished_at, row.owner, row.epoch, row.trace, row.queue,
-                row.priority,
+                row.updated_at, row.finished_at, row.trace, row.queue, row.priority, row.owner,
+                row.epoch,
             )  # fmt: skip
         elif isinstance(row, SignalRecord):
             query = (
-                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
-                " VALUES (%s, %s, %s, %s, %s)"
+                "INSERT INTO signals (instance_id, key, payload, created_at, early, trace)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
             )
-            params = (row.instance_id, row.key, row.payload, row.created_at, row.early)
+            params = (row.instance_id, row.key, row.payload, row.created_at, row.early, row.trace)
         else:
             query = (
                 "INSERT INTO timers (instance_id, key, deadline, kind, fired)"
@@ -285,7 +271,7 @@ class PostgresTx:
             " WHERE name = %s FOR UPDATE",
             (name,),
         )
-        return None if row is None else queue_row(name, row)
+        return None if row is None else decode_queue(name, row)
 
     def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
         conflict = (
@@ -315,7 +301,7 @@ class PostgresTx:
             " ORDER BY priority DESC, created_at, instance_id LIMIT %s FOR UPDATE SKIP LOCKED",
             (queue, sorted(workflows), limit),
         )
-        return [instance_row(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def schedule(self, name: str) -> ScheduleRecord | None:
         row = self._one(
@@ -340,38 +326,13 @@ class PostgresTx:
         )
 
 
-def queue_row(name: str, row: Sequence[Any]) -> QueueRecord:
-    concurrency, rate_count, rate_period, paused, starts = row
-    try:
-        times = tuple(float(t) for t in json.loads(starts))
-    except (TypeError, ValueError) as exc:
-        raise StorageError(
-            f"queue {name!r} has a corrupt row: starts is not a JSON list of times"
-            " (fix or delete the row)"
-        ) from exc
-    return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
-                       rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
-
-
 def load_steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:
     rows = conn.execute(
-        "SELECT key, state, value, error, attempts, started_at, finished_at FROM steps"
-        " WHERE instance_id = %s",
+        "SELECT key, state, value, error, attempts, started_at, finished_at,"
+        f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s",
         (instance_id,),
     ).fetchall()
-    return [
-        StepRecord(
-            instance_id=instance_id,
-            key=key,
-            state=state,
-            value=value,
-            error=error,
-            attempts=attempts,
-            started_at=started_at,
-            finished_at=finished_at,
-        )
-        for key, state, value, error, attempts, started_at, finished_at in rows
-    ]
+    return decode_steps(instance_id, rows)
 
 
 def load_timers(
@@ -380,7 +341,28 @@ def load_timers(
     rows = conn.execute(
         f"SELECT instance_id, key, deadline, kind, fired FROM timers {where}", params
     ).fetchall()
-    return [
-        TimerRecord(instance_id=iid, key=key, deadline=deadline, kind=kind, fired=fired)
-        for iid, key, deadline, kind, fired in rows
-    ]
+    return [decode_timer(*row) for row in rows]
+
+
+_DEFAULT_NAME: Final = re.compile(r"memable@(?P<host>.+):(?P<pid>\d+)")
+
+
+def load_engines(conn: psycopg.Connection[Any], lease: float) -> list[EngineRecord]:
+    """The rows of ``engines``, oldest first, with their heartbeat's age (database clock)
+    and how many instances each holds; ``expired`` against *lease*."""
+    rows = conn.execute(
+        "SELECT e.engine_id, e.name, extract(epoch FROM e.started_at)::float8,"
+        " extract(epoch FROM e.heartbeat)::float8,"
+        " extract(epoch FROM now() - e.heartbeat)::float8,"
+        " (SELECT count(*) FROM instances i WHERE i.owner = e.engine_id)"
+        " FROM engines e ORDER BY e.started_at, e.engine_id"
+    ).fetchall()
+    engines = []
+    for engine_id, name, started, beat, age, held in rows:
+        found = _DEFAULT_NAME.fullmatch(name)
+        engines.append(EngineRecord(
+            engine_id=engine_id, name=name, host=found["host"] if found else None,
+            pid=int(found["pid"]) if found else None, started_at=started, heartbeat=beat,
+            heartbeat_age=max(0.0, age), expired=age > lease, instances=int(held),
+        ))  # fmt: skip
+    return engines

@@ -32,26 +32,24 @@ from psycopg import sql
 
 from .._exceptions import StorageError
 from .._records import (
+    EngineRecord,
     History,
     InstanceRecord,
     InstanceState,
     QueueRecord,
     ScheduleRecord,
-    SignalRecord,
     StepRecord,
-    StepRow,
-    StepRows,
-    TimerRecord,
 )
 from .._tx import Fenced, Tx
 from ._base import RuleStorage
-from ._pgschema import MIGRATIONS, SCHEMA_VERSION
-from ._pgtx import (
-    INSTANCE_COLUMNS,
-    PostgresTx,
-    instance_row,
-    load_steps,
-    queue_row,
+from ._pgschema import MIGRATIONS, SCHEMA_VERSION, check_schema
+from ._pgtx import INSTANCE_COLUMNS, STEP_IS_SOUND, PostgresTx, load_engines, load_steps
+from ._rows import (
+    decode_instance,
+    decode_queue,
+    decode_signal,
+    decode_step_rows,
+    decode_timer,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
@@ -71,6 +69,31 @@ def _redacted(dsn: str) -> str:
     """The connection string without its password (for ``repr`` only)."""
     dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
+
+
+# What a connection error's text (which names the host, and may quote the URL with its
+# password) says, in words that name neither.
+_CONNECTION_PROBLEMS: Final = (
+    ("Connection refused", "the server refused the connection (is it running there?)"),
+    ("timeout expired", "the connection timed out"),
+    ("resolve host", "the host name does not resolve"),
+    ("translate host name", "the host name does not resolve"),
+    ("password authentication failed", "password authentication failed"),
+    ("no password supplied", "the server asks for a password"),
+    ("does not exist", "the database or the role does not exist"),
+    ("No such file or directory", "no server listens on that socket"),
+    ("no pg_hba.conf entry", "the server does not accept this user from here (pg_hba.conf)"),
+)
+
+
+def _connection_problem(exc: psycopg.Error) -> str:
+    text = str(exc)
+    if isinstance(exc, psycopg.ProgrammingError):  # libpq could not parse the URL
+        return "the connection string is not valid (postgresql://user@host:port/dbname)"
+    for clue, problem in _CONNECTION_PROBLEMS:
+        if clue in text:
+            return problem
+    return "the connection failed or was lost"
 
 
 @final
@@ -97,12 +120,20 @@ class PostgresStorage(RuleStorage):
         statement_timeout: Seconds a statement may run before the server cancels it.
         name: What the engine is called in ``application_name`` and ``engines`` (by
             default ``memable@{host}:{pid}``).
+        register: Register as an engine (the default). ``False`` makes a *client* — the
+            ``memable`` command line, the dashboard, an operator's script — that reads
+            the database and steers instances (its signals, cancels and resumes are run
+            by the engines, woken through ``NOTIFY``) without being an engine: it
+            registers no row in ``engines``, never creates or migrates the schema (a
+            database without it is an error), claims nothing, and an
+            :class:`~memable.Engine` refuses it.
 
     Example:
         >>> import memable
         >>> from memable.storage import PostgresStorage
         >>> storage = PostgresStorage("postgresql://app@db.internal/orders", lease=15.0)
         >>> engine = memable.Engine(storage)
+        >>> reader = PostgresStorage("postgresql://app@db.internal/orders", register=False)
     """
 
     def __init__(
@@ -116,6 +147,7 @@ class PostgresStorage(RuleStorage):
         poll_interval: float | None = None,
         statement_timeout: float = 30.0,
         name: str | None = None,
+        register: bool = True,
     ) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str, not {type(dsn).__name__}")
@@ -139,6 +171,7 @@ class PostgresStorage(RuleStorage):
         self.poll_interval = float(poll_interval)
         self.statement_timeout = float(statement_timeout)
         self.name = name if name is not None else f"memable@{socket.gethostname()}:{os.getpid()}"
+        self.register = bool(register)
         self.engine_id: str | None = None
         #: The workflows this engine runs (set by the engine): instances of these that a
         #: transaction of this engine claims are taken by this engine at once.
@@ -151,7 +184,23 @@ class PostgresStorage(RuleStorage):
         self._channel = f"memable.{schema}"
 
     def __repr__(self) -> str:
-        return f"PostgresStorage({_redacted(self._dsn)!r}, lease={self.lease})"
+        client = "" if self.register else ", register=False"
+        return f"PostgresStorage({_redacted(self._dsn)!r}, lease={self.lease}{client})"
+
+    def client(self) -> PostgresStorage:
+        """A new storage on the same database and schema that registers no engine
+        (``register=False``, not yet open): for reading and steering beside this one.
+
+        Example:
+            >>> from memable.storage import PostgresStorage
+            >>> PostgresStorage("postgresql://app@db.internal/orders").client()
+            PostgresStorage('postgresql://app@db.internal/orders', lease=15.0, register=False)
+        """
+        return PostgresStorage(
+            self._dsn, lease=self.lease, pool_size=2, schema=self.schema, listen=self.listen,
+            poll_interval=self.poll_interval, statement_timeout=self.statement_timeout,
+            name=self.name, register=False,
+        )  # fmt: skip
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -196,8 +245,13 @@ class PostgresStorage(RuleStorage):
                 )
                 try:
                     self._beat = self._connect()  # fails fast if the server is not there
-                    self._migrate(self._beat)
-                    self.engine_id = self._register(self._beat)
+                    if self.register:
+                        self._migrate(self._beat)
+                        self.engine_id = self._register(self._beat)
+                    else:
+                        check_schema(self._beat, self.schema)
+                        self._beat.close()
+                        self._beat = None
                     pool.open(wait=True, timeout=max(5.0, self.lease))
                 except BaseException:
                     pool.close()
@@ -291,7 +345,7 @@ class PostgresStorage(RuleStorage):
             if primary:
                 detail = f"{type(exc).__name__}: {primary}"
             else:  # a connection error: its text names the host; say what kind it is
-                detail = f"{type(exc).__name__} (the connection failed or was lost)"
+                detail = f"{type(exc).__name__}: {_connection_problem(exc)}"
             raise StorageError(f"PostgreSQL error while {doing} the database: {detail}") from exc
 
     @contextlib.contextmanager
@@ -301,6 +355,17 @@ class PostgresStorage(RuleStorage):
             raise StorageError("this PostgresStorage is not open")
         with self._errors(doing), pool.connection() as conn:
             yield conn
+
+    def _engine(self) -> str:
+        """This engine's id; a client or a closed storage has none (a clear error)."""
+        if not self.register:
+            raise StorageError(
+                "this PostgresStorage is a client (register=False): it reads and steers,"
+                " but cannot run an engine"
+            )
+        if self.engine_id is None:
+            raise StorageError("this PostgresStorage is not open")
+        return self.engine_id
 
     def _notify(self, conn: psycopg.Connection[Any], ids: set[str]) -> None:
         """Hint other engines (outside the write transaction, once per transaction)."""
@@ -320,7 +385,7 @@ class PostgresStorage(RuleStorage):
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = %s",
                 (instance_id,),
             ).fetchone()
-        return None if row is None else instance_row(row)
+        return None if row is None else decode_instance(row)
 
     def list_instances(
         self,
@@ -358,7 +423,7 @@ class PostgresStorage(RuleStorage):
         params.append(limit)
         with self._conn("listing instances in") as conn:
             rows = conn.execute(query, params).fetchall()
-        return [instance_row(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def load_retired(self, instance_id: str) -> list[StepRecord]:
         with self._conn("loading retired steps from") as conn:
@@ -380,31 +445,29 @@ class PostgresStorage(RuleStorage):
     def load_history(self, instance_id: str) -> History:
         # One statement: one snapshot of the three tables, in one round trip.
         with self._conn(f"loading the history of instance {instance_id!r} from") as conn:
+            # Columns by type: text x4, integer, double x2, boolean.
             rows = conn.execute(
-                "SELECT 0, key, state, value, error, attempts, started_at, finished_at, NULL"
-                " FROM steps WHERE instance_id = %s UNION ALL"
-                " SELECT 1, key, NULL, payload, NULL, NULL, created_at, NULL, early"
+                "SELECT 0, key, state, value, error, attempts, started_at, finished_at,"
+                f" {STEP_IS_SOUND} FROM steps WHERE instance_id = %s UNION ALL"
+                " SELECT 1, key, payload, trace, NULL, NULL, created_at, NULL, early"
                 " FROM signals WHERE instance_id = %s UNION ALL"
-                " SELECT 2, key, kind, NULL, NULL, NULL, deadline, NULL, fired"
+                " SELECT 2, instance_id, key, kind, NULL, NULL, deadline, NULL, fired"
                 " FROM timers WHERE instance_id = %s",
                 (instance_id, instance_id, instance_id),
             ).fetchall()
-        # Steps stay rows (key, state, value, error, attempts, started_at, finished_at).
-        steps: list[StepRow] = []
-        history = History(steps=StepRows(instance_id, steps), signals=[], timers=[])
-        for row in rows:
-            table, key, kind, value, _, _, at, _, flag = row
-            if table == 0:
-                steps.append(row[1:8])
-            elif table == 1:
-                history.signals.append(SignalRecord(
-                    instance_id=instance_id, key=key, payload=value, created_at=at, early=flag
-                ))  # fmt: skip
-            else:
-                history.timers.append(TimerRecord(
-                    instance_id=instance_id, key=key, deadline=at, kind=kind, fired=flag
-                ))  # fmt: skip
-        return history
+        return History(
+            steps=decode_step_rows(instance_id, [row[1:] for row in rows if row[0] == 0]),
+            signals=[
+                decode_signal(instance_id, key, payload, at, flag, trace)
+                for table, key, payload, trace, _, _, at, _, flag in rows
+                if table == 1
+            ],
+            timers=[
+                decode_timer(iid, key, at, kind, flag)
+                for table, iid, key, kind, _, _, at, _, flag in rows
+                if table == 2
+            ],
+        )
 
     def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
         with self._conn("reading queues from") as conn:
@@ -417,9 +480,20 @@ class PostgresStorage(RuleStorage):
                 " AND status IN ('enqueued', 'running', 'suspended') GROUP BY queue, status"
             ).fetchall()
         return [
-            (queue_row(name, rest), {status: n for queue, status, n in counts if queue == name})
+            (decode_queue(name, rest), {status: n for queue, status, n in counts if queue == name})
             for name, *rest in rows
         ]
+
+    def list_engines(self) -> list[EngineRecord]:
+        """The engines registered on the database, oldest first: name, host and process,
+        heartbeat age by the database clock, and how many instances each holds.
+
+        A plain read (it reaps nothing); ``expired`` compares the heartbeat's age with
+        this storage's lease. The ``memable engines`` command and the dashboard's
+        engines page show it.
+        """
+        with self._conn("reading engines from") as conn:
+            return load_engines(conn, self.lease)
 
     def list_schedules(self) -> list[ScheduleRecord]:
         with self._conn("reading schedules from") as conn:
@@ -503,9 +577,7 @@ class PostgresStorage(RuleStorage):
     def claim(
         self, workflows: Sequence[str], limit: int, *, held: bool = True
     ) -> list[InstanceRecord]:
-        engine_id = self.engine_id
-        if engine_id is None:
-            raise StorageError("this PostgresStorage is not open")
+        engine_id = self._engine()
         with self._conn("claiming instances in") as conn:
             self._reap(conn)
             with conn.transaction():
@@ -526,8 +598,8 @@ class PostgresStorage(RuleStorage):
                 if held
                 else []
             )
-        records = {row[0]: instance_row(row) for row in mine}
-        records.update((row[0], instance_row(row)) for row in claimed)
+        records = {row[0]: decode_instance(row) for row in mine}
+        records.update((row[0], decode_instance(row)) for row in claimed)
         return list(records.values())
 
     def _reap(self, conn: psycopg.Connection[Any]) -> int:
@@ -550,9 +622,7 @@ class PostgresStorage(RuleStorage):
         return len(reaped)
 
     def acquire(self, instance_id: str) -> InstanceRecord | None:
-        engine_id = self.engine_id
-        if engine_id is None:
-            raise StorageError("this PostgresStorage is not open")
+        engine_id = self._engine()
         with self._conn("claiming an instance in") as conn:
             row = conn.execute(
                 "UPDATE instances SET owner = %s, epoch = epoch + 1 WHERE instance_id = %s"
@@ -566,7 +636,7 @@ class PostgresStorage(RuleStorage):
                     " AND owner = %s AND status = 'running'",
                     (instance_id, engine_id),
                 ).fetchone()
-        return None if row is None else instance_row(row)
+        return None if row is None else decode_instance(row)
 
     def heartbeat(self, held: Sequence[tuple[str, int]]) -> list[str] | None:
         with self._mutex, self._errors("renewing this engine's lease in"):

@@ -14,11 +14,10 @@ import sqlite3
 import threading
 import typing
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Final, Literal, cast, final
+from typing import Final, Literal, final
 
 from .._exceptions import StorageError
 from .._ids import descendant_range
-from .._keys import is_utf8
 from .._records import (
     History,
     InboxItem,
@@ -33,16 +32,27 @@ from .._records import (
 )
 from .._tx import COLUMNS, Guard
 from ._base import RuleStorage
+from ._rows import (
+    EARLIEST,
+    INSTANCE_COLUMNS,
+    LATEST,
+    Corrupt,
+    as_text,
+    as_text_or_none,
+    checked_step,
+    decode_instance,
+    decode_queue,
+    decode_signal,
+    decode_step_rows,
+    decode_timer,
+    shown,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "InboxClient", "SQLiteStorage", "owner_of"]
 
 from ._sqlfile import InboxClient, connect_existing, own_file, owner_of
 from ._sqlschema import MIGRATIONS, SCHEMA_VERSION
 
-_INSTANCE_COLUMNS: Final = (
-    "instance_id, workflow, status, parent_id, input, output, error, status_message,"
-    " waiting_on, created_at, updated_at, finished_at, trace, queue, priority"
-)
 _UPSERT_STEP: Final = """
     INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at, finished_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -55,93 +65,6 @@ _UPSERT_STEP: Final = """
 
 
 logger = logging.getLogger("memable")
-
-_STATES: Final = frozenset(("enqueued", "running", "suspended", "completed", "failed", "cancelled"))
-# Times memable can turn into a datetime (years 1 to 9999, UTC).
-_EARLIEST: Final = -62135596800.0
-_LATEST: Final = 253402300799.0
-
-
-class _Corrupt(Exception):
-    """A stored value that does not decode (turned into StorageError naming the instance)."""
-
-
-def _text(value: object, column: str) -> str:
-    if type(value) is str and is_utf8(value):
-        return value
-    raise _Corrupt(f"{column} is {_shown(value)}, not text")
-
-
-def _text_or_none(value: object, column: str) -> str | None:
-    return None if value is None else _text(value, column)
-
-
-def _time(value: object, column: str) -> float:
-    if type(value) is float and _EARLIEST <= value <= _LATEST:  # also false for NaN
-        return value
-    if type(value) is int and _EARLIEST <= value <= _LATEST:
-        return float(value)
-    raise _Corrupt(f"{column} is {_shown(value)}, not a time")
-
-
-def _time_or_none(value: object, column: str) -> float | None:
-    return None if value is None else _time(value, column)
-
-
-def _shown(value: object) -> str:
-    """A stored value for a message: its repr, cut short (it may be large or garbage)."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _keys(value: object) -> tuple[str, ...]:
-    """Decode ``waiting_on``: a JSON list of strings."""
-    try:
-        keys = json.loads(_text(value, "waiting_on"))
-    except (ValueError, RecursionError) as exc:
-        raise _Corrupt(f"waiting_on is {_shown(value)}, not JSON") from exc
-    if type(keys) is not list or not all(type(k) is str for k in keys):
-        raise _Corrupt(f"waiting_on is {_shown(value)}, not a JSON list of strings")
-    return tuple(keys)
-
-
-def _instance(row: Sequence[object]) -> InstanceRecord:
-    """Decode an instance row, or raise StorageError naming the instance."""
-    (iid, workflow, status, parent, input_, output, error, message, waiting, c, u, f, *more) = row
-    defaults: tuple[object, ...] = (None, None, 0)  # trace, queue, priority (later columns)
-    trace, q, p = (*more, *defaults[len(more) :])
-    try:
-        if status not in _STATES:
-            raise _Corrupt(f"status is {_shown(status)}, not one of {', '.join(sorted(_STATES))}")
-        if type(p) is not int:
-            raise _Corrupt(f"priority is {_shown(p)}, not an integer")
-        return InstanceRecord(
-            instance_id=_text(iid, "instance_id"),
-            workflow=_text(workflow, "workflow"),
-            status=cast(InstanceState, status),
-            parent_id=_text_or_none(parent, "parent_id"),
-            input=_text(input_, "input"),
-            output=_text_or_none(output, "output"),
-            error=_text_or_none(error, "error"),
-            status_message=_text_or_none(message, "status_message"),
-            waiting_on=_keys(waiting),
-            created_at=_time(c, "created_at"),
-            updated_at=_time(u, "updated_at"),
-            finished_at=_time_or_none(f, "finished_at"),
-            trace=trace if type(trace) is str else None,  # telemetry only: never fatal
-            queue=_text_or_none(q, "queue"),
-            priority=p,
-        )
-    except _Corrupt as exc:
-        raise _corrupt(iid, str(exc)) from exc.__cause__
-
-
-def _corrupt(instance_id: object, problem: str) -> StorageError:
-    error = StorageError(
-        f"instance {_shown(instance_id)} has a corrupt row: {problem} (fix or delete the row)"
-    )
-    error.permanent = True  # type: ignore[attr-defined]  # retrying cannot help
-    return error
 
 
 @final
@@ -327,9 +250,9 @@ class SQLiteStorage(RuleStorage):
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         with self._read("reading") as db, self._lenient(db):
             row = db.execute(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
             ).fetchone()
-        return None if row is None else _instance(row)
+        return None if row is None else decode_instance(row)
 
     def list_instances(
         self,
@@ -353,7 +276,7 @@ class SQLiteStorage(RuleStorage):
         records: list[InstanceRecord] = []
         for row in rows:
             try:
-                records.append(_instance(row))
+                records.append(decode_instance(row))
             except StorageError as exc:
                 if parent_id is not None:
                     raise  # a family must be read whole: its parent fails instead
@@ -394,7 +317,7 @@ class SQLiteStorage(RuleStorage):
                 (instance_id,),
             ).fetchall()
         return [
-            _checked_step(instance_id, key, "dead", None, error, attempts, started, finished)
+            checked_step(instance_id, key, "dead", None, error, attempts, started, finished)
             for key, error, attempts, started, finished in rows
         ]
 
@@ -438,9 +361,9 @@ class SQLiteStorage(RuleStorage):
             # A deadline stored as text, or too late for a datetime, never comes; one too
             # early is due now.
             row = db.execute(
-                "SELECT min(deadline) FROM timers WHERE fired = 0 AND deadline <= ?", (_LATEST,)
+                "SELECT min(deadline) FROM timers WHERE fired = 0 AND deadline <= ?", (LATEST,)
             ).fetchone()
-        return None if row[0] is None else max(float(row[0]), _EARLIEST)
+        return None if row[0] is None else max(float(row[0]), EARLIEST)
 
     def purgeable(
         self, *, finished_before: float, workflow: str | None, exclude: Sequence[str], limit: int
@@ -480,18 +403,18 @@ class SQLiteStorage(RuleStorage):
         for item_id, verb, instance_id, key, payload, reason in rows:
             try:
                 if verb not in ("signal", "cancel", "resume", "purge"):
-                    raise _Corrupt(f"verb is {_shown(verb)}")
+                    raise Corrupt(f"verb is {shown(verb)}")
                 items.append(
                     InboxItem(
                         id=item_id,
                         verb=verb,
-                        instance_id=_text(instance_id, "instance"),
-                        key=_text_or_none(key, "key"),
-                        payload=_text_or_none(payload, "payload"),
-                        reason=_text_or_none(reason, "reason"),
+                        instance_id=as_text(instance_id, "instance"),
+                        key=as_text_or_none(key, "key"),
+                        payload=as_text_or_none(payload, "payload"),
+                        reason=as_text_or_none(reason, "reason"),
                     )
                 )
-            except _Corrupt as exc:
+            except Corrupt as exc:
                 self.answer_inbox(item_id, json.dumps({"ok": False, "message": str(exc)}), 0.0)
         return items
 
@@ -507,8 +430,8 @@ class SQLiteStorage(RuleStorage):
         self, parent_id: str, prefix: str, status: frozenset[InstanceState]
     ) -> list[InstanceRecord]:
         with self._read("reading") as db, self._lenient(db):
-            rows = _children(db, _INSTANCE_COLUMNS, parent_id, prefix, status, None)
-        return [_instance(row) for row in rows]
+            rows = _children(db, INSTANCE_COLUMNS, parent_id, prefix, status, None)
+        return [decode_instance(row) for row in rows]
 
     def count_children(self, parent_id: str, prefix: str, status: frozenset[InstanceState]) -> int:
         with self._read("reading") as db:
@@ -555,11 +478,11 @@ class _SQLiteTx:
 
     def family(self, instance_id: str) -> list[InstanceRecord]:
         rows = self._db.execute(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?"
             " OR (instance_id > ? AND instance_id < ?) ORDER BY instance_id",
             (instance_id, *descendant_range(instance_id)),
         ).fetchall()
-        return [_instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def children(
         self,
@@ -568,17 +491,18 @@ class _SQLiteTx:
         status: frozenset[InstanceState] = frozenset(),
         limit: int | None = None,
     ) -> list[InstanceRecord]:
-        rows = _children(self._db, _INSTANCE_COLUMNS, parent_id, prefix, status, limit)
-        return [_instance(row) for row in rows]
+        rows = _children(self._db, INSTANCE_COLUMNS, parent_id, prefix, status, limit)
+        return [decode_instance(row) for row in rows]
 
     def signal(self, instance_id: str, key: str) -> SignalRecord | None:
         row = self._db.execute(
-            "SELECT payload, created_at FROM signals WHERE instance_id = ? AND key = ?",
+            "SELECT payload, created_at, early, trace FROM signals"
+            " WHERE instance_id = ? AND key = ?",
             (instance_id, key),
         ).fetchone()
         if row is None:
             return None
-        return SignalRecord(instance_id=instance_id, key=key, payload=row[0], created_at=row[1])
+        return decode_signal(instance_id, key, *row)
 
     def timers(self, instance_id: str) -> list[TimerRecord]:
         return _timers(self._db, instance_id)
@@ -591,11 +515,11 @@ class _SQLiteTx:
             return _insert(self._db, row)
         if isinstance(row, SignalRecord):
             sql = (
-                "INSERT INTO signals (instance_id, key, payload, created_at, early)"
-                " VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO signals (instance_id, key, payload, created_at, early, trace)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
             )
             params: tuple[object, ...] = (
-                row.instance_id, row.key, row.payload, row.created_at, int(row.early)
+                row.instance_id, row.key, row.payload, row.created_at, int(row.early), row.trace
             )  # fmt: skip
         else:
             sql = (
@@ -675,14 +599,7 @@ class _SQLiteTx:
         ).fetchone()
         if row is None:
             return None
-        concurrency, rate_count, rate_period, paused, starts = row
-        try:
-            times = tuple(float(t) for t in json.loads(starts))
-        except (TypeError, ValueError) as exc:
-            raise StorageError(f"queue {name!r} has a corrupt row: starts is {_shown(starts)}"
-                               " (fix or delete the row)") from exc  # fmt: skip
-        return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
-                           rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
+        return decode_queue(name, row)
 
     def put_queue(self, row: QueueRecord, *, replace: bool = True) -> bool:
         return bool(self._db.execute(
@@ -701,12 +618,12 @@ class _SQLiteTx:
     def queued(self, queue: str, workflows: Collection[str], limit: int) -> list[InstanceRecord]:
         names = sorted(workflows)
         rows = self._db.execute(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE queue = ? AND status = 'enqueued'"
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE queue = ? AND status = 'enqueued'"
             f" AND workflow IN ({', '.join('?' * len(names))})"
             " ORDER BY priority DESC, created_at, instance_id LIMIT ?",
             (queue, *names, limit),
         ).fetchall()
-        return [_instance(row) for row in rows]
+        return [decode_instance(row) for row in rows]
 
     def schedule(self, name: str) -> ScheduleRecord | None:
         row = self._db.execute(
@@ -735,7 +652,7 @@ def _listing(
     created_after: float | None,
     before: tuple[float, str] | None,
     newest_first: bool,
-    columns: str = _INSTANCE_COLUMNS,
+    columns: str = INSTANCE_COLUMNS,
 ) -> tuple[str, list[object]]:
     """The query of a listing (its LIMIT parameter still to append)."""
     where: list[str] = []
@@ -793,19 +710,19 @@ def _children(
 
 def _get(db: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
     row = db.execute(
-        f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
+        f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
     ).fetchone()
-    return None if row is None else _instance(row)
+    return None if row is None else decode_instance(row)
 
 
 # Whether a step row is sound, tested by SQLite (in C) as it reads the row: replay's hot
-# path then pays one boolean per step; _checked_step says what is wrong with the others.
+# path then pays one boolean per step; checked_step says what is wrong with the others.
 _STEP_IS_SOUND: Final = (
     "typeof(key) = 'text' AND typeof(attempts) = 'integer' AND CASE state"
     " WHEN 'completed' THEN typeof(value) = 'text' WHEN 'dead' THEN typeof(error) = 'text'"
     " ELSE 0 END"
-    f" AND typeof(started_at) = 'real' AND started_at BETWEEN {_EARLIEST} AND {_LATEST}"
-    f" AND typeof(finished_at) = 'real' AND finished_at BETWEEN {_EARLIEST} AND {_LATEST}"
+    f" AND typeof(started_at) = 'real' AND started_at BETWEEN {EARLIEST} AND {LATEST}"
+    f" AND typeof(finished_at) = 'real' AND finished_at BETWEEN {EARLIEST} AND {LATEST}"
 )
 
 
@@ -821,77 +738,27 @@ def _step_rows(db: sqlite3.Connection, instance_id: str) -> StepRows:
         f" {_STEP_IS_SOUND} FROM steps WHERE instance_id = ?",
         (instance_id,),
     ).fetchall()
-    for n, row in enumerate(rows):
-        if not row[7]:
-            record = _checked_step(instance_id, *row[:7])
-            rows[n] = (record.key, record.state, record.value, record.error, record.attempts,
-                       record.started_at, record.finished_at)  # fmt: skip
-    return StepRows(instance_id, rows)
-
-
-def _checked_step(instance_id: str, key: object, state: object, *rest: object) -> StepRecord:
-    """A step row that failed the quick test: decoded, or StorageError saying what is wrong."""
-    value, error, attempts, started_at, finished_at = rest
-    try:
-        if state not in ("completed", "dead"):
-            raise _Corrupt(f"state is {_shown(state)}, not 'completed' or 'dead'")
-        if type(attempts) is not int:
-            raise _Corrupt(f"attempts is {_shown(attempts)}, not a number")
-        return StepRecord(
-            instance_id=instance_id,
-            key=_text(key, "key"),
-            state=state,
-            value=(_text if state == "completed" else _text_or_none)(value, "value"),
-            error=(_text if state == "dead" else _text_or_none)(error, "error"),
-            attempts=attempts,
-            started_at=_time(started_at, "started_at"),
-            finished_at=_time(finished_at, "finished_at"),
-        )
-    except _Corrupt as exc:
-        raise _corrupt(instance_id, f"step {_shown(key)}: {exc}") from None
+    return decode_step_rows(instance_id, rows)
 
 
 def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
-    records: list[SignalRecord] = []
-    for key, payload, created_at, early in db.execute(
-        "SELECT key, payload, created_at, early FROM signals WHERE instance_id = ?",
-        (instance_id,),
-    ):
-        try:
-            record = SignalRecord(
-                instance_id=instance_id,
-                key=_text(key, "key"),
-                payload=_text_or_none(payload, "payload"),
-                created_at=_time(created_at, "created_at"),
-                early=early == 1,
-            )
-        except _Corrupt as exc:
-            raise _corrupt(instance_id, f"signal {_shown(key)}: {exc}") from None
-        records.append(record)
-    return records
+    return [
+        decode_signal(instance_id, *row)
+        for row in db.execute(
+            "SELECT key, payload, created_at, early, trace FROM signals WHERE instance_id = ?",
+            (instance_id,),
+        )
+    ]
 
 
 def _timers(db: sqlite3.Connection, instance_id: str) -> list[TimerRecord]:
-    records: list[TimerRecord] = []
-    for key, deadline, kind, fired in db.execute(
-        "SELECT key, deadline, kind, fired FROM timers WHERE instance_id = ?", (instance_id,)
-    ):
-        try:
-            if kind not in ("sleep", "timeout"):
-                raise _Corrupt(f"kind is {_shown(kind)}, not 'sleep' or 'timeout'")
-            if fired not in (0, 1):
-                raise _Corrupt(f"fired is {_shown(fired)}, not 0 or 1")
-            record = TimerRecord(
-                instance_id=instance_id,
-                key=_text(key, "key"),
-                deadline=_time(deadline, "deadline"),
-                kind=kind,
-                fired=bool(fired),
-            )
-        except _Corrupt as exc:
-            raise _corrupt(instance_id, f"timer {_shown(key)}: {exc}") from None
-        records.append(record)
-    return records
+    return [
+        decode_timer(*row)
+        for row in db.execute(
+            "SELECT instance_id, key, deadline, kind, fired FROM timers WHERE instance_id = ?",
+            (instance_id,),
+        )
+    ]
 
 
 def _due_timers(db: sqlite3.Connection, now: float, limit: int) -> list[TimerRecord]:
@@ -903,24 +770,12 @@ def _due_timers(db: sqlite3.Connection, now: float, limit: int) -> list[TimerRec
         " WHERE fired = 0 AND deadline <= ? ORDER BY deadline LIMIT ?",
         (now, limit),
     ).fetchall()
-    for instance_id, key, deadline, kind, fired in rows:
+    for row in rows:
         try:
-            if kind not in ("sleep", "timeout"):
-                raise _Corrupt(f"kind is {_shown(kind)}, not 'sleep' or 'timeout'")
-            records.append(
-                TimerRecord(
-                    instance_id=_text(instance_id, "instance_id"),
-                    key=_text(key, "key"),
-                    deadline=_time(deadline, "deadline"),
-                    kind=kind,
-                    fired=bool(fired),
-                )
-            )
-        except _Corrupt as exc:
-            logger.error(
-                "%s; the timer is set aside (marked fired)",
-                _corrupt(str(instance_id), f"timer {_shown(key)}: {exc}"),
-            )
+            records.append(decode_timer(*row))
+        except StorageError as exc:
+            logger.error("%s; the timer is set aside (marked fired)", exc)
+            instance_id, key = row[:2]
             db.execute(
                 "UPDATE timers SET fired = 1 WHERE instance_id = ? AND key = ?", (instance_id, key)
             )
@@ -930,7 +785,7 @@ def _due_timers(db: sqlite3.Connection, now: float, limit: int) -> list[TimerRec
 def _insert(db: sqlite3.Connection, record: InstanceRecord) -> bool:
     return bool(
         db.execute(
-            f"INSERT INTO instances ({_INSTANCE_COLUMNS})"
+            f"INSERT INTO instances ({INSTANCE_COLUMNS})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 record.instance_id,

@@ -224,5 +224,12 @@ def _schema_5(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: Final[tuple[_Migration, ...]] = (_schema_1, _schema_2, _schema_3, _schema_4, _schema_5)
+def _schema_6(db: sqlite3.Connection) -> None:
+    """Trace context of a signal: the run it resumes links to the span that delivered it."""
+    db.execute("ALTER TABLE signals ADD COLUMN trace TEXT")
+
+
+MIGRATIONS: Final[tuple[_Migration, ...]] = (
+    _schema_1, _schema_2, _schema_3, _schema_4, _schema_5, _schema_6
+)  # fmt: skip
 SCHEMA_VERSION: Final = len(MIGRATIONS)

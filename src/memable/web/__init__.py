@@ -14,9 +14,10 @@ or mount it in your own ASGI application (Starlette, FastAPI, ...)::
     app = Starlette(routes=[Mount("/memable", app=memable.web.app("orders.db"))])
 
 The dashboard reads the database (a SQLite file is opened read-only, so it runs beside the
-engine that owns it) and never changes an instance itself: with ``allow_actions=True`` its
-signal, cancel and resume forms hand the action to the owning engine through the
-database's inbox.
+engine that owns it; a Postgres database as a client, which registers no engine). With
+``allow_actions=True`` its signal, cancel and resume forms hand the action to the engine
+that owns a SQLite file through the database's inbox, or on Postgres write it directly
+(the engines pick it up).
 
 Example:
     >>> import memable.web
@@ -52,8 +53,9 @@ def app(
 
     Args:
         storage: A SQLite path (opened read-only here and closed by the application's
-            lifespan), a Postgres URL, or a :class:`~memable.storage.Storage` that the
-            caller keeps open (an engine's own, for instance).
+            lifespan), a Postgres URL (opened as a client on the ``memable`` schema), or
+            a :class:`~memable.storage.Storage` that the caller keeps open (an engine's
+            own, or ``PostgresStorage(url, schema=..., register=False)``).
         allow_actions: Show the signal, cancel and resume forms (each a POST checked
             against a per-process CSRF token). Off by default: a read-only dashboard.
         points: Suspend points whose payload types the dashboard shows and checks signal

@@ -80,8 +80,19 @@ def _schedule(item: Any, link: Callable[[str], str]) -> dict[str, object]:
 
 
 def _engine(item: Any, link: Callable[[str], str]) -> dict[str, object]:
+    fields = _fields(item)
+    age = fields.get("heartbeat_age")
+    beat = f"{age:.1f} s ago" if isinstance(age, int | float) else ""
+    if fields.get("expired"):
+        beat = Markup(f'{escape(beat)} <span class="tag expired">expired</span>')
     return {
-        k: _time(v) if k.endswith(("_at", "heartbeat")) else v for k, v in _fields(item).items()
+        "engine": Markup(f"<code>{escape(str(fields.get('engine_id', '')))}</code>"),
+        "name": fields.get("name"),
+        "host": fields.get("host"),
+        "process": fields.get("pid"),
+        "started": _time(fields.get("started_at")),
+        "heartbeat": beat,
+        "instances held": fields.get("instances", 0),
     }
 
 

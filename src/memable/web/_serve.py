@@ -6,10 +6,13 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from .._suspend import SuspendPoint
+    from ..storage import Storage
 
 __all__ = ["points_of", "serve"]
 
@@ -38,6 +41,7 @@ def points_of(modules: Sequence[str]) -> list[SuspendPoint[Any]]:
 def serve(
     db: str,
     *,
+    schema: str = "memable",
     host: str = "127.0.0.1",
     port: int = 8000,
     allow_actions: bool = False,
@@ -51,8 +55,26 @@ def serve(
         ImportError: the web extra is not installed.
     """
     from . import app
+    from ._source import open_storage
 
-    application = app(db, allow_actions=allow_actions, points=points_of(imports))
+    points = points_of(imports)
+    storage = open_storage(db, schema=schema)
+    try:
+        application = app(cast("Storage", storage), allow_actions=allow_actions, points=points)
+        _run(application, host=host, port=port, allow_actions=allow_actions, backend=backend)
+    finally:
+        storage.close()
+    return 0
+
+
+def _run(
+    application: Starlette,
+    *,
+    host: str,
+    port: int,
+    allow_actions: bool,
+    backend: Literal["asyncio", "trio"],
+) -> None:
     mode = "actions allowed" if allow_actions else "read-only"
     print(f"memable web: http://{host}:{port}/ ({mode}); Ctrl-C stops it", file=sys.stderr)
     try:
@@ -74,4 +96,3 @@ def serve(
             )
     except KeyboardInterrupt:
         pass
-    return 0

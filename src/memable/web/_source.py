@@ -253,8 +253,13 @@ class Source:
         payload: str | None = None,
         reason: str | None = None,
     ) -> dict[str, Any]:
-        """Hand an action to the engine that owns the database, through its inbox, and
-        return its answer (``ok``, ``outcome``, ``message``)."""
+        """Hand an action to the engine that owns the database, through its inbox (a
+        SQLite file), or write it directly (Postgres: the engines pick it up), and return
+        the answer (``ok``, ``outcome``, ``message``)."""
+        if callable(getattr(self.storage, "client", None)):  # a shared database
+            return await self._steer_shared(
+                verb, instance_id, key=key, payload=payload, reason=reason
+            )
         path = getattr(self.storage, "path", None)
         if not isinstance(path, str) or path == ":memory:":
             return _refusal("actions need the engine's SQLite file (this storage has no inbox)")
@@ -287,6 +292,38 @@ class Source:
         finally:
             await self.call(client.close)
 
+    async def _steer_shared(
+        self, verb: str, instance_id: str, *, key: str | None, payload: str | None,
+        reason: str | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """On Postgres, through a client storage (this one, or for an engine's own a
+        client twin of it, opened for the action: an engine's transaction would take a
+        claim its runner does not know about): what it starts running is claimed by an
+        engine of its workflow."""
+        from .._inbox import apply_directly
+
+        def act(storage: Any) -> str:
+            # The payload goes untyped: the waiter reads it as its point's type (the
+            # dashboard checked it against that type already when it knows the point).
+            return apply_directly(
+                storage, verb, instance_id, now=time.time(), key=key, payload=payload,
+                reason=reason,
+            )  # fmt: skip
+
+        def twin() -> str:
+            client = cast(Any, self.storage).client()
+            client.open()
+            try:
+                return act(client)
+            finally:
+                client.close()
+
+        if getattr(self.storage, "engine_id", None) is not None:  # an engine's own storage
+            answer = await self.call(twin)
+        else:
+            answer = await self.call(act, self.storage)
+        return cast(dict[str, Any], json.loads(answer))
+
     def close(self) -> None:
         if self.owned:
             self.storage.close()
@@ -315,19 +352,21 @@ def _refusal(message: str) -> dict[str, Any]:
 # -- opening a database by name ---------------------------------------------------------------
 
 
-def open_storage(db: str | os.PathLike[str]) -> Readable:
+def open_storage(db: str | os.PathLike[str], *, schema: str = "memable") -> Readable:
     """Open the database *db* (a SQLite path or a Postgres URL) for the dashboard to read.
 
     A SQLite file is opened read-only, without taking the one-engine ownership, so the
-    dashboard runs beside the engine that owns it.
+    dashboard runs beside the engine that owns it. A Postgres database (its *schema*) is
+    opened as a client: it registers no engine and never creates the schema.
     """
     if isinstance(db, str) and db.startswith(("postgresql://", "postgres://")):
-        from .. import storage
-
-        postgres: Any = getattr(storage, "PostgresStorage", None)
-        if postgres is None:
-            raise StorageError("this memable has no Postgres storage")
-        opened: Readable = postgres(db)
+        try:
+            from ..storage._postgres import PostgresStorage
+        except ImportError:
+            raise StorageError(
+                "a postgresql:// database needs psycopg: pip install 'memable[postgres]'"
+            ) from None
+        opened: Readable = PostgresStorage(db, schema=schema, pool_size=4, register=False)
         opened.open()
         return opened
     from ..storage._sqlite import SQLiteStorage
