@@ -122,7 +122,8 @@ async def _sequential(
         # A step's own cost, without its share of the instance's creation and completion
         # (two more commits per 10-step workflow): 20-step workflows beside 10-step ones,
         # interleaved, the difference per extra step.
-        tens, twenties = [], []
+        tens: list[float] = []
+        twenties: list[float] = []
         for _ in range(max(3, workflows // 3)):
             for steps, times in ((10, tens), (20, twenties)):
                 started = time.perf_counter()
