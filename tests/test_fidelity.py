@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memable
-from memable import Context, Engine
+from memable import Context, Engine, _serde
 from memable._serde import Serde, conforms
 
 T = TypeVar("T")
@@ -438,3 +438,28 @@ async def test_an_engine_keeps_the_hooks_of_a_configured_converter() -> None:
     assert_same(decimal.Decimal("10.10"), first)
     assert_same(decimal.Decimal("10.10"), again)
     assert calls == [1]
+
+
+_PLAIN_VALUES: list[object] = [
+    0, -3, 2**70, 1.5, -0.0, True, False, "", "é\u2028", None, [], [1, 2], [1.5, 2],
+    [True], ["a", None], {}, {"a": 1}, {"a": [1, {"b": None}]}, [{"a": 1.5, "t": ["x"]}],
+    (1, 2), {1: "a"}, [(1,)], Level.LOW, [Level.LOW], {"a": Level.LOW}, decimal.Decimal(1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("tp", sorted(_serde._KNOWN_PLANS, key=repr), ids=repr)
+def test_plain_types_store_as_with_cattrs_loaded(tp: object) -> None:
+    """JSON's own types (and lists and str-keyed dicts of them) are encoded, decoded and
+    refused without loading cattrs exactly as memable's converter, tried, would."""
+    known, tried = Serde(), Serde(memable.configure_converter(make_json_converter()))
+
+    def outcome(serde: Serde, value: object) -> object:
+        try:
+            envelope = serde.encode(value, tp, "k:v1")
+        except memable.MemableError as exc:
+            return type(exc)
+        decoded = serde.decode(envelope, tp, "k:v1")
+        return envelope, decoded, type(decoded)
+
+    for value in _PLAIN_VALUES:
+        assert outcome(known, value) == outcome(tried, value), value

@@ -74,12 +74,11 @@ class FanOut:
         key = self._key
         recorded = self._journal.steps.get(key)
         if recorded is not None:
-            if recorded.state == "completed":
-                assert recorded.value is not None
-                value = self._kernel.serde.decode(recorded.value, self._result_type, key,
-                                                  self._what)  # fmt: skip
+            _, state, stored, error, attempts = recorded[:5]
+            if state == "completed":
+                value = self._kernel.serde.decode(stored, self._result_type, key, self._what)
                 return list(value)
-            raise replayed_failure(key, recorded.attempts, recorded.error)
+            raise replayed_failure(key, attempts, error)
 
         self._run.enter()  # the parent does not suspend while its children run
         try:

@@ -13,7 +13,7 @@ from typing import Literal
 from . import _ids
 from ._exceptions import DuplicateStepKey, SuspendedStepConflict
 from ._keys import check_key
-from ._records import History, SignalRecord, StepRecord, TimerRecord
+from ._records import History, SignalRecord, StepRecord, StepRow, StepRows, TimerRecord
 
 __all__ = ["Journal"]
 
@@ -29,7 +29,11 @@ class Journal:
         self, instance_id: str, history: History, waiting_on: tuple[str, ...] = ()
     ) -> None:
         self.instance_id = instance_id
-        self.steps: dict[str, StepRecord] = {step.key: step for step in history.steps}
+        # Steps as rows (plain tuples: no record per step, nothing for the garbage collector
+        # to walk in a long history): (key, state, value, error, attempts, ...).
+        steps = history.steps
+        rows = steps.rows() if isinstance(steps, StepRows) else map(_row, steps)
+        self.steps: dict[str, StepRow] = {row[0]: row for row in rows}
         self.signals: dict[str, SignalRecord] = {s.key: s for s in history.signals}
         self.timers: dict[str, TimerRecord] = {t.key: t for t in history.timers}
         # Keys the instance was last suspended on: points even before any signal came.
@@ -58,7 +62,12 @@ class Journal:
             )
 
     def record_step(self, record: StepRecord) -> None:
-        self.steps[record.key] = record
+        self.steps[record.key] = _row(record)
 
     def record_timer(self, timer: TimerRecord) -> None:
         self.timers[timer.key] = timer
+
+
+def _row(step: StepRecord) -> StepRow:
+    return (step.key, step.state, step.value, step.error, step.attempts, step.started_at,
+            step.finished_at)  # fmt: skip

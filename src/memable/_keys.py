@@ -34,9 +34,11 @@ def check_key(key: object, what: str = "step key", *, reserved_ok: bool = False)
         )
     if "/" in key:
         raise InvalidKey(f"{what} {key!r} must not contain '/' (it separates child ids)")
-    if _CONTROL.search(key):
+    if key.isascii() and key.isprintable():
+        pass  # the usual key: no control character, nothing UTF-8 cannot hold
+    elif _CONTROL.search(key):
         raise InvalidKey(f"{what} {key!r} must not contain control characters")
-    if not is_utf8(key):
+    elif not is_utf8(key):
         raise InvalidKey(f"{what} {key!r} is not valid text: {_NOT_UTF8}")
     if key[0] == "_" and not reserved_ok:
         raise InvalidKey(f"{what} {key!r} must not start with '_' (reserved for memable)")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias, final
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, TypeAlias, final, overload
 
 import attrs
 
@@ -19,6 +20,7 @@ __all__ = [
     "SignalOutcome",
     "SignalRecord",
     "StepRecord",
+    "StepRows",
     "Suspension",
     "TimerRecord",
     "Write",
@@ -258,6 +260,71 @@ class TimerRecord:
     fired: bool = False
 
 
+#: A step as its storage read it: ``(key, state, value, error, attempts, started_at,
+#: finished_at)``, checked, perhaps with more columns after these (ignored).
+StepRow: TypeAlias = tuple[Any, ...]
+
+
+@final
+class StepRows(Sequence[StepRecord]):
+    """An instance's steps as rows (plain tuples), made into :class:`StepRecord` when read.
+
+    A storage returns it from ``load_history`` so that a long history costs one tuple per
+    step: tuples of strings and numbers are not tracked by the garbage collector, so a
+    50,000-step history sets off no full collection (a pause of the whole event loop),
+    and replay reads the rows without building a record per step.
+
+    Example:
+        >>> from memable.storage import StepRows
+        >>> rows = StepRows("o-1", [("price:v1", "completed", '{"type":"int","value":3}',
+        ...                          None, 1, 0.0, 0.1)])
+        >>> rows[0].key, len(rows), rows == [rows[0]]
+        ('price:v1', 1, True)
+    """
+
+    __slots__ = ("_instance_id", "_rows")
+
+    def __init__(self, instance_id: str, rows: list[StepRow]) -> None:
+        self._instance_id = instance_id
+        self._rows = rows
+
+    def _record(self, row: StepRow) -> StepRecord:
+        key, state, value, error, attempts, started_at, finished_at = row[:7]
+        return StepRecord(instance_id=self._instance_id, key=key, state=state, value=value,
+                          error=error, attempts=attempts, started_at=started_at,
+                          finished_at=finished_at)  # fmt: skip
+
+    def rows(self) -> list[StepRow]:
+        """The rows themselves, in the order read: ``(key, state, value, error, attempts,
+        started_at, finished_at)``, perhaps with more columns after these."""
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> StepRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[StepRecord]: ...
+    def __getitem__(self, index: int | slice) -> StepRecord | list[StepRecord]:
+        if isinstance(index, slice):
+            return [self._record(row) for row in self._rows[index]]
+        return self._record(self._rows[index])
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        return map(self._record, self._rows)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # like a list
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 @final
 @attrs.frozen(kw_only=True)
 class History:
@@ -269,7 +336,7 @@ class History:
         []
     """
 
-    steps: list[StepRecord]
+    steps: Sequence[StepRecord]  # a list, or StepRows (rows decoded when read)
     signals: list[SignalRecord]
     timers: list[TimerRecord]
 

@@ -11,6 +11,7 @@ import anyio
 import attrs
 
 from ._durations import seconds
+from ._exceptions import Permanent
 
 __all__ = ["AttemptsFailed", "RetryPolicy", "run_attempts"]
 
@@ -193,8 +194,6 @@ async def run_attempts(
     :class:`~memable.Permanent` and exceptions outside ``policy.on`` are not retried; a
     timeout counts as :class:`TimeoutError`. Cancellation is never caught.
     """
-    from ._exceptions import Permanent
-
     attempt = 0
     while True:
         attempt += 1

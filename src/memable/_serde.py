@@ -40,6 +40,39 @@ _NONE_TYPE: Final = type(None)
 _dumps: Final = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps makes one per call
 
 
+def _checked_dumps() -> Callable[[object], str]:
+    """The encoder of values an exact-type check has passed: the check looks a bounded
+    depth down, so such a value has no cycle and the encoder keeps no set of the containers
+    it is in. It is made once (``JSONEncoder.encode`` makes a C encoder per call, which
+    costs a small envelope more than encoding it)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without json's C accelerator
+        return json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+    def default(value: object) -> object:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    # markers, default, encoder, indent, separators, sort_keys, skipkeys, allow_nan: those
+    # of JSONEncoder(separators=(",", ":"), check_circular=False).
+    encode = make(None, default, json.encoder.encode_basestring_ascii, None, ":", ",",
+                  False, False, True)  # fmt: skip
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps_checked: Final = _checked_dumps()
+_raw_decode: Final = json.JSONDecoder().raw_decode
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, without its two scans for surrounding whitespace when there is none
+    (an envelope memable wrote has none); a text that needs them goes through it."""
+    try:
+        value, end = _raw_decode(text)
+    except ValueError:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 def make_converter() -> cattrs.Converter:
     """Return a new cattrs Converter for JSON envelopes, with memable's hooks.
 
@@ -499,13 +532,24 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
+_JSON_TYPES: Final = (int, float, str, bool, Any)
+#: Types whose plan under memable's own converter is known: JSON's kinds, and lists and
+#: str-keyed dicts of them (tests/test_fidelity.py checks each against trying it).
+_KNOWN_PLANS: Final = frozenset(
+    {None, _NONE_TYPE, *_JSON_TYPES, *(list[t] for t in _JSON_TYPES),  # type: ignore[valid-type]
+     *(dict[str, t] for t in _JSON_TYPES),  # type: ignore[valid-type]
+     list[dict[str, Any]]}
+)  # fmt: skip
+
+
 class Serde:
     """Encodes and decodes envelopes with one cattrs Converter (the engine's own)."""
 
-    __slots__ = ("_converter", "_plans", "_result_types")
+    __slots__ = ("_converter", "_own", "_plans", "_result_types")
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         self._converter = converter  # made on first use: cattrs loads only when needed
+        self._own = converter is None  # memable's own converter, whose plans are known
         self._result_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -554,7 +598,7 @@ class Serde:
         if exact and as_is:
             # JSON's own kinds, exactly, which the converter leaves as they are.
             try:
-                return _dumps({"type": name, "value": value})
+                return _dumps_checked({"type": name, "value": value})
             except Exception:
                 pass  # (a NaN inside, say): the converter's path says what is wrong
         if not exact and not conforms(value, tp):
@@ -630,7 +674,14 @@ class Serde:
         except TypeError:
             return None, False  # an unhashable type expression: read its values back
         plan: tuple[_Check | None, bool] = (None, False)
-        for int_as_float in (True, False):
+        if self._own and tp in _KNOWN_PLANS:
+            # JSON's own kinds under memable's converter: what trying the samples would
+            # find (tests/test_fidelity.py checks it), without loading cattrs for them,
+            # so a fresh process replays a history of plain values without that cost.
+            exact = _compile(tp, True)
+            assert exact is not None
+            plan = (exact.check, True)
+        for int_as_float in () if plan[0] is not None else (True, False):
             exact = _compile(tp, int_as_float)
             if exact is None:
                 break
@@ -659,7 +710,7 @@ class Serde:
     def open(envelope: str, key: str, what: str = "") -> tuple[str, Any]:
         """Return the type name and unstructured value of an envelope."""
         try:
-            parsed = json.loads(envelope)
+            parsed = _loads(envelope)
             found = parsed["type"]
             data = parsed["value"]
             if not isinstance(found, str):

@@ -34,7 +34,9 @@ _REPLAY_SLICE = 0.002
 class Steps:
     """Takes the steps of one run: replayed from its journal, or run and recorded."""
 
-    __slots__ = ("_journal", "_kernel", "_run", "_runner", "_write", "_yield_at")
+    __slots__ = (
+        "_debug", "_journal", "_kernel", "_run", "_runner", "_traced", "_write", "_yield_at"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -50,6 +52,10 @@ class Steps:
         self._journal = journal
         self._write = write
         self._yield_at = time.perf_counter() + _REPLAY_SLICE
+        # Looked up once a pass, not once a step: a tracer provider set meanwhile traces
+        # the steps of the instance's next pass (and every later run).
+        self._traced = _telemetry.enabled()
+        self._debug = _log.logger.isEnabledFor(_log.DEBUG)  # asked again at each checkpoint
 
     def what(self, key: str) -> str:
         """How messages name step *key* of this run."""
@@ -64,14 +70,15 @@ class Steps:
         retry: RetryPolicy | None,
     ) -> T:
         """The result of step *key*: replayed if recorded, else run by *call* and recorded."""
-        record = self._journal.steps.get(key)
-        if record is not None:
+        row = self._journal.steps.get(key)
+        if row is not None:
             if time.perf_counter() >= self._yield_at:
                 # A long replay awaits nothing else: let the engine's other tasks run.
                 await anyio.lowlevel.checkpoint()
                 self._yield_at = time.perf_counter() + _REPLAY_SLICE
+                self._debug = _log.logger.isEnabledFor(_log.DEBUG)
             self._run.replayed += 1
-            if _log.logger.isEnabledFor(_log.DEBUG):
+            if self._debug:
                 _log.event(
                     _log.DEBUG,
                     "step %r of %r replayed",
@@ -81,11 +88,11 @@ class Steps:
                     workflow=self._run.workflow.name,
                     step=key,
                 )
-            if record.state == "completed":
-                assert record.value is not None
-                value = self._kernel.serde.decode(record.value, tp, key, self.what(key))
+            _, state, stored, error, attempts = row[:5]
+            if state == "completed":
+                value = self._kernel.serde.decode(stored, tp, key, self.what(key))
                 return typing.cast(T, value)
-            raise replayed_failure(key, record.attempts, record.error)
+            raise replayed_failure(key, attempts, error)
         self._run.enter()
         try:
             return await self._attempts(key, tp, call, timeout, retry)
@@ -101,7 +108,8 @@ class Steps:
         retry: RetryPolicy | None,
     ) -> T:
         kernel = self._kernel
-        await self._runner.maybe_crash(self._run, key, "before")
+        if kernel.crash_points:  # crash injection (memable.testing) only
+            await self._runner.maybe_crash(self._run, key, "before")
         policy = retry or kernel.retry or _NO_RETRY
         started = kernel.now()
         scope = (
@@ -113,7 +121,7 @@ class Steps:
                     "memable.workflow": self._run.workflow.name,
                 },
             )
-            if _telemetry.enabled()
+            if self._traced
             else _telemetry.NULL
         )
         with scope as span:
@@ -153,7 +161,8 @@ class Steps:
             if span is not None:
                 span.set_attributes({"memable.step.attempts": attempts,
                                      "memable.step.outcome": "completed"})  # fmt: skip
-        await self._runner.maybe_crash(self._run, key, "after")
+        if kernel.crash_points:
+            await self._runner.maybe_crash(self._run, key, "after")
         record = StepRecord(
             instance_id=self._run.instance_id,
             key=key,

@@ -29,6 +29,7 @@ from .._records import SignalDrop as SignalDrop
 from .._records import SignalOutcome as SignalOutcome
 from .._records import SignalRecord as SignalRecord
 from .._records import StepRecord as StepRecord
+from .._records import StepRows as StepRows
 from .._records import Suspension as Suspension
 from .._records import TimerRecord as TimerRecord
 from .._records import Write as Write
@@ -61,6 +62,7 @@ __all__ = [
     "SignalOutcome",
     "SignalRecord",
     "StepRecord",
+    "StepRows",
     "Storage",
     "Suspension",
     "TimerRecord",
@@ -81,6 +83,7 @@ for _name in (
     "SignalDrop",
     "SignalRecord",
     "StepRecord",
+    "StepRows",
     "SharedStorage",
     "Storage",
     "Suspension",

@@ -38,6 +38,7 @@ from ._rows import (
     decode_instance,
     decode_queue,
     decode_signal,
+    decode_step_rows,
     decode_steps,
     decode_timer,
 )
@@ -485,7 +486,7 @@ def load_history(conn: psycopg.Connection[Any], instance_id: str) -> History:
         (instance_id, instance_id, instance_id),
     ).fetchall()
     return History(
-        steps=decode_steps(instance_id, [row[1:] for row in rows if row[0] == 0]),
+        steps=decode_step_rows(instance_id, [row[1:] for row in rows if row[0] == 0]),
         signals=[
             decode_signal(instance_id, key, payload, at, flag, trace)
             for table, key, payload, trace, _, _, at, _, flag in rows

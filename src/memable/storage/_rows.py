@@ -21,6 +21,8 @@ from .._records import (
     QueueRecord,
     SignalRecord,
     StepRecord,
+    StepRow,
+    StepRows,
     TimerRecord,
 )
 
@@ -38,6 +40,7 @@ __all__ = [
     "decode_instance",
     "decode_queue",
     "decode_signal",
+    "decode_step_rows",
     "decode_steps",
     "decode_timer",
     "shown",
@@ -170,6 +173,18 @@ def decode_steps(instance_id: str, rows: Iterable[Sequence[Any]]) -> list[StepRe
         else checked_step(instance_id, key, state, value, error, attempts, started_at, finished_at)
         for key, state, value, error, attempts, started_at, finished_at, sound in rows
     ]
+
+
+def decode_step_rows(instance_id: str, rows: list[StepRow]) -> StepRows:
+    """The step rows of :func:`decode_steps` (each with its soundness flag last), kept as
+    rows: sound ones as they are (their flag ignored), the others checked by
+    :func:`checked_step` (which raises or gives the row to keep). *rows* is reused."""
+    for n, row in enumerate(rows):
+        if not row[7]:
+            step = checked_step(instance_id, *row[:7])
+            rows[n] = (step.key, step.state, step.value, step.error, step.attempts,
+                       step.started_at, step.finished_at)  # fmt: skip
+    return StepRows(instance_id, rows)
 
 
 def checked_step(instance_id: str, key: object, state: object, *rest: object) -> StepRecord:

@@ -27,6 +27,7 @@ from .._records import (
     ScheduleRecord,
     SignalRecord,
     StepRecord,
+    StepRows,
     TimerRecord,
 )
 from .._tx import COLUMNS, Guard
@@ -42,7 +43,7 @@ from ._rows import (
     decode_instance,
     decode_queue,
     decode_signal,
-    decode_steps,
+    decode_step_rows,
     decode_timer,
     shown,
 )
@@ -324,7 +325,7 @@ class SQLiteStorage(RuleStorage):
         with self._read(f"loading the history of instance {instance_id!r} from") as db:
             db.execute("BEGIN")  # one consistent snapshot of the three tables
             try:
-                steps = _steps(db, instance_id)
+                steps = _step_rows(db, instance_id)
                 signals = _signals(db, instance_id)
                 timers = _timers(db, instance_id)
             finally:
@@ -726,12 +727,18 @@ _STEP_IS_SOUND: Final = (
 
 
 def _steps(db: sqlite3.Connection, instance_id: str) -> list[StepRecord]:
+    return list(_step_rows(db, instance_id))
+
+
+def _step_rows(db: sqlite3.Connection, instance_id: str) -> StepRows:
+    """The steps of *instance_id* as the rows SQLite returns (each checked in SQL; one
+    that fails the quick test is checked again in Python, then raises or is replaced)."""
     rows = db.execute(
         "SELECT key, state, value, error, attempts, started_at, finished_at,"
         f" {_STEP_IS_SOUND} FROM steps WHERE instance_id = ?",
         (instance_id,),
     ).fetchall()
-    return decode_steps(instance_id, rows)
+    return decode_step_rows(instance_id, rows)
 
 
 def _signals(db: sqlite3.Connection, instance_id: str) -> list[SignalRecord]:
