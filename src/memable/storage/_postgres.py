@@ -56,7 +56,7 @@ from ._pgtx import (
     load_history,
     load_steps,
 )
-from ._rows import decode_instance, decode_queue
+from ._rows import decode_instance, decode_queue, listed, listing
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
 
@@ -411,31 +411,15 @@ class PostgresStorage(RuleStorage):
         before: tuple[float, str] | None = None,
         newest_first: bool = False,
     ) -> list[InstanceRecord]:
-        where: list[str] = []
-        params: list[object] = []
-        for column, value in (("parent_id", parent_id), ("workflow", workflow),
-                              ("status", status)):  # fmt: skip
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        if waiting_on is not None:
-            where.append("status = 'suspended' AND waiting_on::jsonb ? %s")
-            params.append(waiting_on)
-        if created_after is not None:
-            where.append("created_at > %s")
-            params.append(created_after)
-        if before is not None:
-            where.append("(created_at, instance_id) < (%s, %s)")
-            params.extend(before)
-        query = f"SELECT {INSTANCE_COLUMNS} FROM instances"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        order = " DESC" if newest_first else ""
-        query += f" ORDER BY created_at{order}, instance_id{order} LIMIT %s"
+        query, params = listing(
+            mark="%s", waiting="waiting_on::jsonb ? %s", workflow=workflow, status=status,
+            parent_id=parent_id, waiting_on=waiting_on, created_after=created_after,
+            before=before, newest_first=newest_first, columns=INSTANCE_COLUMNS,
+        )  # fmt: skip
         params.append(limit)
         with self._conn("listing instances in") as conn:
             rows = conn.execute(query, params).fetchall()
-        return [decode_instance(row) for row in rows]
+        return listed(rows, whole=parent_id is not None)
 
     def load_retired(self, instance_id: str) -> list[StepRecord]:
         with self._conn("loading retired steps from") as conn:

@@ -10,6 +10,7 @@ skips that one instance, never itself.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, cast
 
@@ -43,8 +44,12 @@ __all__ = [
     "decode_step_rows",
     "decode_steps",
     "decode_timer",
+    "listed",
+    "listing",
     "shown",
 ]
+
+logger = logging.getLogger("memable")
 
 #: The columns :func:`decode_instance` decodes, in order (a shared database adds
 #: ``owner`` and ``epoch`` after them).
@@ -256,3 +261,56 @@ def decode_queue(name: str, row: Sequence[Any]) -> QueueRecord:
         ) from exc
     return QueueRecord(name=name, concurrency=concurrency, rate_count=rate_count,
                        rate_period=rate_period, paused=bool(paused), starts=times)  # fmt: skip
+
+
+def listing(
+    *,
+    mark: str,
+    waiting: str,
+    workflow: str | None,
+    status: str | None,
+    parent_id: str | None,
+    waiting_on: str | None,
+    created_after: float | None,
+    before: tuple[float, str] | None,
+    newest_first: bool,
+    columns: str = INSTANCE_COLUMNS,
+) -> tuple[str, list[object]]:
+    """The query of a listing of instances, its LIMIT parameter still to append: *mark*
+    is the driver's placeholder and *waiting* its test of ``waiting_on`` (with its own
+    placeholder). The order is ``(created_at, instance_id)``, an index range scan."""
+    where: list[str] = []
+    params: list[object] = []
+    for column, value in (("parent_id", parent_id), ("workflow", workflow), ("status", status)):
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            params.append(value)
+    if waiting_on is not None:
+        where.append(f"status = 'suspended' AND {waiting}")
+        params.append(waiting_on)
+    if created_after is not None:
+        where.append(f"created_at > {mark}")
+        params.append(created_after)
+    if before is not None:
+        where.append(f"(created_at, instance_id) < ({mark}, {mark})")
+        params.extend(before)
+    sql = f"SELECT {columns} FROM instances"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    order = " DESC" if newest_first else ""
+    return f"{sql} ORDER BY created_at{order}, instance_id{order} LIMIT {mark}", params
+
+
+def listed(rows: Iterable[Sequence[Any]], *, whole: bool) -> list[InstanceRecord]:
+    """The instances of a listing's *rows*. A row that does not decode is logged and left
+    out (one bad row must not hide the others, nor stop an engine's recovery), unless the
+    listing must be *whole* (a family: its parent fails instead)."""
+    records: list[InstanceRecord] = []
+    for row in rows:
+        try:
+            records.append(decode_instance(row))
+        except StorageError as exc:
+            if whole:
+                raise
+            logger.error("%s; it is left out of the listing", exc, extra={"instance_id": row[0]})
+    return records

@@ -45,6 +45,8 @@ from ._rows import (
     decode_signal,
     decode_step_rows,
     decode_timer,
+    listed,
+    listing,
     shown,
 )
 
@@ -65,6 +67,8 @@ _UPSERT_STEP: Final = """
 
 
 logger = logging.getLogger("memable")
+#: The listing's test of what a suspended instance waits on.
+_WAITING: Final = "EXISTS (SELECT 1 FROM json_each(instances.waiting_on) WHERE value = ?)"
 
 
 @final
@@ -266,25 +270,15 @@ class SQLiteStorage(RuleStorage):
         before: tuple[float, str] | None = None,
         newest_first: bool = False,
     ) -> list[InstanceRecord]:
-        sql, params = _listing(
-            workflow=workflow, status=status, parent_id=parent_id, waiting_on=waiting_on,
-            created_after=created_after, before=before, newest_first=newest_first,
+        sql, params = listing(
+            mark="?", waiting=_WAITING, workflow=workflow, status=status, parent_id=parent_id,
+            waiting_on=waiting_on, created_after=created_after, before=before,
+            newest_first=newest_first,
         )  # fmt: skip
         params.append(-1 if limit is None else limit)
         with self._read("listing instances in") as db, self._lenient(db):
             rows = db.execute(sql, params).fetchall()
-        records: list[InstanceRecord] = []
-        for row in rows:
-            try:
-                records.append(decode_instance(row))
-            except StorageError as exc:
-                if parent_id is not None:
-                    raise  # a family must be read whole: its parent fails instead
-                # One bad row must not hide the others (nor stop an engine's recovery).
-                logger.error(
-                    "%s; it is left out of the listing", exc, extra={"instance_id": row[0]}
-                )
-        return records
+        return listed(rows, whole=parent_id is not None)
 
     def count_instances(
         self,
@@ -297,9 +291,10 @@ class SQLiteStorage(RuleStorage):
     ) -> int:
         """How many instances :meth:`list_instances` would list with these filters,
         counting at most *limit* (an index range scan; the dashboard's counts)."""
-        sql, params = _listing(
-            workflow=workflow, status=status, parent_id=None, waiting_on=waiting_on,
-            created_after=created_after, before=None, newest_first=False, columns="1",
+        sql, params = listing(
+            mark="?", waiting=_WAITING, workflow=workflow, status=status, parent_id=None,
+            waiting_on=waiting_on, created_after=created_after, before=None,
+            newest_first=False, columns="1",
         )  # fmt: skip
         params.append(limit)
         with self._read("counting instances in") as db:
@@ -641,43 +636,6 @@ class _SQLiteTx:
                 (row.name, row.last_tick, row.last_run),
             ).rowcount
         )
-
-
-def _listing(
-    *,
-    workflow: str | None,
-    status: str | None,
-    parent_id: str | None,
-    waiting_on: str | None,
-    created_after: float | None,
-    before: tuple[float, str] | None,
-    newest_first: bool,
-    columns: str = INSTANCE_COLUMNS,
-) -> tuple[str, list[object]]:
-    """The query of a listing (its LIMIT parameter still to append)."""
-    where: list[str] = []
-    params: list[object] = []
-    for column, value in (("parent_id", parent_id), ("workflow", workflow), ("status", status)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if waiting_on is not None:
-        where.append(
-            "status = 'suspended' AND EXISTS (SELECT 1 FROM json_each(instances.waiting_on)"
-            " WHERE value = ?)"
-        )
-        params.append(waiting_on)
-    if created_after is not None:
-        where.append("created_at > ?")
-        params.append(created_after)
-    if before is not None:
-        where.append("(created_at, instance_id) < (?, ?)")
-        params.extend(before)
-    sql = f"SELECT {columns} FROM instances"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    order = " DESC" if newest_first else ""
-    return f"{sql} ORDER BY created_at{order}, instance_id{order} LIMIT ?", params
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
