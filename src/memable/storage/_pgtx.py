@@ -31,7 +31,7 @@ from .._records import (
     TimerRecord,
 )
 from .._rules import check_holders
-from .._tx import COLUMNS, Fenced, Guard
+from .._tx import Fenced, Guard
 from ._rows import (
     EARLIEST,
     LATEST,
@@ -41,6 +41,7 @@ from ._rows import (
     decode_step_rows,
     decode_steps,
     decode_timer,
+    update_query,
 )
 from ._rows import INSTANCE_COLUMNS as ROW_COLUMNS
 
@@ -322,18 +323,7 @@ class PostgresTx:
         return found
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
-        columns: list[str] = []
-        params: list[object] = []
-        for name, value in changes.items():
-            if name not in COLUMNS:
-                raise ValueError(f"not an instance column: {name!r}")
-            columns.append(f"{name} = %s")
-            params.append(json.dumps(value) if name == "waiting_on" else value)
-        query = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = %s"
-        params.append(instance_id)
-        if guard.status:
-            query += f" AND status IN ({', '.join(['%s'] * len(guard.status))})"
-            params.extend(sorted(guard.status))
+        query, params = update_query(instance_id, guard, changes, mark="%s")
         if guard.holder is not None:
             query += " AND owner IS NOT DISTINCT FROM %s AND epoch = %s"
             params.extend(guard.holder)

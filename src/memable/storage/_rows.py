@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
 from .._exceptions import StorageError
@@ -26,6 +26,7 @@ from .._records import (
     StepRows,
     TimerRecord,
 )
+from .._tx import COLUMNS, Guard
 
 __all__ = [
     "EARLIEST",
@@ -46,6 +47,7 @@ __all__ = [
     "decode_timer",
     "listed",
     "listing",
+    "update_query",
     "shown",
 ]
 
@@ -314,3 +316,23 @@ def listed(rows: Iterable[Sequence[Any]], *, whole: bool) -> list[InstanceRecord
                 raise
             logger.error("%s; it is left out of the listing", exc, extra={"instance_id": row[0]})
     return records
+
+
+def update_query(
+    instance_id: str, guard: Guard, changes: Mapping[str, object], *, mark: str
+) -> tuple[str, list[object]]:
+    """The ``UPDATE`` of an instance's *changes* under *guard*'s status test (*mark* is the
+    driver's placeholder; a shared database adds its holder test)."""
+    columns: list[str] = []
+    params: list[object] = []
+    for name, value in changes.items():
+        if name not in COLUMNS:
+            raise ValueError(f"not an instance column: {name!r}")
+        columns.append(f"{name} = {mark}")
+        params.append(json.dumps(value) if name == "waiting_on" else value)
+    query = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = {mark}"
+    params.append(instance_id)
+    if guard.status:
+        query += f" AND status IN ({', '.join([mark] * len(guard.status))})"
+        params.extend(sorted(guard.status))
+    return query, params

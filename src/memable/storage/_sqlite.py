@@ -30,7 +30,7 @@ from .._records import (
     StepRows,
     TimerRecord,
 )
-from .._tx import COLUMNS, Guard
+from .._tx import Guard
 from ._base import RuleStorage
 from ._rows import (
     EARLIEST,
@@ -48,6 +48,7 @@ from ._rows import (
     listed,
     listing,
     shown,
+    update_query,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "InboxClient", "SQLiteStorage", "owner_of"]
@@ -538,18 +539,7 @@ class _SQLiteTx:
         return {r.instance_id: (None, 0) for r in records if r is not None}
 
     def update(self, instance_id: str, guard: Guard, changes: Mapping[str, object]) -> bool:
-        columns: list[str] = []
-        params: list[object] = []
-        for name, value in changes.items():
-            if name not in COLUMNS:
-                raise ValueError(f"not an instance column: {name!r}")
-            columns.append(f"{name} = ?")
-            params.append(json.dumps(value) if name == "waiting_on" else value)
-        sql = f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = ?"
-        params.append(instance_id)
-        if guard.status:
-            sql += f" AND status IN ({', '.join('?' * len(guard.status))})"
-            params.extend(sorted(guard.status))
+        sql, params = update_query(instance_id, guard, changes, mark="?")
         return bool(self._db.execute(sql, params).rowcount)
 
     def fire(self, instance_id: str, key: str) -> None:
