@@ -120,6 +120,14 @@ def test_list_table_fits_the_terminal(made: Path, columns: int) -> None:
         assert "waiting on nap:v1" in rows["n1"]
 
 
+def test_list_shows_a_status_message_only_while_it_is_news(made: Path) -> None:
+    out = ok("list", "--db", str(made), "--workflow", "order", columns=160)
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line}
+    assert "waiting for a manager" in rows["o1"]  # suspended: what it waits for
+    assert "completed" in rows["c1"]
+    assert "waiting for a manager" not in rows["c1"]  # its last message, now stale
+
+
 @pytest.mark.parametrize("columns", [60, 140])
 def test_show_a_failed_instance(made: Path, columns: int) -> None:
     out = ok("--db", str(made), "show", "b1", columns=columns)
@@ -333,13 +341,14 @@ def test_sql_views_answer_operators_queries(made: Path) -> None:
 def test_listing_pages_are_index_range_scans(made: Path, filters: dict[str, Any]) -> None:
     """Each filter of instances() is served by an index in newest-first order: no sort
     of the table, whatever it holds."""
-    from memable.storage._sqlite import _listing
+    from memable.storage._rows import listing
+    from memable.storage._sqlite import _WAITING
 
     query: dict[str, Any] = {
         "workflow": None, "status": None, "parent_id": None, "waiting_on": None,
         "created_after": None, "before": None, "newest_first": True,
     }  # fmt: skip
-    sql, params = _listing(**{**query, **filters})
+    sql, params = listing(mark="?", waiting=_WAITING, **{**query, **filters})
     with contextlib.closing(sqlite3.connect(f"file:{made}?mode=ro", uri=True)) as db:
         rows = db.execute("EXPLAIN QUERY PLAN " + sql, [*params, 50]).fetchall()
     plan = " ".join(str(row[3]) for row in rows)

@@ -10,7 +10,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -126,6 +126,10 @@ def _span(delta: timedelta) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s"
 
 
+#: The states whose status message is shown beside them.
+_LIVE: Final = ("running", "suspended", "cancelled")
+
+
 def _about(info: InstanceInfo) -> str:
     """What a row of the listing says beside the status."""
     if info.status == "suspended" and info.waiting_on:
@@ -133,7 +137,8 @@ def _about(info: InstanceInfo) -> str:
         return f"{text} — {info.status_message}" if info.status_message else text
     if info.error is not None:
         return str(info.error)
-    return info.status_message or ""
+    # A finished instance's last message is history (``show`` has it), not news.
+    return info.status_message if info.status_message and info.status in _LIVE else ""
 
 
 def _value(value: Any) -> str:
@@ -166,7 +171,7 @@ def print_show(history: History, tree: list[Any], *, as_json: bool, now: float) 
         return
     info = history.instance
     status: str = info.status
-    if info.status_message and info.status in ("running", "suspended", "cancelled"):
+    if info.status_message and info.status in _LIVE:
         status += f" — {info.status_message}"
     header = [
         ("instance", info.instance_id),
