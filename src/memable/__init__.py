@@ -18,8 +18,9 @@ Example:
     1250
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._clock import Clock as Clock
-from ._context import Context as Context
 from ._engine import Engine as Engine
 from ._exceptions import ChildFailed as ChildFailed
 from ._exceptions import DuplicateStepKey as DuplicateStepKey
@@ -43,11 +44,6 @@ from ._exceptions import WorkflowCancelled as WorkflowCancelled
 from ._exceptions import WorkflowFailed as WorkflowFailed
 from ._exceptions import WorkflowNotFound as WorkflowNotFound
 from ._exceptions import WorkflowSuspended as WorkflowSuspended
-from ._inspect import History as History
-from ._inspect import Page as Page
-from ._inspect import SignalInfo as SignalInfo
-from ._inspect import StepInfo as StepInfo
-from ._inspect import TimerInfo as TimerInfo
 from ._invocation import Invocation as Invocation
 from ._outcome import Cancelled as Cancelled
 from ._outcome import Completed as Completed
@@ -67,6 +63,14 @@ from ._suspend import Status as Status
 from ._suspend import SuspendPoint as SuspendPoint
 from ._workflow import Workflow as Workflow
 from ._workflow import workflow as workflow
+
+if TYPE_CHECKING:
+    from ._context import Context as Context
+    from ._inspect import History as History
+    from ._inspect import Page as Page
+    from ._inspect import SignalInfo as SignalInfo
+    from ._inspect import StepInfo as StepInfo
+    from ._inspect import TimerInfo as TimerInfo
 
 __all__ = [
     "Cancelled",
@@ -122,8 +126,39 @@ __all__ = [
 
 # Public objects say "memable.X" in reprs and tracebacks; stored error type names use it
 # too, so they never carry a private module path.
+def _publish(obj: Any) -> None:
+    if isinstance(obj, type) or callable(obj):
+        obj.__module__ = __name__
+
+
+#: Names loaded on first use (PEP 562), so that ``import memable`` and a first ``Engine()``
+#: do not pay for what only a running workflow or an inspection needs.
+_LAZY = {
+    "Context": "_context",
+    "History": "_inspect",
+    "Page": "_inspect",
+    "SignalInfo": "_inspect",
+    "StepInfo": "_inspect",
+    "TimerInfo": "_inspect",
+}
+
 for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) or callable(_obj):
-        _obj.__module__ = __name__
-del _name, _obj
+    if _name not in _LAZY:
+        _publish(globals()[_name])
+del _name
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memable' has no attribute {name!r}")
+    from importlib import import_module
+
+    value: object = getattr(import_module(f"{__name__}.{module}"), name)
+    _publish(value)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import anyio
-import anyio.lowlevel
 
 from ._exceptions import StorageError
 from ._records import Write

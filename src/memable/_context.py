@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar, TypeVarTuple, final, overload
 
 import anyio
-import anyio.lowlevel
 
 from . import _telemetry
 from ._durations import check_deadline, deadline, seconds
@@ -542,3 +541,7 @@ class Context:
         if self._run.wait_on(key):  # the first waiter writes the suspension
             await self._runner.suspend(self._run)
         await unwind()
+
+
+# Public as memable.Context, which loads this module on first use (see memable/__init__.py).
+Context.__module__ = "memable"

@@ -11,11 +11,9 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, final, overload
 
 import attrs
 
-from . import _inspect
 from ._clock import Clock, SystemClock
 from ._control import NOTHING, Control
 from ._durations import seconds
-from ._inspect import History, Page
 from ._invocation import Invocation
 from ._kernel import Kernel, Registry
 from ._keys import check_instance_ref
@@ -38,6 +36,8 @@ from .storage._protocol import SharedStorage, Storage
 
 if TYPE_CHECKING:
     import cattrs
+
+    from ._inspect import History, Page
 
 __all__ = ["Engine"]
 
@@ -603,11 +603,13 @@ class Engine:
             ['order-o-17']
         """
         self._check_running()
+        from . import _inspect  # loaded on first use
+
         query = _inspect.query(wf, status, waiting_on, parent_id, created_after, limit, after)
         records, cursor = await self._kernel.store.call(
             _inspect.load_page, self._kernel.store.storage, **query
         )
-        return Page(tuple(self._describe(record) for record in records), cursor)
+        return _inspect.Page(tuple(self._describe(record) for record in records), cursor)
 
     async def history(self, wf: Workflow[Any, Any], instance_id: str) -> History:
         """Return what an instance did: steps, signals, timers and children, from storage.
@@ -637,12 +639,16 @@ class Engine:
         self._check_running()
         record = await self._control.record(wf, instance_id)
         types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
+        from . import _inspect  # loaded on first use
+
         build = await self._kernel.store.call(
             _inspect.load_history, self._kernel.store.storage, record, payload_types=types
         )
         return build(self._describe)
 
     def _describe(self, record: InstanceRecord) -> InstanceInfo:
+        from . import _inspect  # loaded on first use
+
         wf = self._registry.get(record.workflow)
         return _inspect.describe(record, self._kernel.serde, wf)
 

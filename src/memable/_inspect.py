@@ -381,3 +381,9 @@ def query(
         "limit": limit,
         "after": after,
     }
+
+
+# Public as memable.X, which loads this module on first use (see memable/__init__.py).
+for _cls in (History, Page, SignalInfo, StepInfo, TimerInfo):
+    _cls.__module__ = "memable"
+del _cls

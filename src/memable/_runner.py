@@ -14,10 +14,8 @@ import typing
 from typing import Any, Literal
 
 import anyio
-import anyio.lowlevel
 
 from . import _ids, _log, _telemetry
-from ._context import Context
 from ._exceptions import StorageError
 from ._journal import Journal
 from ._kernel import Kernel, outcome_of
@@ -363,6 +361,8 @@ class Runner:
 
     async def _pass(self, run: Run, record: InstanceRecord) -> None:
         """One pass over the workflow function, from the top."""
+        from ._context import Context  # loaded on first use, not by ``import memable``
+
         kernel = self._kernel
         wf = run.workflow
         with run.scope:

@@ -12,13 +12,13 @@ so that ``wait``, ``result`` and ``subscribe`` see an instance that runs elsewhe
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ._exceptions import StorageError
 from ._ids import public_keys
+from ._log import logger
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Sharing"]
 
-logger = logging.getLogger("memable")
 
 #: Seconds a claim made by this engine may take to get its run (an error path only).
 _CLAIM_SETTLES = 0.25

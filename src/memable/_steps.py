@@ -8,7 +8,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-import anyio.lowlevel
+import anyio
 
 from . import _log, _telemetry
 from ._exceptions import SerializationError, StepFailed, TypeMismatch

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
@@ -38,6 +37,8 @@ __all__ = [
 @functools.cache
 def installed() -> bool:
     """Whether OpenTelemetry is installed (looked up once, without importing it)."""
+    import importlib.util
+
     try:
         return importlib.util.find_spec("opentelemetry") is not None
     except (ImportError, ValueError):  # blocked (None in sys.modules) or broken

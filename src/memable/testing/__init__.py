@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NoReturn, final
 
 import anyio
-import anyio.lowlevel
 
 from .._engine import Engine, kernel_of
 from .._exceptions import StorageError
