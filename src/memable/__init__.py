@@ -124,6 +124,7 @@ __all__ = [
     "workflow",
 ]
 
+
 # Public objects say "memable.X" in reprs and tracebacks; stored error type names use it
 # too, so they never carry a private module path.
 def _publish(obj: Any) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ._exceptions import StorageError
-from ._records import Write
+
+if TYPE_CHECKING:
+    from ._records import Write
 
 __all__ = ["GroupCommitter"]
 

@@ -10,7 +10,7 @@ engine, uses the same steering calls (:meth:`Control.deliver`, :meth:`Control.ca
 from __future__ import annotations
 
 import json
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import attrs
@@ -22,10 +22,12 @@ from ._kernel import Kernel, outcome_of
 from ._keys import check_instance_ref, check_key, check_text, new_instance_id
 from ._outcome import Outcome
 from ._queues import Admitter, Queue
-from ._records import InstanceRecord, InstanceState, SignalOutcome, SignalRecord
 from ._runner import Runner
 from ._suspend import SuspendPoint
 from ._workflow import Workflow
+
+if TYPE_CHECKING:
+    from ._records import InstanceRecord, InstanceState, SignalOutcome, SignalRecord
 
 __all__ = ["NOTHING", "RESUMABLE", "Control"]
 
@@ -66,6 +68,8 @@ class Control:
         An id that exists gives the existing instance (nothing runs) if its workflow and
         input are the same, else :class:`~memable.InstanceConflict`.
         """
+        from ._records import InstanceRecord  # loaded on first use, not by ``import memable``
+
         if queue is not None:
             self._admitter.add(queue)
             if type(priority) is not int or priority not in _PRIORITY_RANGE:
@@ -187,6 +191,8 @@ class Control:
         self, wf: Workflow[Any, Any], instance_id: str, point: SuspendPoint[T], payload: T
     ) -> None:
         """Deliver *payload* to *point* of an instance, running it if it waited there."""
+        from ._records import SignalRecord  # loaded on first use, not by ``import memable``
+
         kernel = self._kernel
         check_instance_ref(instance_id)
         kernel.check_point(wf, point)

@@ -20,10 +20,6 @@ from ._keys import check_instance_ref
 from ._lifecycle import Lifecycle
 from ._outcome import InstanceInfo
 from ._queues import Admitter, Queue
-from ._records import (
-    InstanceRecord,
-    InstanceState,
-)
 from ._retry import RetryPolicy
 from ._runner import Runner
 from ._schedule import Schedule
@@ -38,6 +34,7 @@ if TYPE_CHECKING:
     import cattrs
 
     from ._inspect import History, Page
+    from ._records import InstanceRecord, InstanceState
 
 __all__ = ["Engine"]
 

@@ -29,7 +29,6 @@ from ._exceptions import (
 from ._ids import children_waited, public_keys, root_of
 from ._keys import check_instance_ref
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Outcome, Suspended
-from ._records import Admission, Fence
 from ._serde import type_name
 from ._suspend import SuspendPoint
 from ._tx import Fenced
@@ -41,6 +40,8 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._commit import GroupCommitter
     from ._records import (
+        Admission,
+        Fence,
         History,
         InstanceRecord,
         InstanceState,
@@ -319,6 +320,8 @@ class Store:
         that can tell cheaply (``admission_possible``) whether anything could start; and
         when one instance starts, read its history there too (its run starts without
         another trip to a thread)."""
+        from ._records import Admission  # loaded on first use, not by ``import memable``
+
         storage = self.queues()
         possible = getattr(storage, "admission_possible", None) if look else None
 

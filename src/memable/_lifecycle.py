@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from . import _inbox
 from ._background import TimerScheduler, heal, retain
 from ._commit import GroupCommitter
 from ._control import Control
@@ -116,6 +115,8 @@ class Lifecycle:
             if self._sharing is not None:
                 system.start_soon(self._sharing.run, name="memable sharing")
             if getattr(self._storage, "has_inbox", False):  # a SQLite file: other processes
+                from . import _inbox  # loaded on first use, not by ``import memable``
+
                 inbox = typing.cast(_inbox.InboxStorage, self._storage)
                 system.start_soon(_inbox.serve, kernel, self._control, inbox, name="memable inbox")
             system.start_soon(self._admitter.run, name="memable queues")

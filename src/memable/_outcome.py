@@ -2,12 +2,14 @@
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
 
 import attrs
 
 from ._ids import public_keys
-from ._records import InstanceRecord, InstanceState
+
+if TYPE_CHECKING:
+    from ._records import InstanceRecord, InstanceState
 
 __all__ = [
     "Cancelled",
@@ -179,7 +181,7 @@ class InstanceInfo:
 
     instance_id: str
     workflow: str
-    status: InstanceState
+    status: "InstanceState"
     status_message: str | None
     created_at: datetime
     updated_at: datetime
@@ -193,7 +195,7 @@ class InstanceInfo:
     priority: int = 0
 
     @classmethod
-    def from_record(cls, record: InstanceRecord) -> "InstanceInfo":
+    def from_record(cls, record: "InstanceRecord") -> "InstanceInfo":
         """Describe a stored instance (times as UTC datetimes; input and output as JSON)."""
         return cls(
             instance_id=record.instance_id,

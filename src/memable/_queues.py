@@ -23,11 +23,10 @@ import attrs
 from ._background import storage_trouble
 from ._durations import seconds
 from ._keys import check_key
-from ._records import QueueRecord
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
-    from ._records import History, InstanceRecord
+    from ._records import History, InstanceRecord, QueueRecord
 
 __all__ = ["Admitter", "Queue"]
 
@@ -93,6 +92,8 @@ class Queue:
 
     def record(self) -> QueueRecord:
         """The queue's limits as stored."""
+        from ._records import QueueRecord  # loaded on first use, not by ``import memable``
+
         count, period = self.rate_limit if self.rate_limit is not None else (None, None)
         return QueueRecord(
             name=self.name, concurrency=self.concurrency, rate_count=count, rate_period=period

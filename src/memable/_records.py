@@ -441,3 +441,25 @@ class Fence:
 Write: TypeAlias = (
     StepRecord | InstanceUpdate | TimerRecord | InstanceRecord | SignalDrop | Suspension | Fence
 )
+
+
+# Public as memable.storage.X (memable.storage loads this module on first use).
+for _cls in (
+    Admission,
+    EngineRecord,
+    Fence,
+    History,
+    InboxItem,
+    InstanceRecord,
+    InstanceUpdate,
+    QueueRecord,
+    ScheduleRecord,
+    SignalDrop,
+    SignalRecord,
+    StepRecord,
+    StepRows,
+    Suspension,
+    TimerRecord,
+):
+    _cls.__module__ = "memable.storage"
+del _cls

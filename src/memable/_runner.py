@@ -11,20 +11,21 @@ from __future__ import annotations
 import collections
 import sys
 import typing
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
 from . import _ids, _log, _telemetry
 from ._exceptions import StorageError
-from ._journal import Journal
 from ._kernel import Kernel, outcome_of
 from ._log import logger
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended
-from ._records import Fence, History, InstanceRecord, InstanceState, InstanceUpdate, Suspension
 from ._run import Run
 from ._tx import Fenced
 from ._workflow import Workflow
+
+if TYPE_CHECKING:
+    from ._records import History, InstanceRecord, InstanceState
 
 __all__ = ["Backoff", "Runner"]
 
@@ -225,6 +226,8 @@ class Runner:
     async def _hold(self, run: Run, record: InstanceRecord) -> InstanceRecord | None:
         """On a shared database, claim a top-level instance before running it; the
         record to run, or ``None`` if another engine holds it (or it is not running)."""
+        from ._records import Fence  # loaded on first use, not by ``import memable``
+
         kernel = self._kernel
         if record.owner is None or record.owner != kernel.owner:
             if record.status != "running" or record.owner is not None:
@@ -361,7 +364,10 @@ class Runner:
 
     async def _pass(self, run: Run, record: InstanceRecord) -> None:
         """One pass over the workflow function, from the top."""
-        from ._context import Context  # loaded on first use, not by ``import memable``
+        # loaded on first use, not by ``import memable``
+        from ._context import Context
+        from ._journal import Journal
+        from ._records import History
 
         kernel = self._kernel
         wf = run.workflow
@@ -417,6 +423,8 @@ class Runner:
     async def _finish(
         self, run: Run, outcome: Completed[Any] | Failed, output: str | None = None
     ) -> None:
+        from ._records import InstanceUpdate  # loaded on first use, not by ``import memable``
+
         kernel = self._kernel
         now = kernel.now()
         status: InstanceState = "completed" if isinstance(outcome, Completed) else "failed"
@@ -473,6 +481,8 @@ class Runner:
                 span.set_attribute("memable.waiting_on", sorted(run.waiting))
 
     async def _suspend(self, run: Run) -> None:
+        from ._records import Suspension  # loaded on first use, not by ``import memable``
+
         kernel = self._kernel
         written: set[str] | None = None
         with anyio.CancelScope(shield=True):  # what storage decided must be known here

@@ -21,14 +21,13 @@ from ._durations import seconds
 from ._ids import tick_id
 from ._keys import check_key
 from ._log import logger
-from ._records import InstanceRecord
 from ._workflow import Workflow
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ._kernel import Kernel
-    from ._records import ScheduleRecord
+    from ._records import InstanceRecord, ScheduleRecord
 
 __all__ = ["CATCH_UP_LIMIT", "Schedule", "Ticker"]
 
@@ -270,6 +269,8 @@ class Ticker:
 
     async def _tick(self, schedule: Schedule[Any], due: Sequence[float], now: float) -> bool:
         """Handle *due* ticks; False if the stored last tick was not the one expected."""
+        from ._records import InstanceRecord  # loaded on first use, not by ``import memable``
+
         name = schedule.name
         owner = self._kernel.owner  # on a shared database, this engine holds what it starts
         records = [

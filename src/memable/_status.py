@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._ids import public_keys
-from ._records import InstanceState
 from ._suspend import Status
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from ._outcome import Outcome
-    from ._records import InstanceRecord
+    from ._records import InstanceRecord, InstanceState
     from ._run import Run
     from ._workflow import Workflow
 

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overlo
 import attrs
 
 from ._keys import check_key
-from ._records import InstanceState
 from ._serde import type_name
+
+if TYPE_CHECKING:
+    from ._records import InstanceState
 
 __all__ = ["Readable", "Status", "SuspendPoint"]
 

@@ -8,20 +8,22 @@ suspend, a cancel, a resume, a purge or a child's end does is decided once, in
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Final, Protocol, final
+from typing import TYPE_CHECKING, Final, Protocol, final
 
 import attrs
 
 from ._exceptions import StorageError
-from ._records import (
-    InstanceRecord,
-    InstanceState,
-    QueueRecord,
-    ScheduleRecord,
-    SignalRecord,
-    StepRecord,
-    TimerRecord,
-)
+
+if TYPE_CHECKING:
+    from ._records import (
+        InstanceRecord,
+        InstanceState,
+        QueueRecord,
+        ScheduleRecord,
+        SignalRecord,
+        StepRecord,
+        TimerRecord,
+    )
 
 __all__ = ["COLUMNS", "Fenced", "Guard", "Tx"]
 

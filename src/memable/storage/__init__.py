@@ -15,29 +15,29 @@ Example:
 
 from typing import TYPE_CHECKING
 
-from .._records import Admission as Admission
-from .._records import EngineRecord as EngineRecord
-from .._records import Fence as Fence
-from .._records import History as History
-from .._records import InboxItem as InboxItem
-from .._records import InstanceRecord as InstanceRecord
-from .._records import InstanceState as InstanceState
-from .._records import InstanceUpdate as InstanceUpdate
-from .._records import QueueRecord as QueueRecord
-from .._records import ScheduleRecord as ScheduleRecord
-from .._records import SignalDrop as SignalDrop
-from .._records import SignalOutcome as SignalOutcome
-from .._records import SignalRecord as SignalRecord
-from .._records import StepRecord as StepRecord
-from .._records import StepRows as StepRows
-from .._records import Suspension as Suspension
-from .._records import TimerRecord as TimerRecord
-from .._records import Write as Write
 from ._protocol import QueueStorage as QueueStorage
 from ._protocol import SharedStorage as SharedStorage
 from ._protocol import Storage as Storage
 
 if TYPE_CHECKING:
+    from .._records import Admission as Admission
+    from .._records import EngineRecord as EngineRecord
+    from .._records import Fence as Fence
+    from .._records import History as History
+    from .._records import InboxItem as InboxItem
+    from .._records import InstanceRecord as InstanceRecord
+    from .._records import InstanceState as InstanceState
+    from .._records import InstanceUpdate as InstanceUpdate
+    from .._records import QueueRecord as QueueRecord
+    from .._records import ScheduleRecord as ScheduleRecord
+    from .._records import SignalDrop as SignalDrop
+    from .._records import SignalOutcome as SignalOutcome
+    from .._records import SignalRecord as SignalRecord
+    from .._records import StepRecord as StepRecord
+    from .._records import StepRows as StepRows
+    from .._records import Suspension as Suspension
+    from .._records import TimerRecord as TimerRecord
+    from .._records import Write as Write
     from ._memory import MemoryStorage as MemoryStorage
     from ._postgres import PostgresStorage as PostgresStorage
     from ._sqlite import SQLiteStorage as SQLiteStorage
@@ -69,31 +69,43 @@ __all__ = [
     "Write",
 ]
 
-for _name in (
-    "Admission",
-    "EngineRecord",
-    "Fence",
-    "History",
-    "InboxItem",
-    "InstanceRecord",
-    "InstanceUpdate",
-    "QueueRecord",
-    "QueueStorage",
-    "ScheduleRecord",
-    "SignalDrop",
-    "SignalRecord",
-    "StepRecord",
-    "StepRows",
-    "SharedStorage",
-    "Storage",
-    "Suspension",
-    "TimerRecord",
-):
+for _name in ("QueueStorage", "SharedStorage", "Storage"):
     globals()[_name].__module__ = "memable.storage"
 del _name
 
+#: The records load on first use (``memable._records`` says they are memable.storage's),
+#: so that ``import memable`` and a first ``Engine()`` do not pay for them.
+_RECORDS = frozenset(
+    {
+        "Admission",
+        "EngineRecord",
+        "Fence",
+        "History",
+        "InboxItem",
+        "InstanceRecord",
+        "InstanceState",
+        "InstanceUpdate",
+        "QueueRecord",
+        "ScheduleRecord",
+        "SignalDrop",
+        "SignalOutcome",
+        "SignalRecord",
+        "StepRecord",
+        "StepRows",
+        "Suspension",
+        "TimerRecord",
+        "Write",
+    }
+)
+
 
 def __getattr__(name: str) -> object:
+    if name in _RECORDS:
+        from .. import _records
+
+        value = getattr(_records, name)
+        globals()[name] = value
+        return value
     # The backends load on first use, so that ``import memable`` does not pay for sqlite3.
     if name == "SQLiteStorage":
         from ._sqlite import SQLiteStorage
@@ -112,3 +124,7 @@ def __getattr__(name: str) -> object:
 
         return MemoryStorage
     raise AttributeError(f"module 'memable.storage' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .._records import (
-    Admission,
-    Fence,
-    History,
-    InstanceRecord,
-    InstanceState,
-    QueueRecord,
-    ScheduleRecord,
-    SignalOutcome,
-    SignalRecord,
-    StepRecord,
-    Write,
-)
+if TYPE_CHECKING:
+    from .._records import (
+        Admission,
+        Fence,
+        History,
+        InstanceRecord,
+        InstanceState,
+        QueueRecord,
+        ScheduleRecord,
+        SignalOutcome,
+        SignalRecord,
+        StepRecord,
+        Write,
+    )
 
 __all__ = ["QueueStorage", "SharedStorage", "Storage"]
 
