@@ -149,16 +149,18 @@ for _name in __all__:
 del _name
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memable' has no attribute {name!r}")
-    from importlib import import_module
+if not TYPE_CHECKING:  # type checkers see the imports above, and no other name
 
-    value: object = getattr(import_module(f"{__name__}.{module}"), name)
-    _publish(value)
-    globals()[name] = value
-    return value
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'memable' has no attribute {name!r}")
+        from importlib import import_module
+
+        value: object = getattr(import_module(f"{__name__}.{module}"), name)
+        _publish(value)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
