@@ -24,6 +24,15 @@ MODULES = sorted(
 )
 
 
+def load(name: str) -> types.ModuleType:
+    """The module *name* with every name of its ``__all__`` loaded: a package loads some
+    on first use, and their examples are its own."""
+    module = importlib.import_module(name)
+    for public in getattr(module, "__all__", ()):
+        getattr(module, public)
+    return module
+
+
 def method_tests(module: types.ModuleType) -> list[doctest.DocTest]:
     """The examples of the methods and properties of classes defined in *module*.
 
@@ -49,7 +58,7 @@ def method_tests(module: types.ModuleType) -> list[doctest.DocTest]:
 def test_docstring_examples(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The examples of each module pass as doctests (run in a scratch directory)."""
     monkeypatch.chdir(tempfile.mkdtemp())
-    module = importlib.import_module(name)
+    module = load(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} failing examples in {name}"
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
@@ -61,7 +70,7 @@ def test_docstring_examples(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def all_tests() -> list[doctest.DocTest]:
     found = []
     for name in MODULES:
-        module = importlib.import_module(name)
+        module = load(name)
         found += doctest.DocTestFinder().find(module) + method_tests(module)
     return [test for test in found if test.examples]
 

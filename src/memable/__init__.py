@@ -47,16 +47,11 @@ from ._exceptions import WorkflowSuspended as WorkflowSuspended
 from ._invocation import Invocation as Invocation
 from ._outcome import Cancelled as Cancelled
 from ._outcome import Completed as Completed
-from ._outcome import Err as Err
 from ._outcome import ErrorInfo as ErrorInfo
 from ._outcome import Failed as Failed
-from ._outcome import InstanceInfo as InstanceInfo
-from ._outcome import Ok as Ok
 from ._outcome import Outcome as Outcome
-from ._outcome import Settled as Settled
 from ._outcome import Suspended as Suspended
 from ._queues import Queue as Queue
-from ._retry import RetryPolicy as RetryPolicy
 from ._schedule import Schedule as Schedule
 from ._serde import configure_converter as configure_converter
 from ._suspend import Status as Status
@@ -66,11 +61,16 @@ from ._workflow import workflow as workflow
 
 if TYPE_CHECKING:
     from ._context import Context as Context
+    from ._info import InstanceInfo as InstanceInfo
     from ._inspect import History as History
     from ._inspect import Page as Page
     from ._inspect import SignalInfo as SignalInfo
     from ._inspect import StepInfo as StepInfo
     from ._inspect import TimerInfo as TimerInfo
+    from ._retry import RetryPolicy as RetryPolicy
+    from ._settled import Err as Err
+    from ._settled import Ok as Ok
+    from ._settled import Settled as Settled
 
 __all__ = [
     "Cancelled",
@@ -136,8 +136,13 @@ def _publish(obj: Any) -> None:
 #: do not pay for what only a running workflow or an inspection needs.
 _LAZY = {
     "Context": "_context",
+    "Err": "_settled",
     "History": "_inspect",
+    "InstanceInfo": "_info",
+    "Ok": "_settled",
     "Page": "_inspect",
+    "RetryPolicy": "_retry",
+    "Settled": "_settled",
     "SignalInfo": "_inspect",
     "StepInfo": "_inspect",
     "TimerInfo": "_inspect",

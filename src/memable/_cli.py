@@ -117,7 +117,7 @@ def _list(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from . import _cliview, _inspect
-    from ._outcome import InstanceInfo
+    from ._info import InstanceInfo
 
     storage = open_reader(args.db, args.schema)
     try:
@@ -154,7 +154,7 @@ def _show(args: argparse.Namespace) -> int:
 def load(storage: Storage, instance_id: str) -> History:
     """The history of *instance_id* as the command line sees it (JSON values)."""
     from . import _inspect
-    from ._outcome import InstanceInfo
+    from ._info import InstanceInfo
 
     record = storage.get_instance(instance_id)
     if record is None:
@@ -164,7 +164,7 @@ def load(storage: Storage, instance_id: str) -> History:
 
 def _children_tree(storage: Storage, history: History, limit: int = 500) -> list[Any]:
     """The children of an instance, each with its own children: ``[(info, [...]), ...]``."""
-    from ._outcome import InstanceInfo
+    from ._info import InstanceInfo
 
     budget = [limit]
 

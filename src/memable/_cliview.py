@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from ._info import InstanceInfo
 from ._inspect import History, SignalInfo, StepInfo
-from ._outcome import InstanceInfo
 from ._serde import UNTYPED
 
 if TYPE_CHECKING:

@@ -27,11 +27,11 @@ from ._exceptions import (
 from ._fanout import FanOut
 from ._keys import check_text
 from ._log import logger
-from ._outcome import Settled
 from ._records import InstanceUpdate, SignalDrop, TimerRecord, Write
 from ._retry import RetryPolicy
 from ._run import unwind
 from ._serde import type_name
+from ._settled import Settled
 from ._steps import Steps
 from ._suspend import Readable
 from ._workflow import Workflow

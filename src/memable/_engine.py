@@ -18,9 +18,7 @@ from ._invocation import Invocation
 from ._kernel import Kernel, Registry
 from ._keys import check_instance_ref
 from ._lifecycle import Lifecycle
-from ._outcome import InstanceInfo
 from ._queues import Admitter, Queue
-from ._retry import RetryPolicy
 from ._runner import Runner
 from ._schedule import Schedule
 from ._serde import Serde
@@ -33,8 +31,10 @@ from .storage._protocol import SharedStorage, Storage
 if TYPE_CHECKING:
     import cattrs
 
+    from ._info import InstanceInfo
     from ._inspect import History, Page
     from ._records import InstanceRecord, InstanceState
+    from ._retry import RetryPolicy
 
 __all__ = ["Engine"]
 
@@ -111,8 +111,11 @@ class Engine:
         max_running: int | None = DEFAULT_MAX_RUNNING,
     ) -> None:
         storage = _storage_of(storage)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
+        if retry is not None:
+            from ._retry import RetryPolicy  # loaded on first use, not by ``import memable``
+
+            if not isinstance(retry, RetryPolicy):
+                raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
         seconds(shutdown_timeout, "shutdown_timeout")  # checked before anything is made
         if retention is not None and seconds(retention, "retention") <= 0:
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")

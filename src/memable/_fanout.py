@@ -12,9 +12,10 @@ from . import _ids
 from ._exceptions import ChildFailed, InstanceConflict, StorageError, WorkflowCancelled
 from ._failures import dead_letter_error, replayed_failure
 from ._kernel import outcome_of
-from ._outcome import Cancelled, Completed, Err, ErrorInfo, Failed, Ok, Outcome
+from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Outcome
 from ._records import InstanceRecord, InstanceState, StepRecord, Write
 from ._run import unwind
+from ._settled import Err, Ok
 from ._workflow import Workflow
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, final, 
 import attrs
 
 from ._exceptions import SerializationError, TypeMismatch
-from ._outcome import ErrorInfo, InstanceInfo
+from ._info import InstanceInfo
+from ._outcome import ErrorInfo
 from ._records import InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
 
 if TYPE_CHECKING:

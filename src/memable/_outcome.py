@@ -1,31 +1,20 @@
-"""What an instance ended with, and what is known about it."""
+"""What an instance ended with."""
 
 import json
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
+from typing import Generic, TypeAlias, TypeVar, final
 
 import attrs
-
-from ._ids import public_keys
-
-if TYPE_CHECKING:
-    from ._records import InstanceRecord, InstanceState
 
 __all__ = [
     "Cancelled",
     "Completed",
-    "Err",
     "ErrorInfo",
     "Failed",
-    "InstanceInfo",
-    "Ok",
     "Outcome",
-    "Settled",
     "Suspended",
 ]
 
 O_co = TypeVar("O_co", covariant=True)
-T_co = TypeVar("T_co", covariant=True)
 
 
 @final
@@ -152,112 +141,3 @@ class Cancelled:
 
 #: What ``Invocation.wait()`` returns.
 Outcome: TypeAlias = Completed[O_co] | Suspended | Failed | Cancelled
-
-
-@final
-@attrs.frozen(kw_only=True)
-class InstanceInfo:
-    """What storage knows about an instance (``Engine.state``, ``Engine.instances``).
-
-    Times are timezone-aware UTC datetimes. ``input`` and ``output`` (``None`` until it
-    completes) are decoded where the engine has the workflow registered; otherwise (and
-    in the ``memable`` command line) they are the stored JSON values. An instance
-    enqueued in a queue names it in ``queue``, with its ``priority``.
-
-    Example:
-        >>> import anyio, memable
-        >>> @memable.workflow("greet")
-        ... async def greet(ctx: memable.Context, name: str) -> str:
-        ...     ctx.set_status("greeting")
-        ...     return f"hello {name}"
-        >>> async def show() -> None:
-        ...     async with memable.Engine(workflows=[greet]) as engine:
-        ...         await engine.run(greet, "ada", instance_id="g-1")
-        ...         info = await engine.state(greet, "g-1")
-        ...         print(info.status, info.status_message, info.finished_at is not None)
-        >>> anyio.run(show)
-        completed greeting True
-    """
-
-    instance_id: str
-    workflow: str
-    status: "InstanceState"
-    status_message: str | None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    error: ErrorInfo | None
-    waiting_on: tuple[str, ...]
-    parent_id: str | None
-    input: Any = None
-    output: Any = None
-    queue: str | None = None
-    priority: int = 0
-
-    @classmethod
-    def from_record(cls, record: "InstanceRecord") -> "InstanceInfo":
-        """Describe a stored instance (times as UTC datetimes; input and output as JSON)."""
-        return cls(
-            instance_id=record.instance_id,
-            workflow=record.workflow,
-            status=record.status,
-            status_message=record.status_message,
-            created_at=datetime.fromtimestamp(record.created_at, UTC),
-            updated_at=datetime.fromtimestamp(record.updated_at, UTC),
-            finished_at=None
-            if record.finished_at is None
-            else datetime.fromtimestamp(record.finished_at, UTC),
-            error=None if record.error is None else ErrorInfo.from_json(record.error),
-            waiting_on=public_keys(record.waiting_on) if record.status == "suspended" else (),
-            parent_id=record.parent_id,
-            input=_json_value(record.input),
-            output=_json_value(record.output),
-            queue=record.queue,
-            priority=record.priority,
-        )
-
-
-def _json_value(envelope: str | None) -> Any:
-    """The JSON value inside a stored envelope (``None`` if absent or unreadable)."""
-    if envelope is None:
-        return None
-    try:
-        return json.loads(envelope)["value"]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return None
-
-
-@final
-@attrs.frozen(kw_only=True)
-class Ok(Generic[T_co]):
-    """A child of ``fan_out(..., settle=True)`` that completed with ``value``.
-
-    Example:
-        >>> from memable import Ok
-        >>> match Ok(value=3):
-        ...     case Ok(value=n):
-        ...         print(n)
-        3
-    """
-
-    value: T_co
-
-
-@final
-@attrs.frozen(kw_only=True)
-class Err:
-    """A child of ``fan_out(..., settle=True)`` that failed or was cancelled.
-
-    Example:
-        >>> from memable import Err, ErrorInfo
-        >>> error = ErrorInfo(type="KeyError", message="'sku'")
-        >>> Err(instance_id="o-1/label:v1-2", error=error).error.type
-        'KeyError'
-    """
-
-    instance_id: str
-    error: ErrorInfo
-
-
-#: The outcome of one child of ``fan_out(..., settle=True)``.
-Settled: TypeAlias = Ok[T_co] | Err

@@ -7,6 +7,8 @@ from typing import Any, Literal, TypeAlias, final, overload
 
 import attrs
 
+from ._state import InstanceState
+
 __all__ = [
     "EngineRecord",
     "Fence",
@@ -24,11 +26,6 @@ __all__ = [
     "Suspension",
     "TimerRecord",
     "Write",
-]
-
-#: The persisted state of an instance.
-InstanceState: TypeAlias = Literal[
-    "enqueued", "running", "suspended", "completed", "failed", "cancelled"
 ]
 
 

@@ -213,3 +213,7 @@ async def run_attempts(
                 raise AttemptsFailed(exc, attempt, timed_out, retried) from exc
             on_retry(attempt, exc)
             await anyio.sleep(policy.delay_before(attempt + 1))
+
+
+# Public as memable.RetryPolicy, which loads this module on first use.
+RetryPolicy.__module__ = "memable"

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
-from ._records import InstanceState
+__all__ = [
+    "FINISHED",
+    "TRANSITIONS",
+    "IllegalTransition",
+    "InstanceState",
+    "can_move",
+    "check_move",
+]
 
-__all__ = ["FINISHED", "TRANSITIONS", "IllegalTransition", "can_move", "check_move"]
+#: The persisted state of an instance.
+InstanceState: TypeAlias = Literal[
+    "enqueued", "running", "suspended", "completed", "failed", "cancelled"
+]
 
 #: Which state may follow which. ``running -> running`` is recovery after a crash (or
 #: ``resume`` of a stuck instance); ``failed -> running`` is ``resume``;

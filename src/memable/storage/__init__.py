@@ -100,12 +100,11 @@ _RECORDS = frozenset(
 
 
 def __getattr__(name: str) -> object:
-    if name in _RECORDS:
+    if name in _RECORDS:  # all of them at once: their annotations name each other
         from .. import _records
 
-        value = getattr(_records, name)
-        globals()[name] = value
-        return value
+        globals().update({record: getattr(_records, record) for record in _RECORDS})
+        return globals()[name]
     # The backends load on first use, so that ``import memable`` does not pay for sqlite3.
     if name == "SQLiteStorage":
         from ._sqlite import SQLiteStorage

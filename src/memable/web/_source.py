@@ -19,8 +19,8 @@ import attrs
 
 from .._exceptions import StorageError
 from .._ids import public_keys
+from .._info import InstanceInfo
 from .._inspect import History, StepInfo, decode_cursor, load_history, load_page, preview
-from .._outcome import InstanceInfo
 from .._records import History as Rows
 from .._records import InstanceRecord, InstanceState
 
