@@ -637,10 +637,10 @@ class Engine:
             price:v1 completed 1
         """
         self._check_running()
-        record = await self._control.record(wf, instance_id)
-        types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
         from . import _inspect  # loaded on first use
 
+        record = await self._control.record(wf, instance_id)
+        types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
         build = await self._kernel.store.call(
             _inspect.load_history, self._kernel.store.storage, record, payload_types=types
         )

@@ -126,4 +126,5 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    # The records as if loaded; the backends stay out, as before (the docs list them apart).
+    return sorted({*globals(), *_RECORDS})
