@@ -29,7 +29,7 @@ from ._exceptions import (
 from ._ids import children_waited, public_keys, root_of
 from ._keys import check_instance_ref
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Outcome, Suspended
-from ._records import Admission, Fence
+from ._records import Admission, Fence, Recorded
 from ._serde import type_name
 from ._suspend import SuspendPoint
 from ._tx import Fenced
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._commit import GroupCommitter
     from ._records import (
-        History,
         InstanceRecord,
         InstanceState,
         QueueRecord,
@@ -228,8 +227,18 @@ class Store:
         assert self.shared is not None
         return await self.call(self.shared.acquire, instance_id)
 
-    async def history(self, instance_id: str) -> History:
-        return await self.call(self.storage.load_history, instance_id)
+    async def recorded(self, instance_id: str) -> Recorded:
+        """What replaying *instance_id* needs (see :meth:`load_replay`)."""
+        return await self.call(self.load_replay, instance_id)
+
+    def load_replay(self, instance_id: str) -> Recorded:
+        """The storage's ``load_replay`` if it has one, else what replay needs of its
+        ``load_history`` (in a worker thread)."""
+        load = getattr(self.storage, "load_replay", None)
+        if load is not None:
+            recorded: Recorded = load(instance_id)
+            return recorded
+        return Recorded.of(self.storage.load_history(instance_id))
 
     async def signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
         return await self.call(self.storage.deliver_signal, signal)
@@ -314,7 +323,7 @@ class Store:
 
     async def admit(
         self, name: str, now: float, workflows: Sequence[str], *, look: bool
-    ) -> tuple[Admission, History | None]:
+    ) -> tuple[Admission, Recorded | None]:
         """Admit for queue *name* in one worker thread: with *look*, first ask a storage
         that can tell cheaply (``admission_possible``) whether anything could start; and
         when one instance starts, read its history there too (its run starts without
@@ -322,14 +331,14 @@ class Store:
         storage = self.queues()
         possible = getattr(storage, "admission_possible", None) if look else None
 
-        def admit() -> tuple[Admission, History | None]:
+        def admit() -> tuple[Admission, Recorded | None]:
             if possible is not None and not possible(name, workflows):
                 return Admission(), None
             admission = storage.admit(name, now=now, workflows=workflows)
             if len(admission.started) != 1:
                 return admission, None
             try:
-                return admission, self.storage.load_history(admission.started[0].instance_id)
+                return admission, self.load_replay(admission.started[0].instance_id)
             except StorageError:  # its run reads it again
                 return admission, None
 

@@ -27,7 +27,7 @@ from ._records import QueueRecord
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
-    from ._records import History, InstanceRecord
+    from ._records import InstanceRecord, Recorded
 
 __all__ = ["Admitter", "Queue"]
 
@@ -108,7 +108,7 @@ class Admitter:
     def __init__(
         self,
         kernel: Kernel,
-        claimed: Callable[[InstanceRecord, History | None], None],
+        claimed: Callable[[InstanceRecord, Recorded | None], None],
         queues: Iterable[Queue] = (),
     ) -> None:
         self._kernel = kernel

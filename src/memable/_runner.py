@@ -23,7 +23,7 @@ from ._journal import Journal
 from ._kernel import Kernel, outcome_of
 from ._log import logger
 from ._outcome import Cancelled, Completed, ErrorInfo, Failed, Suspended
-from ._records import Fence, History, InstanceRecord, InstanceState, InstanceUpdate, Suspension
+from ._records import Fence, InstanceRecord, InstanceState, InstanceUpdate, Recorded, Suspension
 from ._run import Run
 from ._tx import Fenced
 from ._workflow import Workflow
@@ -74,9 +74,9 @@ class Runner:
         self._waiting: collections.deque[tuple[Run, InstanceRecord]] = collections.deque()
         self._room: anyio.Event | None = None  # set when a task slot frees up
 
-    def claimed(self, record: InstanceRecord, history: History | None = None) -> None:
+    def claimed(self, record: InstanceRecord, history: Recorded | None = None) -> None:
         """Run an instance stored as ``running``: recovered, or just claimed; *history*:
-        its history, if read right after it was claimed (admission does).
+        what its replay needs, if read right after it was claimed (admission does).
 
         An instance of a queue that was claimed back to ``enqueued`` waits for admission.
         """
@@ -368,12 +368,12 @@ class Runner:
         with run.scope:
             if run.fresh:
                 run.fresh = False
-                history = History(steps=[], signals=[], timers=[])
+                history = Recorded(values={}, dead={}, signals=(), timers=())
             elif run.history is not None:
                 history, run.history = run.history, None
             else:
                 try:
-                    history = await kernel.store.history(run.instance_id)
+                    history = await kernel.store.recorded(run.instance_id)
                 except StorageError as exc:
                     if getattr(exc, "permanent", False):  # a corrupt row: retrying won't help
                         logger.error(
@@ -548,7 +548,7 @@ def error_of(outcome: Failed) -> str:
     return str(outcome.error)
 
 
-def _link_signals(run: Run, history: History, waiting_on: tuple[str, ...]) -> None:
+def _link_signals(run: Run, history: Recorded, waiting_on: tuple[str, ...]) -> None:
     """Link the run's span to the spans that delivered the signals it waited for (it was
     claimed by one of them, or recovered after a crash since), once per drive."""
     for signal in history.signals:
