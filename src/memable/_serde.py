@@ -30,7 +30,15 @@ if TYPE_CHECKING:
 
 from ._exceptions import SerializationError, TypeMismatch
 
-__all__ = ["NOT_QUICK", "UNTYPED", "Serde", "configure_converter", "conforms", "make_converter", "type_name"]
+__all__ = [
+    "NOT_QUICK",
+    "UNTYPED",
+    "Serde",
+    "configure_converter",
+    "conforms",
+    "make_converter",
+    "type_name",
+]
 
 #: The type name of a payload sent as plain JSON by a program without the workflow's
 #: code (the ``memable signal`` command): it is read as whatever type its point expects.
