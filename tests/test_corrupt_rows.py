@@ -183,9 +183,11 @@ HISTORY_CORRUPTIONS = {
 }
 
 
+@pytest.mark.parametrize("load", ["load_history", "load_replay"])
 @pytest.mark.parametrize("case", list(HISTORY_CORRUPTIONS))
-def test_a_corrupt_history_row(path: Path, case: str) -> None:
-    """load_history raises StorageError naming the instance and the bad record."""
+def test_a_corrupt_history_row(path: Path, case: str, load: str) -> None:
+    """load_history, and load_replay (the engine's read of a history before it replays),
+    raise StorageError naming the instance and the bad record."""
     table, assignment, problem = HISTORY_CORRUPTIONS[case]
     with raw(path) as db:
         db.execute(f"UPDATE {table} SET {assignment} WHERE instance_id = 'bad'")
@@ -193,12 +195,13 @@ def test_a_corrupt_history_row(path: Path, case: str) -> None:
     storage.open()
     try:
         with pytest.raises(memable.StorageError) as caught:
-            storage.load_history("bad")
+            getattr(storage, load)("bad")
         message = str(caught.value)
         assert "instance 'bad'" in message, message
         assert problem in message, message
         assert str(path.parent) not in message
         assert storage.load_history("good").steps == []
+        assert storage.load_replay("good").values == {}
     finally:
         storage.close()
 
