@@ -253,7 +253,8 @@ class FaultyStorage:
         methods: Count only these methods (e.g. ``{"commit"}``). The engine suspends an
             instance through a commit: with ``"suspend"`` (and not ``"commit"``) in
             *methods*, a commit that writes a :class:`~memable.storage.Suspension`
-            counts as a ``suspend`` call.
+            counts as a ``suspend`` call; the engine reads a history through a
+            storage's ``load_replay`` where it has one, counted as ``load_history``.
         when: ``"before"`` or ``"after"`` the wrapped call.
         error: The message of the raised error.
 
