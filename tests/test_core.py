@@ -470,6 +470,50 @@ async def test_a_changed_result_type_is_a_type_mismatch_on_replay(
     assert "bump the key" in message
 
 
+async def test_concurrent_steps_replay_by_key(make_storage: StorageFactory) -> None:
+    """Steps taken by concurrent tasks of one run, finishing in any order, replay each its
+    own recorded result (by key, whatever the order the tasks reach them in), and none
+    of them runs again; a dead letter among them raises its recorded failure again."""
+    go = SuspendPoint("go:v1", int)
+    calls: collections.Counter[str] = collections.Counter()
+
+    async def body(i: int) -> str:
+        calls[f"c{i}"] += 1
+        for _ in range(i % 3):
+            await anyio.lowlevel.checkpoint()
+        if i == 7:
+            raise ValueError("seven")
+        return f"r{i}"
+
+    passes: list[int] = []
+
+    @memable.workflow("concurrent-steps")
+    async def wf(ctx: Context) -> list[str]:
+        passes.append(len(passes))
+        results = [""] * 40
+
+        async def take(i: int) -> None:
+            try:
+                results[i] = await ctx.step(f"c{i}", body, i)
+            except memable.StepFailed as exc:
+                results[i] = f"failed {exc.key}"
+
+        async with anyio.create_task_group() as tg:  # the second pass in the other order
+            for i in reversed(range(40)) if passes[-1] else range(40):
+                tg.start_soon(take, i)
+        await ctx.suspend(go)
+        return results
+
+    expected = [f"r{i}" if i != 7 else "failed c7" for i in range(40)]
+    async with Engine(make_storage(), workflows=[wf]) as engine:
+        invocation = await engine.invoke(wf, instance_id="c")
+        assert isinstance(await invocation.wait(), Suspended)
+        await engine.signal(wf, "c", go, 1)
+        assert await invocation.result() == expected
+    assert passes == [0, 1]
+    assert calls == {f"c{i}": 1 for i in range(40)}
+
+
 async def test_set_status_is_live_and_persisted(make_storage: StorageFactory) -> None:
     """set_status shows at once in state() and is stored with the next write."""
     checked, release = anyio.Event(), anyio.Event()
