@@ -45,9 +45,9 @@ __all__ = [
     "decode_step_rows",
     "decode_steps",
     "decode_timer",
-    "recorded_steps",
     "listed",
     "listing",
+    "recorded_steps",
     "update_query",
     "shown",
 ]
