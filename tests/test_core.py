@@ -393,6 +393,39 @@ async def test_step_sync_runs_blocking_code_in_a_thread(make_storage: StorageFac
     assert threads[0] != threading.current_thread().name
 
 
+async def test_step_sync_replays_its_result_and_its_failure(
+    make_storage: StorageFactory,
+) -> None:
+    """A recorded step_sync is replayed on the next pass (its result, or its recorded
+    failure), its function not called again."""
+    go = SuspendPoint("go:v1", int)
+    calls: list[str] = []
+
+    def double(n: int) -> int:
+        calls.append("double")
+        return n * 2
+
+    def broken() -> int:
+        calls.append("broken")
+        raise ValueError("no")
+
+    @memable.workflow("sync-replay")
+    async def wf(ctx: Context) -> str:
+        value = await ctx.step_sync("double", double, 21)
+        try:
+            await ctx.step_sync("broken", broken)
+        except memable.StepFailed as exc:
+            failed = type(exc).__name__
+        return f"{value} {failed} {await ctx.suspend(go)}"
+
+    async with Engine(make_storage(), workflows=[wf]) as engine:
+        invocation = await engine.invoke(wf, instance_id="s")
+        assert isinstance(await invocation.wait(), Suspended)
+        await engine.signal(wf, "s", go, 5)
+        assert await invocation.result() == "42 StepFailed 5"
+    assert calls == ["double", "broken"]
+
+
 async def test_result_types(make_storage: StorageFactory) -> None:
     """Types come from annotations or returns=; mismatches and unstorable values fail clearly."""
     calls = Calls()
