@@ -393,6 +393,39 @@ async def test_step_sync_runs_blocking_code_in_a_thread(make_storage: StorageFac
     assert threads[0] != threading.current_thread().name
 
 
+async def test_step_sync_replays_its_result_and_its_failure(
+    make_storage: StorageFactory,
+) -> None:
+    """A recorded step_sync is replayed on the next pass (its result, or its recorded
+    failure), its function not called again."""
+    go = SuspendPoint("go:v1", int)
+    calls: list[str] = []
+
+    def double(n: int) -> int:
+        calls.append("double")
+        return n * 2
+
+    def broken() -> int:
+        calls.append("broken")
+        raise ValueError("no")
+
+    @memable.workflow("sync-replay")
+    async def wf(ctx: Context) -> str:
+        value = await ctx.step_sync("double", double, 21)
+        try:
+            await ctx.step_sync("broken", broken)
+        except memable.StepFailed as exc:
+            failed = type(exc).__name__
+        return f"{value} {failed} {await ctx.suspend(go)}"
+
+    async with Engine(make_storage(), workflows=[wf]) as engine:
+        invocation = await engine.invoke(wf, instance_id="s")
+        assert isinstance(await invocation.wait(), Suspended)
+        await engine.signal(wf, "s", go, 5)
+        assert await invocation.result() == "42 StepFailed 5"
+    assert calls == ["double", "broken"]
+
+
 async def test_result_types(make_storage: StorageFactory) -> None:
     """Types come from annotations or returns=; mismatches and unstorable values fail clearly."""
     calls = Calls()
@@ -468,6 +501,50 @@ async def test_a_changed_result_type_is_a_type_mismatch_on_replay(
     key, expected, found, message = replayed.split("|")
     assert (key, expected, found) == ("value:v1", "str", "int")
     assert "bump the key" in message
+
+
+async def test_concurrent_steps_replay_by_key(make_storage: StorageFactory) -> None:
+    """Steps taken by concurrent tasks of one run, finishing in any order, replay each its
+    own recorded result (by key, whatever the order the tasks reach them in), and none
+    of them runs again; a dead letter among them raises its recorded failure again."""
+    go = SuspendPoint("go:v1", int)
+    calls: collections.Counter[str] = collections.Counter()
+
+    async def body(i: int) -> str:
+        calls[f"c{i}"] += 1
+        for _ in range(i % 3):
+            await anyio.lowlevel.checkpoint()
+        if i == 7:
+            raise ValueError("seven")
+        return f"r{i}"
+
+    passes: list[int] = []
+
+    @memable.workflow("concurrent-steps")
+    async def wf(ctx: Context) -> list[str]:
+        passes.append(len(passes))
+        results = [""] * 40
+
+        async def take(i: int) -> None:
+            try:
+                results[i] = await ctx.step(f"c{i}", body, i)
+            except memable.StepFailed as exc:
+                results[i] = f"failed {exc.key}"
+
+        async with anyio.create_task_group() as tg:  # the second pass in the other order
+            for i in reversed(range(40)) if passes[-1] else range(40):
+                tg.start_soon(take, i)
+        await ctx.suspend(go)
+        return results
+
+    expected = [f"r{i}" if i != 7 else "failed c7" for i in range(40)]
+    async with Engine(make_storage(), workflows=[wf]) as engine:
+        invocation = await engine.invoke(wf, instance_id="c")
+        assert isinstance(await invocation.wait(), Suspended)
+        await engine.signal(wf, "c", go, 1)
+        assert await invocation.result() == expected
+    assert passes == [0, 1]
+    assert calls == {f"c{i}": 1 for i in range(40)}
 
 
 async def test_set_status_is_live_and_persisted(make_storage: StorageFactory) -> None:

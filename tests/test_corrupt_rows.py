@@ -183,9 +183,11 @@ HISTORY_CORRUPTIONS = {
 }
 
 
+@pytest.mark.parametrize("load", ["load_history", "load_replay"])
 @pytest.mark.parametrize("case", list(HISTORY_CORRUPTIONS))
-def test_a_corrupt_history_row(path: Path, case: str) -> None:
-    """load_history raises StorageError naming the instance and the bad record."""
+def test_a_corrupt_history_row(path: Path, case: str, load: str) -> None:
+    """load_history, and load_replay (the engine's read of a history before it replays),
+    raise StorageError naming the instance and the bad record."""
     table, assignment, problem = HISTORY_CORRUPTIONS[case]
     with raw(path) as db:
         db.execute(f"UPDATE {table} SET {assignment} WHERE instance_id = 'bad'")
@@ -193,12 +195,13 @@ def test_a_corrupt_history_row(path: Path, case: str) -> None:
     storage.open()
     try:
         with pytest.raises(memable.StorageError) as caught:
-            storage.load_history("bad")
+            getattr(storage, load)("bad")
         message = str(caught.value)
         assert "instance 'bad'" in message, message
         assert problem in message, message
         assert str(path.parent) not in message
         assert storage.load_history("good").steps == []
+        assert storage.load_replay("good").values == {}
     finally:
         storage.close()
 
@@ -265,6 +268,30 @@ async def test_an_engine_starts_with_a_corrupt_history(
             assert (await engine.state(double_wf, "bad")).status == "running"
     assert "instance 'bad' has a corrupt row: step 'k:v1': state is 'weird'" in caplog.text
     assert str(path.parent) not in caplog.text
+
+
+@pytest.mark.parametrize("value", ['{"type":"int","value":01}', "garbage", '{"type":"int"}'])
+async def test_a_corrupt_recorded_value_fails_its_replay(path: Path, value: str) -> None:
+    """A step whose stored envelope is not one (sound as a row, so read on the replay's
+    fast path) fails the replay with a SerializationError naming the step; the step
+    never runs again."""
+    with raw(path) as db:
+        db.execute(
+            "UPDATE steps SET key = 'double:v1', value = ? WHERE instance_id = 'bad'", (value,)
+        )
+    async with Engine(path, workflows=[double_wf]) as engine:
+        assert await engine.handle(double_wf, "good").result() == 2
+        with anyio.fail_after(10), pytest.raises(memable.WorkflowFailed) as caught:
+            await engine.handle(double_wf, "bad").result()
+    message = str(caught.value)
+    assert (
+        "memable.SerializationError: the stored envelope of step 'double:v1' of instance"
+        " 'bad' is corrupted" in message
+    ), message
+    with raw(path) as db:
+        assert db.execute("SELECT value FROM steps WHERE instance_id = 'bad'").fetchall() == [
+            (value,)
+        ]
 
 
 async def test_a_corrupt_due_timer_is_set_aside(

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import memable
 from memable import Context, Engine
-from memable._serde import Serde, type_name
+from memable._serde import NOT_QUICK, Serde, type_name
 
 
 class Colour(enum.Enum):
@@ -205,6 +205,54 @@ def test_corrupted_envelopes(envelope: str) -> None:
         serde.decode(envelope, int, "k:v1")
     assert caught.value.key == "k:v1"
     assert caught.value.__cause__ is not None
+
+
+QUICK_CASES: list[tuple[object, str]] = [
+    *[
+        (int, f'{{"type":"int","value":{n}}}')
+        for n in ("0", "-0", "7", "-12", "01", "1_0", "", "-", "²", "1e3", " 1", "9" * 30)
+    ],
+    *[
+        (str, f'{{"type":"str","value":"{t}"}}')
+        for t in ("", "ok", "a b", "\\u00e9", 'a\\"', "\t", "\x00", "\udc80", "é")
+    ],
+    (str, '{"type":"str","value":"}'),
+    (str, '{"type":"str","value":1}'),
+    (int, '{"type":"str","value":"1"}'),
+    (int, '{"type":"?","value":3}'),
+    (bool, '{"type":"bool","value":true}'),
+    (bool, '{"type":"bool","value":false}'),
+    (bool, '{"type":"bool","value":1}'),
+    (None, '{"type":"None","value":null}'),
+    (type(None), '{"type":"None","value":null}'),
+    (None, '{"type":"None","value":0}'),
+    (float, '{"type":"float","value":3}'),
+]
+
+
+@pytest.mark.parametrize(("tp", "envelope"), QUICK_CASES)
+def test_quick_decode_is_decode(tp: object, envelope: str) -> None:
+    """quick_decode (replay's fast path) gives what decode gives, or leaves the envelope
+    to decode (which raises for the corrupt ones)."""
+    quick = serde.quick_decode(envelope, tp)
+    try:
+        value = serde.decode(envelope, tp, "k")
+    except memable.MemableError:
+        assert quick is NOT_QUICK
+    else:
+        assert quick is NOT_QUICK or (quick == value and type(quick) is type(value))
+
+
+def test_quick_decode_reads_plain_envelopes() -> None:
+    """The envelopes memable writes of plain ints, strs, bools and None are read quickly;
+    not under a converter that changes those values on the way in."""
+    for value, tp in [(-12, int), ("ok", str), (True, bool), (None, None)]:
+        assert serde.quick_decode(serde.encode(value, tp, "k"), tp) == value
+    converter = memable.configure_converter(cattrs.Converter())
+    converter.register_structure_hook(str, lambda value, _: value.upper())
+    upper = Serde(converter)
+    assert upper.quick_decode('{"type":"str","value":"ok"}', str) is NOT_QUICK
+    assert upper.decode('{"type":"str","value":"ok"}', str, "k") == "OK"
 
 
 def test_unserialisable_values() -> None:

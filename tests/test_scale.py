@@ -6,14 +6,17 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import memable
 from memable import Context, Engine
-from memable.storage import InstanceRecord
+from memable.storage import InstanceRecord, StepRecord
 from memable.testing import ManualClock
 
 from .helpers import StorageFactory
+
+INPUT = '{"type":"None","value":null}'
 
 
 def gated(started: list[str], gate: anyio.Event) -> memable.Workflow[str, str]:
@@ -230,3 +233,52 @@ async def test_a_fail_fast_fan_out_fails_when_a_waiting_child_is_cancelled(
             await invocation.result()
         assert (await engine.state(wide, "q/kids:v1-0")).status == "completed"
         assert (await engine.state(wide, "q/kids:v1-7")).status == "cancelled"
+
+
+async def test_other_tasks_run_during_a_long_replay(make_storage: StorageFactory) -> None:
+    """A 10,000-step replay lets another task of the process run again and again while it
+    goes on (it takes a checkpoint every few milliseconds, not once a step), and runs none
+    of the recorded steps."""
+    n = 10_000
+    storage = make_storage()
+    storage.open()
+    try:
+        storage.create_instance(InstanceRecord(instance_id="long", workflow="long-replay",
+                                               status="running", input=INPUT,
+                                               created_at=1.0, updated_at=1.0))  # fmt: skip
+        storage.commit([StepRecord(instance_id="long", key=f"s{i}", state="completed",
+                                   value=f'{{"type":"int","value":{i}}}', attempts=1,
+                                   started_at=1.0, finished_at=1.0)
+                        for i in range(n)])  # fmt: skip
+    finally:
+        storage.close()
+    ticks = 0
+    during: list[int] = []
+    ran: list[int] = []
+
+    async def one(i: int) -> int:
+        ran.append(i)
+        return i
+
+    @memable.workflow("long-replay")
+    async def long(ctx: Context) -> int:
+        start = ticks  # the history is loaded: the replay starts
+        total = 0
+        for i in range(n):
+            total += await ctx.step(f"s{i}", one, i)
+        during.append(ticks - start)
+        return total
+
+    async def sibling() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.lowlevel.checkpoint()
+            ticks += 1
+
+    async with Engine(make_storage(), workflows=[long]) as engine, anyio.create_task_group() as tg:
+        tg.start_soon(sibling)
+        with anyio.fail_after(60):
+            assert await engine.handle(long, "long").result() == sum(range(n))
+        tg.cancel_scope.cancel()
+    assert ran == []
+    assert during[0] >= 2, during

@@ -29,6 +29,7 @@ from memable.storage import (
     InstanceState,
     InstanceUpdate,
     MemoryStorage,
+    Recorded,
     SignalRecord,
     SQLiteStorage,
     StepRecord,
@@ -202,6 +203,31 @@ def test_load_steps_returns_every_record_of_one_instance(storage: Storage) -> No
     history = storage.load_history("i")
     assert sorted(history.steps, key=lambda r: r.key) == records[:2]
     assert (history.signals, history.timers) == ([], [])
+
+
+def test_load_replay_reads_what_replay_needs(storage: Storage) -> None:
+    """What replay needs of a history: each completed step's envelope and each dead
+    letter's attempts and error by key, the signals and timers; a storage's own
+    load_replay gives what Recorded.of makes of its load_history."""
+    storage.create_instance(instance("i"))
+    storage.create_instance(instance("j"))
+    records = [step("i", "a:v1"), step("i", "b:v1", "dead", attempts=3), step("j", "a:v1")]
+    timer = TimerRecord(instance_id="i", key="t", deadline=10.0, kind="sleep")
+    storage.commit([*records, timer])
+    signal = SignalRecord(instance_id="i", key="s", payload="{}", created_at=2.0)
+    storage.deliver_signal(signal)
+    recorded = Recorded.of(storage.load_history("i"))
+    assert recorded.values == {"a:v1": '{"type":"int","value":1}'}
+    assert recorded.dead == {"b:v1": (3, records[1].error)}
+    assert [s.key for s in recorded.signals] == ["s"]
+    assert list(recorded.timers) == [timer]
+    load = getattr(storage, "load_replay", None)
+    if load is not None:
+        assert load("i") == recorded
+        assert load("unknown") == Recorded(values={}, dead={}, signals=[], timers=[])
+    assert Recorded.of(storage.load_history("unknown")) == Recorded(
+        values={}, dead={}, signals=[], timers=[]
+    )
 
 
 def test_commit_applies_writes_in_order(storage: Storage) -> None:

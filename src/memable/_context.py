@@ -12,7 +12,7 @@ import functools
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar, TypeVarTuple, final, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, TypeVarTuple, final, overload
 
 import anyio
 
@@ -32,7 +32,7 @@ from ._retry import RetryPolicy
 from ._run import unwind
 from ._serde import type_name
 from ._settled import Settled
-from ._steps import Steps
+from ._steps import NOT_RECORDED, Steps
 from ._suspend import Readable
 from ._workflow import Workflow
 
@@ -71,7 +71,9 @@ class Context:
         42
     """
 
-    __slots__ = ("_closed", "_journal", "_kernel", "_run", "_runner", "_steps")
+    __slots__ = (
+        "_closed", "_journal", "_kernel", "_last_fn", "_last_type", "_run", "_runner", "_steps"
+    )  # fmt: skip
 
     def __init__(self, kernel: Kernel, runner: Driver, run: Run, journal: Journal) -> None:
         self._kernel = kernel
@@ -79,6 +81,8 @@ class Context:
         self._run = run
         self._journal = journal
         self._closed = False
+        self._last_fn: object = None
+        self._last_type: Any = None
         self._steps = Steps(kernel, runner, run, journal, self._write)
 
     def __repr__(self) -> str:
@@ -97,6 +101,16 @@ class Context:
     def close(self) -> None:
         """The workflow function returned: the context may not be used any more."""
         self._closed = True
+
+    def _result_type(self, key: str, fn: Callable[..., Any], returns: object) -> Any:
+        """The type step *key* stores; the last function's is kept (a replay loop calls
+        the same function again and again)."""
+        if returns is None and fn is self._last_fn:
+            return self._last_type
+        tp = self._kernel.serde.result_type(key, fn, returns)
+        if returns is None:
+            self._last_fn, self._last_type = fn, tp
+        return tp
 
     def _check_open(self) -> None:
         if self._closed:
@@ -187,8 +201,14 @@ class Context:
         self._check_open()
         self._journal.claim(key, "step")
         limit = None if timeout is None else seconds(timeout, f"timeout of step {key!r}")
-        tp = self._kernel.serde.result_type(key, fn, returns)
-        return await self._steps.take(key, tp, functools.partial(fn, *args), limit, retry)
+        tp = self._result_type(key, fn, returns)
+        steps = self._steps
+        value = steps.replay(key, tp)
+        if value is not NOT_RECORDED:  # a recorded step: nothing awaited but a checkpoint
+            if steps.due:
+                await steps.pause()
+            return typing.cast(T, value)
+        return await steps.take(key, tp, functools.partial(fn, *args), limit, retry)
 
     async def step_sync(
         self,
@@ -222,14 +242,20 @@ class Context:
         self._check_open()
         self._journal.claim(key, "step")
         limit = None if timeout is None else seconds(timeout, f"timeout of step {key!r}")
-        tp = self._kernel.serde.result_type(key, fn, returns)
+        tp = self._result_type(key, fn, returns)
+        steps = self._steps
+        value = steps.replay(key, tp)
+        if value is not NOT_RECORDED:
+            if steps.due:
+                await steps.pause()
+            return typing.cast(T, value)
         call = functools.partial(fn, *args)
 
         async def in_thread() -> T:
             # Abandoned when cancelled (a timeout, a cancel, shutdown): it runs to its end.
             return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
-        return await self._steps.take(key, tp, in_thread, limit, retry)
+        return await steps.take(key, tp, in_thread, limit, retry)
 
     async def _write(self, writes: list[Write], doing: str) -> None:
         """Commit the run's writes (and its changed status); on a storage error the run

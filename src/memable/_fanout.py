@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -73,12 +74,13 @@ class FanOut:
 
     async def run(self, limit: int | None, write: Writer, wait: Waiter) -> list[Any]:
         key = self._key
-        recorded = self._journal.steps.get(key)
-        if recorded is not None:
-            _, state, stored, error, attempts = recorded[:5]
-            if state == "completed":
-                value = self._kernel.serde.decode(stored, self._result_type, key, self._what)
-                return list(value)
+        journal = self._journal
+        if key in journal.values:
+            stored = typing.cast(str, journal.values[key])  # None (a storage's bug) is corrupt
+            value = self._kernel.serde.decode(stored, self._result_type, key, self._what)
+            return list(value)
+        if key in journal.dead:
+            attempts, error = journal.dead[key]
             raise replayed_failure(key, attempts, error)
 
         self._run.enter()  # the parent does not suspend while its children run

@@ -13,7 +13,7 @@ from typing import Literal
 from . import _ids
 from ._exceptions import DuplicateStepKey, SuspendedStepConflict
 from ._keys import check_key
-from ._records import History, SignalRecord, StepRecord, StepRow, StepRows, TimerRecord
+from ._records import Recorded, SignalRecord, StepRecord, TimerRecord
 
 __all__ = ["Journal"]
 
@@ -23,19 +23,19 @@ Kind = Literal["step", "fan-out", "suspend point", "timer"]
 class Journal:
     """The recorded history of one instance, and the keys one run of it has used."""
 
-    __slots__ = ("_points", "_used", "instance_id", "signals", "steps", "timers")
+    __slots__ = ("_points", "_used", "dead", "instance_id", "signals", "timers", "values")
 
     def __init__(
-        self, instance_id: str, history: History, waiting_on: tuple[str, ...] = ()
+        self, instance_id: str, recorded: Recorded, waiting_on: tuple[str, ...] = ()
     ) -> None:
         self.instance_id = instance_id
-        # Steps as rows (plain tuples: no record per step, nothing for the garbage collector
-        # to walk in a long history): (key, state, value, error, attempts, ...).
-        steps = history.steps
-        rows = steps.rows() if isinstance(steps, StepRows) else map(_row, steps)
-        self.steps: dict[str, StepRow] = {row[0]: row for row in rows}
-        self.signals: dict[str, SignalRecord] = {s.key: s for s in history.signals}
-        self.timers: dict[str, TimerRecord] = {t.key: t for t in history.timers}
+        # Steps as the plain strings and tuples the storage read (nothing for the garbage
+        # collector to walk in a long history), copied so that this run may add the
+        # steps it records (copying a dict of 50,000 costs well under a millisecond).
+        self.values: dict[str, str | None] = dict(recorded.values)  # completed: envelopes
+        self.dead: dict[str, tuple[int, str | None]] = dict(recorded.dead)  # (attempts, error)
+        self.signals: dict[str, SignalRecord] = {s.key: s for s in recorded.signals}
+        self.timers: dict[str, TimerRecord] = {t.key: t for t in recorded.timers}
         # Keys the instance was last suspended on: points even before any signal came.
         self._points = set(_ids.public_keys(waiting_on))
         self._used: set[str] = set()
@@ -55,19 +55,22 @@ class Journal:
                 f"key {key!r} of instance {self.instance_id!r} was recorded as a suspend point"
                 f" or timer and is now used as a {kind}; give the {kind} a new key"
             )
-        if kind in ("suspend point", "timer") and key in self.steps:
+        if kind in ("suspend point", "timer") and (key in self.values or key in self.dead):
             raise SuspendedStepConflict(
                 f"key {key!r} of instance {self.instance_id!r} was recorded as a step and is"
                 f" now used as a {kind}; give it a new key"
             )
 
+    def recorded(self, key: str) -> bool:
+        """Whether step *key* has a recorded result or dead letter."""
+        return key in self.values or key in self.dead
+
     def record_step(self, record: StepRecord) -> None:
-        self.steps[record.key] = _row(record)
+        if record.state == "completed":
+            self.values[record.key] = record.value
+            self.dead.pop(record.key, None)
+        else:
+            self.dead[record.key] = (record.attempts, record.error)
 
     def record_timer(self, timer: TimerRecord) -> None:
         self.timers[timer.key] = timer
-
-
-def _row(step: StepRecord) -> StepRow:
-    return (step.key, step.state, step.value, step.error, step.attempts, step.started_at,
-            step.finished_at)  # fmt: skip

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         Admission,
         Fence,
         History,
+        Recorded,
         InstanceRecord,
         InstanceState,
         QueueRecord,
@@ -229,8 +230,20 @@ class Store:
         assert self.shared is not None
         return await self.call(self.shared.acquire, instance_id)
 
-    async def history(self, instance_id: str) -> History:
-        return await self.call(self.storage.load_history, instance_id)
+    async def recorded(self, instance_id: str) -> Recorded:
+        """What replaying *instance_id* needs (see :meth:`load_replay`)."""
+        return await self.call(self.load_replay, instance_id)
+
+    def load_replay(self, instance_id: str) -> Recorded:
+        """The storage's ``load_replay`` if it has one, else what replay needs of its
+        ``load_history`` (in a worker thread)."""
+        from ._records import Recorded  # loaded on first use, not by ``import memable``
+
+        load = getattr(self.storage, "load_replay", None)
+        if load is not None:
+            recorded: Recorded = load(instance_id)
+            return recorded
+        return Recorded.of(self.storage.load_history(instance_id))
 
     async def signal(self, signal: SignalRecord) -> tuple[SignalOutcome, InstanceRecord | None]:
         return await self.call(self.storage.deliver_signal, signal)
@@ -315,7 +328,7 @@ class Store:
 
     async def admit(
         self, name: str, now: float, workflows: Sequence[str], *, look: bool
-    ) -> tuple[Admission, History | None]:
+    ) -> tuple[Admission, Recorded | None]:
         """Admit for queue *name* in one worker thread: with *look*, first ask a storage
         that can tell cheaply (``admission_possible``) whether anything could start; and
         when one instance starts, read its history there too (its run starts without
@@ -325,14 +338,14 @@ class Store:
         storage = self.queues()
         possible = getattr(storage, "admission_possible", None) if look else None
 
-        def admit() -> tuple[Admission, History | None]:
+        def admit() -> tuple[Admission, Recorded | None]:
             if possible is not None and not possible(name, workflows):
                 return Admission(), None
             admission = storage.admit(name, now=now, workflows=workflows)
             if len(admission.started) != 1:
                 return admission, None
             try:
-                return admission, self.storage.load_history(admission.started[0].instance_id)
+                return admission, self.load_replay(admission.started[0].instance_id)
             except StorageError:  # its run reads it again
                 return admission, None
 

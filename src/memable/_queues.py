@@ -26,7 +26,7 @@ from ._keys import check_key
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
-    from ._records import History, InstanceRecord, QueueRecord
+    from ._records import History, InstanceRecord, QueueRecord, Recorded
 
 __all__ = ["Admitter", "Queue"]
 
@@ -109,7 +109,7 @@ class Admitter:
     def __init__(
         self,
         kernel: Kernel,
-        claimed: Callable[[InstanceRecord, History | None], None],
+        claimed: Callable[[InstanceRecord, Recorded | None], None],
         queues: Iterable[Queue] = (),
     ) -> None:
         self._kernel = kernel

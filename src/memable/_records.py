@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeAlias, final, overload
 
 import attrs
@@ -18,6 +18,7 @@ __all__ = [
     "InstanceState",
     "InstanceUpdate",
     "QueueRecord",
+    "Recorded",
     "ScheduleRecord",
     "SignalOutcome",
     "SignalRecord",
@@ -338,6 +339,50 @@ class History:
     timers: list[TimerRecord]
 
 
+@final
+@attrs.frozen(kw_only=True)
+class Recorded:
+    """What replaying an instance needs of its history, loaded in one read when it starts
+    running: each step's recorded result or dead letter by key, its signals and timers.
+
+    A storage may build it itself (an optional ``load_replay(instance_id)`` method, which
+    the engine calls instead of ``load_history``), reading only what replay needs: a
+    50,000-step history is then one string per step, its values decoded when replayed.
+    :meth:`of` builds it from a :class:`History`, for storages without the method.
+
+    Example:
+        >>> from memable.storage import History, Recorded, StepRecord
+        >>> step = StepRecord(instance_id="o-1", key="price:v1", state="completed",
+        ...                   value='{"type":"int","value":3}', attempts=1,
+        ...                   started_at=0.0, finished_at=0.1)
+        >>> Recorded.of(History(steps=[step], signals=[], timers=[])).values
+        {'price:v1': '{"type":"int","value":3}'}
+    """
+
+    #: The envelope of each ``completed`` step, by key.
+    values: Mapping[str, str | None]
+    #: The ``(attempts, error)`` of each dead letter (a ``dead`` step), by key.
+    dead: Mapping[str, tuple[int, str | None]]
+    signals: Sequence[SignalRecord]
+    timers: Sequence[TimerRecord]
+
+    @classmethod
+    def of(cls, history: History) -> Recorded:
+        """What replay needs of *history* (as ``load_history`` returns it)."""
+        steps = history.steps
+        rows = steps.rows() if isinstance(steps, StepRows) else (
+            (s.key, s.state, s.value, s.error, s.attempts) for s in steps
+        )  # fmt: skip
+        values: dict[str, str | None] = {}
+        dead: dict[str, tuple[int, str | None]] = {}
+        for key, state, value, error, attempts, *_ in rows:
+            if state == "completed":
+                values[key] = value
+            else:
+                dead[key] = (attempts, error)
+        return cls(values=values, dead=dead, signals=history.signals, timers=history.timers)
+
+
 #: What :meth:`~memable.storage.Storage.deliver_signal` did with a payload.
 SignalOutcome: TypeAlias = Literal[
     "claimed", "stored", "superseded", "timed_out", "not_found", "finished"
@@ -450,6 +495,7 @@ for _cls in (
     InstanceRecord,
     InstanceUpdate,
     QueueRecord,
+    Recorded,
     ScheduleRecord,
     SignalDrop,
     SignalRecord,

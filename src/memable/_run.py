@@ -21,7 +21,7 @@ import anyio
 from ._outcome import Outcome
 
 if TYPE_CHECKING:
-    from ._records import History, InstanceRecord
+    from ._records import InstanceRecord, Recorded
     from ._workflow import Workflow
 
 __all__ = ["Driver", "EndReason", "Phase", "Run", "RunStateError", "unwind"]
@@ -92,7 +92,7 @@ class Run:
         self.rerun = False  # claimed again while ending: run once more
         self.driven = False  # a task of the engine runs it (not only a reservation)
         self.fresh = False  # just created: there is no history to load
-        self.history: History | None = None  # loaded already (by admission): its first pass's
+        self.history: Recorded | None = None  # loaded already (by admission): its first pass's
         self.status_message: str | None = None
         self.status_dirty = False
         self.scope = anyio.CancelScope()

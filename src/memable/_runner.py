@@ -25,7 +25,7 @@ from ._tx import Fenced
 from ._workflow import Workflow
 
 if TYPE_CHECKING:
-    from ._records import History, InstanceRecord, InstanceState
+    from ._records import History, InstanceRecord, InstanceState, Recorded
 
 __all__ = ["Backoff", "Runner"]
 
@@ -73,9 +73,9 @@ class Runner:
         self._waiting: collections.deque[tuple[Run, InstanceRecord]] = collections.deque()
         self._room: anyio.Event | None = None  # set when a task slot frees up
 
-    def claimed(self, record: InstanceRecord, history: History | None = None) -> None:
+    def claimed(self, record: InstanceRecord, history: Recorded | None = None) -> None:
         """Run an instance stored as ``running``: recovered, or just claimed; *history*:
-        its history, if read right after it was claimed (admission does).
+        what its replay needs, if read right after it was claimed (admission does).
 
         An instance of a queue that was claimed back to ``enqueued`` waits for admission.
         """
@@ -367,19 +367,19 @@ class Runner:
         # loaded on first use, not by ``import memable``
         from ._context import Context
         from ._journal import Journal
-        from ._records import History
+        from ._records import Recorded
 
         kernel = self._kernel
         wf = run.workflow
         with run.scope:
             if run.fresh:
                 run.fresh = False
-                history = History(steps=[], signals=[], timers=[])
+                history = Recorded(values={}, dead={}, signals=(), timers=())
             elif run.history is not None:
                 history, run.history = run.history, None
             else:
                 try:
-                    history = await kernel.store.history(run.instance_id)
+                    history = await kernel.store.recorded(run.instance_id)
                 except StorageError as exc:
                     if getattr(exc, "permanent", False):  # a corrupt row: retrying won't help
                         logger.error(
@@ -558,7 +558,7 @@ def error_of(outcome: Failed) -> str:
     return str(outcome.error)
 
 
-def _link_signals(run: Run, history: History, waiting_on: tuple[str, ...]) -> None:
+def _link_signals(run: Run, history: Recorded, waiting_on: tuple[str, ...]) -> None:
     """Link the run's span to the spans that delivered the signals it waited for (it was
     claimed by one of them, or recovered after a crash since), once per drive."""
     for signal in history.signals:

@@ -30,13 +30,24 @@ if TYPE_CHECKING:
 
 from ._exceptions import SerializationError, TypeMismatch
 
-__all__ = ["UNTYPED", "Serde", "configure_converter", "conforms", "make_converter", "type_name"]
+__all__ = [
+    "NOT_QUICK",
+    "UNTYPED",
+    "Serde",
+    "configure_converter",
+    "conforms",
+    "make_converter",
+    "type_name",
+]
 
 #: The type name of a payload sent as plain JSON by a program without the workflow's
 #: code (the ``memable signal`` command): it is read as whatever type its point expects.
 UNTYPED: Final = "?"
 
 _NONE_TYPE: Final = type(None)
+
+#: What :meth:`Serde.quick_decode` returns for an envelope it leaves to :meth:`Serde.decode`.
+NOT_QUICK: Final = object()
 _dumps: Final = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps makes one per call
 
 
@@ -545,7 +556,7 @@ _KNOWN_PLANS: Final = frozenset(
 class Serde:
     """Encodes and decodes envelopes with one cattrs Converter (the engine's own)."""
 
-    __slots__ = ("_converter", "_own", "_plans", "_result_types")
+    __slots__ = ("_converter", "_own", "_plans", "_quick", "_result_types")
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         self._converter = converter  # made on first use: cattrs loads only when needed
@@ -556,6 +567,8 @@ class Serde:
         # Per type: its exact check (or None), and whether the converter unstructures
         # values of it as themselves (then encoding skips the converter).
         self._plans: dict[object, tuple[_Check | None, bool]] = {}
+        # Per type: how quick_decode reads its plain envelopes (None: it does not).
+        self._quick: dict[object, Callable[[str], object] | None] = {}
 
     @property
     def converter(self) -> cattrs.Converter:
@@ -659,6 +672,30 @@ class Serde:
                 key, f"{what or 'the stored value'} does not decode as {expected}: {exc}"
             ) from exc
 
+    def quick_decode(self, envelope: str, tp: object) -> Any:
+        """What :meth:`decode` returns for *envelope* as *tp*, read without a JSON parse
+        when it is the plain envelope memable writes of an ``int``, ``str``, ``bool`` or
+        ``None`` that the converter leaves as it is (replay's common case); else
+        :data:`NOT_QUICK`, and :meth:`decode` reads it (and says what is wrong with it)."""
+        try:
+            read = self._quick[tp]
+        except KeyError:
+            read = self._quick[tp] = self._quick_reader(tp)
+        except TypeError:  # an unhashable type expression
+            return NOT_QUICK
+        return NOT_QUICK if read is None else read(envelope)
+
+    def _quick_reader(self, tp: object) -> Callable[[str], object] | None:
+        if tp is None:
+            tp = _NONE_TYPE
+        reader = _QUICK_READERS.get(tp) if isinstance(tp, type) else None
+        if reader is None:
+            return None
+        check, as_is = self._plan(tp)
+        # decode returns the parsed value itself when the plan's check passes and the
+        # converter leaves values as they are: then so may a quick read.
+        return reader if as_is and check is not None and check([_QUICK_SAMPLES[tp]]) else None
+
     def _structure(self, data: object, tp: object, name: str) -> Any:
         if name == "None" and data is None:  # cattrs has no hook for NoneType itself
             return None
@@ -720,6 +757,50 @@ class Serde:
                 key, f"the stored envelope of {what or repr(key)} is corrupted: {exc}"
             ) from exc
         return found, data
+
+
+def _quick_int(envelope: str) -> object:
+    """An ``int`` envelope as memable writes it: ``{"type":"int","value":-12}``."""
+    if envelope[:22] != '{"type":"int","value":' or envelope[-1:] != "}":
+        return NOT_QUICK
+    digits = envelope[22:-1]
+    body = digits[1:] if digits[:1] == "-" else digits
+    # JSON's integers only (ASCII digits, no leading zero), short of int()'s digit limit.
+    if not (0 < len(body) < 19 and body.isdigit() and body.isascii()) or (
+        body[0] == "0" and len(body) > 1
+    ):
+        return NOT_QUICK
+    return int(digits)
+
+
+def _quick_str(envelope: str) -> object:
+    """A ``str`` envelope without escapes: ``{"type":"str","value":"ok"}``."""
+    if envelope[:23] != '{"type":"str","value":"' or envelope[-2:] != '"}' or len(envelope) < 25:
+        return NOT_QUICK
+    text = envelope[23:-2]
+    # Nothing JSON would unescape or refuse (a quote, a backslash, a control character);
+    # memable writes every other character as an escape, so this is ASCII text.
+    if '"' in text or "\\" in text or not text.isprintable():
+        return NOT_QUICK
+    return text
+
+
+def _quick_bool(envelope: str) -> object:
+    if envelope == '{"type":"bool","value":true}':
+        return True
+    if envelope == '{"type":"bool","value":false}':
+        return False
+    return NOT_QUICK
+
+
+def _quick_none(envelope: str) -> object:
+    return None if envelope == '{"type":"None","value":null}' else NOT_QUICK
+
+
+_QUICK_READERS: Final[dict[object, Callable[[str], object]]] = {
+    int: _quick_int, str: _quick_str, bool: _quick_bool, _NONE_TYPE: _quick_none
+}  # fmt: skip
+_QUICK_SAMPLES: Final[dict[object, object]] = {int: 1, str: "a", bool: True, _NONE_TYPE: None}
 
 
 def _return_annotation(key: str, fn: Callable[..., Any]) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import typing
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 
@@ -15,17 +15,21 @@ from ._exceptions import SerializationError, StepFailed, TypeMismatch
 from ._failures import dead_letter_error, replayed_failure, step_failure
 from ._records import StepRecord, Write
 from ._retry import AttemptsFailed, RetryPolicy, run_attempts
+from ._serde import NOT_QUICK
 
 if TYPE_CHECKING:
     from ._journal import Journal
     from ._kernel import Kernel
     from ._run import Driver, Run
 
-__all__ = ["Steps"]
+__all__ = ["NOT_RECORDED", "Steps"]
 
 T = TypeVar("T")
 
 _NO_RETRY = RetryPolicy.none()
+
+#: What :meth:`Steps.replay` returns for a key that has nothing recorded.
+NOT_RECORDED: Final = object()
 
 #: Seconds of replay (recorded steps served without awaiting) between two checkpoints.
 _REPLAY_SLICE = 0.002
@@ -61,6 +65,48 @@ class Steps:
         """How messages name step *key* of this run."""
         return f"step {key!r} of instance {self._run.instance_id!r}"
 
+    def replay(self, key: str, tp: object) -> Any:
+        """The recorded result of step *key* (its recorded failure raised), or
+        :data:`NOT_RECORDED`. Synchronous: a replayed step awaits nothing (see
+        :meth:`pause`)."""
+        journal = self._journal
+        stored = journal.values.get(key)
+        if stored is None and not journal.recorded(key):
+            return NOT_RECORDED
+        self._run.replayed += 1
+        if self._debug:
+            _log.event(
+                _log.DEBUG,
+                "step %r of %r replayed",
+                key,
+                self._run.instance_id,
+                instance_id=self._run.instance_id,
+                workflow=self._run.workflow.name,
+                step=key,
+            )
+        serde = self._kernel.serde
+        if stored is not None:
+            value = serde.quick_decode(stored, tp)
+            if value is NOT_QUICK:
+                value = serde.decode(stored, tp, key, self.what(key))
+            return value
+        if key in journal.values:  # completed, without a value (a storage's bug)
+            return serde.decode(typing.cast(str, None), tp, key, self.what(key))
+        attempts, error = journal.dead[key]
+        raise replayed_failure(key, attempts, error)
+
+    @property
+    def due(self) -> bool:
+        """Whether replay has gone on long enough without a checkpoint (see :meth:`pause`)."""
+        return time.perf_counter() >= self._yield_at
+
+    async def pause(self) -> None:
+        """A checkpoint: a long replay awaits nothing else, so it lets the engine's other
+        tasks run once every :data:`_REPLAY_SLICE` seconds."""
+        await anyio.lowlevel.checkpoint()
+        self._yield_at = time.perf_counter() + _REPLAY_SLICE
+        self._debug = _log.logger.isEnabledFor(_log.DEBUG)
+
     async def take(
         self,
         key: str,
@@ -69,30 +115,8 @@ class Steps:
         timeout: float | None,
         retry: RetryPolicy | None,
     ) -> T:
-        """The result of step *key*: replayed if recorded, else run by *call* and recorded."""
-        row = self._journal.steps.get(key)
-        if row is not None:
-            if time.perf_counter() >= self._yield_at:
-                # A long replay awaits nothing else: let the engine's other tasks run.
-                await anyio.lowlevel.checkpoint()
-                self._yield_at = time.perf_counter() + _REPLAY_SLICE
-                self._debug = _log.logger.isEnabledFor(_log.DEBUG)
-            self._run.replayed += 1
-            if self._debug:
-                _log.event(
-                    _log.DEBUG,
-                    "step %r of %r replayed",
-                    key,
-                    self._run.instance_id,
-                    instance_id=self._run.instance_id,
-                    workflow=self._run.workflow.name,
-                    step=key,
-                )
-            _, state, stored, error, attempts = row[:5]
-            if state == "completed":
-                value = self._kernel.serde.decode(stored, tp, key, self.what(key))
-                return typing.cast(T, value)
-            raise replayed_failure(key, attempts, error)
+        """The result of step *key*, which has nothing recorded (:meth:`replay` said so):
+        run by *call* and recorded."""
         self._run.enter()
         try:
             return await self._attempts(key, tp, call, timeout, retry)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .._records import InstanceState as InstanceState
     from .._records import InstanceUpdate as InstanceUpdate
     from .._records import QueueRecord as QueueRecord
+    from .._records import Recorded as Recorded
     from .._records import ScheduleRecord as ScheduleRecord
     from .._records import SignalDrop as SignalDrop
     from .._records import SignalOutcome as SignalOutcome
@@ -55,6 +56,7 @@ __all__ = [
     "PostgresStorage",
     "QueueRecord",
     "QueueStorage",
+    "Recorded",
     "SQLiteStorage",
     "ScheduleRecord",
     "SharedStorage",
@@ -86,6 +88,7 @@ _RECORDS = frozenset(
         "InstanceState",
         "InstanceUpdate",
         "QueueRecord",
+        "Recorded",
         "ScheduleRecord",
         "SignalDrop",
         "SignalOutcome",

@@ -85,7 +85,14 @@ class Storage(Protocol):
         ...
 
     def load_history(self, instance_id: str) -> History:
-        """Return the steps, signals and timers of an instance, in one read."""
+        """Return the steps, signals and timers of an instance, in one read.
+
+        The engine reads a history before it replays an instance through an optional
+        method, ``load_replay(instance_id)``, returning a
+        :class:`~memable.storage.Recorded` (only what replay needs: SQLite reads a
+        50,000-step history as one string a step); a storage without it is read
+        through this method and :meth:`Recorded.of <memable.storage.Recorded.of>`.
+        """
         ...
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:

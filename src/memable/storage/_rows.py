@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, cast
 
 from .._exceptions import StorageError
@@ -47,6 +47,7 @@ __all__ = [
     "decode_timer",
     "listed",
     "listing",
+    "recorded_steps",
     "update_query",
     "shown",
 ]
@@ -192,6 +193,27 @@ def decode_step_rows(instance_id: str, rows: list[StepRow]) -> StepRows:
             rows[n] = (step.key, step.state, step.value, step.error, step.attempts,
                        step.started_at, step.finished_at)  # fmt: skip
     return StepRows(instance_id, rows)
+
+
+def recorded_steps(
+    instance_id: str, values: dict[Any, str | None], row_of: Callable[[Any], Sequence[Any]]
+) -> tuple[dict[str, str | None], dict[str, tuple[int, str | None]]]:
+    """The ``values`` and ``dead`` of a :class:`~memable.storage.Recorded` from *values*:
+    each step's key and value, the value ``NULL`` unless the database found the row sound
+    and ``completed`` (the common case, which costs no Python but the dict). The rows of
+    the others (dead letters, and corrupt rows, which raise) are read by *row_of* (``key,
+    state, value, error, attempts, started_at, finished_at``) and checked. *values* is
+    reused."""
+    dead: dict[str, tuple[int, str | None]] = {}
+    if None in values.values():
+        for key in [key for key, value in values.items() if value is None]:
+            step = checked_step(instance_id, *row_of(key))
+            if step.state == "completed":
+                values[key] = step.value
+            else:
+                del values[key]
+                dead[step.key] = (step.attempts, step.error)
+    return values, dead
 
 
 def checked_step(instance_id: str, key: object, state: object, *rest: object) -> StepRecord:

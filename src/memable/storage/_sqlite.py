@@ -24,6 +24,7 @@ from .._records import (
     InstanceRecord,
     InstanceState,
     QueueRecord,
+    Recorded,
     ScheduleRecord,
     SignalRecord,
     StepRecord,
@@ -47,6 +48,7 @@ from ._rows import (
     decode_timer,
     listed,
     listing,
+    recorded_steps,
     shown,
     update_query,
 )
@@ -327,6 +329,23 @@ class SQLiteStorage(RuleStorage):
             finally:
                 db.execute("COMMIT")
         return History(steps=steps, signals=signals, timers=timers)
+
+    def load_replay(self, instance_id: str) -> Recorded:
+        """What replaying the instance needs, in one read: each step's value as the text
+        stored (its row checked by SQLite as it reads it), dead letters, signals, timers."""
+        with self._read(f"loading the history of instance {instance_id!r} from") as db:
+            db.execute("BEGIN")  # one consistent snapshot of the three tables
+            try:
+                values, dead = recorded_steps(
+                    instance_id,
+                    dict(db.execute(_REPLAY_VALUES, (instance_id,))),
+                    lambda key: db.execute(_REPLAY_ROW, (instance_id, key)).fetchone(),
+                )
+                signals = _signals(db, instance_id)
+                timers = _timers(db, instance_id)
+            finally:
+                db.execute("COMMIT")
+        return Recorded(values=values, dead=dead, signals=signals, timers=timers)
 
     def list_queues(self) -> list[tuple[QueueRecord, dict[str, int]]]:
         with self._read("reading queues from") as db:
@@ -671,6 +690,18 @@ _STEP_IS_SOUND: Final = (
     " ELSE 0 END"
     f" AND typeof(started_at) = 'real' AND started_at BETWEEN {EARLIEST} AND {LATEST}"
     f" AND typeof(finished_at) = 'real' AND finished_at BETWEEN {EARLIEST} AND {LATEST}"
+)
+
+
+# Replay reads each step's key and value, the value NULL unless the row is sound and
+# completed (one string per step, no tuple kept); the few others are read again by key.
+_REPLAY_VALUES: Final = (
+    f"SELECT key, CASE WHEN state = 'completed' AND {_STEP_IS_SOUND} THEN value END"
+    " FROM steps WHERE instance_id = ?"
+)
+_REPLAY_ROW: Final = (
+    "SELECT key, state, value, error, attempts, started_at, finished_at FROM steps"
+    " WHERE instance_id = ? AND key = ?"
 )
 
 

@@ -252,7 +252,8 @@ class FaultyStorage:
         methods: Count only these methods (e.g. ``{"commit"}``). The engine suspends an
             instance through a commit: with ``"suspend"`` (and not ``"commit"``) in
             *methods*, a commit that writes a :class:`~memable.storage.Suspension`
-            counts as a ``suspend`` call.
+            counts as a ``suspend`` call; the engine reads a history through a
+            storage's ``load_replay`` where it has one, counted as ``load_history``.
         when: ``"before"`` or ``"after"`` the wrapped call.
         error: The message of the raised error.
 
@@ -320,6 +321,8 @@ class FaultyStorage:
                 return method(writes)
 
             return commit
+        if name == "load_replay":  # the engine's read of a history: counted as one
+            name = "load_history"
         if not self._counted(name):
             return method
 
