@@ -202,18 +202,22 @@ def list_setup(path: Path, n: int) -> None:
 
 
 async def list_page(path: Path, n: int) -> Figures:
+    """The steady-state cost of a page: the first page and the two after it, once untimed
+    (the connection's first query, its statement cache and page cache warming up), then
+    100 times; the median of those 300 (a shared machine's bursts of load last longer
+    than a few dozen pages of ~1.5 ms)."""
     async with Engine(path, workflows=[single], resume_on_start=False) as engine:
         times: list[float] = []
-        for _ in range(15):  # the first page and the two after it, 15 times (median of 45)
+        for round_ in range(101):
             after = None
             for _ in range(3):
                 started = time.perf_counter()
                 page = await engine.instances(single, status="suspended", limit=100, after=after)
-                times.append(time.perf_counter() - started)
+                if round_:
+                    times.append(time.perf_counter() - started)
                 assert len(page) == 100
                 after = page.next
-    times.sort()
-    return {"page_ms": times[len(times) // 2] * 1e3}
+    return {"page_ms": statistics.median(times) * 1e3}
 
 
 # -- replay ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ that no ``sqlite3`` error escapes. The last tests give storages to engines.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -599,7 +600,7 @@ async def test_a_schema_5_file_opens_and_works(tmp_path: Path) -> None:
         await engine.signal(pair, "old", one, "a")
         assert await engine.handle(pair, "old").result() == "ab"
     with raw(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert db.execute("SELECT key, trace FROM signals ORDER BY key").fetchall() == [
             ("one:v1", None),  # no tracer provider: no span, no trace context
             ("two:v1", None),
@@ -615,6 +616,57 @@ async def test_a_schema_5_file_opens_and_works(tmp_path: Path) -> None:
         assert [s.trace for s in storage.load_history("new").signals] == [traced]
     finally:
         storage.close()
+
+
+async def test_a_schema_6_file_keeps_its_steps(tmp_path: Path) -> None:
+    """A file of schema 6 (steps in a WITHOUT ROWID table) is migrated by an engine: its
+    recorded steps, a large result among them, replay without running again, and the
+    ``memable_steps`` view still lists them."""
+    path = tmp_path / "v6.db"
+    rows = [{"id": i, "name": f"item {i}"} for i in range(2000)]
+    with raw(path) as db:
+        for migration in MIGRATIONS[:6]:
+            migration(db)
+        db.execute("PRAGMA user_version = 6")
+        db.execute(
+            "INSERT INTO instances (instance_id, workflow, status, input, waiting_on,"
+            " created_at, updated_at) VALUES ('old', 'six', 'suspended', ?, ?, 1.0, 1.0)",
+            (INPUT, '["go:v1"]'),
+        )
+        for key, value in (("big:v1", rows), ("small:v1", 7)):
+            tp = "int" if key == "small:v1" else "list[dict[str, Any]]"
+            db.execute(
+                "INSERT INTO steps (instance_id, key, state, value, attempts, started_at,"
+                " finished_at) VALUES ('old', ?, 'completed', ?, 1, 1.0, 1.0)",
+                (key, json.dumps({"type": tp, "value": value})),
+            )
+    go = memable.SuspendPoint("go:v1", int)
+    ran: list[str] = []
+
+    async def big() -> list[dict[str, Any]]:
+        ran.append("big")
+        return []
+
+    async def small() -> int:
+        ran.append("small")
+        return 0
+
+    @memable.workflow("six")
+    async def six(ctx: Context) -> int:
+        found = await ctx.step("big:v1", big)
+        return len(found) + await ctx.step("small:v1", small) + await ctx.suspend(go)
+
+    async with Engine(path, workflows=[six]) as engine:
+        await engine.signal(six, "old", go, 3)
+        assert await engine.handle(six, "old").result() == 2000 + 7 + 3
+    assert ran == []  # both steps replayed from the migrated table
+    with raw(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute(
+            "SELECT key, state, value_type FROM memable_steps WHERE instance_id = 'old'"
+            " ORDER BY key"
+        ).fetchall() == [("big:v1", "completed", "list[dict[str, Any]]"),
+                         ("small:v1", "completed", "int")]  # fmt: skip
 
 
 def test_a_signal_keeps_its_trace_context(make_storage: StorageFactory) -> None:

@@ -60,6 +60,11 @@ class InstanceInfo:
     @classmethod
     def from_record(cls, record: "InstanceRecord") -> "InstanceInfo":
         """Describe a stored instance (times as UTC datetimes; input and output as JSON)."""
+        return cls._of(record, json_value(record.input), json_value(record.output))
+
+    @classmethod
+    def _of(cls, record: "InstanceRecord", input: Any, output: Any) -> "InstanceInfo":
+        """Describe a stored instance whose input and output are already decoded."""
         return cls(
             instance_id=record.instance_id,
             workflow=record.workflow,
@@ -73,14 +78,14 @@ class InstanceInfo:
             error=None if record.error is None else ErrorInfo.from_json(record.error),
             waiting_on=public_keys(record.waiting_on) if record.status == "suspended" else (),
             parent_id=record.parent_id,
-            input=_json_value(record.input),
-            output=_json_value(record.output),
+            input=input,
+            output=output,
             queue=record.queue,
             priority=record.priority,
         )
 
 
-def _json_value(envelope: str | None) -> Any:
+def json_value(envelope: str | None) -> Any:
     """The JSON value inside a stored envelope (``None`` if absent or unreadable)."""
     if envelope is None:
         return None

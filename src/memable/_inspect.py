@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, final, 
 import attrs
 
 from ._exceptions import SerializationError, TypeMismatch
-from ._info import InstanceInfo
+from ._info import InstanceInfo, json_value
 from ._outcome import ErrorInfo
 from ._records import InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
 
@@ -342,19 +342,24 @@ def load_history(
 def describe(record: InstanceRecord, serde: Serde, wf: Workflow[Any, Any] | None) -> InstanceInfo:
     """Describe *record*, its input and output decoded if its workflow *wf* is known
     (values that no longer decode, after a change of types, stay JSON)."""
-    info = InstanceInfo.from_record(record)
     if wf is None:
-        return info
+        return InstanceInfo.from_record(record)
     input_type, output_type = wf.types()
-    changes: dict[str, Any] = {}
-    for name, envelope, tp in (("input", record.input, input_type),
-                               ("output", record.output, output_type)):  # fmt: skip
-        if envelope is not None:
-            try:
-                changes[name] = serde.decode(envelope, tp, name)
-            except (TypeMismatch, SerializationError):
-                pass
-    return attrs.evolve(info, **changes)
+    return InstanceInfo._of(
+        record,
+        _decoded(serde, record.input, input_type, "input"),
+        _decoded(serde, record.output, output_type, "output"),
+    )
+
+
+def _decoded(serde: Serde, envelope: str | None, tp: object, name: str) -> Any:
+    """The value of *envelope* as *tp*; its JSON value if it no longer decodes as *tp*."""
+    if envelope is None:
+        return None
+    try:
+        return serde.decode(envelope, tp, name)
+    except (TypeMismatch, SerializationError):
+        return json_value(envelope)
 
 
 def query(

@@ -450,18 +450,19 @@ def _mapping(key: _Exact, value: _Exact) -> _Exact | None:
 
 def _json_native(column: Iterable[Any]) -> bool:
     """Whether every value is JSON's own: None, bool, int, float, str, list, str-keyed dict."""
-    values = [*column]
+    values = column if type(column) is list else [*column]  # read, never changed
     for _ in range(_JSON_DEPTH):
         if not values:
             return True
-        kinds = {*map(type, values)}
+        types = [*map(type, values)]  # once: the kinds, then which values are containers
+        kinds = {*types}
         if not kinds <= _JSON_KINDS:
             return False
         nested: list[Any] = []
         if list in kinds:
-            nested.extend(chain.from_iterable(_of_type(values, kinds, list)))
+            nested.extend(chain.from_iterable(_of_type(values, types, kinds, list)))
         if dict in kinds:
-            mappings = _of_type(values, kinds, dict)
+            mappings = _of_type(values, types, kinds, dict)
             if not {*map(type, chain.from_iterable(mappings))} <= _STR:
                 return False
             nested.extend(chain.from_iterable(map(dict.values, mappings)))
@@ -469,11 +470,11 @@ def _json_native(column: Iterable[Any]) -> bool:
     return False
 
 
-def _of_type(values: list[Any], kinds: set[type], kind: type) -> list[Any]:
-    """The values of exactly type *kind* (filtered at C speed)."""
+def _of_type(values: list[Any], types: list[type], kinds: set[type], kind: type) -> list[Any]:
+    """The values of exactly type *kind* (*types* are theirs; filtered at C speed)."""
     if len(kinds) == 1:
         return values
-    return [*compress(values, map(operator.is_, map(type, values), repeat(kind)))]
+    return [*compress(values, map(operator.is_, types, repeat(kind)))]
 
 
 def _difference(first: object, read_back: object) -> str | None:

@@ -120,6 +120,8 @@ def _int(value: object, column: str) -> int:
 
 def _keys(value: object) -> tuple[str, ...]:
     """Decode ``waiting_on``: a JSON list of strings."""
+    if value == "[]":  # most rows: nothing awaited
+        return ()
     try:
         keys = json.loads(as_text(value, "waiting_on"))
     except (ValueError, RecursionError) as exc:

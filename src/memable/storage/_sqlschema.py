@@ -229,7 +229,38 @@ def _schema_6(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE signals ADD COLUMN trace TEXT")
 
 
+def _schema_7(db: sqlite3.Connection) -> None:
+    """Steps in a rowid table. In a WITHOUT ROWID table the b-tree compares whole rows,
+    and SQLite reads a row's overflow pages to compare it: every seek (a step recorded,
+    a history loaded, a purge) read the results of the steps it passed, megabytes when
+    results are large. A rowid table keeps ``(instance_id, key)`` in its own index."""
+    db.execute("DROP VIEW memable_steps")
+    db.execute("ALTER TABLE steps RENAME TO steps_6")
+    db.execute(
+        """
+        CREATE TABLE steps (
+            instance_id TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            value       TEXT,
+            error       TEXT,
+            attempts    INTEGER NOT NULL,
+            started_at  REAL NOT NULL,
+            finished_at REAL NOT NULL,
+            PRIMARY KEY (instance_id, key)
+        )
+        """
+    )
+    db.execute(
+        "INSERT INTO steps (instance_id, key, state, value, error, attempts, started_at,"
+        " finished_at) SELECT instance_id, key, state, value, error, attempts, started_at,"
+        " finished_at FROM steps_6 ORDER BY instance_id, key"
+    )
+    db.execute("DROP TABLE steps_6")
+    db.execute(_STEPS_VIEW)
+
+
 MIGRATIONS: Final[tuple[_Migration, ...]] = (
-    _schema_1, _schema_2, _schema_3, _schema_4, _schema_5, _schema_6
+    _schema_1, _schema_2, _schema_3, _schema_4, _schema_5, _schema_6, _schema_7
 )  # fmt: skip
 SCHEMA_VERSION: Final = len(MIGRATIONS)
