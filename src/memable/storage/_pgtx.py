@@ -14,7 +14,6 @@ from typing import Any, Final, cast, final
 
 import attrs
 import psycopg
-from psycopg import sql
 
 from .._exceptions import StorageError
 from .._ids import ancestors, descendant_range
@@ -111,11 +110,12 @@ class PostgresTx:
     """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction.
 
     The transaction begins with its first statement: ``BEGIN``, the lock on the engine's
-    own row (``FOR KEY SHARE``) and that statement go to the server in one pipeline,
-    closed by a sync (so the server, idle in the transaction afterwards, has its
-    idle-in-transaction timeout armed). An engine that was reaped finds no row and
-    writes nothing (:class:`Fenced`). Rows read for a fence check (:meth:`holders`) stay
-    locked until the end, and are served from here when the rules read them again.
+    own row (``FOR KEY SHARE``) and that statement go to the server in one simple query
+    (so the server, idle in the transaction afterwards, has its idle-in-transaction
+    timeout armed); the updates held back and ``COMMIT`` go together at the end. An
+    engine that was reaped finds no row and writes nothing (:class:`Fenced`). Rows read
+    for a fence check (:meth:`holders`) stay locked until the end, and are served from
+    here when the rules read them again.
     """
 
     __slots__ = (
@@ -146,44 +146,57 @@ class PostgresTx:
         return self._engine_id if workflow in self._runs else None
 
     def _execute(self, query: str, params: Sequence[object]) -> psycopg.Cursor[Any]:
-        if not self.begun:
-            self._begin()
-        if self._deferred:
-            self.flush()
-        return self._conn.execute(query, params)
+        if self.begun and not self._deferred:
+            return self._conn.execute(query, params)
+        return self._send(query, params)
 
-    def _begin(self) -> None:
-        # One simple query of two statements: one round trip, and no pipeline (between
-        # pipelined messages the server waits for the client with no timeout armed; after
-        # this it is idle in a transaction, and idle_in_transaction_session_timeout holds).
-        self.begun = True
-        if self._engine_id is None:
-            self._conn.execute("BEGIN")
-            return
-        cursor = self._conn.execute(
-            sql.SQL("BEGIN; SELECT 1 FROM engines WHERE engine_id = {} FOR KEY SHARE").format(
-                sql.Literal(self._engine_id)  # the engine's own hex id
-            )
-        )
-        if not cursor.nextset() or cursor.fetchone() is None:
-            raise Fenced(
-                "this engine's lease expired (another engine reaped it); nothing was written"
-                " and its runs stop"
-            )
+    def _send(self, query: str | None, params: Sequence[object] = ()) -> psycopg.Cursor[Any]:
+        """Send what must go first (``BEGIN`` and the fencing lock, the held-back updates)
+        and *query* (or ``COMMIT``, if ``None``) in one round trip; the cursor is at the
+        result of the last statement.
 
-    def flush(self) -> None:
-        """Send the updates that were held back (all in one round trip)."""
-        deferred, self._deferred = self._deferred, []
-        if not deferred:
-            return
-        # One simple query, its values bound by psycopg (as _begin, for the same reason).
+        One simple query of several statements, its values bound by psycopg: no pipeline
+        (between pipelined messages the server waits for the client with no timeout armed;
+        after a simple query it is idle in a transaction, and
+        idle_in_transaction_session_timeout holds). The statements run in order and the
+        first error stops the rest, so each goes to the server as it would on its own.
+        """
         cursor = psycopg.ClientCursor(self._conn)
-        cursor.execute("; ".join(cursor.mogrify(query, params) for query, params in deferred))
-        counts = [cursor.rowcount]
-        while cursor.nextset():
-            counts.append(cursor.rowcount)
-        if counts != [1] * len(deferred):  # pragma: no cover - the rows are locked here
-            raise StorageError("an update of a row this transaction holds did not apply")
+        statements: list[str] = []
+        lock = not self.begun and self._engine_id is not None
+        if not self.begun:
+            self.begun = True
+            statements.append("BEGIN")
+            if lock:
+                statements.append(
+                    cursor.mogrify(
+                        "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE",
+                        (self._engine_id,),
+                    )
+                )
+        deferred, self._deferred = self._deferred, []
+        # An update of a row this transaction holds applies (its guard was checked on the
+        # locked row): if it did not, the transaction fails here, before its commit.
+        statements.extend(
+            f"WITH u AS ({cursor.mogrify(update, values)} RETURNING 1) SELECT 1 / count(*) FROM u"
+            for update, values in deferred
+        )
+        statements.append("COMMIT" if query is None else cursor.mogrify(query, params))
+        cursor.execute("; ".join(statements))
+        # The result of BEGIN, then the lock's:
+        if lock and (not cursor.nextset() or cursor.fetchone() is None):
+            raise Fenced(
+                "this engine's lease expired (another engine reaped it); nothing was"
+                " written and its runs stop"
+            )
+        for _ in range(len(statements) - 1 - lock):
+            cursor.nextset()
+        return cursor
+
+    def commit(self) -> None:
+        """Send the updates that were held back, and ``COMMIT``: one round trip."""
+        if self.begun:  # (updates are held back only after a read: it began)
+            self._send(None)
 
     def _one(self, query: str, params: Sequence[object]) -> tuple[Any, ...] | None:
         return self._execute(query, params).fetchone()

@@ -551,14 +551,12 @@ class PostgresStorage(RuleStorage):
             tx = PostgresTx(conn, self.engine_id, self.runs)
             try:
                 yield tx
-                tx.flush()
+                tx.commit()
             except BaseException:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     with contextlib.suppress(psycopg.Error):  # keep the original error
                         conn.execute("ROLLBACK")
                 raise
-            if tx.begun:
-                conn.execute("COMMIT")
             self._notify(conn, tx.changed)  # after the commit, never inside it
 
     # -- sharing (memable.storage.SharedStorage) --------------------------------------------
