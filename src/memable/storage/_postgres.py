@@ -68,6 +68,7 @@ _RETRIES: Final = 5  # attempts of a transaction the server aborted for a deadlo
 # (Not a lock timeout: that is a paused peer holding rows, and waiting again only ties up
 # the pool; the engine's healing retries later.)
 _TRANSIENT: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_IDLE: Final = psycopg.pq.TransactionStatus.IDLE
 _NOTIFY_LIMIT: Final = 7000  # bytes of instance ids in one notification (Postgres: 8000)
 
 
@@ -186,6 +187,10 @@ class PostgresStorage(RuleStorage):
         self._beat: psycopg.Connection[Any] | None = None  # heartbeats: never starved
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_lock = threading.Lock()
+        # The engine commits one batch at a time: on a connection of its own, a commit
+        # goes without taking a connection from the pool and giving it back.
+        self._writer: psycopg.Connection[Any] | None = None
+        self._writer_lock = threading.Lock()
         self._mutex = threading.Lock()
         self._channel = f"memable.{schema}"
         # Server processes of this storage's pool that sent hints: its own hints are not
@@ -322,6 +327,12 @@ class PostgresStorage(RuleStorage):
             finally:
                 if beat is not None:
                     beat.close()
+                # A commit in flight ends first (its connection is not closed under it).
+                if self._writer_lock.acquire(timeout=min(5.0, self.statement_timeout)):
+                    self._writer_lock.release()
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    writer.close()
                 with self._listener_lock:
                     if self._listener is not None:
                         self._listener.close()
@@ -364,6 +375,32 @@ class PostgresStorage(RuleStorage):
             raise StorageError("this PostgresStorage is not open")
         with self._errors(doing), pool.connection() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def _writing(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for a write transaction: the writer's own, unless another thread
+        is using it (then one of the pool's)."""
+        if self._pool is None:
+            raise StorageError("this PostgresStorage is not open")
+        if not self._writer_lock.acquire(blocking=False):
+            with self._conn(doing) as conn:
+                yield conn
+            return
+        try:
+            with self._errors(doing):
+                conn = self._writer
+                if conn is None or conn.closed:
+                    conn = self._writer = self._connect()
+                try:
+                    yield conn
+                finally:
+                    # A connection that broke, or that an error left in a transaction, is
+                    # not used again (as the pool would not).
+                    if conn.closed or conn.info.transaction_status != _IDLE:
+                        self._writer = None
+                        conn.close()
+        finally:
+            self._writer_lock.release()
 
     def _engine(self) -> str:
         """This engine's id; a client or a closed storage has none (a clear error)."""
@@ -536,7 +573,7 @@ class PostgresStorage(RuleStorage):
             return super().commit(writes)
         for attempt in range(_RETRIES):  # as atomically: again after a deadlock
             try:
-                with self._conn("writing to") as conn:
+                with self._writing("writing to") as conn:
                     return inserted(writes, fenced_inserts(conn, engine_id, *split))
             except StorageError as exc:
                 if attempt + 1 == _RETRIES or not isinstance(exc.__cause__, _TRANSIENT):
@@ -545,7 +582,7 @@ class PostgresStorage(RuleStorage):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PostgresTx]:
-        with self._conn("writing to") as conn:
+        with self._writing("writing to") as conn:
             # BEGIN and the fencing lock on the engine's own row go with the first
             # statement (see PostgresTx): a reaped engine writes nothing more.
             tx = PostgresTx(conn, self.engine_id, self.runs)
@@ -553,7 +590,7 @@ class PostgresStorage(RuleStorage):
                 yield tx
                 tx.commit()
             except BaseException:
-                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                if conn.info.transaction_status != _IDLE:
                     with contextlib.suppress(psycopg.Error):  # keep the original error
                         conn.execute("ROLLBACK")
                 raise
