@@ -129,6 +129,7 @@ class PostgresTx:
         "_runs",
         "begun",
         "changed",
+        "claimable",
     )
     holds_claims = True
 
@@ -140,6 +141,7 @@ class PostgresTx:
         self._runs = runs
         self.begun = False  # BEGIN was sent (COMMIT or ROLLBACK must follow)
         self.changed: set[str] = set()  # instances whose status changed: hinted after commit
+        self.claimable: set[str] = set()  # of those, the ones left running and not held
         self._held: dict[str, InstanceRecord] = {}  # rows this transaction locked, as they are
         self._childless: set[str] = set()  # of those, the ones without descendants
         self._deferred: list[tuple[str, list[object]]] = []  # updates of those, not sent yet
@@ -359,6 +361,10 @@ class PostgresTx:
             self._held[instance_id] = attrs.evolve(held, **fields)
         if applied and "status" in changes:
             self.changed.add(instance_id)
+            if changes["status"] == "running" and changes.get("owner") is None:
+                self.claimable.add(instance_id)
+            else:
+                self.claimable.discard(instance_id)
         return applied
 
     def fire(self, instance_id: str, key: str) -> None:

@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence, Set
 from typing import Any, Final, TypeVar, final
 
 import psycopg
@@ -56,6 +56,7 @@ from ._pgtx import (
     load_history,
     load_steps,
 )
+from ._protocol import TAKEN
 from ._rows import decode_instance, decode_queue, listed, listing
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
@@ -413,11 +414,17 @@ class PostgresStorage(RuleStorage):
             raise StorageError("this PostgresStorage is not open")
         return self.engine_id
 
-    def _notify(self, conn: psycopg.Connection[Any], ids: set[str]) -> None:
-        """Hint other engines (outside the write transaction, once per transaction)."""
+    def _notify(
+        self, conn: psycopg.Connection[Any], ids: set[str], claimable: Set[str] | None = None
+    ) -> None:
+        """Hint other engines (outside the write transaction, once per transaction); the
+        ids not in *claimable* (if given) are marked :data:`TAKEN`: their claimers need
+        not look."""
         if not ids:
             return
-        payload = "\n".join(sorted(ids))
+        payload = "\n".join(
+            i if claimable is None or not i or i in claimable else TAKEN + i for i in sorted(ids)
+        )
         if len(payload.encode()) > _NOTIFY_LIMIT:
             payload = ""  # too many to name: "look at everything"
         if len(self._own) > 4 * self.threads:  # connections were replaced: forget old ones
@@ -594,7 +601,7 @@ class PostgresStorage(RuleStorage):
                     with contextlib.suppress(psycopg.Error):  # keep the original error
                         conn.execute("ROLLBACK")
                 raise
-            self._notify(conn, tx.changed)  # after the commit, never inside it
+            self._notify(conn, tx.changed, tx.claimable)  # after the commit, never inside it
 
     # -- sharing (memable.storage.SharedStorage) --------------------------------------------
 

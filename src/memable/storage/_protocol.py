@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from .._records import (
     Admission,
@@ -19,7 +19,10 @@ from .._records import (
     Write,
 )
 
-__all__ = ["QueueStorage", "SharedStorage", "Storage"]
+__all__ = ["TAKEN", "QueueStorage", "SharedStorage", "Storage"]
+
+#: The prefix of an id in :meth:`SharedStorage.hints` whose instance is not claimable.
+TAKEN: Final = "\x01"
 
 
 @runtime_checkable
@@ -289,5 +292,9 @@ class SharedStorage(Storage, Protocol):
     def hints(self, timeout: float) -> list[str] | None:
         """Wait up to *timeout* seconds for another engine's changes (a dedicated
         connection, not the pool); return the instance ids they name (``""``: any), or
-        ``None`` after the listener reconnected (everything must be polled again)."""
+        ``None`` after the listener reconnected (everything must be polled again).
+
+        An id prefixed with :data:`TAKEN` names an instance that nobody can claim now
+        (its writer holds it, or it waits or ended): it concerns those who wait for it or
+        follow it, not the claimer."""
         ...
