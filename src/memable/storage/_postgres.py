@@ -384,14 +384,15 @@ class PostgresStorage(RuleStorage):
         if self._pool is None:
             raise StorageError("this PostgresStorage is not open")
         if not self._writer_lock.acquire(blocking=False):
-            with self._conn(doing) as conn:
-                yield conn
+            with self._conn(doing) as pooled:
+                yield pooled
             return
         try:
             with self._errors(doing):
-                conn = self._writer
-                if conn is None or conn.closed:
-                    conn = self._writer = self._connect()
+                writer = self._writer
+                if writer is None or writer.closed:
+                    writer = self._writer = self._connect()
+                conn = writer
                 try:
                     yield conn
                 finally:
