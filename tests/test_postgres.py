@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import attrs
 import psycopg
 import pytest
 
@@ -205,6 +206,14 @@ def test_fenced_step_records(shared: Factory) -> None:
         with pytest.raises(memable.StorageError, match="no longer held"):
             a.commit([Fence(instance_id="gone", owner=a.engine_id, epoch=1), step("z", "5")])
         assert {(s.key, s.value) for s in a.load_steps("i")} == {("k", "1"), ("y", "4")}
+        # A new instance on its own: inserted once.
+        started = memable.storage.InstanceRecord(
+            instance_id="j", workflow="w", status="running", input="{}", created_at=0,
+            updated_at=0, owner=a.engine_id, epoch=1, waiting_on=("a",),
+        )  # fmt: skip
+        assert a.commit([started]) == [True]
+        assert a.commit([attrs.evolve(started, input='{"again": 1}')]) == [False]
+        assert a.get_instance("j") == started
     finally:
         a.close()
 

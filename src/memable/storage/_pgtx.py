@@ -47,6 +47,7 @@ from ._rows import INSTANCE_COLUMNS as ROW_COLUMNS
 
 __all__ = [
     "FENCED_INSERTS",
+    "FENCED_INSTANCE",
     "FENCED_STEP",
     "INSERT_STEPS",
     "INSTANCE_COLUMNS",
@@ -645,6 +646,17 @@ FENCED_STEP: Final = (
 )
 
 
+# And for a new instance on its own (a start): no JSON either.
+FENCED_INSTANCE: Final = (
+    "WITH engine AS MATERIALIZED ("
+    " SELECT engine_id FROM engines WHERE engine_id = %s FOR KEY SHARE),"
+    f" created AS (INSERT INTO instances ({INSTANCE_COLUMNS}) SELECT "
+    + ", ".join(f"%s::{tp}" for tp in _INSTANCE_TYPES)
+    + " WHERE EXISTS (SELECT FROM engine) ON CONFLICT DO NOTHING RETURNING instance_id)"
+    " SELECT EXISTS (SELECT FROM engine), (SELECT count(*) FROM created)"
+)
+
+
 @attrs.define
 class Inserted:
     """What :func:`fenced_inserts` found and did not write."""
@@ -671,6 +683,8 @@ def fenced_inserts(
     """
     if len(fences) == 1 and len(steps) == 1 and not records:
         return _fenced_step(conn, engine_id, fences[0], steps[0])
+    if not fences and not steps and len(records) == 1:
+        return _fenced_instance(conn, engine_id, records[0])
     fenced = json.dumps([(f.instance_id, f.owner, f.epoch, f.suspended) for f in fences])
     params = (fenced, engine_id, step_rows(steps), instance_rows(records))  # in their order
     found = Inserted()
@@ -703,6 +717,20 @@ def _fenced_step(
         found.unwritten.add((step.instance_id, step.key))
     for instance_id, owner, epoch in holders or ():
         found.holders[instance_id] = (owner, int(epoch))
+    return found
+
+
+def _fenced_instance(conn: psycopg.Connection[Any], engine_id: str, r: InstanceRecord) -> Inserted:
+    row = conn.execute(FENCED_INSTANCE, (
+        engine_id, r.instance_id, r.workflow, r.status, r.parent_id, r.input, r.output,
+        r.error, r.status_message, json.dumps(r.waiting_on), r.created_at, r.updated_at,
+        r.finished_at, r.trace, r.queue, r.priority, r.owner, r.epoch,
+    )).fetchone()  # fmt: skip
+    assert row is not None  # one row, always
+    engine, created = row
+    found = Inserted(engine=bool(engine), ok=bool(engine))
+    if engine and not created:
+        found.existing.add(r.instance_id)
     return found
 
 
