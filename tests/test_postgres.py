@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import attrs
 import psycopg
 import pytest
 
@@ -171,6 +172,48 @@ def test_first_completed_step_wins(shared: Factory) -> None:
         assert a.commit([step("1")]) == [True]
         assert a.commit([step("2")]) == [False]
         assert [s.value for s in a.load_steps("i")] == ["1"]
+    finally:
+        a.close()
+
+
+def test_fenced_step_records(shared: Factory) -> None:
+    """A step record with its run's fence (one statement): written once (the first result
+    wins), refused at another epoch, and while suspending only if nobody claimed since."""
+    a = shared()
+    a.open()
+    try:
+        assert a.engine_id is not None
+        a.create_instance(memable.storage.InstanceRecord(
+            instance_id="i", workflow="w", status="running", input="{}", created_at=0,
+            updated_at=0, owner=a.engine_id, epoch=1,
+        ))  # fmt: skip
+
+        def step(key: str, value: str) -> StepRecord:
+            return StepRecord(instance_id="i", key=key, state="completed", value=value,
+                              attempts=1, started_at=0.0, finished_at=1.0)  # fmt: skip
+
+        fence = Fence(instance_id="i", owner=a.engine_id, epoch=1)
+        assert a.commit([fence, step("k", "1")]) == [True, True]
+        assert a.commit([fence, step("k", "2")]) == [True, False]
+        with pytest.raises(memable.StorageError, match="no longer held"):
+            a.commit([Fence(instance_id="i", owner=a.engine_id, epoch=2), step("x", "3")])
+        # The run's own suspension let go of it: its last writes pass at the same epoch.
+        shared.sql("UPDATE instances SET owner = NULL WHERE instance_id = 'i'")
+        with pytest.raises(memable.StorageError, match="no longer held"):
+            a.commit([fence, step("y", "4")])
+        suspending = Fence(instance_id="i", owner=a.engine_id, epoch=1, suspended=True)
+        assert a.commit([suspending, step("y", "4")]) == [True, True]
+        with pytest.raises(memable.StorageError, match="no longer held"):
+            a.commit([Fence(instance_id="gone", owner=a.engine_id, epoch=1), step("z", "5")])
+        assert {(s.key, s.value) for s in a.load_steps("i")} == {("k", "1"), ("y", "4")}
+        # A new instance on its own: inserted once.
+        started = memable.storage.InstanceRecord(
+            instance_id="j", workflow="w", status="running", input="{}", created_at=0,
+            updated_at=0, owner=a.engine_id, epoch=1, waiting_on=("a",),
+        )  # fmt: skip
+        assert a.commit([started]) == [True]
+        assert a.commit([attrs.evolve(started, input='{"again": 1}')]) == [False]
+        assert a.get_instance("j") == started
     finally:
         a.close()
 

@@ -42,11 +42,10 @@ if TYPE_CHECKING:
     from ._records import (
         Admission,
         Fence,
-        History,
-        Recorded,
         InstanceRecord,
         InstanceState,
         QueueRecord,
+        Recorded,
         ScheduleRecord,
         SignalOutcome,
         SignalRecord,

@@ -26,7 +26,7 @@ from ._keys import check_key
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
-    from ._records import History, InstanceRecord, QueueRecord, Recorded
+    from ._records import InstanceRecord, QueueRecord, Recorded
 
 __all__ = ["Admitter", "Queue"]
 

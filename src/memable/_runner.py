@@ -25,7 +25,7 @@ from ._tx import Fenced
 from ._workflow import Workflow
 
 if TYPE_CHECKING:
-    from ._records import History, InstanceRecord, InstanceState, Recorded
+    from ._records import InstanceRecord, InstanceState, Recorded
 
 __all__ = ["Backoff", "Runner"]
 

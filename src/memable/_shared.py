@@ -19,6 +19,7 @@ import anyio
 from ._exceptions import StorageError
 from ._ids import public_keys
 from ._log import logger
+from .storage._protocol import TAKEN
 
 if TYPE_CHECKING:
     from ._kernel import Kernel
@@ -208,13 +209,17 @@ class Sharing:
                 continue
             if not ids:
                 continue
-            self._wake.set()
+            named = [i.removeprefix(TAKEN) for i in ids]
+            if len(named) > sum(i.startswith(TAKEN) for i in ids):
+                self._wake.set()  # something may be claimable
+            else:  # nothing to claim (a claim would find nothing): timers only
+                self._kernel.wake_timers(float("-inf"))
             # Another engine's change may have freed a queue slot or enqueued work.
             self._kernel.wake_queues()
-            for instance_id in ids:
+            for instance_id in named:
                 if instance_id and self._runner.live(instance_id) is not None:
                     await self._check_run(instance_id)
-            await self._refresh(ids)
+            await self._refresh(named)
 
     async def _check_run(self, instance_id: str) -> None:
         """A hint names an instance running here: if it was cancelled or claimed

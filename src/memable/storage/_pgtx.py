@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Collection, Mapping, Sequence, Set
 from typing import Any, Final, cast, final
 
 import attrs
 import psycopg
-from psycopg import sql
 
 from .._exceptions import StorageError
 from .._ids import ancestors, descendant_range
@@ -47,6 +47,8 @@ from ._rows import INSTANCE_COLUMNS as ROW_COLUMNS
 
 __all__ = [
     "FENCED_INSERTS",
+    "FENCED_INSTANCE",
+    "FENCED_STEP",
     "INSERT_STEPS",
     "INSTANCE_COLUMNS",
     "STEP_IS_SOUND",
@@ -111,11 +113,12 @@ class PostgresTx:
     """The primitives of :class:`~memable.storage._tx.Tx` as SQL in one open transaction.
 
     The transaction begins with its first statement: ``BEGIN``, the lock on the engine's
-    own row (``FOR KEY SHARE``) and that statement go to the server in one pipeline,
-    closed by a sync (so the server, idle in the transaction afterwards, has its
-    idle-in-transaction timeout armed). An engine that was reaped finds no row and
-    writes nothing (:class:`Fenced`). Rows read for a fence check (:meth:`holders`) stay
-    locked until the end, and are served from here when the rules read them again.
+    own row (``FOR KEY SHARE``) and that statement go to the server in one simple query
+    (so the server, idle in the transaction afterwards, has its idle-in-transaction
+    timeout armed); the updates held back and ``COMMIT`` go together at the end. An
+    engine that was reaped finds no row and writes nothing (:class:`Fenced`). Rows read
+    for a fence check (:meth:`holders`) stay locked until the end, and are served from
+    here when the rules read them again.
     """
 
     __slots__ = (
@@ -127,6 +130,7 @@ class PostgresTx:
         "_runs",
         "begun",
         "changed",
+        "claimable",
     )
     holds_claims = True
 
@@ -138,6 +142,7 @@ class PostgresTx:
         self._runs = runs
         self.begun = False  # BEGIN was sent (COMMIT or ROLLBACK must follow)
         self.changed: set[str] = set()  # instances whose status changed: hinted after commit
+        self.claimable: set[str] = set()  # of those, the ones left running and not held
         self._held: dict[str, InstanceRecord] = {}  # rows this transaction locked, as they are
         self._childless: set[str] = set()  # of those, the ones without descendants
         self._deferred: list[tuple[str, list[object]]] = []  # updates of those, not sent yet
@@ -146,44 +151,57 @@ class PostgresTx:
         return self._engine_id if workflow in self._runs else None
 
     def _execute(self, query: str, params: Sequence[object]) -> psycopg.Cursor[Any]:
-        if not self.begun:
-            self._begin()
-        if self._deferred:
-            self.flush()
-        return self._conn.execute(query, params)
+        if self.begun and not self._deferred:
+            return self._conn.execute(query, params)
+        return self._send(query, params)
 
-    def _begin(self) -> None:
-        # One simple query of two statements: one round trip, and no pipeline (between
-        # pipelined messages the server waits for the client with no timeout armed; after
-        # this it is idle in a transaction, and idle_in_transaction_session_timeout holds).
-        self.begun = True
-        if self._engine_id is None:
-            self._conn.execute("BEGIN")
-            return
-        cursor = self._conn.execute(
-            sql.SQL("BEGIN; SELECT 1 FROM engines WHERE engine_id = {} FOR KEY SHARE").format(
-                sql.Literal(self._engine_id)  # the engine's own hex id
-            )
-        )
-        if not cursor.nextset() or cursor.fetchone() is None:
-            raise Fenced(
-                "this engine's lease expired (another engine reaped it); nothing was written"
-                " and its runs stop"
-            )
+    def _send(self, query: str | None, params: Sequence[object] = ()) -> psycopg.Cursor[Any]:
+        """Send what must go first (``BEGIN`` and the fencing lock, the held-back updates)
+        and *query* (or ``COMMIT``, if ``None``) in one round trip; the cursor is at the
+        result of the last statement.
 
-    def flush(self) -> None:
-        """Send the updates that were held back (all in one round trip)."""
-        deferred, self._deferred = self._deferred, []
-        if not deferred:
-            return
-        # One simple query, its values bound by psycopg (as _begin, for the same reason).
+        One simple query of several statements, its values bound by psycopg: no pipeline
+        (between pipelined messages the server waits for the client with no timeout armed;
+        after a simple query it is idle in a transaction, and
+        idle_in_transaction_session_timeout holds). The statements run in order and the
+        first error stops the rest, so each goes to the server as it would on its own.
+        """
         cursor = psycopg.ClientCursor(self._conn)
-        cursor.execute("; ".join(cursor.mogrify(query, params) for query, params in deferred))
-        counts = [cursor.rowcount]
-        while cursor.nextset():
-            counts.append(cursor.rowcount)
-        if counts != [1] * len(deferred):  # pragma: no cover - the rows are locked here
-            raise StorageError("an update of a row this transaction holds did not apply")
+        statements: list[str] = []
+        lock = not self.begun and self._engine_id is not None
+        if not self.begun:
+            self.begun = True
+            statements.append("BEGIN")
+            if lock:
+                statements.append(
+                    cursor.mogrify(
+                        "SELECT 1 FROM engines WHERE engine_id = %s FOR KEY SHARE",
+                        (self._engine_id,),
+                    )
+                )
+        deferred, self._deferred = self._deferred, []
+        # An update of a row this transaction holds applies (its guard was checked on the
+        # locked row): if it did not, the transaction fails here, before its commit.
+        statements.extend(
+            f"WITH u AS ({cursor.mogrify(update, values)} RETURNING 1) SELECT 1 / count(*) FROM u"
+            for update, values in deferred
+        )
+        statements.append("COMMIT" if query is None else cursor.mogrify(query, params))
+        cursor.execute("; ".join(statements))
+        # The result of BEGIN, then the lock's:
+        if lock and (not cursor.nextset() or cursor.fetchone() is None):
+            raise Fenced(
+                "this engine's lease expired (another engine reaped it); nothing was"
+                " written and its runs stop"
+            )
+        for _ in range(len(statements) - 1 - lock):
+            cursor.nextset()
+        return cursor
+
+    def commit(self) -> None:
+        """Send the updates that were held back, and ``COMMIT``: one round trip."""
+        if self.begun:  # (updates are held back only after a read: it began)
+            self._send(None)
 
     def _one(self, query: str, params: Sequence[object]) -> tuple[Any, ...] | None:
         return self._execute(query, params).fetchone()
@@ -344,6 +362,10 @@ class PostgresTx:
             self._held[instance_id] = attrs.evolve(held, **fields)
         if applied and "status" in changes:
             self.changed.add(instance_id)
+            if changes["status"] == "running" and changes.get("owner") is None:
+                self.claimable.add(instance_id)
+            else:
+                self.claimable.discard(instance_id)
         return applied
 
     def fire(self, instance_id: str, key: str) -> None:
@@ -492,15 +514,20 @@ def load_history(conn: psycopg.Connection[Any], instance_id: str) -> History:
 
 def hear(conn: psycopg.Connection[Any], timeout: float, own: Set[int]) -> set[str]:
     """The instance ids the hints on the listening *conn* name, waiting up to *timeout*
-    for the first one; the hints sent by server processes in *own* are dropped."""
+    for the first one; the hints sent by server processes in *own* are dropped (and
+    waited past: this engine's own commits wake nobody up)."""
     ids: set[str] = set()
-    for notify in conn.notifies(timeout=timeout, stop_after=1):
-        if notify.pid not in own:
-            ids.update(notify.payload.split("\n"))
-    for notify in conn.notifies(timeout=0.0):  # what came in the same packet
-        if notify.pid not in own:
-            ids.update(notify.payload.split("\n"))
-    return ids
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        for notify in conn.notifies(timeout=max(0.0, left), stop_after=1):
+            if notify.pid not in own:
+                ids.update(notify.payload.split("\n"))
+        for notify in conn.notifies(timeout=0.0):  # what came in the same packet
+            if notify.pid not in own:
+                ids.update(notify.payload.split("\n"))
+        if ids or left <= 0:
+            return ids
 
 
 def load_steps(conn: psycopg.Connection[Any], instance_id: str) -> list[StepRecord]:
@@ -601,6 +628,35 @@ FENCED_INSERTS: Final = (
 )
 
 
+# The same for the commonest commit, one fence and one step record (a sequential step):
+# scalar parameters, and no JSON for the server to take apart.
+FENCED_STEP: Final = (
+    "WITH engine AS MATERIALIZED ("
+    " SELECT engine_id FROM engines WHERE engine_id = %s FOR KEY SHARE),"
+    " held AS MATERIALIZED (SELECT instance_id, owner, epoch FROM instances"
+    " WHERE instance_id = %s FOR UPDATE),"
+    " ok AS MATERIALIZED (SELECT EXISTS (SELECT FROM engine) AS engine,"
+    " EXISTS (SELECT FROM engine) AND EXISTS (SELECT FROM held WHERE epoch = %s::bigint"
+    " AND (owner IS NOT DISTINCT FROM %s::text OR (%s::boolean AND owner IS NULL))) AS ok),"
+    f" written AS (INSERT INTO steps ({_STEP_COLUMNS}) SELECT %s::text, %s::text, %s::text,"
+    " %s::text, %s::text, %s::integer, %s::double precision, %s::double precision"
+    f" WHERE (SELECT ok FROM ok){_STEP_CONFLICT})"
+    " SELECT engine, ok, (SELECT count(*) FROM written), CASE WHEN NOT ok THEN"
+    " (SELECT json_agg(json_build_array(instance_id, owner, epoch)) FROM held) END FROM ok"
+)
+
+
+# And for a new instance on its own (a start): no JSON either.
+FENCED_INSTANCE: Final = (
+    "WITH engine AS MATERIALIZED ("
+    " SELECT engine_id FROM engines WHERE engine_id = %s FOR KEY SHARE),"
+    f" created AS (INSERT INTO instances ({INSTANCE_COLUMNS}) SELECT "
+    + ", ".join(f"%s::{tp}" for tp in _INSTANCE_TYPES)
+    + " WHERE EXISTS (SELECT FROM engine) ON CONFLICT DO NOTHING RETURNING instance_id)"
+    " SELECT EXISTS (SELECT FROM engine), (SELECT count(*) FROM created)"
+)
+
+
 @attrs.define
 class Inserted:
     """What :func:`fenced_inserts` found and did not write."""
@@ -625,6 +681,10 @@ def fenced_inserts(
     The same as :func:`memable._rules.commit` over writes of only these kinds; the
     keys of the steps, and the ids of the instances, must differ.
     """
+    if len(fences) == 1 and len(steps) == 1 and not records:
+        return _fenced_step(conn, engine_id, fences[0], steps[0])
+    if not fences and not steps and len(records) == 1:
+        return _fenced_instance(conn, engine_id, records[0])
     fenced = json.dumps([(f.instance_id, f.owner, f.epoch, f.suspended) for f in fences])
     params = (fenced, engine_id, step_rows(steps), instance_rows(records))  # in their order
     found = Inserted()
@@ -639,6 +699,38 @@ def fenced_inserts(
             found.engine = bool(third)
         else:
             found.ok = bool(third)
+    return found
+
+
+def _fenced_step(
+    conn: psycopg.Connection[Any], engine_id: str, fence: Fence, step: StepRecord
+) -> Inserted:
+    row = conn.execute(FENCED_STEP, (
+        engine_id, fence.instance_id, fence.epoch, fence.owner, fence.suspended,
+        step.instance_id, step.key, step.state, step.value, step.error, step.attempts,
+        step.started_at, step.finished_at,
+    )).fetchone()  # fmt: skip
+    assert row is not None  # one row, always
+    engine, ok, written, holders = row
+    found = Inserted(engine=bool(engine), ok=bool(ok))
+    if ok and not written:
+        found.unwritten.add((step.instance_id, step.key))
+    for instance_id, owner, epoch in holders or ():
+        found.holders[instance_id] = (owner, int(epoch))
+    return found
+
+
+def _fenced_instance(conn: psycopg.Connection[Any], engine_id: str, r: InstanceRecord) -> Inserted:
+    row = conn.execute(FENCED_INSTANCE, (
+        engine_id, r.instance_id, r.workflow, r.status, r.parent_id, r.input, r.output,
+        r.error, r.status_message, json.dumps(r.waiting_on), r.created_at, r.updated_at,
+        r.finished_at, r.trace, r.queue, r.priority, r.owner, r.epoch,
+    )).fetchone()  # fmt: skip
+    assert row is not None  # one row, always
+    engine, created = row
+    found = Inserted(engine=bool(engine), ok=bool(engine))
+    if engine and not created:
+        found.existing.add(r.instance_id)
     return found
 
 

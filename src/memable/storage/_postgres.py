@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence, Set
 from typing import Any, Final, TypeVar, final
 
 import psycopg
@@ -56,6 +56,7 @@ from ._pgtx import (
     load_history,
     load_steps,
 )
+from ._protocol import TAKEN
 from ._rows import decode_instance, decode_queue, listed, listing
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
@@ -68,6 +69,7 @@ _RETRIES: Final = 5  # attempts of a transaction the server aborted for a deadlo
 # (Not a lock timeout: that is a paused peer holding rows, and waiting again only ties up
 # the pool; the engine's healing retries later.)
 _TRANSIENT: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_IDLE: Final = psycopg.pq.TransactionStatus.IDLE
 _NOTIFY_LIMIT: Final = 7000  # bytes of instance ids in one notification (Postgres: 8000)
 
 
@@ -186,6 +188,10 @@ class PostgresStorage(RuleStorage):
         self._beat: psycopg.Connection[Any] | None = None  # heartbeats: never starved
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_lock = threading.Lock()
+        # The engine commits one batch at a time: on a connection of its own, a commit
+        # goes without taking a connection from the pool and giving it back.
+        self._writer: psycopg.Connection[Any] | None = None
+        self._writer_lock = threading.Lock()
         self._mutex = threading.Lock()
         self._channel = f"memable.{schema}"
         # Server processes of this storage's pool that sent hints: its own hints are not
@@ -322,6 +328,12 @@ class PostgresStorage(RuleStorage):
             finally:
                 if beat is not None:
                     beat.close()
+                # A commit in flight ends first (its connection is not closed under it).
+                if self._writer_lock.acquire(timeout=min(5.0, self.statement_timeout)):
+                    self._writer_lock.release()
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    writer.close()
                 with self._listener_lock:
                     if self._listener is not None:
                         self._listener.close()
@@ -365,6 +377,33 @@ class PostgresStorage(RuleStorage):
         with self._errors(doing), pool.connection() as conn:
             yield conn
 
+    @contextlib.contextmanager
+    def _writing(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for a write transaction: the writer's own, unless another thread
+        is using it (then one of the pool's)."""
+        if self._pool is None:
+            raise StorageError("this PostgresStorage is not open")
+        if not self._writer_lock.acquire(blocking=False):
+            with self._conn(doing) as pooled:
+                yield pooled
+            return
+        try:
+            with self._errors(doing):
+                writer = self._writer
+                if writer is None or writer.closed:
+                    writer = self._writer = self._connect()
+                conn = writer
+                try:
+                    yield conn
+                finally:
+                    # A connection that broke, or that an error left in a transaction, is
+                    # not used again (as the pool would not).
+                    if conn.closed or conn.info.transaction_status != _IDLE:
+                        self._writer = None
+                        conn.close()
+        finally:
+            self._writer_lock.release()
+
     def _engine(self) -> str:
         """This engine's id; a client or a closed storage has none (a clear error)."""
         if not self.register:
@@ -376,11 +415,17 @@ class PostgresStorage(RuleStorage):
             raise StorageError("this PostgresStorage is not open")
         return self.engine_id
 
-    def _notify(self, conn: psycopg.Connection[Any], ids: set[str]) -> None:
-        """Hint other engines (outside the write transaction, once per transaction)."""
+    def _notify(
+        self, conn: psycopg.Connection[Any], ids: set[str], claimable: Set[str] | None = None
+    ) -> None:
+        """Hint other engines (outside the write transaction, once per transaction); the
+        ids not in *claimable* (if given) are marked :data:`TAKEN`: their claimers need
+        not look."""
         if not ids:
             return
-        payload = "\n".join(sorted(ids))
+        payload = "\n".join(
+            i if claimable is None or not i or i in claimable else TAKEN + i for i in sorted(ids)
+        )
         if len(payload.encode()) > _NOTIFY_LIMIT:
             payload = ""  # too many to name: "look at everything"
         if len(self._own) > 4 * self.threads:  # connections were replaced: forget old ones
@@ -536,7 +581,7 @@ class PostgresStorage(RuleStorage):
             return super().commit(writes)
         for attempt in range(_RETRIES):  # as atomically: again after a deadlock
             try:
-                with self._conn("writing to") as conn:
+                with self._writing("writing to") as conn:
                     return inserted(writes, fenced_inserts(conn, engine_id, *split))
             except StorageError as exc:
                 if attempt + 1 == _RETRIES or not isinstance(exc.__cause__, _TRANSIENT):
@@ -545,21 +590,19 @@ class PostgresStorage(RuleStorage):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PostgresTx]:
-        with self._conn("writing to") as conn:
+        with self._writing("writing to") as conn:
             # BEGIN and the fencing lock on the engine's own row go with the first
             # statement (see PostgresTx): a reaped engine writes nothing more.
             tx = PostgresTx(conn, self.engine_id, self.runs)
             try:
                 yield tx
-                tx.flush()
+                tx.commit()
             except BaseException:
-                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                if conn.info.transaction_status != _IDLE:
                     with contextlib.suppress(psycopg.Error):  # keep the original error
                         conn.execute("ROLLBACK")
                 raise
-            if tx.begun:
-                conn.execute("COMMIT")
-            self._notify(conn, tx.changed)  # after the commit, never inside it
+            self._notify(conn, tx.changed, tx.claimable)  # after the commit, never inside it
 
     # -- sharing (memable.storage.SharedStorage) --------------------------------------------
 

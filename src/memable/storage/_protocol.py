@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .._records import (
@@ -20,7 +20,10 @@ if TYPE_CHECKING:
         Write,
     )
 
-__all__ = ["QueueStorage", "SharedStorage", "Storage"]
+__all__ = ["TAKEN", "QueueStorage", "SharedStorage", "Storage"]
+
+#: The prefix of an id in :meth:`SharedStorage.hints` whose instance is not claimable.
+TAKEN: Final = "\x01"
 
 
 @runtime_checkable
@@ -297,5 +300,9 @@ class SharedStorage(Storage, Protocol):
     def hints(self, timeout: float) -> list[str] | None:
         """Wait up to *timeout* seconds for another engine's changes (a dedicated
         connection, not the pool); return the instance ids they name (``""``: any), or
-        ``None`` after the listener reconnected (everything must be polled again)."""
+        ``None`` after the listener reconnected (everything must be polled again).
+
+        An id prefixed with :data:`TAKEN` names an instance that nobody can claim now
+        (its writer holds it, or it waits or ended): it concerns those who wait for it or
+        follow it, not the claimer."""
         ...
