@@ -84,7 +84,10 @@ async def test_concurrency_is_never_exceeded_with_concurrent_enqueuers(
 
 async def test_restarts_keep_queued_work_and_the_limit(make_storage: StorageFactory) -> None:
     """Engines in sequence, each stopped with work running and queued: every instance
-    runs to its end, never more than 2 at once, and nothing runs twice to completion."""
+    runs to its end and never more than 2 at once. (A body that reached its end just as
+    an engine stopped with ``shutdown_timeout=0`` may have had its completion cut off, and
+    then runs again in the next engine: a workflow body is replayed, only steps are
+    once. So every id ends at least once; the stored outcome is each one's own.)"""
     flight = InFlight()
     wf = gated(flight)
     queue = Queue("two", concurrency=2)
@@ -111,7 +114,7 @@ async def test_restarts_keep_queued_work_and_the_limit(make_storage: StorageFact
         states = {(await engine.state(wf, instance_id)).status for instance_id in ids}
     assert results == list(range(12))
     assert states == {"completed"}
-    assert sorted(flight.done) == sorted(ids)
+    assert set(flight.done) == set(ids)
     assert flight.peak == 2
 
 

@@ -14,7 +14,7 @@ from ._state import InstanceState
 if TYPE_CHECKING:
     from ._records import InstanceRecord
 
-__all__ = ["InstanceInfo"]
+__all__ = ["InstanceInfo", "info_of", "json_value"]
 
 
 @final
@@ -60,29 +60,29 @@ class InstanceInfo:
     @classmethod
     def from_record(cls, record: "InstanceRecord") -> "InstanceInfo":
         """Describe a stored instance (times as UTC datetimes; input and output as JSON)."""
-        return cls._of(record, json_value(record.input), json_value(record.output))
+        return info_of(record, json_value(record.input), json_value(record.output))
 
-    @classmethod
-    def _of(cls, record: "InstanceRecord", input: Any, output: Any) -> "InstanceInfo":
-        """Describe a stored instance whose input and output are already decoded."""
-        return cls(
-            instance_id=record.instance_id,
-            workflow=record.workflow,
-            status=record.status,
-            status_message=record.status_message,
-            created_at=datetime.fromtimestamp(record.created_at, UTC),
-            updated_at=datetime.fromtimestamp(record.updated_at, UTC),
-            finished_at=None
-            if record.finished_at is None
-            else datetime.fromtimestamp(record.finished_at, UTC),
-            error=None if record.error is None else ErrorInfo.from_json(record.error),
-            waiting_on=public_keys(record.waiting_on) if record.status == "suspended" else (),
-            parent_id=record.parent_id,
-            input=input,
-            output=output,
-            queue=record.queue,
-            priority=record.priority,
-        )
+
+def info_of(record: "InstanceRecord", input: Any, output: Any) -> InstanceInfo:
+    """Describe a stored instance whose input and output are already decoded."""
+    return InstanceInfo(
+        instance_id=record.instance_id,
+        workflow=record.workflow,
+        status=record.status,
+        status_message=record.status_message,
+        created_at=datetime.fromtimestamp(record.created_at, UTC),
+        updated_at=datetime.fromtimestamp(record.updated_at, UTC),
+        finished_at=None
+        if record.finished_at is None
+        else datetime.fromtimestamp(record.finished_at, UTC),
+        error=None if record.error is None else ErrorInfo.from_json(record.error),
+        waiting_on=public_keys(record.waiting_on) if record.status == "suspended" else (),
+        parent_id=record.parent_id,
+        input=input,
+        output=output,
+        queue=record.queue,
+        priority=record.priority,
+    )
 
 
 def json_value(envelope: str | None) -> Any:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, final, 
 import attrs
 
 from ._exceptions import SerializationError, TypeMismatch
-from ._info import InstanceInfo, json_value
+from ._info import InstanceInfo, info_of, json_value
 from ._outcome import ErrorInfo
 from ._records import InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
 
@@ -345,7 +345,7 @@ def describe(record: InstanceRecord, serde: Serde, wf: Workflow[Any, Any] | None
     if wf is None:
         return InstanceInfo.from_record(record)
     input_type, output_type = wf.types()
-    return InstanceInfo._of(
+    return info_of(
         record,
         _decoded(serde, record.input, input_type, "input"),
         _decoded(serde, record.output, output_type, "output"),
