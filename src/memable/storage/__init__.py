@@ -77,29 +77,9 @@ del _name
 
 #: The records load on first use (``memable._records`` says they are memable.storage's),
 #: so that ``import memable`` and a first ``Engine()`` do not pay for them.
-_RECORDS = frozenset(
-    {
-        "Admission",
-        "EngineRecord",
-        "Fence",
-        "History",
-        "InboxItem",
-        "InstanceRecord",
-        "InstanceState",
-        "InstanceUpdate",
-        "QueueRecord",
-        "Recorded",
-        "ScheduleRecord",
-        "SignalDrop",
-        "SignalOutcome",
-        "SignalRecord",
-        "StepRecord",
-        "StepRows",
-        "Suspension",
-        "TimerRecord",
-        "Write",
-    }
-)
+_RECORDS = frozenset(__all__) - {
+    "MemoryStorage", "PostgresStorage", "QueueStorage", "SQLiteStorage", "SharedStorage", "Storage"
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> object:
