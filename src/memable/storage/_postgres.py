@@ -104,6 +104,46 @@ def _connection_problem(exc: psycopg.Error) -> str:
     return "the connection failed or was lost"
 
 
+class _Writer:
+    """The engine's commits go one batch at a time: on a connection of their own, a commit
+    goes without taking a connection from the pool and giving it back."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connect = connect
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[psycopg.Connection[Any] | None]:
+        """The writer's connection (opened if need be), or ``None`` while another thread
+        has it."""
+        if not self._lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            conn = self._conn
+            try:
+                yield conn
+            finally:
+                # A connection that broke, or that an error left in a transaction, is
+                # not used again (as the pool would not).
+                if conn.closed or conn.info.transaction_status != _IDLE:
+                    self._conn = None
+                    conn.close()
+        finally:
+            self._lock.release()
+
+    def close(self, timeout: float) -> None:
+        """Close the connection, once a commit in flight has ended (up to *timeout*)."""
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
 @final
 class PostgresStorage(RuleStorage):
     """A :class:`~memable.storage.Storage` in PostgreSQL, shared by many engines.
@@ -188,10 +228,7 @@ class PostgresStorage(RuleStorage):
         self._beat: psycopg.Connection[Any] | None = None  # heartbeats: never starved
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_lock = threading.Lock()
-        # The engine commits one batch at a time: on a connection of its own, a commit
-        # goes without taking a connection from the pool and giving it back.
-        self._writer: psycopg.Connection[Any] | None = None
-        self._writer_lock = threading.Lock()
+        self._writer = _Writer(self._connect)
         self._mutex = threading.Lock()
         self._channel = f"memable.{schema}"
         # Server processes of this storage's pool that sent hints: its own hints are not
@@ -328,12 +365,7 @@ class PostgresStorage(RuleStorage):
             finally:
                 if beat is not None:
                     beat.close()
-                # A commit in flight ends first (its connection is not closed under it).
-                if self._writer_lock.acquire(timeout=min(5.0, self.statement_timeout)):
-                    self._writer_lock.release()
-                writer, self._writer = self._writer, None
-                if writer is not None:
-                    writer.close()
+                self._writer.close(timeout=min(5.0, self.statement_timeout))
                 with self._listener_lock:
                     if self._listener is not None:
                         self._listener.close()
@@ -383,26 +415,12 @@ class PostgresStorage(RuleStorage):
         is using it (then one of the pool's)."""
         if self._pool is None:
             raise StorageError("this PostgresStorage is not open")
-        if not self._writer_lock.acquire(blocking=False):
-            with self._conn(doing) as pooled:
-                yield pooled
-            return
-        try:
-            with self._errors(doing):
-                writer = self._writer
-                if writer is None or writer.closed:
-                    writer = self._writer = self._connect()
-                conn = writer
-                try:
-                    yield conn
-                finally:
-                    # A connection that broke, or that an error left in a transaction, is
-                    # not used again (as the pool would not).
-                    if conn.closed or conn.info.transaction_status != _IDLE:
-                        self._writer = None
-                        conn.close()
-        finally:
-            self._writer_lock.release()
+        with self._errors(doing), self._writer.borrow() as writer:
+            if writer is not None:
+                yield writer
+                return
+        with self._conn(doing) as pooled:
+            yield pooled
 
     def _engine(self) -> str:
         """This engine's id; a client or a closed storage has none (a clear error)."""
