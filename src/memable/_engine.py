@@ -111,11 +111,7 @@ class Engine:
         max_running: int | None = DEFAULT_MAX_RUNNING,
     ) -> None:
         storage = _storage_of(storage)
-        if retry is not None:
-            from ._retry import RetryPolicy  # loaded on first use, not by ``import memable``
-
-            if not isinstance(retry, RetryPolicy):
-                raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
+        _check_retry(retry)
         seconds(shutdown_timeout, "shutdown_timeout")  # checked before anything is made
         if retention is not None and seconds(retention, "retention") <= 0:
             raise ValueError(f"retention must be a positive timedelta, not {retention!r}")
@@ -656,6 +652,14 @@ class Engine:
 
     def _check_running(self) -> None:
         self._life.check_running()
+
+
+def _check_retry(retry: object) -> None:
+    if retry is not None:
+        from ._retry import RetryPolicy  # loaded on first use, not by ``import memable``
+
+        if not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, not {retry!r}")
 
 
 def _storage_of(storage: str | os.PathLike[str] | Storage) -> str | Storage:
