@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from ._info import InstanceInfo
     from ._inspect import History, Page
-    from ._records import InstanceRecord, InstanceState
+    from ._records import InstanceState
     from ._retry import RetryPolicy
 
 __all__ = ["Engine"]
@@ -558,8 +558,10 @@ class Engine:
             suspended approve? ('approval:v1',)
         """
         self._check_running()
+        from . import _inspect  # loaded on first use
+
         record = await self._control.record(wf, instance_id)
-        info = self._describe(record)
+        info = _inspect.describe_known(self._kernel, self._registry, record)
         message = self._control.live_message(record)
         return (
             info if message == info.status_message else attrs.evolve(info, status_message=message)
@@ -602,10 +604,7 @@ class Engine:
         from . import _inspect  # loaded on first use
 
         query = _inspect.query(wf, status, waiting_on, parent_id, created_after, limit, after)
-        records, cursor = await self._kernel.store.call(
-            _inspect.load_page, self._kernel.store.storage, **query
-        )
-        return _inspect.Page(tuple(self._describe(record) for record in records), cursor)
+        return await _inspect.read_page(self._kernel, self._registry, query)
 
     async def history(self, wf: Workflow[Any, Any], instance_id: str) -> History:
         """Return what an instance did: steps, signals, timers and children, from storage.
@@ -636,17 +635,7 @@ class Engine:
         from . import _inspect  # loaded on first use
 
         record = await self._control.record(wf, instance_id)
-        types = {key: t for (name, key), t in self._kernel.points.items() if name == wf.name}
-        build = await self._kernel.store.call(
-            _inspect.load_history, self._kernel.store.storage, record, payload_types=types
-        )
-        return build(self._describe)
-
-    def _describe(self, record: InstanceRecord) -> InstanceInfo:
-        from . import _inspect  # loaded on first use
-
-        wf = self._registry.get(record.workflow)
-        return _inspect.describe(record, self._kernel.serde, wf)
+        return await _inspect.read_history(self._kernel, self._registry, record)
 
     # -- plumbing ---------------------------------------------------------------------------
 

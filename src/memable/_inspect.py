@@ -17,6 +17,7 @@ from ._outcome import ErrorInfo
 from ._records import InstanceRecord, InstanceState, SignalRecord, StepRecord, TimerRecord
 
 if TYPE_CHECKING:
+    from ._kernel import Kernel, Registry
     from ._serde import Serde
     from ._workflow import Workflow
     from .storage._protocol import Storage
@@ -29,9 +30,12 @@ __all__ = [
     "TimerInfo",
     "decode_cursor",
     "describe",
+    "describe_known",
     "load_history",
     "load_page",
     "preview",
+    "read_history",
+    "read_page",
 ]
 
 T_co = TypeVar("T_co", covariant=True)
@@ -350,6 +354,27 @@ def describe(record: InstanceRecord, serde: Serde, wf: Workflow[Any, Any] | None
         _decoded(serde, record.input, input_type, "input"),
         _decoded(serde, record.output, output_type, "output"),
     )
+
+
+def describe_known(kernel: Kernel, registry: Registry, record: InstanceRecord) -> InstanceInfo:
+    """Describe *record* for an engine: decoded if the engine registered its workflow."""
+    return describe(record, kernel.serde, registry.get(record.workflow))
+
+
+async def read_page(
+    kernel: Kernel, registry: Registry, query: dict[str, Any]
+) -> Page[InstanceInfo]:
+    """``Engine.instances``: one page read on the storage thread, described on the loop."""
+    records, cursor = await kernel.store.call(load_page, kernel.store.storage, **query)
+    return Page(tuple(describe_known(kernel, registry, record) for record in records), cursor)
+
+
+async def read_history(kernel: Kernel, registry: Registry, record: InstanceRecord) -> History:
+    """``Engine.history``: the reads on the storage thread, the decoding on the loop."""
+    name = record.workflow
+    types = {key: tp for (wf, key), tp in kernel.points.items() if wf == name}
+    build = await kernel.store.call(load_history, kernel.store.storage, record, payload_types=types)
+    return build(lambda child: describe_known(kernel, registry, child))
 
 
 def _decoded(serde: Serde, envelope: str | None, tp: object, name: str) -> Any:
