@@ -19,7 +19,7 @@ import pytest
 
 import memable
 from memable import Context, Engine, SuspendPoint
-from memable.storage import Fence, PostgresStorage, StepRecord
+from memable.storage import Fence, InstanceRecord, InstanceUpdate, PostgresStorage, StepRecord
 
 from .pg import PostgresServer
 
@@ -214,6 +214,70 @@ def test_fenced_step_records(shared: Factory) -> None:
         assert a.commit([started]) == [True]
         assert a.commit([attrs.evolve(started, input='{"again": 1}')]) == [False]
         assert a.get_instance("j") == started
+    finally:
+        a.close()
+
+
+def test_fenced_finish(shared: Factory) -> None:
+    """A run's finish with its fence (one statement when nothing else is at stake):
+    refused at another epoch, applied once, and a finish with an unfinished child still
+    cancels the child (as the rules do)."""
+    a = shared()
+    a.open()
+    try:
+        engine = a.engine_id
+        assert engine is not None
+        for instance_id, parent in (("p", None), ("q", None), ("q/kids-0", "q")):
+            a.create_instance(InstanceRecord(
+                instance_id=instance_id, workflow="w", status="running", input="{}",
+                created_at=0, updated_at=0, parent_id=parent,
+                owner=None if parent else engine, epoch=1,
+            ))  # fmt: skip
+
+        def finish(instance_id: str, output: str) -> InstanceUpdate:
+            return InstanceUpdate(instance_id=instance_id, updated_at=5.0, status="completed",
+                                  only_if=("running",), output=output, waiting_on=(),
+                                  finished_at=5.0)  # fmt: skip
+
+        with pytest.raises(memable.StorageError, match="no longer held"):
+            a.commit([Fence(instance_id="p", owner=engine, epoch=2), finish("p", '"x"')])
+        still = a.get_instance("p")
+        assert still is not None
+        assert (still.status, still.output) == ("running", None)
+        assert a.commit([Fence(instance_id="p", owner=engine, epoch=1), finish("p", '"1"')]) == [
+            True,
+            True,
+        ]
+        done = a.get_instance("p")
+        assert done is not None
+        assert (done.status, done.output, done.finished_at, done.owner) == (
+            "completed", '"1"', 5.0, None,
+        )  # fmt: skip
+        # Finished already, and no longer held by anyone: the fence refuses it.
+        with pytest.raises(memable.StorageError, match="no longer held"):
+            a.commit([Fence(instance_id="p", owner=engine, epoch=1), finish("p", '"2"')])
+        assert a.get_instance("p") == done
+        # The run's own suspension let go of it: its finish passes at the same epoch.
+        shared.sql("UPDATE instances SET owner = NULL WHERE instance_id = 'q'")
+        fence = Fence(instance_id="q", owner=engine, epoch=1, suspended=True)
+        assert a.commit([fence, finish("q", '"3"')]) == [True, True]
+        q, child = a.get_instance("q"), a.get_instance("q/kids-0")
+        assert q is not None
+        assert child is not None
+        assert (q.status, q.output) == ("completed", '"3"')
+        assert child.status == "cancelled"
+        # Nothing that is not running finishes: the rules' answer, not an error.
+        a.create_instance(InstanceRecord(
+            instance_id="r", workflow="w", status="suspended", input="{}", created_at=0,
+            updated_at=0, owner=engine, epoch=1,
+        ))  # fmt: skip
+        assert a.commit([Fence(instance_id="r", owner=engine, epoch=1), finish("r", '"4"')]) == [
+            True,
+            False,
+        ]
+        r = a.get_instance("r")
+        assert r is not None
+        assert r.status == "suspended"
     finally:
         a.close()
 

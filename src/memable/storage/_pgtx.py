@@ -24,6 +24,7 @@ from .._records import (
     History,
     InstanceRecord,
     InstanceState,
+    InstanceUpdate,
     QueueRecord,
     ScheduleRecord,
     SignalRecord,
@@ -31,6 +32,7 @@ from .._records import (
     TimerRecord,
 )
 from .._rules import check_holders
+from .._state import FINISHED, TRANSITIONS, can_move
 from .._tx import Fenced, Guard
 from ._rows import (
     EARLIEST,
@@ -55,7 +57,9 @@ __all__ = [
     "Inserted",
     "PostgresTx",
     "admission_possible",
+    "fenced_finish",
     "fenced_inserts",
+    "finish_only",
     "hear",
     "inserted",
     "inserts_only",
@@ -323,13 +327,15 @@ class PostgresTx:
     def holders(self, instance_ids: Sequence[str]) -> dict[str, tuple[str | None, int]]:
         # The whole rows, and whether each has descendants: the rules read them again
         # (a finishing instance, its family) in this transaction, which holds them.
-        ranges = json.dumps([(i, *descendant_range(i)) for i in instance_ids])
+        # ``= ANY``, not a join with the ids as JSON: the planner then knows how few rows
+        # there are and looks them up in the index (a join went through the whole table).
+        # Descendants sort between id + "/" and id + "0" (see descendant_range).
         rows = self._all(
             f"SELECT {INSTANCE_COLUMNS}, NOT EXISTS (SELECT 1 FROM instances d"
-            " WHERE d.instance_id > r->>1 AND d.instance_id < r->>2)"
-            " FROM instances i JOIN json_array_elements(%s::json) AS r"
-            " ON i.instance_id = r->>0 ORDER BY i.instance_id FOR UPDATE OF i",
-            (ranges,),
+            " WHERE d.instance_id > i.instance_id || '/' AND d.instance_id < i.instance_id || '0')"
+            " FROM instances i WHERE i.instance_id = ANY(%s)"
+            " ORDER BY i.instance_id FOR UPDATE OF i",
+            (list(instance_ids),),
         )
         found: dict[str, tuple[str | None, int]] = {}
         for row in rows:
@@ -655,6 +661,77 @@ FENCED_INSTANCE: Final = (
     + " WHERE EXISTS (SELECT FROM engine) ON CONFLICT DO NOTHING RETURNING instance_id)"
     " SELECT EXISTS (SELECT FROM engine), (SELECT count(*) FROM created)"
 )
+
+
+# And for a run's last write, its fence and the update that finishes its instance, when
+# no descendant of it is unfinished (the commonest finish): the rules' move in one
+# statement, whose UPDATE (an update_query, with its status test) is put in at {}.
+FENCED_FINISH: Final = (
+    "WITH engine AS MATERIALIZED ("
+    " SELECT engine_id FROM engines WHERE engine_id = %s FOR KEY SHARE),"
+    " held AS MATERIALIZED (SELECT instance_id, owner, epoch FROM instances"
+    " WHERE instance_id = %s FOR UPDATE),"
+    " ok AS MATERIALIZED (SELECT EXISTS (SELECT FROM engine) AS engine,"
+    " EXISTS (SELECT FROM engine) AND EXISTS (SELECT FROM held WHERE epoch = %s::bigint"
+    " AND (owner IS NOT DISTINCT FROM %s::text OR (%s::boolean AND owner IS NULL))) AS ok),"
+    " moved AS ({} AND (SELECT ok FROM ok) AND NOT EXISTS (SELECT 1 FROM instances d"
+    " WHERE d.instance_id > %s AND d.instance_id < %s"
+    " AND d.status IN ('enqueued', 'running', 'suspended')) RETURNING 1)"
+    " SELECT engine, ok, (SELECT count(*) FROM moved), CASE WHEN NOT ok THEN"
+    " (SELECT json_agg(json_build_array(instance_id, owner, epoch)) FROM held) END FROM ok"
+)
+
+
+def finish_only(writes: Sequence[object]) -> tuple[Fence, InstanceUpdate] | None:
+    """The fence and the update of *writes* for :func:`fenced_finish`, or ``None`` if
+    they are not a run's fence and the update that finishes its instance."""
+    if len(writes) != 2:
+        return None
+    fence, update = writes
+    if not isinstance(fence, Fence) or not isinstance(update, InstanceUpdate):
+        return None
+    if update.instance_id != fence.instance_id or update.status not in FINISHED:
+        return None
+    return fence, update
+
+
+def fenced_finish(
+    conn: psycopg.Connection[Any], engine_id: str, fence: Fence, update: InstanceUpdate
+) -> bool:
+    """Finish the fenced instance in one statement (one round trip, its own transaction),
+    as :func:`memable._rules.commit` would: :class:`Fenced` if the engine was reaped or
+    the fence fails; ``False`` (nothing written) if the rules must decide, because the
+    instance's status does not allow the move or a descendant is unfinished (the rules
+    cancel it)."""
+    new = update.status
+    assert new is not None
+    statuses = [old for old in update.only_if or TRANSITIONS if can_move(old, new)]
+    if not statuses:
+        return False
+    changes: dict[str, object] = {"status": new, "updated_at": update.updated_at}
+    for name in ("status_message", "output", "error", "waiting_on", "finished_at"):
+        if (value := getattr(update, name)) is not None:
+            changes[name] = value
+    changes["owner"] = None  # every move lets go of the instance
+    moving, params = update_query(
+        update.instance_id, Guard(frozenset(statuses)), changes, mark="%s"
+    )
+    row = conn.execute(
+        FENCED_FINISH.format(moving),
+        (engine_id, fence.instance_id, fence.epoch, fence.owner, fence.suspended,
+         *params, *descendant_range(update.instance_id)),
+    ).fetchone()  # fmt: skip
+    assert row is not None  # one row, always
+    engine, ok, moved, holders = row
+    if not engine:
+        raise Fenced(
+            "this engine's lease expired (another engine reaped it); nothing was written"
+            " and its runs stop"
+        )
+    if not ok:  # worded by the rules' own test
+        check_holders([fence], {i: (owner, int(epoch)) for i, owner, epoch in holders or ()})
+        raise StorageError("a fenced commit was refused although its fence held")
+    return bool(moved)
 
 
 @attrs.define

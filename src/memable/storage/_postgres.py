@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence, Set
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence, Set
 from typing import Any, Final, TypeVar, final
 
 import psycopg
@@ -48,7 +48,9 @@ from ._pgtx import (
     INSTANCE_COLUMNS,
     PostgresTx,
     admission_possible,
+    fenced_finish,
     fenced_inserts,
+    finish_only,
     hear,
     inserted,
     inserts_only,
@@ -144,6 +146,69 @@ class _Writer:
             conn.close()
 
 
+class _Hinter:
+    """Hints go out after their commits, from a thread of their own, so a committing
+    engine never waits for one (a ``NOTIFY`` is a transaction of its own, with its own
+    flush), and hints that pile up meanwhile go out as one notification."""
+
+    def __init__(
+        self,
+        connection: Callable[[str], contextlib.AbstractContextManager[psycopg.Connection[Any]]],
+        channel: str,
+        own: set[int],
+        pool_size: int,
+    ) -> None:
+        self._connection = connection  # one of the pool's
+        self._channel = channel
+        self._own = own  # the server processes that sent hints (see PostgresStorage)
+        self._pool_size = pool_size
+        self._pending: dict[str, None] = {}  # payload lines, in order, once each
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def hint(self, lines: Iterable[str]) -> None:
+        """Send *lines* soon (an instance id, :data:`TAKEN` + id, or ``""``: everything)."""
+        with self._ready:
+            self._pending.update(dict.fromkeys(lines))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="memable hints", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending and not self._closing:
+                    self._ready.wait()
+                if not self._pending:
+                    return
+                lines, self._pending = list(self._pending), {}
+            self._send(lines)
+
+    def _send(self, lines: Collection[str]) -> None:
+        payload = "" if "" in lines else "\n".join(lines)
+        if len(payload.encode()) > _NOTIFY_LIMIT:
+            payload = ""  # too many to name: "look at everything"
+        # Only a hint: if it is lost, polling catches up.
+        with contextlib.suppress(StorageError), self._connection("hinting in") as conn:
+            if len(self._own) > 4 * self._pool_size:  # connections were replaced: forget them
+                self._own.clear()
+            self._own.add(conn.info.backend_pid)
+            conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
+
+    def close(self, timeout: float) -> None:
+        """Send what is pending (waiting up to *timeout*) and end the thread."""
+        with self._ready:
+            thread, self._thread = self._thread, None
+            self._closing = True
+            self._ready.notify()
+        if thread is not None:
+            thread.join(timeout)
+        with self._ready:
+            self._closing = False
+
+
 @final
 class PostgresStorage(RuleStorage):
     """A :class:`~memable.storage.Storage` in PostgreSQL, shared by many engines.
@@ -234,6 +299,7 @@ class PostgresStorage(RuleStorage):
         # Server processes of this storage's pool that sent hints: its own hints are not
         # news to it (its engine acted on its changes already), so ``hints`` drops them.
         self._own: set[int] = set()
+        self._hinter = _Hinter(self._conn, self._channel, self._own, self.threads)
 
     def __repr__(self) -> str:
         client = "" if self.register else ", register=False"
@@ -357,6 +423,8 @@ class PostgresStorage(RuleStorage):
             beat, self._beat = self._beat, None
             engine_id, self.engine_id = self.engine_id, None
             try:
+                # The hints of the last commits, before the pool closes.
+                self._hinter.close(timeout=min(5.0, self.statement_timeout))
                 if beat is not None and engine_id is not None:
                     # Hand every instance back at once (ON DELETE SET NULL), and say so.
                     with contextlib.suppress(psycopg.Error):
@@ -433,24 +501,15 @@ class PostgresStorage(RuleStorage):
             raise StorageError("this PostgresStorage is not open")
         return self.engine_id
 
-    def _notify(
-        self, conn: psycopg.Connection[Any], ids: set[str], claimable: Set[str] | None = None
-    ) -> None:
-        """Hint other engines (outside the write transaction, once per transaction); the
+    def _notify(self, ids: set[str], claimable: Set[str] | None = None) -> None:
+        """Hint other engines, after the write transaction (see :class:`_Hinter`); the
         ids not in *claimable* (if given) are marked :data:`TAKEN`: their claimers need
         not look."""
-        if not ids:
-            return
-        payload = "\n".join(
-            i if claimable is None or not i or i in claimable else TAKEN + i for i in sorted(ids)
-        )
-        if len(payload.encode()) > _NOTIFY_LIMIT:
-            payload = ""  # too many to name: "look at everything"
-        if len(self._own) > 4 * self.threads:  # connections were replaced: forget old ones
-            self._own.clear()
-        self._own.add(conn.info.backend_pid)
-        with contextlib.suppress(psycopg.Error):  # only a hint: polling catches up
-            conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
+        if ids:
+            self._hinter.hint(
+                i if claimable is None or not i or i in claimable else TAKEN + i
+                for i in sorted(ids)
+            )
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -523,8 +582,7 @@ class PostgresStorage(RuleStorage):
     def pause_queue(self, name: str, paused: bool) -> bool:
         known = super().pause_queue(name, paused)
         if known:  # no instance changed: tell the other engines' admitters all the same
-            with self._conn("resuming a queue in") as conn:
-                self._notify(conn, {""})
+            self._notify({""})
         return known
 
     def admission_possible(self, name: str, workflows: Collection[str]) -> bool:
@@ -592,19 +650,28 @@ class PostgresStorage(RuleStorage):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
-        # The writes of a step (its fence and record), and new instances: one statement,
-        # one round trip (see fenced_inserts). Anything else: the rules in a transaction.
+        # The writes of a step (its fence and record), new instances, and the finish of
+        # a run: one statement, one round trip (see fenced_inserts and fenced_finish).
+        # Anything else, or a finish the statement leaves: the rules in a transaction.
         engine_id, split = self.engine_id, inserts_only(writes)
-        if engine_id is None or split is None:
+        finish = None if split is not None else finish_only(writes)
+        if engine_id is None or (split is None and finish is None):
             return super().commit(writes)
         for attempt in range(_RETRIES):  # as atomically: again after a deadlock
             try:
                 with self._writing("writing to") as conn:
-                    return inserted(writes, fenced_inserts(conn, engine_id, *split))
+                    if split is not None:
+                        return inserted(writes, fenced_inserts(conn, engine_id, *split))
+                    assert finish is not None
+                    finished = fenced_finish(conn, engine_id, *finish)
+                break
             except StorageError as exc:
                 if attempt + 1 == _RETRIES or not isinstance(exc.__cause__, _TRANSIENT):
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        if finish is None or not finished:
+            return super().commit(writes)
+        self._notify({finish[0].instance_id}, frozenset())  # taken: it finished
+        return [True, True]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PostgresTx]:
@@ -620,7 +687,7 @@ class PostgresStorage(RuleStorage):
                     with contextlib.suppress(psycopg.Error):  # keep the original error
                         conn.execute("ROLLBACK")
                 raise
-            self._notify(conn, tx.changed, tx.claimable)  # after the commit, never inside it
+        self._notify(tx.changed, tx.claimable)  # after the commit, never inside it
 
     # -- sharing (memable.storage.SharedStorage) --------------------------------------------
 
