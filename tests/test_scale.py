@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import timedelta
 from typing import Any
 
@@ -282,3 +283,36 @@ async def test_other_tasks_run_during_a_long_replay(make_storage: StorageFactory
         tg.cancel_scope.cancel()
     assert ran == []
     assert during[0] >= 2, during
+
+
+async def test_a_finished_run_leaves_nothing_for_the_garbage_collector(
+    make_storage: StorageFactory,
+) -> None:
+    """What a run of the engine builds is freed by reference counting when it ends: no
+    reference cycles of memable's objects (which only the collector frees, late and at a
+    cost that grows with everything else alive, as with thousands of waiting instances)."""
+
+    async def double(n: int) -> int:
+        return 2 * n
+
+    @memable.workflow("doubler")
+    async def wf(ctx: Context, n: int) -> int:
+        return await ctx.step("a:v1", double, n) + await ctx.step("b:v1", double, n)
+
+    async with Engine(make_storage(), workflows=[wf]) as engine:
+        assert await engine.run(wf, 1) == 4  # first use: lazily imported modules
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for n in range(20):
+                assert await engine.run(wf, n) == 4 * n
+            gc.collect()
+            cyclic = {
+                type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith("memable")
+            }
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert cyclic == set()

@@ -20,14 +20,13 @@ from . import _telemetry
 from ._durations import check_deadline, deadline, seconds
 from ._exceptions import (
     SerializationError,
-    StorageError,
     SuspendTimeout,
     TypeMismatch,
 )
 from ._fanout import FanOut
 from ._keys import check_text
 from ._log import logger
-from ._records import InstanceUpdate, SignalDrop, TimerRecord, Write
+from ._records import SignalDrop, TimerRecord
 from ._retry import RetryPolicy
 from ._run import unwind
 from ._serde import type_name
@@ -83,7 +82,7 @@ class Context:
         self._closed = False
         self._last_fn: object = None
         self._last_type: Any = None
-        self._steps = Steps(kernel, runner, run, journal, self._write)
+        self._steps = Steps(kernel, runner, run, journal)
 
     def __repr__(self) -> str:
         return f"<memable.Context of {self.workflow_name}/{self.instance_id}>"
@@ -257,21 +256,6 @@ class Context:
 
         return await steps.take(key, tp, in_thread, limit, retry)
 
-    async def _write(self, writes: list[Write], doing: str) -> None:
-        """Commit the run's writes (and its changed status); on a storage error the run
-        ends as if the process died here, and runs again once storage answers."""
-        message = self._run.take_status()
-        if message is not None:
-            writes = [*writes, InstanceUpdate(instance_id=self.instance_id,
-                                              updated_at=self._kernel.now(),
-                                              status_message=message,
-                                              only_if=("running",))]  # fmt: skip
-        try:
-            await self._kernel.write(writes, suspending=self._run.phase == "suspending")
-        except StorageError:
-            self._runner.storage_failed(self._run, doing)
-            await unwind()
-
     # -- children -----------------------------------------------------------------------------
 
     async def child(self, key: str, wf: Workflow[I, T], input: I, /) -> T:
@@ -382,7 +366,7 @@ class Context:
         attributes = {"memable.fan_out.key": key, "memable.fan_out.children": len(children),
                       **self._attributes()}  # fmt: skip
         with _telemetry.span(f"memable.fan_out {key}", attributes):
-            return await fan_out.run(limit, self._write, self._wait)
+            return await fan_out.run(limit, self._steps.write, self._wait)
 
     def _attributes(self) -> dict[str, str]:
         return {"memable.instance_id": self.instance_id, "memable.workflow": self.workflow_name}
@@ -549,7 +533,7 @@ class Context:
     async def _write_timer(self, timer: TimerRecord) -> TimerRecord:
         self._run.enter()  # registered before the run may suspend
         try:
-            await self._write([timer], "recording a timer")
+            await self._steps.write([timer], "recording a timer")
         finally:
             self._run.leave()
         self._journal.record_timer(timer)

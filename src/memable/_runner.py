@@ -72,6 +72,10 @@ class Runner:
         self._active = 0
         self._waiting: collections.deque[tuple[Run, InstanceRecord]] = collections.deque()
         self._room: anyio.Event | None = None  # set when a task slot frees up
+        # Waiting runs whose instance changed meanwhile (cancelled): read again at their
+        # turn. Nothing else changes a waiting instance unless another engine shares
+        # the database, where every waiting run is read again.
+        self._touched: set[str] = set()
 
     def claimed(self, record: InstanceRecord, history: Recorded | None = None) -> None:
         """Run an instance stored as ``running``: recovered, or just claimed; *history*:
@@ -179,7 +183,10 @@ class Runner:
 
     async def _admitted(self, run: Run, record: InstanceRecord, waited: bool) -> None:
         try:
-            if waited:  # it may have been cancelled (or run elsewhere) while it waited
+            if waited and (
+                self._kernel.store.shared is not None or run.instance_id in self._touched
+            ):  # it may have been cancelled (or run elsewhere) while it waited
+                self._touched.discard(run.instance_id)
                 current = await self._reread(run, Backoff())
                 if current is None or current.status != "running":
                     if current is not None:
@@ -201,6 +208,7 @@ class Runner:
     def stop_all(self) -> None:
         """Shutdown: end every pass (the instances stay ``running`` in storage)."""
         waiting, self._waiting = self._waiting, collections.deque()
+        self._touched.clear()
         for run, _ in waiting:  # never started: the next engine recovers them
             run.driven = False
             self.release(run)
@@ -247,10 +255,13 @@ class Runner:
         return record
 
     def cancel_live(self, instance_id: str, reason: str) -> None:
-        """End the pass of a cancelled instance (its storage row says ``cancelled``)."""
+        """End the pass of a cancelled instance (its storage row says ``cancelled``); one
+        that waits for a slot reads its row again when its turn comes."""
         run = self.live(instance_id)
         if run is not None and run.live:
             run.end("cancelled", Cancelled(reason=reason))
+        elif run is not None:
+            self._touched.add(instance_id)
 
     async def drive(self, run: Run, record: InstanceRecord) -> None:
         """Run one instance to its end, suspension or shutdown, healing after storage errors."""

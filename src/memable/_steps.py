@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import anyio
 
 from . import _log, _telemetry
-from ._exceptions import SerializationError, StepFailed, TypeMismatch
+from ._exceptions import SerializationError, StepFailed, StorageError, TypeMismatch
 from ._failures import dead_letter_error, replayed_failure, step_failure
-from ._records import StepRecord, Write
+from ._records import InstanceUpdate, StepRecord, Write
 from ._retry import AttemptsFailed, RetryPolicy, run_attempts
+from ._run import unwind
 from ._serde import NOT_QUICK
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class Steps:
     """Takes the steps of one run: replayed from its journal, or run and recorded."""
 
     __slots__ = (
-        "_debug", "_journal", "_kernel", "_run", "_runner", "_traced", "_write", "_yield_at"
+        "_debug", "_journal", "_kernel", "_run", "_runner", "_traced", "_yield_at"
     )  # fmt: skip
 
     def __init__(
@@ -48,18 +49,32 @@ class Steps:
         runner: Driver,
         run: Run,
         journal: Journal,
-        write: Callable[[list[Write], str], Awaitable[None]],
     ) -> None:
         self._kernel = kernel
         self._runner = runner
         self._run = run
         self._journal = journal
-        self._write = write
         self._yield_at = time.perf_counter() + _REPLAY_SLICE
         # Looked up once a pass, not once a step: a tracer provider set meanwhile traces
         # the steps of the instance's next pass (and every later run).
         self._traced = _telemetry.enabled()
         self._debug = _log.logger.isEnabledFor(_log.DEBUG)  # asked again at each checkpoint
+
+    async def write(self, writes: list[Write], doing: str) -> None:
+        """Commit the run's writes (and its changed status); on a storage error the run
+        ends as if the process died here, and runs again once storage answers."""
+        run = self._run
+        message = run.take_status()
+        if message is not None:
+            writes = [*writes, InstanceUpdate(instance_id=run.instance_id,
+                                              updated_at=self._kernel.now(),
+                                              status_message=message,
+                                              only_if=("running",))]  # fmt: skip
+        try:
+            await self._kernel.write(writes, suspending=run.phase == "suspending")
+        except StorageError:
+            self._runner.storage_failed(run, doing)
+            await unwind()
 
     def what(self, key: str) -> str:
         """How messages name step *key* of this run."""
@@ -196,7 +211,7 @@ class Steps:
             started_at=started,
             finished_at=kernel.now(),
         )
-        await self._write([record], "recording a step")
+        await self.write([record], "recording a step")
         self._journal.record_step(record)
         return result
 
@@ -215,5 +230,5 @@ class Steps:
             started_at=started,
             finished_at=self._kernel.now(),
         )  # fmt: skip
-        await self._write([record], "recording a dead letter")
+        await self.write([record], "recording a dead letter")
         self._journal.record_step(record)
