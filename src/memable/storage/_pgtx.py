@@ -634,9 +634,9 @@ FENCED_INSERTS: Final = (
 )
 
 
-# The same for the commonest commit, one fence and one step record (a sequential step):
-# scalar parameters, and no JSON for the server to take apart.
-FENCED_STEP: Final = (
+# The engine's row locked FOR KEY SHARE and one fenced instance's row FOR UPDATE (its id,
+# epoch, owner and whether the run suspended are the parameters), and whether both hold.
+_ONE_FENCE: Final = (
     "WITH engine AS MATERIALIZED ("
     " SELECT engine_id FROM engines WHERE engine_id = %s FOR KEY SHARE),"
     " held AS MATERIALIZED (SELECT instance_id, owner, epoch FROM instances"
@@ -644,7 +644,14 @@ FENCED_STEP: Final = (
     " ok AS MATERIALIZED (SELECT EXISTS (SELECT FROM engine) AS engine,"
     " EXISTS (SELECT FROM engine) AND EXISTS (SELECT FROM held WHERE epoch = %s::bigint"
     " AND (owner IS NOT DISTINCT FROM %s::text OR (%s::boolean AND owner IS NULL))) AS ok),"
-    f" written AS (INSERT INTO steps ({_STEP_COLUMNS}) SELECT %s::text, %s::text, %s::text,"
+)
+
+
+# The same for the commonest commit, one fence and one step record (a sequential step):
+# scalar parameters, and no JSON for the server to take apart.
+FENCED_STEP: Final = (
+    _ONE_FENCE
+    + f" written AS (INSERT INTO steps ({_STEP_COLUMNS}) SELECT %s::text, %s::text, %s::text,"
     " %s::text, %s::text, %s::integer, %s::double precision, %s::double precision"
     f" WHERE (SELECT ok FROM ok){_STEP_CONFLICT})"
     " SELECT engine, ok, (SELECT count(*) FROM written), CASE WHEN NOT ok THEN"
@@ -667,14 +674,7 @@ FENCED_INSTANCE: Final = (
 # no descendant of it is unfinished (the commonest finish): the rules' move in one
 # statement, whose UPDATE (an update_query, with its status test) is put in at {}.
 FENCED_FINISH: Final = (
-    "WITH engine AS MATERIALIZED ("
-    " SELECT engine_id FROM engines WHERE engine_id = %s FOR KEY SHARE),"
-    " held AS MATERIALIZED (SELECT instance_id, owner, epoch FROM instances"
-    " WHERE instance_id = %s FOR UPDATE),"
-    " ok AS MATERIALIZED (SELECT EXISTS (SELECT FROM engine) AS engine,"
-    " EXISTS (SELECT FROM engine) AND EXISTS (SELECT FROM held WHERE epoch = %s::bigint"
-    " AND (owner IS NOT DISTINCT FROM %s::text OR (%s::boolean AND owner IS NULL))) AS ok),"
-    " moved AS ({} AND (SELECT ok FROM ok) AND NOT EXISTS (SELECT 1 FROM instances d"
+    _ONE_FENCE + " moved AS ({} AND (SELECT ok FROM ok) AND NOT EXISTS (SELECT 1 FROM instances d"
     " WHERE d.instance_id > %s AND d.instance_id < %s"
     " AND d.status IN ('enqueued', 'running', 'suspended')) RETURNING 1)"
     " SELECT engine, ok, (SELECT count(*) FROM moved), CASE WHEN NOT ok THEN"
