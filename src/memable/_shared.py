@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["Sharing"]
 
 
-#: Seconds a claim made by this engine may take to get its run (an error path only).
-_CLAIM_SETTLES = 0.25
+#: Seconds a claim made by this engine may take to get its run (an error path only: it
+#: only delays a NotStarted; a loaded machine has taken more than 0.25 s).
+_CLAIM_SETTLES = 1.0
 
 
 class Sharing:
