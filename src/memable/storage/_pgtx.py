@@ -57,6 +57,7 @@ __all__ = [
     "Inserted",
     "PostgresTx",
     "admission_possible",
+    "check_found",
     "fenced_finish",
     "fenced_inserts",
     "finish_only",
@@ -723,14 +724,10 @@ def fenced_finish(
     ).fetchone()  # fmt: skip
     assert row is not None  # one row, always
     engine, ok, moved, holders = row
-    if not engine:
-        raise Fenced(
-            "this engine's lease expired (another engine reaped it); nothing was written"
-            " and its runs stop"
-        )
-    if not ok:  # worded by the rules' own test
-        check_holders([fence], {i: (owner, int(epoch)) for i, owner, epoch in holders or ()})
-        raise StorageError("a fenced commit was refused although its fence held")
+    found = Inserted(engine=bool(engine), ok=bool(ok))
+    for instance_id, owner, epoch in holders or ():
+        found.holders[instance_id] = (owner, int(epoch))
+    check_found([fence], found)
     return bool(moved)
 
 
@@ -835,17 +832,23 @@ def inserts_only(
     return fences, steps, records
 
 
-def inserted(writes: Sequence[object], found: Inserted) -> list[bool]:
-    """Which of *writes* applied, as :func:`memable._rules.commit` says; :class:`Fenced`
-    if the engine was reaped or a fence failed (worded by the rules' own test)."""
+def check_found(fences: Sequence[Fence], found: Inserted) -> None:
+    """:class:`Fenced` if a lean statement found the engine reaped or a fence failed
+    (worded by the rules' own test, of which its SQL is a copy)."""
     if not found.engine:
         raise Fenced(
             "this engine's lease expired (another engine reaped it); nothing was written"
             " and its runs stop"
         )
-    if not found.ok:  # the SQL is a copy of the rules' test, which words the refusal
-        check_holders([write for write in writes if isinstance(write, Fence)], found.holders)
+    if not found.ok:
+        check_holders(fences, found.holders)
         raise StorageError("a fenced commit was refused although its fence held")
+
+
+def inserted(writes: Sequence[object], found: Inserted) -> list[bool]:
+    """Which of *writes* applied, as :func:`memable._rules.commit` says; :class:`Fenced`
+    if the engine was reaped or a fence failed (worded by the rules' own test)."""
+    check_found([write for write in writes if isinstance(write, Fence)], found)
     return [
         True if isinstance(write, Fence)
         else (write.instance_id, write.key) not in found.unwritten
