@@ -8,14 +8,17 @@ with an engine restarted on the way.
 
 from __future__ import annotations
 
+import time
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 
 import memable
 from memable import Context, Engine, Queue, Schedule
 from memable._ids import tick_id
+from memable.storage import Admission
 from memable.testing import ManualClock
 
 from .test_postgres import Factory, shared  # noqa: F401 - the fixture
@@ -104,3 +107,38 @@ async def test_schedule_ticks_once_across_three_skewed_engines(shared: Factory) 
     assert sorted(runs) == expected
     stored = shared.sql("SELECT instance_id FROM instances ORDER BY instance_id")
     assert [row[0] for row in stored] == expected
+
+
+async def test_a_late_admission_is_waited_for_however_long_it_takes(shared: Factory) -> None:  # noqa: F811
+    """An admission's call returns 1.5 s after its claim committed (a loaded machine): a
+    waiter that reads the instance held by its own engine before its run exists waits for
+    the admission to hand it over, and gets the result (not NotStarted)."""
+    storage = shared()
+    admit = storage.admit
+    late: list[float] = []
+
+    def late_admit(*args: Any, **kwargs: Any) -> Admission:
+        admission = admit(*args, **kwargs)
+        if admission.started:
+            (held,) = shared.sql(
+                "SELECT status, owner IS NOT NULL FROM instances WHERE instance_id = %s",
+                admission.started[0].instance_id,
+            )
+            assert held == ("running", True)  # committed: held here, and no run yet
+            started = time.monotonic()
+            time.sleep(1.5)
+            late.append(time.monotonic() - started)
+        return admission
+
+    storage.admit = late_admit  # type: ignore[method-assign]
+
+    @memable.workflow("double")
+    async def double(ctx: Context, n: int) -> int:
+        return n * 2
+
+    queue = Queue("late", concurrency=1)
+    async with Engine(storage, workflows=[double], queues=[queue]) as engine:
+        invocation = await engine.enqueue(queue, double, 21)
+        with anyio.fail_after(30):
+            assert await invocation.result() == 42
+    assert len(late) == 1  # one admission, held 1.5 s: the waiter polls every 0.15 s

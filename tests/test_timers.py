@@ -13,6 +13,7 @@ import pytest
 import memable
 from memable import Context, Engine, SuspendPoint
 from memable._background import TimerScheduler
+from memable._kernel import Claims
 from memable.storage import SQLiteStorage, Storage, TimerRecord
 from memable.testing import ManualClock, MemoryStorage, crash_at
 
@@ -307,6 +308,7 @@ class _Timers:
         self.gate: anyio.Event | None = None
         self.reading = anyio.Event()
         self.wake_timers: object = None  # set by the scheduler
+        self.claims = Claims()
 
     def now(self) -> float:
         return self.clock.now().timestamp()

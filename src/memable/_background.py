@@ -84,15 +84,19 @@ class TimerScheduler:
             # Batches grow from small (the first due instance runs within milliseconds)
             # to _BATCH while timers keep coming due back to back.
             batch = self._batch if self._busy else _FIRST_BATCH
-            try:
-                claimed = await kernel.store.fire_timers(kernel.now(), min(free, batch))
-            except Exception:
+            with kernel.claims.claiming():  # what it fires is held here until it runs
+                try:
+                    claimed = await kernel.store.fire_timers(kernel.now(), min(free, batch))
+                except Exception:
+                    claimed = None
+                if claimed is not None:
+                    for record in claimed:
+                        self._claimed(record)
+            if claimed is None:
                 await storage_trouble(kernel, "firing timers")
                 continue
             self._busy = len(claimed) >= min(free, batch)  # more may be due right away
             self._batch = min(_BATCH, batch * 2) if self._busy else _FIRST_BATCH
-            for record in claimed:
-                self._claimed(record)
 
     def added(self, deadline: float) -> None:
         """Wake the scheduler if *deadline* is nearer than the one it sleeps until.
@@ -151,18 +155,19 @@ async def heal(kernel: Kernel, runner: Runner) -> None:
             delay = 0.05
             while True:
                 await anyio.sleep(delay)
-                try:
-                    records = await kernel.store.running()
-                except Exception:
-                    logger.warning("storage still failing; re-scanning in %.2f s", delay)
-                    delay = min(5.0, delay * 2)
-                    continue
+                with kernel.claims.claiming():  # what it finds held here gets its run
+                    try:
+                        records = await kernel.store.running()
+                    except Exception:
+                        logger.warning("storage still failing; re-scanning in %.2f s", delay)
+                        delay = min(5.0, delay * 2)
+                        continue
+                    for record in records:
+                        # Top-level, and neither run nor being created here right now.
+                        if record.parent_id is None and record.instance_id not in runner.runs:
+                            runner.claimed(record)
                 break
             kernel.wake_timers(float("-inf"))  # the scheduler reads its deadline again
-            for record in records:
-                # Top-level, and neither run nor being created here right now.
-                if record.parent_id is None and record.instance_id not in runner.runs:
-                    runner.claimed(record)
             kernel.rescanned()
     finally:  # the engine is closing: nobody waits for a re-scan that will not come
         kernel.rescanned(final=True)

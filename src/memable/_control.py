@@ -180,9 +180,10 @@ class Control:
             if record.owner == kernel.owner:
                 runner.claimed(record)  # held here, without a run (crash injection)
             return False  # else another engine runs it (a dead one's is reaped first)
-        restarted = await kernel.store.restart(record.instance_id, RESUMABLE, kernel.now())
-        if restarted is not None:
-            runner.claimed(restarted)
+        with kernel.claims.claiming():  # what it restarts is held here until it runs
+            restarted = await kernel.store.restart(record.instance_id, RESUMABLE, kernel.now())
+            if restarted is not None:
+                runner.claimed(restarted)
         return restarted is not None
 
     # -- signals and cancellation -----------------------------------------------------------
@@ -232,12 +233,13 @@ class Control:
         with _telemetry.signal_span(signal.instance_id, signal.key) as span:
             if span is not None:
                 signal = attrs.evolve(signal, trace=_telemetry.current_traceparent())
-            outcome, record = await self._kernel.store.signal(signal)
+            with self._kernel.claims.claiming():  # what it resumes is held here until it runs
+                outcome, record = await self._kernel.store.signal(signal)
+                if outcome == "claimed":
+                    assert record is not None
+                    self._runner.claimed(record)
             if span is not None:
                 span.set_attribute("memable.signal.outcome", outcome)
-            if outcome == "claimed":
-                assert record is not None
-                self._runner.claimed(record)
         return outcome, record
 
     async def cancel(self, wf: Workflow[Any, Any], instance_id: str, reason: str) -> bool:
@@ -248,18 +250,19 @@ class Control:
     async def cancel_record(self, record: InstanceRecord, reason: str) -> bool:
         """End a running or suspended instance and its children; whether this call did."""
         kernel, runner = self._kernel, self._runner
-        before, to_run = await kernel.store.cancel(record.instance_id, reason, kernel.now())
-        if before is None:
-            return False  # already finished
-        prefix = record.instance_id + "/"
-        for run_id in [i for i in runner.runs if i == record.instance_id or i.startswith(prefix)]:
-            runner.cancel_live(run_id, reason)
-        kernel.status.publish(record.instance_id, "cancelled", reason)
-        _log.event(_log.INFO, "instance %r of %r cancelled: %s", record.instance_id,
-                   record.workflow, reason or "(no reason)", instance_id=record.instance_id,
-                   workflow=record.workflow)  # fmt: skip
-        if to_run is not None:  # a parent waited for this child: it runs on
-            runner.claimed(to_run)
+        with kernel.claims.claiming():  # a parent it resumes is held here until it runs
+            before, to_run = await kernel.store.cancel(record.instance_id, reason, kernel.now())
+            if before is None:
+                return False  # already finished
+            prefix, own = record.instance_id + "/", record.instance_id
+            for run_id in [i for i in runner.runs if i == own or i.startswith(prefix)]:
+                runner.cancel_live(run_id, reason)
+            kernel.status.publish(record.instance_id, "cancelled", reason)
+            _log.event(_log.INFO, "instance %r of %r cancelled: %s", record.instance_id,
+                       record.workflow, reason or "(no reason)", instance_id=record.instance_id,
+                       workflow=record.workflow)  # fmt: skip
+            if to_run is not None:  # a parent waited for this child: it runs on
+                runner.claimed(to_run)
         return True
 
     # -- reading ----------------------------------------------------------------------------

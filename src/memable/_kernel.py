@@ -9,10 +9,12 @@ healer's alarm and the test hooks. The engine builds it and owns its life cycle.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import time
 import typing
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, final
 
 import anyio
@@ -56,7 +58,7 @@ if TYPE_CHECKING:
     from ._status import StatusHub
     from .storage._protocol import QueueStorage, SharedStorage, Storage
 
-__all__ = ["Kernel", "Registry", "Store", "outcome_of"]
+__all__ = ["Claims", "Kernel", "Registry", "Store", "outcome_of"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -373,6 +375,57 @@ class Store:
 
 
 @final
+class Claims:
+    """The storage calls of this engine that may be claiming instances right now.
+
+    Such a call holds an instance for this engine (stored ``running``, its owner this
+    engine) before its run exists: admission, a fired timer, a delivered signal, a
+    claim. A waiter that reads an instance held here without a run waits for the calls
+    on their way (:meth:`settled`) before it decides that no run will come: a
+    fact, not a guessed delay, however long a loaded machine takes.
+
+    Example:
+        >>> import anyio
+        >>> from memable._kernel import Claims
+        >>> claims = Claims()
+        >>> async def main() -> None:
+        ...     with claims.claiming():
+        ...         pass  # a storage call, then its records handed to their runs
+        ...     await claims.settled()  # nothing on its way: returns at once
+        >>> anyio.run(main)
+    """
+
+    __slots__ = ("_keys", "_on_way")
+
+    def __init__(self) -> None:
+        self._keys = itertools.count()
+        self._on_way: dict[int, anyio.Event | None] = {}  # an event once somebody waits
+
+    @contextlib.contextmanager
+    def claiming(self) -> Iterator[None]:
+        """Around a storage call that may claim and the hand-over of what it claimed."""
+        key = next(self._keys)
+        self._on_way[key] = None
+        try:
+            yield
+        finally:
+            event = self._on_way.pop(key)
+            if event is not None:
+                event.set()
+
+    async def settled(self) -> None:
+        """Wait until the claiming calls on their way now have handed over what they
+        claimed (later ones cannot have claimed what the caller read before)."""
+        for key in list(self._on_way):
+            if key not in self._on_way:
+                continue  # ended meanwhile
+            event = self._on_way[key]
+            if event is None:
+                event = self._on_way[key] = anyio.Event()
+            await event.wait()
+
+
+@final
 class Kernel:
     """The services of one engine that runs, contexts and background tasks use."""
 
@@ -381,6 +434,7 @@ class Kernel:
         "_healed",
         "_recovered",
         "_spawner",
+        "claims",
         "clock",
         "committer",
         "crash_points",
@@ -428,6 +482,8 @@ class Kernel:
         self._spawner: anyio.abc.TaskGroup | None = None
         # On a shared database: the claim each top-level instance runs under here.
         self.fences: dict[str, Fence] = {}
+        # On a shared database: the calls on their way that may be claiming instances.
+        self.claims = Claims()
         # Made when the engine starts (on its event loop):
         self.store: Store
         self.committer: GroupCommitter

@@ -192,7 +192,8 @@ class Admitter:
                         del self._retry_at[name]
                         self._dirty.add(name)
                 if self._dirty:
-                    await self._admit(self._dirty.pop())
+                    with kernel.claims.claiming():  # what it admits is held here until it runs
+                        await self._admit(self._dirty.pop())
                     continue
             except Exception:
                 await storage_trouble(kernel, "admitting queued instances")

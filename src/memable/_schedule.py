@@ -286,13 +286,23 @@ class Ticker:
             )
             for tick in due
         ]
-        row, created = await self._kernel.store.tick_schedule(
-            name,
-            expected=self._rows[name].last_tick,
-            last_tick=due[-1],
-            records=records,
-            overlap=schedule.overlap == "allow",
-        )
+        with self._kernel.claims.claiming():  # what it creates is held here until it runs
+            row, created = await self._kernel.store.tick_schedule(
+                name,
+                expected=self._rows[name].last_tick,
+                last_tick=due[-1],
+                records=records,
+                overlap=schedule.overlap == "allow",
+            )
+            return self._started(name, records, row, created)
+
+    def _started(
+        self,
+        name: str,
+        records: Sequence[InstanceRecord],
+        row: ScheduleRecord | None,
+        created: Sequence[InstanceRecord] | None,
+    ) -> bool:
         if row is None:
             del self._rows[name]  # deleted meanwhile: stored again on the next round
             return False

@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["Sharing"]
 
 
-#: Seconds a claim made by this engine may take to get its run (an error path only: it
-#: only delays a NotStarted; a loaded machine has taken more than 0.25 s).
-_CLAIM_SETTLES = 1.0
-
-
 class Sharing:
     """The heartbeat, claimer and listener of one engine on a shared database."""
 
@@ -78,11 +73,11 @@ class Sharing:
         instance_id = record.instance_id
         if record.owner is not None and record.owner == self._storage.engine_id:
             # Held here without a run: a stale read (its run just ended), a claim whose
-            # run starts in a moment (admission, a signal answered on another thread), or
-            # a run that ended without letting go (crash injection): then nobody will.
-            with anyio.move_on_after(_CLAIM_SETTLES):
-                while instance_id not in self._runner.runs:
-                    await anyio.sleep(0.005)
+            # run starts once its call hands it over (admission, a signal answered on
+            # another thread), or a run that ended without letting go (crash injection):
+            # then nobody will. The claims on their way are waited for, then it is read
+            # again.
+            await self._kernel.claims.settled()
             fresh = await self._kernel.store.get(instance_id)
             return not (
                 fresh is not None
@@ -150,17 +145,18 @@ class Sharing:
             await self._refresh(None)
             if not self._claims:
                 continue
-            try:
-                records = await kernel.store.claim()
-            except Exception:
-                logger.warning("storage failed while claiming instances", exc_info=True)
-                continue
-            for record in records:
-                # A run that is ending (suspended, or lost) goes again: its instance is
-                # held here now, and no other run would take it.
-                run = self._runner.runs.get(record.instance_id)
-                if run is None or run.driven:
-                    self._runner.claimed(record)
+            with kernel.claims.claiming():
+                try:
+                    records = await kernel.store.claim()
+                except Exception:
+                    logger.warning("storage failed while claiming instances", exc_info=True)
+                    continue
+                for record in records:
+                    # A run that is ending (suspended, or lost) goes again: its instance is
+                    # held here now, and no other run would take it.
+                    run = self._runner.runs.get(record.instance_id)
+                    if run is None or run.driven:
+                        self._runner.claimed(record)
 
     async def _refresh(self, ids: list[str] | None) -> None:
         """Wake the waiters of *ids* (``None`` or ``""``: every one) and re-read the
