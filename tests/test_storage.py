@@ -281,6 +281,30 @@ def test_a_completed_step_is_never_overwritten_but_a_dead_letter_is(storage: Sto
     )
 
 
+def test_a_shared_commit_of_steps_says_which_applied(storage: Storage) -> None:
+    """Several steps in one commit (a group commit's): a key that completed before keeps
+    its result and is reported not applied; the others, before and after it, apply."""
+    storage.create_instance(instance("i"))
+    storage.commit([step("i", "b", value='{"type":"int","value":1}')])
+    applied = storage.commit(
+        [
+            step("i", "a", value='{"type":"int","value":10}'),
+            step("i", "b", value='{"type":"int","value":20}'),
+            step("i", "c", value='{"type":"int","value":30}'),
+            step("i", "d", "dead", attempts=3),
+        ]
+    )
+    assert applied == [True, False, True, True]
+    values = {key: (record.state, record.value) for key, record in steps_of(storage, "i").items()}
+    assert values == {
+        "a": ("completed", '{"type":"int","value":10}'),
+        "b": ("completed", '{"type":"int","value":1}'),
+        "c": ("completed", '{"type":"int","value":30}'),
+        "d": ("dead", None),
+    }
+    assert storage.commit([step("i", "e"), step("i", "f")]) == [True, True]
+
+
 def test_instance_updates_change_only_given_fields_when_only_if_holds(storage: Storage) -> None:
     """An update leaves None fields alone, applies only from only_if states, ignores unknowns."""
     storage.create_instance(instance("i"))

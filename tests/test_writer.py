@@ -94,3 +94,35 @@ async def test_a_cancelled_caller_still_waits_for_its_commit() -> None:
         assert finished[0] <= returned[0]
     finally:
         writer.stop()
+
+
+async def test_a_caller_cancelled_before_the_hand_over_commits_nothing() -> None:
+    """Cancelled before it hands its work over (the limiter free, or taken): nothing runs,
+    and the limiter is free again for the next caller."""
+    limiter = anyio.CapacityLimiter(1)
+    writer = WriterThread(limiter)
+    ran: list[int] = []
+    try:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await writer.run(ran.append, 1)
+        assert scope.cancelled_caught
+        taken, give_back = anyio.Event(), anyio.Event()
+
+        async def hold() -> None:
+            async with limiter:
+                taken.set()
+                await give_back.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold)
+            await taken.wait()  # taken: the next caller waits for it, and is cancelled
+            with anyio.move_on_after(0.05) as waited:
+                await writer.run(ran.append, 2)
+            assert waited.cancelled_caught
+            give_back.set()
+        await writer.run(ran.append, 3)
+        assert ran == [3]
+        assert limiter.borrowed_tokens == 0
+    finally:
+        writer.stop()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 import sniffio
 
 from ._exceptions import StorageError
@@ -52,10 +53,26 @@ class WriterThread:
         if jobs is None:
             jobs = self._jobs = self._start()
         job = _Job(fn, arg)
-        async with self._limiter:
+        limiter = self._limiter
+        try:
+            # A free limiter is taken without the scheduling round ``acquire`` adds (a
+            # sequential workload would pay it on every step): a cancelled caller still
+            # stops here, and the wait for the commit is the scheduling point.
+            limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await limiter.acquire()
+        else:
+            try:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                limiter.release()
+                raise
+        try:
             jobs.put(job)
             with anyio.CancelScope(shield=True):
                 await job.done.wait()
+        finally:
+            limiter.release()
         if job.error is not None:
             error, job.error = job.error, None  # no reference cycle through the traceback
             raise error
