@@ -49,7 +49,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (memable beside the SQLite floor and DBOS Transact)."""
-    session.install(".", "trio", "dbos")
+    session.install(".[fast]", "trio", "dbos")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

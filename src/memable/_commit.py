@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
-import anyio.lowlevel
 import sniffio
 
 from ._exceptions import StorageError

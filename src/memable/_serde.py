@@ -71,6 +71,20 @@ def _checked_dumps() -> Callable[[object], str]:
 
 
 _dumps_checked: Final = _checked_dumps()
+_CONTAINERS: Final = frozenset({list, dict})
+
+
+@functools.cache
+def _fast_dumps() -> Callable[[object], bytes] | None:
+    """orjson's encoder if it is installed (the ``fast`` extra), looked up on first use
+    (never by ``import memable``); else None."""
+    try:
+        import orjson
+    except ImportError:
+        return None
+    return orjson.dumps
+
+
 _raw_decode: Final = json.JSONDecoder().raw_decode
 
 
@@ -297,7 +311,12 @@ _Check = Callable[[Iterable[Any]], bool]  # consumes its argument once
 
 
 class _Exact(NamedTuple):
-    """An exact-type check over a column of values, and samples to probe it with."""
+    """An exact-type check over a column of values, and samples to probe it with.
+
+    A value that passes is JSON's own kinds exactly, and its floats are finite: any JSON
+    encoder writes it as it is (JSON has no NaN or infinity; such a value takes the path
+    that reads it back and compares, and is stored as Python's encoder writes it).
+    """
 
     check: _Check
     samples: tuple[object, ...]
@@ -374,8 +393,20 @@ def _compile(tp: object, int_as_float: bool) -> _Exact | None:
 
 
 def _scalars(kinds: frozenset[type], samples: tuple[object, ...]) -> _Exact:
-    def check(values: Iterable[Any]) -> bool:
-        return {*map(type, values)} <= kinds
+    if float not in kinds:
+
+        def check(values: Iterable[Any]) -> bool:
+            return {*map(type, values)} <= kinds
+
+    else:
+
+        def check(values: Iterable[Any]) -> bool:
+            values = values if type(values) is list else [*values]
+            types = [*map(type, values)]
+            found = {*types}
+            return found <= kinds and (
+                float not in found or _finite(_of_type(values, types, found, float))
+            )
 
     return _Exact(check, samples, kinds)
 
@@ -392,9 +423,18 @@ def _union(members: list[_Exact | None]) -> _Exact | None:
     if len(others) > 1:
         return None  # which one a value is would be decided by the converter
     inner = others[0]
+    if float not in scalars:
 
-    def check(values: Iterable[Any]) -> bool:
-        return inner(value for value in values if type(value) not in scalars)
+        def check(values: Iterable[Any]) -> bool:
+            return inner(value for value in values if type(value) not in scalars)
+
+    else:
+
+        def check(values: Iterable[Any]) -> bool:
+            values = [*values]
+            return _finite(value for value in values if type(value) is float) and inner(
+                value for value in values if type(value) not in scalars
+            )
 
     return _Exact(check, samples, None)
 
@@ -458,6 +498,8 @@ def _json_native(column: Iterable[Any]) -> bool:
         kinds = {*types}
         if not kinds <= _JSON_KINDS:
             return False
+        if float in kinds and not _finite(_of_type(values, types, kinds, float)):
+            return False
         nested: list[Any] = []
         if list in kinds:
             nested.extend(chain.from_iterable(_of_type(values, types, kinds, list)))
@@ -468,6 +510,12 @@ def _json_native(column: Iterable[Any]) -> bool:
             nested.extend(chain.from_iterable(map(dict.values, mappings)))
         values = nested
     return False
+
+
+def _finite(floats: Iterable[float]) -> bool:
+    """Whether every float is finite: their sum is, unless one is NaN or infinite (or huge
+    ones overflow it: then the value is read back and compared instead, which is exact)."""
+    return math.isfinite(sum(floats, 0.0))
 
 
 def _of_type(values: list[Any], types: list[type], kinds: set[type], kind: type) -> list[Any]:
@@ -611,10 +659,16 @@ class Serde:
         exact = check is not None and check([value])
         if exact and as_is:
             # JSON's own kinds, exactly, which the converter leaves as they are.
+            envelope_of = {"type": name, "value": value}
+            if type(value) in _CONTAINERS and (fast := _fast_dumps()) is not None:
+                try:  # reads back as the same value: finite floats, str keys, no subclass
+                    return fast(envelope_of).decode()
+                except Exception:
+                    pass  # an int beyond 64 bits, a lone surrogate: Python's encoder writes it
             try:
-                return _dumps_checked({"type": name, "value": value})
+                return _dumps_checked(envelope_of)
             except Exception:
-                pass  # (a NaN inside, say): the converter's path says what is wrong
+                pass  # (a value nested too deep, say): the converter's path says what is wrong
         if not exact and not conforms(value, tp):
             found = _describe(value)
             raise TypeMismatch(
