@@ -198,6 +198,7 @@ class Runner:
                 record = current
             await self.drive(run, record)
         finally:
+            self._touched.discard(run.instance_id)  # a mark left by a cancel between passes
             self._active -= 1
             while self._waiting and (self._max_running is None or self._active < self._max_running):
                 waiting, waiting_record = self._waiting.popleft()
