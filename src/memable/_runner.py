@@ -186,7 +186,6 @@ class Runner:
             if waited and (
                 self._kernel.store.shared is not None or run.instance_id in self._touched
             ):  # it may have been cancelled (or run elsewhere) while it waited
-                self._touched.discard(run.instance_id)
                 current = await self._reread(run, Backoff())
                 if current is None or current.status != "running":
                     if current is not None:
@@ -198,7 +197,7 @@ class Runner:
                 record = current
             await self.drive(run, record)
         finally:
-            self._touched.discard(run.instance_id)  # a mark left by a cancel between passes
+            self._touched.discard(run.instance_id)  # its cancel mark, read above or left since
             self._active -= 1
             while self._waiting and (self._max_running is None or self._active < self._max_running):
                 waiting, waiting_record = self._waiting.popleft()
