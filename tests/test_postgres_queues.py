@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 import memable
-from memable import Context, Engine, Queue, Schedule
+from memable import Context, Engine, Queue, Schedule, StorageError
 from memable._ids import tick_id
 from memable.storage import Admission
 from memable.testing import ManualClock
@@ -142,3 +142,33 @@ async def test_a_late_admission_is_waited_for_however_long_it_takes(shared: Fact
         with anyio.fail_after(30):
             assert await invocation.result() == 42
     assert len(late) == 1  # one admission, held 1.5 s: the waiter polls every 0.15 s
+
+
+async def test_a_late_admission_whose_answer_is_lost_is_waited_for(shared: Factory) -> None:  # noqa: F811
+    """The admission's claim commits, and its call fails 1 s later (the answer lost): a
+    waiter that read the instance held here waits for the re-scan after that trouble,
+    which runs it, and gets the result (not NotStarted)."""
+    storage = shared()
+    admit = storage.admit
+    lost: list[str] = []
+
+    def lossy_admit(*args: Any, **kwargs: Any) -> Admission:
+        admission = admit(*args, **kwargs)
+        if admission.started and not lost:
+            lost.append(admission.started[0].instance_id)
+            time.sleep(1.0)  # the claim is committed: held here, and no run yet
+            raise StorageError("connection lost after the commit")
+        return admission
+
+    storage.admit = lossy_admit  # type: ignore[method-assign]
+
+    @memable.workflow("double")
+    async def double(ctx: Context, n: int) -> int:
+        return n * 2
+
+    queue = Queue("lossy", concurrency=1)
+    async with Engine(storage, workflows=[double], queues=[queue]) as engine:
+        invocation = await engine.enqueue(queue, double, 21)
+        with anyio.fail_after(30):
+            assert await invocation.result() == 42
+    assert lost == [invocation.instance_id]

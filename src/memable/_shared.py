@@ -75,9 +75,13 @@ class Sharing:
             # Held here without a run: a stale read (its run just ended), a claim whose
             # run starts once its call hands it over (admission, a signal answered on
             # another thread), or a run that ended without letting go (crash injection):
-            # then nobody will. The claims on their way are waited for, then it is read
-            # again.
+            # then nobody will. The claims on their way are waited for (and the re-scan
+            # after one whose answer was lost, which runs what it claimed), then it is
+            # read again.
             await self._kernel.claims.settled()
+            await self._kernel.settle()
+            if instance_id in self._runner.runs:
+                return True  # its run is here now (the read below could outlive it)
             fresh = await self._kernel.store.get(instance_id)
             return not (
                 fresh is not None
